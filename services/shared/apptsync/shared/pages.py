@@ -1,0 +1,96 @@
+"""Translation between the canonical model and the Kafka page messages (pure functions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Money
+from apptsync.v1 import pages_pb2
+
+STATUS_TO_PROTO: dict[AppointmentStatus, pages_pb2.AppointmentStatus.ValueType] = {
+    AppointmentStatus.SCHEDULED: pages_pb2.APPOINTMENT_STATUS_SCHEDULED,
+    AppointmentStatus.CANCELED: pages_pb2.APPOINTMENT_STATUS_CANCELED,
+    AppointmentStatus.COMPLETED: pages_pb2.APPOINTMENT_STATUS_COMPLETED,
+    AppointmentStatus.NO_SHOW: pages_pb2.APPOINTMENT_STATUS_NO_SHOW,
+}
+STATUS_FROM_PROTO: dict[int, AppointmentStatus] = {v: k for k, v in STATUS_TO_PROTO.items()}
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    """A protobuf Timestamp of an aware datetime. Raises ValueError for a naive one."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime")
+    message = Timestamp()
+    message.FromDatetime(moment.astimezone(UTC))
+    return message
+
+
+def from_timestamp(message: Timestamp) -> datetime:
+    return message.ToDatetime(tzinfo=UTC)
+
+
+def _money(money: Money | None, target: pages_pb2.Money) -> None:
+    if money is not None:
+        target.amount_minor = money.amount_minor
+        target.currency = money.currency
+
+
+def appointment_to_proto(appointment: CanonicalAppointment) -> pages_pb2.Appointment:
+    a = appointment
+    message = pages_pb2.Appointment(
+        external_id=a.external_id,
+        starts_at=timestamp(a.starts_at),
+        ends_at=timestamp(a.ends_at),
+        timezone=a.timezone,
+        status=STATUS_TO_PROTO[a.status],
+        title=a.title,
+        appointment_type=a.appointment_type,
+        calendar=a.calendar,
+        contact=pages_pb2.Contact(
+            name=a.contact.name,
+            email=a.contact.email,
+            phone=a.contact.phone,
+            provider_client_id=a.contact.provider_client_id,
+        ),
+        external_url=a.external_url,
+        raw_json=a.raw_json,
+        content_hash=a.content_hash,
+        observed_at=timestamp(a.observed_at),
+    )
+    _money(a.price, message.price)
+    _money(a.amount_paid, message.amount_paid)
+    return message
+
+
+def build_page(
+    *,
+    job_id: str,
+    tenant_id: str,
+    external_source: str,
+    connection_id: str,
+    page_no: int,
+    fetched_at: datetime,
+    records_fetched: int,
+    appointments: Iterable[CanonicalAppointment],
+    skipped_out_of_window: int,
+    skipped_invalid: int,
+) -> pages_pb2.AppointmentPage:
+    """The AppointmentPage for one provider page. Guarantees records_fetched equals the
+    appointments plus the skips decided here, or raises ValueError."""
+    page = pages_pb2.AppointmentPage(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        external_source=external_source,
+        connection_id=connection_id,
+        page_no=page_no,
+        fetched_at=timestamp(fetched_at),
+        records_fetched=records_fetched,
+        appointments=[appointment_to_proto(a) for a in appointments],
+        skipped=pages_pb2.SkipCounts(out_of_window=skipped_out_of_window, invalid=skipped_invalid),
+    )
+    if len(page.appointments) + skipped_out_of_window + skipped_invalid != records_fetched:
+        raise ValueError("page accounting: appointments + skips must equal records fetched")
+    return page

@@ -1,0 +1,124 @@
+"""Every setting of every apptsync process, read from the environment (the only module that does).
+
+Each group has its own prefix, e.g. `APPTSYNC_DATABASE_URL`. `all_settings_fields()` lists every
+variable with its default, for the README's configuration table (a unit test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_DATABASE_", extra="ignore")
+
+    url: SecretStr = Field(
+        SecretStr("postgresql://apptsync@127.0.0.1:5432/apptsync"),
+        description="PostgreSQL DSN the services connect with.",
+    )
+    pool_min_size: int = Field(1, ge=0, description="Connections each process keeps open.")
+    pool_max_size: int = Field(8, ge=1, description="Upper bound of each process's connection pool.")
+    command_timeout_seconds: float = Field(30.0, gt=0, description="Per-statement timeout.")
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers.")
+    pages_topic: str = Field("apptsync.pages", description="Topic of AppointmentPage messages (key: job id).")
+    page_results_topic: str = Field("apptsync.page-results", description="Topic of PageResult messages.")
+    dead_letter_topic: str = Field("apptsync.dead-letters", description="Pages or records the writer cannot store.")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of topics apptsync creates itself.")
+    enable_idempotence: bool = Field(
+        False, description="Idempotent producer; on for Apache Kafka, off for the Tansu test broker."
+    )
+    compression_type: Literal["none", "zstd", "lz4", "gzip"] = Field(
+        "zstd", description="Producer compression of pages and results."
+    )
+    session_timeout_ms: int = Field(10_000, ge=500, description="Consumer-group session timeout.")
+    heartbeat_interval_ms: int = Field(3_000, ge=100, description="Consumer-group heartbeat interval.")
+    request_timeout_ms: int = Field(30_000, ge=1000, description="Broker request timeout.")
+    writer_group_id: str = Field("apptsync-writer", description="Consumer group of the writers.")
+
+
+class CredentialSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_CREDENTIALS_", extra="ignore")
+
+    keyring: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated `key_id:base64(32 bytes)` AES-GCM keys, newest first; "
+        "the first encrypts, all decrypt.",
+    )
+    keyring_file: str = Field("", description="File holding the keyring (overrides KEYRING; e.g. a mounted Secret).")
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_GATEWAY_", extra="ignore")
+
+    listen_address: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds.")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
+    default_window_days: int = Field(365, ge=1, description="Window length when StartImport gives none.")
+    max_window_days: int = Field(3 * 366, ge=1, description="Longest window StartImport accepts.")
+    default_page_size: int = Field(100, ge=1, description="Records per provider page.")
+    default_max_pages: int = Field(100_000, ge=1, description="Page cap of a job.")
+    default_max_in_flight_pages: int = Field(8, ge=1, description="Pages a job may have without a result.")
+    default_stop_after_pages: int = Field(1, ge=1, description="Consecutive no-news pages that stop a job.")
+    default_deadline_seconds: float = Field(3600.0, gt=0, description="Wall-clock budget of a job.")
+    metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port; 0 disables it.")
+
+
+class FetcherSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_FETCHER_", extra="ignore")
+
+    worker_id: str = Field("", description="Lease owner name; empty means hostname-pid.")
+    max_concurrent_jobs: int = Field(4, ge=1, description="Jobs one fetcher process runs at once.")
+    lease_seconds: float = Field(30.0, gt=0, description="A claimed job is resumed elsewhere after this.")
+    poll_interval_seconds: float = Field(2.0, gt=0, description="Fallback poll for queued jobs.")
+    http_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one provider HTTP request.")
+    result_timeout_seconds: float = Field(
+        120.0, gt=0, description="How long a job waits for a page's result before failing."
+    )
+    health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
+    metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port; 0 disables it.")
+
+
+class WriterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_WRITER_", extra="ignore")
+
+    max_batch_pages: int = Field(8, ge=1, description="Consecutive pages applied in one transaction.")
+    health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
+    metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port; 0 disables it.")
+
+
+class SimulatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_SIMULATOR_", extra="ignore")
+
+    listen_address: str = Field("127.0.0.1:8710", description="host:port the provider simulator binds.")
+    seed: int = Field(42, description="Seed of the simulator's deterministic data set.")
+    appointments_per_tenant: int = Field(250, ge=0, description="Seeded appointments per simulated account.")
+
+
+SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = (
+    DatabaseSettings,
+    KafkaSettings,
+    CredentialSettings,
+    GatewaySettings,
+    FetcherSettings,
+    WriterSettings,
+    SimulatorSettings,
+)
+
+
+def all_settings_fields() -> Iterator[tuple[str, str, str]]:
+    """Yields (ENVIRONMENT_VARIABLE, default as text, description) for every setting."""
+    for group in SETTINGS_GROUPS:
+        prefix = str(group.model_config.get("env_prefix", ""))
+        for name, info in group.model_fields.items():
+            default = info.default
+            if isinstance(default, SecretStr):
+                default = default.get_secret_value()
+            yield (prefix + name).upper(), str(default), info.description or ""

@@ -1,0 +1,1 @@
+"""Generated protobuf bindings of protos/apptsync/v1 (do not edit)."""
