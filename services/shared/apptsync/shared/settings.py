@@ -7,6 +7,7 @@ variable with its default, for the README's configuration table (a unit test kee
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -33,6 +34,9 @@ class KafkaSettings(BaseSettings):
     page_results_topic: str = Field("apptsync.page-results", description="Topic of PageResult messages.")
     dead_letter_topic: str = Field("apptsync.dead-letters", description="Pages or records the writer cannot store.")
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics apptsync creates itself.")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of topics apptsync creates itself (3 on a production cluster)."
+    )
     enable_idempotence: bool = Field(
         False, description="Idempotent producer; on for Apache Kafka, off for the Tansu test broker."
     )
@@ -100,6 +104,19 @@ class SimulatorSettings(BaseSettings):
     listen_address: str = Field("127.0.0.1:8710", description="host:port the provider simulator binds.")
     seed: int = Field(42, description="Seed of the simulator's deterministic data set.")
     appointments_per_tenant: int = Field(250, ge=0, description="Seeded appointments per simulated account.")
+    accounts_per_provider: int = Field(
+        3, ge=1, le=9, description="Seeded accounts per simulated provider (Acuity user ids 1001, 1002, ...)."
+    )
+    anchor_date: date | None = Field(
+        None, description="Day (YYYY-MM-DD) the seeded appointments are spread around (+-180 days); empty = today, UTC."
+    )
+
+
+class CliSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_CLI_", extra="ignore")
+
+    gateway_address: str = Field("127.0.0.1:50051", description="Gateway the client commands call.")
+    log_level: str = Field("INFO", description="Log level of every apptsync process.")
 
 
 SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = (
@@ -110,6 +127,7 @@ SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = (
     FetcherSettings,
     WriterSettings,
     SimulatorSettings,
+    CliSettings,
 )
 
 

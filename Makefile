@@ -1,0 +1,57 @@
+# apptsync: `make demo` and `make test` work on a fresh machine (they install what they need).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Reinstall whenever pyproject.toml changes.
+INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install demo dev test test-unit test-integration test-e2e lint protos containers clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(INSTALLED)
+
+## demo: start the embedded stack (no Docker) and run two real imports
+demo: install
+	$(BIN)/apptsync demo
+
+## dev: the embedded stack in the foreground until Ctrl-C
+dev: install
+	$(BIN)/apptsync dev up
+
+## containers: the Docker engine and the locally built test images (needs root on a fresh machine)
+containers: install
+	bash tests/containers/engine.sh
+	PYTHON=$(BIN)/python bash tests/containers/images.sh
+
+## lint: ruff, mypy (strict), import contracts
+lint: install
+	$(BIN)/ruff check services tests protos
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## test: everything: lint, unit, integration (testcontainers) and end-to-end tests
+test: install containers lint
+	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest -p no:cacheprovider -m unit $(PYTEST_ARGS)
+
+test-integration: install containers
+	$(BIN)/pytest -p no:cacheprovider -m integration $(PYTEST_ARGS)
+
+test-e2e: install containers
+	$(BIN)/pytest -p no:cacheprovider -m e2e $(PYTEST_ARGS)
+
+## protos: regenerate the Python bindings after editing protos/
+protos: install
+	$(BIN)/python protos/generate.py
+
+clean:
+	rm -rf .apptsync .mypy_cache .ruff_cache .pytest_cache

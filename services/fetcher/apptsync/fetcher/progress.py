@@ -1,0 +1,152 @@
+"""The pure state of one running job: backpressure, page results in order, and the stop decision.
+
+`JobProgress` is told what happened (a page was sent, a result arrived, the provider is exhausted,
+the clock moved, cancellation was asked) and answers what to do next. It performs no I/O, so every
+rule of DESIGN.md sections 4 and 5 is unit-tested here in milliseconds.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class StopPolicy(enum.Enum):
+    NO_NEW_RECORDS = "NO_NEW_RECORDS"
+    NO_CHANGES = "NO_CHANGES"
+    NEVER = "NEVER"
+
+
+class Outcome(enum.Enum):
+    """How the job ends once every sent page has its result."""
+
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+
+@dataclass(frozen=True)
+class PageOutcome:
+    """The part of a writer's PageResult the stop policy needs."""
+
+    page_no: int
+    records_fetched: int
+    inserted: int
+    updated: int
+
+
+@dataclass
+class JobProgress:
+    """Tracks one job from its first page to its terminal state.
+
+    Guarantees: never more than `max_in_flight_pages` pages without a result; pages are judged by the
+    stop policy in page order; an empty page neither stops the job nor breaks a streak; a first import
+    never stops early; once a stop is decided no further page is sent, but every page already sent is
+    still awaited (its rows are written and counted).
+    """
+
+    policy: StopPolicy
+    stop_after_pages: int
+    max_pages: int
+    max_in_flight_pages: int
+    first_import: bool
+    deadline_at: datetime
+    next_page_no: int = 1
+    _results: dict[int, PageOutcome] = field(default_factory=dict)
+    _outstanding: set[int] = field(default_factory=set)
+    _judged_through: int = 0
+    _streak: int = 0
+    stop_reason: str = ""
+    outcome: Outcome | None = None
+    error: str = ""
+
+    @property
+    def stopped(self) -> bool:
+        return self.outcome is not None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._outstanding)
+
+    @property
+    def outstanding_pages(self) -> frozenset[int]:
+        return frozenset(self._outstanding)
+
+    def may_send(self) -> bool:
+        """True when the next page may be fetched and sent now."""
+        return not self.stopped and self.in_flight < self.max_in_flight_pages
+
+    @property
+    def finished(self) -> bool:
+        """True when a stop is decided and every sent page has its result."""
+        return self.stopped and not self._outstanding
+
+    def resume(self, next_page_no: int, written: dict[int, PageOutcome]) -> None:
+        """Restores state after another fetcher died: pages below next_page_no were sent; those in
+        `written` have results, the rest are awaited."""
+        self.next_page_no = next_page_no
+        self._outstanding = set(range(1, next_page_no)) - set(written)
+        for outcome in written.values():
+            self._results[outcome.page_no] = outcome
+        self._judge()
+
+    def page_sent(self) -> int:
+        """Records that page `next_page_no` was handed to Kafka; returns its number."""
+        if self.stopped:
+            raise RuntimeError("no page may be sent after the job stopped")
+        page_no = self.next_page_no
+        self._outstanding.add(page_no)
+        self.next_page_no += 1
+        if page_no >= self.max_pages:
+            self._stop(Outcome.SUCCEEDED, f"max_pages reached ({self.max_pages})")
+        return page_no
+
+    def result_received(self, outcome: PageOutcome) -> None:
+        """Records a page's result; duplicates (redeliveries) and unknown pages are ignored."""
+        if outcome.page_no in self._results or outcome.page_no >= self.next_page_no:
+            return
+        self._results[outcome.page_no] = outcome
+        self._outstanding.discard(outcome.page_no)
+        self._judge()
+
+    def provider_exhausted(self) -> None:
+        self._stop(Outcome.SUCCEEDED, "provider exhausted")
+
+    def cancel(self) -> None:
+        self._stop(Outcome.CANCELED, "canceled by request")
+
+    def fail(self, error: str) -> None:
+        """A permanent error: stop sending, finish FAILED once in-flight pages are written."""
+        self._stop(Outcome.FAILED, "failed", error=error)
+
+    def check_deadline(self, now: datetime) -> None:
+        if now >= self.deadline_at:
+            self._stop(Outcome.FAILED, "deadline exceeded", error=f"job exceeded its deadline ({self.deadline_at.isoformat()})")
+
+    def _stop(self, outcome: Outcome, reason: str, *, error: str = "") -> None:
+        if self.outcome is None:
+            self.outcome, self.stop_reason, self.error = outcome, reason, error
+
+    def _qualifies(self, outcome: PageOutcome) -> bool:
+        if self.policy is StopPolicy.NO_NEW_RECORDS:
+            return outcome.inserted == 0
+        return outcome.inserted + outcome.updated == 0
+
+    def _judge(self) -> None:
+        """Walks results in page order as far as they are contiguous."""
+        while (self._judged_through + 1) in self._results:
+            self._judged_through += 1
+            outcome = self._results[self._judged_through]
+            if self.policy is StopPolicy.NEVER or self.first_import or self.stopped:
+                continue
+            if outcome.records_fetched == 0:
+                continue  # an empty provider page is not evidence of anything
+            self._streak = self._streak + 1 if self._qualifies(outcome) else 0
+            if self._streak >= self.stop_after_pages:
+                what = "no new records" if self.policy is StopPolicy.NO_NEW_RECORDS else "no changes"
+                if self.stop_after_pages == 1:
+                    reason = f"page {outcome.page_no} had {what}"
+                else:
+                    reason = f"pages {outcome.page_no - self.stop_after_pages + 1}-{outcome.page_no} had {what}"
+                self._stop(Outcome.SUCCEEDED, reason)

@@ -1,0 +1,76 @@
+"""Routes PageResults from Kafka to the jobs this fetcher process runs.
+
+One consumer per process reads every partition of the results topic without a consumer group,
+starting at the end when the process starts, and hands each result to the job that subscribed to it.
+Results of jobs this process does not run are dropped: their fetcher reads its own, and a job resumed
+here recovers results it missed from import_job_pages (see runner.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from apptsync.shared.kafka import kafka_errors
+from apptsync.v1 import pages_pb2
+
+_log = logging.getLogger("apptsync.fetcher.results")
+
+
+class ResultRouter:
+    def __init__(self, consumer: AIOKafkaConsumer, topic: str) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._inboxes: dict[str, asyncio.Queue[pages_pb2.PageResult]] = {}
+
+    async def start(self) -> None:
+        """Starts the consumer positioned at the end of every partition.
+
+        Guarantees: any result produced after start() returns is delivered to its subscriber.
+        Raises BrokerUnavailableError when the broker cannot be reached."""
+        async with kafka_errors():
+            await self._consumer.start()
+            partitions = None
+            for _attempt in range(50):
+                partitions = self._consumer.partitions_for_topic(self._topic)
+                if partitions:
+                    break
+                await self._consumer.topics()  # refreshes metadata
+                await asyncio.sleep(0.1)
+            if not partitions:
+                raise RuntimeError(f"topic {self._topic} has no partitions")
+            assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+            self._consumer.assign(assigned)
+            await self._consumer.seek_to_end(*assigned)
+            for tp in assigned:
+                await self._consumer.position(tp)  # resolves the end offset now, not lazily later
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    def subscribe(self, job_id: str) -> asyncio.Queue[pages_pb2.PageResult]:
+        inbox: asyncio.Queue[pages_pb2.PageResult] = asyncio.Queue()
+        self._inboxes[job_id] = inbox
+        return inbox
+
+    def unsubscribe(self, job_id: str) -> None:
+        self._inboxes.pop(job_id, None)
+
+    async def run(self) -> None:
+        """Delivers results until cancelled. A message that is not a PageResult is logged and skipped."""
+        while True:
+            async with kafka_errors():
+                batches = await self._consumer.getmany(timeout_ms=500, max_records=1000)
+            for records in batches.values():
+                for record in records:
+                    result = pages_pb2.PageResult()
+                    try:
+                        result.ParseFromString(record.value or b"")
+                    except Exception:  # protobuf raises DecodeError or ValueError subclasses
+                        _log.warning("skipping an undecodable page result at offset %d", record.offset)
+                        continue
+                    inbox = self._inboxes.get(result.job_id)
+                    if inbox is not None:
+                        inbox.put_nowait(result)

@@ -1,0 +1,234 @@
+"""Runs one claimed job: provider pages -> Kafka, page results -> stop decision -> terminal state.
+
+The decisions live in `progress.JobProgress`; this module only moves data between the provider
+session, Kafka and PostgreSQL, in the order that keeps the invariants:
+  1. a page is handed to Kafka (acked) before its resume point is stored, so a crash re-fetches at
+     most that page (the writer deduplicates it by (job_id, page_no));
+  2. the job reaches a terminal state only after every sent page has its result, and its counts are
+     the ones the writer committed with those results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from apptsync.fetcher.progress import JobProgress, Outcome, PageOutcome, StopPolicy
+from apptsync.fetcher.providers import ConnectionConfig, JobWindow, ProviderHttp, ProviderSession, open_session
+from apptsync.fetcher.results import ResultRouter
+from apptsync.shared.appointments import Source
+from apptsync.shared.credentials import Keyring
+from apptsync.shared.db import connections as connections_db
+from apptsync.shared.db import jobs as jobs_db
+from apptsync.shared.errors import ApptsyncError, PermanentError, RetriableError
+from apptsync.shared.kafka import kafka_errors
+from apptsync.shared.pages import build_page
+from apptsync.shared.settings import FetcherSettings, KafkaSettings
+from apptsync.v1 import pages_pb2
+
+if TYPE_CHECKING:
+    from apptsync.shared.db import DbConnection
+
+_log = logging.getLogger("apptsync.fetcher")
+Clock = Callable[[], datetime]
+# How often a job waiting for results also looks in import_job_pages (results it cannot get from
+# Kafka: pages sent by a fetcher that died before their results arrived).
+_RESULT_FALLBACK_SECONDS = 2.0
+
+
+@dataclass
+class FetcherContext:
+    """What every job of one fetcher process shares."""
+
+    pool: asyncpg.Pool
+    producer: AIOKafkaProducer
+    results: ResultRouter
+    http: ProviderHttp
+    keyring: Keyring
+    kafka: KafkaSettings
+    settings: FetcherSettings
+    worker_id: str
+    clock: Clock
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def outcome_of(result: pages_pb2.PageResult) -> PageOutcome:
+    return PageOutcome(result.page_no, result.records_fetched, result.inserted, result.updated)
+
+
+async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
+    """Runs `job` to a terminal state, or until the process drains (then releases the lease so
+    another fetcher resumes it). Raises LeaseLostError if another fetcher took the job over."""
+    progress = JobProgress(
+        policy=StopPolicy(job.options.stop_policy),
+        stop_after_pages=job.options.stop_after_pages,
+        max_pages=job.options.max_pages,
+        max_in_flight_pages=job.options.max_in_flight_pages,
+        first_import=job.first_import,
+        deadline_at=job.deadline_at,
+    )
+    inbox = ctx.results.subscribe(job.job_id)
+    cancel_requested = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as group:
+            renewal = group.create_task(_renew_lease(job.job_id, ctx, cancel_requested))
+            try:
+                await _page_loop(job, ctx, progress, inbox, cancel_requested)
+            finally:
+                renewal.cancel()
+    finally:
+        ctx.results.unsubscribe(job.job_id)
+
+
+async def _page_loop(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress,
+                     inbox: asyncio.Queue[pages_pb2.PageResult], cancel_requested: asyncio.Event) -> None:
+    async with ctx.pool.acquire() as conn:
+        written = await jobs_db.page_results(conn, job.job_id)
+        loaded = await connections_db.load_connection_secrets(
+            conn, keyring=ctx.keyring, tenant_id=job.tenant_id, connection_id=job.connection_id
+        )
+    progress.resume(job.next_page_no, {n: PageOutcome(n, *r) for n, r in written.items()})
+    session: ProviderSession | None = None
+    if loaded is None:
+        progress.fail(f"connection {job.connection_id!r} no longer exists")
+    else:
+        record, secrets = loaded
+        session = open_session(
+            Source(job.external_source),
+            http=ctx.http,
+            connection=ConnectionConfig(base_url=record.base_url, credentials=secrets, settings=record.settings),
+            window=JobWindow(job.window_start, job.window_end),
+            page_size=job.options.page_size,
+            cursor=job.cursor,
+            clock=ctx.clock,
+        )
+    pages_fetched = job.counts["pages_fetched"]
+    last_progress = asyncio.get_running_loop().time()
+    _log.info("job %s started at page %d", job.job_id, job.next_page_no)
+
+    while not progress.finished:
+        while not inbox.empty():
+            progress.result_received(outcome_of(inbox.get_nowait()))
+            last_progress = asyncio.get_running_loop().time()
+        progress.check_deadline(ctx.clock())
+        if cancel_requested.is_set():
+            progress.cancel()
+        if ctx.draining.is_set() and not progress.stopped:
+            await _release_after_drain(job, ctx, progress, inbox)
+            return
+        if session is not None and progress.may_send():
+            try:
+                page = await session.next_page()
+            except PermanentError as exc:
+                progress.fail(str(exc))
+                continue
+            except RetriableError as exc:
+                progress.fail(f"provider unavailable after retries: {exc}")
+                continue
+            if page is None:
+                progress.provider_exhausted()
+                continue
+            message = build_page(
+                job_id=job.job_id, tenant_id=job.tenant_id, external_source=job.external_source,
+                connection_id=job.connection_id, page_no=progress.next_page_no, fetched_at=ctx.clock(),
+                records_fetched=page.records_fetched, appointments=page.appointments,
+                skipped_out_of_window=page.skipped_out_of_window, skipped_invalid=page.skipped_invalid,
+            )
+            async with kafka_errors():
+                await ctx.producer.send_and_wait(
+                    ctx.kafka.pages_topic, message.SerializeToString(), key=job.job_id.encode()
+                )
+            progress.page_sent()
+            pages_fetched += 1
+            async with ctx.pool.acquire() as conn:
+                await jobs_db.save_progress(
+                    conn, job_id=job.job_id, worker_id=ctx.worker_id, cursor=session.cursor(),
+                    next_page_no=progress.next_page_no, pages_fetched=pages_fetched, now=ctx.clock(),
+                )
+            last_progress = asyncio.get_running_loop().time()
+            continue
+        # Backpressure or a decided stop: wait for results of pages in flight.
+        if progress.in_flight == 0:
+            continue
+        try:
+            result = await asyncio.wait_for(inbox.get(), timeout=_RESULT_FALLBACK_SECONDS)
+            progress.result_received(outcome_of(result))
+            last_progress = asyncio.get_running_loop().time()
+        except TimeoutError:
+            if await _recover_results(job.job_id, ctx, progress):
+                last_progress = asyncio.get_running_loop().time()
+            elif asyncio.get_running_loop().time() - last_progress > ctx.settings.result_timeout_seconds:
+                missing = sorted(progress.outstanding_pages)
+                progress.fail(f"no result for pages {missing[:5]} within {ctx.settings.result_timeout_seconds:.0f} s")
+                async with ctx.pool.acquire() as conn:
+                    await _finish(job, ctx, progress, conn)
+                return
+
+    async with ctx.pool.acquire() as conn:
+        await _finish(job, ctx, progress, conn)
+
+
+async def _recover_results(job_id: str, ctx: FetcherContext, progress: JobProgress) -> bool:
+    """Feeds results the writer stored but Kafka did not bring us; True if any was new."""
+    outstanding = sorted(progress.outstanding_pages)
+    if not outstanding:
+        return False
+    async with ctx.pool.acquire() as conn:
+        stored = await jobs_db.page_results(conn, job_id, page_nos=outstanding)
+    for page_no, counts in stored.items():
+        progress.result_received(PageOutcome(page_no, *counts))
+    return bool(stored)
+
+
+async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress,
+                  conn: DbConnection) -> None:
+    outcome = progress.outcome or Outcome.FAILED
+    finished = await jobs_db.finish_job(
+        conn, job_id=job.job_id, worker_id=ctx.worker_id, state=outcome.value,
+        stop_reason=progress.stop_reason, error=progress.error, now=ctx.clock(),
+    )
+    _log.info("job %s %s: %s %s", job.job_id, finished.state, finished.stop_reason, finished.counts)
+
+
+async def _release_after_drain(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress,
+                               inbox: asyncio.Queue[pages_pb2.PageResult]) -> None:
+    """SIGTERM: no new page; give pages in flight a short while, then hand the job to another fetcher."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + 10.0
+    while progress.in_flight and loop.time() < give_up_at:
+        try:
+            progress.result_received(outcome_of(await asyncio.wait_for(inbox.get(), timeout=1.0)))
+        except TimeoutError:
+            await _recover_results(job.job_id, ctx, progress)
+    async with ctx.pool.acquire() as conn:
+        await jobs_db.release_lease(conn, job_id=job.job_id, worker_id=ctx.worker_id, now=ctx.clock())
+    _log.info("job %s released for another fetcher at page %d", job.job_id, progress.next_page_no)
+
+
+async def _renew_lease(job_id: str, ctx: FetcherContext, cancel_requested: asyncio.Event) -> None:
+    """Renews the lease every third of its length; raises LeaseLostError if it was taken over."""
+    interval_seconds = ctx.settings.lease_seconds / 3
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            async with ctx.pool.acquire() as conn:
+                if await jobs_db.renew_lease(conn, job_id=job_id, worker_id=ctx.worker_id,
+                                             lease_seconds=ctx.settings.lease_seconds, now=ctx.clock()):
+                    cancel_requested.set()
+        except jobs_db.LeaseLostError:
+            raise
+        except (ApptsyncError, OSError, asyncpg.PostgresError) as exc:
+            # A missed renewal is not fatal while the lease still runs; the next one may succeed.
+            _log.warning("lease renewal of job %s failed: %s", job_id, type(exc).__name__)
+
+
+def new_worker_id(hostname: str, pid: int) -> str:
+    return f"{hostname}-{pid}-{uuid.uuid4().hex[:6]}"

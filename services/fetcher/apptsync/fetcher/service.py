@@ -1,0 +1,132 @@
+"""The fetcher process: claims jobs and runs up to `max_concurrent_jobs` of them in one task group.
+
+Woken by LISTEN/NOTIFY when the gateway queues a job, with a polling fallback (a notification can be
+missed while the listening connection reconnects, and expired leases produce no notification).
+On stop (SIGTERM): stop claiming, let each job drain its pages in flight, release its lease, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+
+from apptsync.fetcher.providers import ProviderHttp
+from apptsync.fetcher.results import ResultRouter
+from apptsync.fetcher.runner import FetcherContext, run_job
+from apptsync.shared.credentials import Keyring
+from apptsync.shared.db import jobs as jobs_db
+from apptsync.shared.db.pool import create_pool
+from apptsync.shared.health import HealthEndpoint, health_enabled
+from apptsync.shared.kafka import create_consumer, create_producer, ensure_topics, kafka_errors
+from apptsync.shared.settings import DatabaseSettings, FetcherSettings, KafkaSettings
+
+_log = logging.getLogger("apptsync.fetcher")
+JOBS_QUEUED_CHANNEL = "apptsync_jobs_queued"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def run_fetcher(
+    database: DatabaseSettings,
+    kafka: KafkaSettings,
+    settings: FetcherSettings,
+    keyring: Keyring,
+    *,
+    worker_id: str,
+    stop: asyncio.Event,
+    clock: Callable[[], datetime] = _utc_now,
+    http_transport: httpx.AsyncBaseTransport | None = None,
+) -> None:
+    """Runs until `stop` is set, then drains and returns. Raises StorageUnavailableError or
+    BrokerUnavailableError when PostgreSQL or Kafka cannot be reached at start-up."""
+    health = HealthEndpoint(settings.health_address) if health_enabled(settings.health_address) else None
+    if health is not None:
+        await health.start()
+    pool = await create_pool(database, application_name="apptsync-fetcher")
+    await ensure_topics(kafka)
+    producer = create_producer(kafka, client_id=f"apptsync-fetcher-{worker_id}")
+    router = ResultRouter(
+        create_consumer(kafka, group_id=None, client_id=f"apptsync-fetcher-results-{worker_id}"),
+        kafka.page_results_topic,
+    )
+    http = ProviderHttp(timeout_seconds=settings.http_timeout_seconds, transport=http_transport)
+    async with kafka_errors():
+        await producer.start()
+    await router.start()
+    ctx = FetcherContext(pool=pool, producer=producer, results=router, http=http, keyring=keyring,
+                         kafka=kafka, settings=settings, worker_id=worker_id, clock=clock)
+    wake = asyncio.Event()
+    listener = await pool.acquire()
+    try:
+        await listener.add_listener(JOBS_QUEUED_CHANNEL, lambda *_args: wake.set())
+        if health is not None:
+            await health.set_serving(True)
+        async with asyncio.TaskGroup() as group:
+            routing = group.create_task(router.run())
+            running = await _claim_loop(ctx, group, wake, stop)
+            if health is not None:
+                await health.set_serving(False)
+            ctx.draining.set()
+            if running:
+                await asyncio.wait(running)
+            routing.cancel()
+    finally:
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            await listener.reset()
+        await pool.release(listener)
+        await router.stop()
+        await producer.stop()
+        await http.aclose()
+        await pool.close()
+        if health is not None:
+            await health.stop()
+
+
+async def _claim_loop(ctx: FetcherContext, group: asyncio.TaskGroup, wake: asyncio.Event,
+                      stop: asyncio.Event) -> set[asyncio.Task[None]]:
+    """Claims jobs while slots are free until `stop` is set; returns the jobs still running."""
+    running: set[asyncio.Task[None]] = set()
+    slot_freed = asyncio.Event()
+    while not stop.is_set():
+        job = None
+        if len(running) < ctx.settings.max_concurrent_jobs:
+            try:
+                async with ctx.pool.acquire() as conn:
+                    job = await jobs_db.claim_job(conn, worker_id=ctx.worker_id,
+                                                  lease_seconds=ctx.settings.lease_seconds, now=ctx.clock())
+            except (OSError, asyncpg.PostgresError) as exc:
+                _log.warning("claiming failed (%s); retrying", type(exc).__name__)
+        if job is not None:
+            task = group.create_task(_guarded(job, ctx))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _task: slot_freed.set())
+            continue
+        wake.clear()
+        slot_freed.clear()
+        waiters = [asyncio.ensure_future(e.wait()) for e in (wake, stop, slot_freed)]
+        try:
+            await asyncio.wait(waiters, timeout=ctx.settings.poll_interval_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+    return running
+
+
+async def _guarded(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
+    """One job's failure must not stop the process: the job's lease expires and it is resumed."""
+    try:
+        await run_job(job, ctx)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - includes ExceptionGroup from the job's task group
+        _log.error("job %s interrupted: %r; it resumes when its lease expires", job.job_id, exc)

@@ -1,0 +1,240 @@
+"""Pure translation between gateway protobuf messages and the shared job/connection records.
+
+Validation lives here too: `new_job_from_request` either returns a complete NewJob (defaults filled
+in from settings) or raises RequestInvalid listing every offending field. Why not protovalidate:
+the limits depend on deployment settings (longest window, defaults) and on the request time, which
+static annotations in the .proto cannot express; the rules are few and unit-tested here.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from google.protobuf.duration_pb2 import Duration
+
+from apptsync.shared.appointments import Source
+from apptsync.shared.db.connections import ConnectionRecord
+from apptsync.shared.db.jobs import JobOptions, JobRecord, NewJob
+from apptsync.shared.errors import PermanentError
+from apptsync.shared.pages import from_timestamp, timestamp
+from apptsync.shared.settings import GatewaySettings
+from apptsync.v1 import imports_pb2
+
+SOURCE_FROM_PROTO: dict[int, Source] = {
+    imports_pb2.SOURCE_ACUITY: Source.ACUITY,
+    imports_pb2.SOURCE_CALENDLY: Source.CALENDLY,
+    imports_pb2.SOURCE_GOOGLE_CALENDAR: Source.GOOGLE_CALENDAR,
+}
+SOURCE_TO_PROTO: dict[str, imports_pb2.Source.ValueType] = {
+    Source.ACUITY.value: imports_pb2.SOURCE_ACUITY,
+    Source.CALENDLY.value: imports_pb2.SOURCE_CALENDLY,
+    Source.GOOGLE_CALENDAR.value: imports_pb2.SOURCE_GOOGLE_CALENDAR,
+}
+STATE_TO_PROTO: dict[str, imports_pb2.JobState.ValueType] = {
+    "QUEUED": imports_pb2.JOB_STATE_QUEUED,
+    "RUNNING": imports_pb2.JOB_STATE_RUNNING,
+    "SUCCEEDED": imports_pb2.JOB_STATE_SUCCEEDED,
+    "FAILED": imports_pb2.JOB_STATE_FAILED,
+    "CANCELED": imports_pb2.JOB_STATE_CANCELED,
+}
+POLICY_FROM_PROTO: dict[int, str] = {
+    imports_pb2.STOP_POLICY_NO_NEW_RECORDS: "NO_NEW_RECORDS",
+    imports_pb2.STOP_POLICY_NO_CHANGES: "NO_CHANGES",
+    imports_pb2.STOP_POLICY_NEVER: "NEVER",
+}
+POLICY_TO_PROTO: dict[str, imports_pb2.StopPolicy.ValueType] = {
+    "NO_NEW_RECORDS": imports_pb2.STOP_POLICY_NO_NEW_RECORDS,
+    "NO_CHANGES": imports_pb2.STOP_POLICY_NO_CHANGES,
+    "NEVER": imports_pb2.STOP_POLICY_NEVER,
+}
+
+# Connection ids and idempotency keys are client-chosen names: keep them printable and bounded.
+_NAME = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+_MAX_PAGE_SIZE = 1000
+_MAX_IN_FLIGHT_PAGES = 64
+_MAX_STOP_AFTER_PAGES = 1000
+_MAX_DEADLINE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class RequestInvalid(PermanentError):
+    """The request breaks one or more field rules; nothing was written."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = violations
+
+
+def parse_uuid(value: str, field: str, violations: list[FieldViolation]) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        violations.append(FieldViolation(field, "must be a UUID"))
+        return ""
+
+
+def check_name(value: str, field: str, violations: list[FieldViolation]) -> None:
+    if not _NAME.match(value):
+        violations.append(FieldViolation(field, "must be 1-128 characters of letters, digits or . _ : @ -"))
+
+
+def _bounded(value: int, default: int, field: str, upper: int, violations: list[FieldViolation]) -> int:
+    if value == 0:
+        return default
+    if not 1 <= value <= upper:
+        violations.append(FieldViolation(field, f"must be between 1 and {upper} (0 = default {default})"))
+    return value
+
+
+def new_job_from_request(
+    request: imports_pb2.StartImportRequest, *, settings: GatewaySettings, now: datetime,
+    trace_id: str = "", traceparent: str = "",
+) -> NewJob:
+    """Validates a StartImport request. Raises RequestInvalid with every violation found."""
+    violations: list[FieldViolation] = []
+    tenant_id = parse_uuid(request.tenant_id, "tenant_id", violations)
+    source = SOURCE_FROM_PROTO.get(request.source)
+    if source is None:
+        violations.append(FieldViolation("source", "must be one of ACUITY, CALENDLY, GOOGLE_CALENDAR"))
+    check_name(request.connection_id, "connection_id", violations)
+    if request.idempotency_key:
+        check_name(request.idempotency_key, "idempotency_key", violations)
+
+    default_half = timedelta(days=settings.default_window_days) / 2
+    start = from_timestamp(request.window.start) if request.window.HasField("start") else now - default_half
+    end = from_timestamp(request.window.end) if request.window.HasField("end") else now + default_half
+    if end <= start:
+        violations.append(FieldViolation("window", "end must be after start"))
+    elif end - start > timedelta(days=settings.max_window_days):
+        violations.append(FieldViolation("window", f"must not be longer than {settings.max_window_days} days"))
+
+    options = request.options
+    page_size = _bounded(options.page_size, settings.default_page_size, "options.page_size",
+                         _MAX_PAGE_SIZE, violations)
+    max_pages = _bounded(options.max_pages, settings.default_max_pages, "options.max_pages",
+                         10_000_000, violations)
+    in_flight = _bounded(options.max_in_flight_pages, settings.default_max_in_flight_pages,
+                         "options.max_in_flight_pages", _MAX_IN_FLIGHT_PAGES, violations)
+    stop_after = _bounded(options.stop_after_pages, settings.default_stop_after_pages,
+                          "options.stop_after_pages", _MAX_STOP_AFTER_PAGES, violations)
+    if options.stop_policy == imports_pb2.STOP_POLICY_UNSPECIFIED:
+        policy = "NO_NEW_RECORDS"
+    elif options.stop_policy in POLICY_FROM_PROTO:
+        policy = POLICY_FROM_PROTO[options.stop_policy]
+    else:
+        violations.append(FieldViolation("options.stop_policy", "unknown stop policy"))
+        policy = ""
+    deadline_seconds = settings.default_deadline_seconds
+    if options.HasField("deadline"):
+        deadline = options.deadline.ToTimedelta()
+        if not timedelta(seconds=1) <= deadline <= _MAX_DEADLINE:
+            violations.append(FieldViolation("options.deadline", "must be between 1 second and 1 day"))
+        deadline_seconds = deadline.total_seconds()
+
+    if violations:
+        raise RequestInvalid(violations)
+    assert source is not None
+    return NewJob(
+        tenant_id=tenant_id,
+        external_source=source.value,
+        connection_id=request.connection_id,
+        window_start=start,
+        window_end=end,
+        options=JobOptions(page_size, max_pages, in_flight, policy, stop_after, deadline_seconds),
+        idempotency_key=request.idempotency_key or None,
+        trace_id=trace_id,
+        traceparent=traceparent,
+    )
+
+
+def job_to_proto(job: JobRecord) -> imports_pb2.Job:
+    deadline = Duration()
+    deadline.FromTimedelta(timedelta(seconds=job.options.deadline_seconds))
+    message = imports_pb2.Job(
+        job_id=job.job_id,
+        tenant_id=job.tenant_id,
+        source=SOURCE_TO_PROTO[job.external_source],
+        connection_id=job.connection_id,
+        state=STATE_TO_PROTO[job.state],
+        window=imports_pb2.TimeWindow(start=timestamp(job.window_start), end=timestamp(job.window_end)),
+        options=imports_pb2.ImportOptions(
+            page_size=job.options.page_size,
+            max_pages=job.options.max_pages,
+            max_in_flight_pages=job.options.max_in_flight_pages,
+            stop_policy=POLICY_TO_PROTO[job.options.stop_policy],
+            stop_after_pages=job.options.stop_after_pages,
+            deadline=deadline,
+        ),
+        counts=imports_pb2.JobCounts(**job.counts),
+        stop_reason=job.stop_reason,
+        error=job.error,
+        created_at=timestamp(job.created_at),
+        trace_id=job.trace_id,
+        cancel_requested=job.cancel_requested,
+        first_import=job.first_import,
+    )
+    if job.started_at is not None:
+        message.started_at.CopyFrom(timestamp(job.started_at))
+    if job.finished_at is not None:
+        message.finished_at.CopyFrom(timestamp(job.finished_at))
+    return message
+
+
+def connection_to_proto(record: ConnectionRecord) -> imports_pb2.Connection:
+    return imports_pb2.Connection(
+        tenant_id=record.tenant_id,
+        connection_id=record.connection_id,
+        source=SOURCE_TO_PROTO[record.external_source],
+        base_url=record.base_url,
+        settings=record.settings,
+        credential_fields=record.credential_fields,
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+    )
+
+
+@dataclass(frozen=True)
+class ConnectionInput:
+    tenant_id: str
+    connection_id: str
+    external_source: str
+    base_url: str
+    credentials: dict[str, str]
+    settings: dict[str, str]
+
+
+def connection_from_request(request: imports_pb2.PutConnectionRequest) -> ConnectionInput:
+    """Validates PutConnection. Raises RequestInvalid."""
+    violations: list[FieldViolation] = []
+    tenant_id = parse_uuid(request.tenant_id, "tenant_id", violations)
+    check_name(request.connection_id, "connection_id", violations)
+    source = SOURCE_FROM_PROTO.get(request.source)
+    if source is None:
+        violations.append(FieldViolation("source", "must be one of ACUITY, CALENDLY, GOOGLE_CALENDAR"))
+    if request.base_url and not re.match(r"^https?://[^\s]+$", request.base_url):
+        violations.append(FieldViolation("base_url", "must be an http(s) URL"))
+    if not request.credentials:
+        violations.append(FieldViolation("credentials", "must not be empty"))
+    for name, value in request.credentials.items():
+        if not name or len(name) > 64 or len(value) > 8192:
+            violations.append(FieldViolation("credentials", "names must be 1-64 and values at most 8192 characters"))
+            break
+    if violations:
+        raise RequestInvalid(violations)
+    assert source is not None
+    return ConnectionInput(
+        tenant_id=tenant_id,
+        connection_id=request.connection_id,
+        external_source=source.value,
+        base_url=request.base_url,
+        credentials=dict(request.credentials),
+        settings=dict(request.settings),
+    )

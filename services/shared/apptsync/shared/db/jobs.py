@@ -1,0 +1,301 @@
+"""The import_jobs table: creating, reading, claiming (with a lease), progressing and finishing jobs.
+
+Shared by the gateway (create, read, cancel) and the fetcher (claim, progress, finish). Every
+function takes a connection so the caller owns transactions; each statement is tenant-scoped or
+job-scoped and idempotent where the caller may retry it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from apptsync.shared.db import DbConnection
+from apptsync.shared.errors import PermanentError
+
+ACTIVE_STATES = ("QUEUED", "RUNNING")
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")
+COUNTER_COLUMNS = (
+    "pages_fetched",
+    "pages_written",
+    "records_fetched",
+    "inserted",
+    "updated",
+    "unchanged",
+    "skipped_out_of_window",
+    "skipped_invalid",
+    "skipped_dead_letter",
+    "skipped_duplicate_in_page",
+    "contacts_unmatched",
+)
+
+
+class LeaseLostError(PermanentError):
+    """Another fetcher owns the job now (our lease expired): stop working on it at once."""
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    page_size: int
+    max_pages: int
+    max_in_flight_pages: int
+    stop_policy: str  # NO_NEW_RECORDS | NO_CHANGES | NEVER
+    stop_after_pages: int
+    deadline_seconds: float
+
+
+@dataclass(frozen=True)
+class NewJob:
+    tenant_id: str
+    external_source: str
+    connection_id: str
+    window_start: datetime
+    window_end: datetime
+    options: JobOptions
+    idempotency_key: str | None
+    trace_id: str = ""
+    traceparent: str = ""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    tenant_id: str
+    external_source: str
+    connection_id: str
+    state: str
+    window_start: datetime
+    window_end: datetime
+    options: JobOptions
+    deadline_at: datetime
+    first_import: bool
+    idempotency_key: str | None
+    cursor: Any
+    next_page_no: int
+    counts: dict[str, int]
+    cancel_requested: bool
+    stop_reason: str
+    error: str
+    trace_id: str
+    traceparent: str
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def record_from_row(row: asyncpg.Record) -> JobRecord:
+    created_at: datetime = row["created_at"]
+    deadline_at: datetime = row["deadline_at"]
+    return JobRecord(
+        job_id=str(row["job_id"]),
+        tenant_id=str(row["tenant_id"]),
+        external_source=row["external_source"],
+        connection_id=row["connection_id"],
+        state=row["state"],
+        window_start=row["window_start"],
+        window_end=row["window_end"],
+        options=JobOptions(
+            page_size=row["page_size"],
+            max_pages=row["max_pages"],
+            max_in_flight_pages=row["max_in_flight_pages"],
+            stop_policy=row["stop_policy"],
+            stop_after_pages=row["stop_after_pages"],
+            deadline_seconds=(deadline_at - created_at).total_seconds(),
+        ),
+        deadline_at=deadline_at,
+        first_import=row["first_import"],
+        idempotency_key=row["idempotency_key"],
+        cursor=None if row["cursor"] is None else json.loads(row["cursor"]),
+        next_page_no=row["next_page_no"],
+        counts={name: int(row[name]) for name in COUNTER_COLUMNS},
+        cancel_requested=row["cancel_requested"],
+        stop_reason=row["stop_reason"],
+        error=row["error"],
+        trace_id=row["trace_id"],
+        traceparent=row["traceparent"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+        created_at=created_at,
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) -> tuple[JobRecord, bool]:
+    """Stores a QUEUED job, or returns the job that makes it a duplicate.
+
+    Returns (job, already_exists). A job with the same idempotency key, or an active job of the same
+    (tenant, source, connection), is returned instead of a second one; both checks are enforced by
+    unique indexes, so concurrent callers race safely. The duplicate may finish between our insert
+    and our read; then we try again (bounded).
+    """
+    for _attempt in range(5):
+        first_import = not await connection.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
+                              AND connection_id = $3 AND state = 'SUCCEEDED')""",
+            uuid.UUID(job.tenant_id), job.external_source, job.connection_id,
+        )
+        row = await connection.fetchrow(
+            """INSERT INTO import_jobs (job_id, tenant_id, external_source, connection_id, window_start,
+                   window_end, page_size, max_pages, max_in_flight_pages, stop_policy, stop_after_pages,
+                   deadline_at, first_import, idempotency_key, trace_id, traceparent, created_at, updated_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)
+               ON CONFLICT DO NOTHING
+               RETURNING *""",
+            uuid.uuid4(), uuid.UUID(job.tenant_id), job.external_source, job.connection_id,
+            job.window_start, job.window_end, job.options.page_size, job.options.max_pages,
+            job.options.max_in_flight_pages, job.options.stop_policy, job.options.stop_after_pages,
+            now + timedelta(seconds=job.options.deadline_seconds), first_import, job.idempotency_key,
+            job.trace_id, job.traceparent, now,
+        )
+        if row is not None:
+            await connection.execute("SELECT pg_notify('apptsync_jobs_queued', $1)", str(row["job_id"]))
+            return record_from_row(row), False
+        existing = None
+        if job.idempotency_key is not None:
+            existing = await connection.fetchrow(
+                "SELECT * FROM import_jobs WHERE tenant_id = $1 AND idempotency_key = $2",
+                uuid.UUID(job.tenant_id), job.idempotency_key,
+            )
+        if existing is None:
+            existing = await connection.fetchrow(
+                """SELECT * FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
+                   AND connection_id = $3 AND state IN ('QUEUED', 'RUNNING')""",
+                uuid.UUID(job.tenant_id), job.external_source, job.connection_id,
+            )
+        if existing is not None:
+            return record_from_row(existing), True
+    raise PermanentError("could not create the job: conflicting jobs kept changing")
+
+
+async def get_job(connection: DbConnection, *, tenant_id: str, job_id: str) -> JobRecord | None:
+    """The job, or None when it does not exist or belongs to another tenant."""
+    row = await connection.fetchrow(
+        "SELECT * FROM import_jobs WHERE job_id = $1 AND tenant_id = $2", uuid.UUID(job_id), uuid.UUID(tenant_id)
+    )
+    return None if row is None else record_from_row(row)
+
+
+async def get_job_by_id(connection: DbConnection, job_id: str) -> JobRecord | None:
+    """The job by id alone: for the fetcher, which works on jobs of every tenant."""
+    row = await connection.fetchrow("SELECT * FROM import_jobs WHERE job_id = $1", uuid.UUID(job_id))
+    return None if row is None else record_from_row(row)
+
+
+async def request_cancel(connection: DbConnection, *, tenant_id: str, job_id: str,
+                         now: datetime) -> JobRecord | None:
+    """Marks an active job for cancellation (a QUEUED job is canceled at once). Idempotent."""
+    row = await connection.fetchrow(
+        """UPDATE import_jobs SET
+               cancel_requested = true,
+               state = CASE WHEN state = 'QUEUED' THEN 'CANCELED' ELSE state END,
+               stop_reason = CASE WHEN state = 'QUEUED' THEN 'canceled before it started' ELSE stop_reason END,
+               finished_at = CASE WHEN state = 'QUEUED' THEN $3 ELSE finished_at END,
+               updated_at = $3
+           WHERE job_id = $1 AND tenant_id = $2 AND state IN ('QUEUED', 'RUNNING')
+           RETURNING *""",
+        uuid.UUID(job_id), uuid.UUID(tenant_id), now,
+    )
+    if row is None:
+        return await get_job(connection, tenant_id=tenant_id, job_id=job_id)
+    return record_from_row(row)
+
+
+async def claim_job(connection: DbConnection, *, worker_id: str, lease_seconds: float,
+                    now: datetime) -> JobRecord | None:
+    """Claims the oldest queued job, or a running job whose lease expired (its fetcher died).
+
+    Guarantees at most one live owner per job: the row is locked with SKIP LOCKED while claimed, and
+    the lease must be renewed before it expires (see renew_lease).
+    """
+    row = await connection.fetchrow(
+        """UPDATE import_jobs SET state = 'RUNNING', lease_owner = $1,
+               lease_expires_at = $2 + make_interval(secs => $3),
+               started_at = COALESCE(started_at, $2), updated_at = $2
+           WHERE job_id = (
+               SELECT job_id FROM import_jobs
+               WHERE state = 'QUEUED' OR (state = 'RUNNING' AND lease_expires_at < $2)
+               ORDER BY created_at
+               FOR UPDATE SKIP LOCKED
+               LIMIT 1)
+           RETURNING *""",
+        worker_id, now, lease_seconds,
+    )
+    return None if row is None else record_from_row(row)
+
+
+async def renew_lease(connection: DbConnection, *, job_id: str, worker_id: str, lease_seconds: float,
+                      now: datetime) -> bool:
+    """Extends our lease and reports whether cancellation was requested. Raises LeaseLostError."""
+    row = await connection.fetchrow(
+        """UPDATE import_jobs SET lease_expires_at = $3 + make_interval(secs => $4), updated_at = $3
+           WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'
+           RETURNING cancel_requested""",
+        uuid.UUID(job_id), worker_id, now, lease_seconds,
+    )
+    if row is None:
+        raise LeaseLostError(f"lease on job {job_id} was lost")
+    return bool(row["cancel_requested"])
+
+
+async def save_progress(connection: DbConnection, *, job_id: str, worker_id: str, cursor: Any,
+                        next_page_no: int, pages_fetched: int, now: datetime) -> None:
+    """Stores the resume point after a page was handed to Kafka. Raises LeaseLostError."""
+    status = await connection.execute(
+        """UPDATE import_jobs SET cursor = $3::jsonb, next_page_no = $4, pages_fetched = $5, updated_at = $6
+           WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'""",
+        uuid.UUID(job_id), worker_id, json.dumps(cursor), next_page_no, pages_fetched, now,
+    )
+    if status != "UPDATE 1":
+        raise LeaseLostError(f"lease on job {job_id} was lost")
+
+
+async def finish_job(connection: DbConnection, *, job_id: str, worker_id: str, state: str,
+                     stop_reason: str, error: str, now: datetime) -> JobRecord:
+    """Moves our running job to a terminal state. Raises LeaseLostError if it is not ours any more."""
+    if state not in TERMINAL_STATES:
+        raise ValueError(f"not a terminal state: {state}")
+    row = await connection.fetchrow(
+        """UPDATE import_jobs SET state = $3, stop_reason = $4, error = $5, finished_at = $6, updated_at = $6,
+               lease_owner = NULL, lease_expires_at = NULL
+           WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'
+           RETURNING *""",
+        uuid.UUID(job_id), worker_id, state, stop_reason, error, now,
+    )
+    if row is None:
+        raise LeaseLostError(f"lease on job {job_id} was lost")
+    return record_from_row(row)
+
+
+async def release_lease(connection: DbConnection, *, job_id: str, worker_id: str, now: datetime) -> None:
+    """Gives our running job up (on shutdown) so that another fetcher resumes it at once."""
+    await connection.execute(
+        """UPDATE import_jobs SET lease_owner = NULL, lease_expires_at = $3, updated_at = $3
+           WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'""",
+        uuid.UUID(job_id), worker_id, now,
+    )
+
+
+async def page_results(connection: DbConnection, job_id: str,
+                       page_nos: list[int] | None = None) -> dict[int, tuple[int, int, int]]:
+    """(records_fetched, inserted, updated) of the job's recorded pages (all, or those in page_nos)."""
+    rows = await connection.fetch(
+        """SELECT page_no, records_fetched, inserted, updated FROM import_job_pages
+           WHERE job_id = $1 AND ($2::integer[] IS NULL OR page_no = ANY($2::integer[]))""",
+        uuid.UUID(job_id), page_nos,
+    )
+    return {row["page_no"]: (row["records_fetched"], row["inserted"], row["updated"]) for row in rows}

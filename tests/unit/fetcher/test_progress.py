@@ -1,0 +1,143 @@
+"""JobProgress: backpressure, in-order judging, stop policies, first-import and empty-page rules."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from apptsync.fetcher.progress import JobProgress, Outcome, PageOutcome, StopPolicy
+
+pytestmark = pytest.mark.unit
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def progress(policy: StopPolicy = StopPolicy.NO_NEW_RECORDS, *, stop_after: int = 1, max_pages: int = 100,
+             in_flight: int = 3, first_import: bool = False) -> JobProgress:
+    return JobProgress(policy=policy, stop_after_pages=stop_after, max_pages=max_pages,
+                       max_in_flight_pages=in_flight, first_import=first_import,
+                       deadline_at=NOW + timedelta(hours=1))
+
+
+def result(page_no: int, inserted: int = 0, updated: int = 0, records: int = 10) -> PageOutcome:
+    return PageOutcome(page_no, records, inserted, updated)
+
+
+def test_backpressure_caps_pages_without_a_result() -> None:
+    p = progress(in_flight=2)
+    p.page_sent()
+    p.page_sent()
+    assert not p.may_send()
+    p.result_received(result(1, inserted=5))
+    assert p.may_send()
+
+
+def test_stops_after_first_page_with_nothing_new_but_waits_for_pages_in_flight() -> None:
+    p = progress()
+    for _ in range(3):
+        p.page_sent()
+    p.result_received(result(1))
+    assert p.stopped and p.stop_reason == "page 1 had no new records"
+    assert not p.may_send()
+    assert not p.finished  # pages 2 and 3 are still written and counted
+    p.result_received(result(3))
+    p.result_received(result(2))
+    assert p.finished and p.outcome is Outcome.SUCCEEDED
+
+
+def test_results_are_judged_in_page_order() -> None:
+    p = progress(stop_after=2)
+    for _ in range(3):
+        p.page_sent()
+    p.result_received(result(3))
+    p.result_received(result(2))
+    assert not p.stopped  # page 1 not judged yet
+    p.result_received(result(1, inserted=4))
+    assert p.stopped and p.stop_reason == "pages 2-3 had no new records"
+
+
+def test_a_page_with_news_breaks_the_streak() -> None:
+    p = progress(stop_after=2, in_flight=10)
+    for _ in range(4):
+        p.page_sent()
+    for outcome in (result(1), result(2, inserted=1), result(3)):
+        p.result_received(outcome)
+    assert not p.stopped
+    p.result_received(result(4))
+    assert p.stop_reason == "pages 3-4 had no new records"
+
+
+def test_no_changes_policy_counts_updates_as_news() -> None:
+    p = progress(StopPolicy.NO_CHANGES)
+    p.page_sent()
+    p.result_received(result(1, updated=2))
+    assert not p.stopped
+    p.page_sent()
+    p.result_received(result(2))
+    assert p.stop_reason == "page 2 had no changes"
+
+
+def test_never_policy_pages_until_the_provider_is_exhausted() -> None:
+    p = progress(StopPolicy.NEVER)
+    p.page_sent()
+    p.result_received(result(1))
+    assert not p.stopped
+    p.provider_exhausted()
+    assert p.finished and p.stop_reason == "provider exhausted"
+
+
+def test_first_import_never_stops_early() -> None:
+    p = progress(first_import=True)
+    p.page_sent()
+    p.result_received(result(1))
+    assert not p.stopped
+
+
+def test_empty_pages_neither_stop_nor_break_a_streak() -> None:
+    p = progress(stop_after=2, in_flight=10)
+    for _ in range(3):
+        p.page_sent()
+    p.result_received(result(1))
+    p.result_received(result(2, records=0))
+    assert not p.stopped
+    p.result_received(result(3))
+    assert p.stopped
+
+
+def test_max_pages_stops_sending() -> None:
+    p = progress(max_pages=2)
+    p.page_sent()
+    assert not p.stopped
+    p.page_sent()
+    assert p.stopped and p.stop_reason == "max_pages reached (2)"
+    with pytest.raises(RuntimeError):
+        p.page_sent()
+
+
+def test_deadline_fails_the_job() -> None:
+    p = progress()
+    p.check_deadline(NOW + timedelta(hours=2))
+    assert p.finished and p.outcome is Outcome.FAILED and "deadline" in p.error
+
+
+def test_cancel_and_failure_keep_the_first_decision() -> None:
+    p = progress()
+    p.cancel()
+    p.fail("boom")
+    assert p.outcome is Outcome.CANCELED and p.stop_reason == "canceled by request"
+
+
+def test_duplicate_and_unknown_results_are_ignored() -> None:
+    p = progress(first_import=True)
+    p.page_sent()
+    p.result_received(result(1, inserted=1))
+    p.result_received(result(1))
+    p.result_received(result(7))
+    assert p.in_flight == 0 and not p.stopped
+
+
+def test_resume_awaits_pages_sent_before_the_crash() -> None:
+    p = progress(in_flight=3)
+    p.resume(4, {1: result(1, inserted=3)})
+    assert p.outstanding_pages == {2, 3}
+    assert p.next_page_no == 4
+    p.result_received(result(2))
+    assert p.stopped and p.stop_reason == "page 2 had no new records"
