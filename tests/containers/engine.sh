@@ -75,17 +75,25 @@ if pgrep -x dockerd >/dev/null 2>&1; then
     fi
 fi
 
-# Stale pid file from a daemon that was killed (sessions end all processes).
+# Stale pid files from a daemon that was killed (a session's end kills every process).
+# A pid in them may since have been reused by an unrelated process: only a live
+# process with the right name counts.
+is_live() { [ -n "$1" ] && [ "$(cat "/proc/$1/comm" 2>/dev/null || true)" = "$2" ]; }
 if [ -f "$PIDFILE" ]; then
     oldpid=$(cat "$PIDFILE" 2>/dev/null || true)
-    if [ -n "$oldpid" ] && kill -0 "$oldpid" 2>/dev/null; then
-        die "$PIDFILE names live pid $oldpid but the engine does not answer"
+    if is_live "$oldpid" dockerd; then
+        die "$PIDFILE names a live dockerd (pid $oldpid) that does not answer"
     fi
     say "removing stale $PIDFILE (pid ${oldpid:-?})"
     rm -f "$PIDFILE"
 fi
-# containerd started by dockerd keeps its own pid file; a stale one is harmless
-# since dockerd starts a fresh managed containerd.
+# dockerd reuses a containerd whose pid file names a live process, and would hang
+# on an unrelated one.
+CPIDFILE=/var/run/docker/containerd/containerd.pid
+if [ -f "$CPIDFILE" ] && ! is_live "$(cat "$CPIDFILE" 2>/dev/null || true)" containerd; then
+    say "removing stale $CPIDFILE"
+    rm -f "$CPIDFILE"
+fi
 
 mkdir -p "$(dirname "$LOG")"
 say "starting dockerd (no bridge, no iptables); log: $LOG"
