@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -69,8 +70,14 @@ def _cmd_fetcher(_args: argparse.Namespace) -> int:
     worker_id = settings.worker_id or new_worker_id(socket.gethostname(), os.getpid())
 
     async def serve(stop: asyncio.Event) -> None:
-        await run_fetcher(DatabaseSettings(), KafkaSettings(), settings,
-                          Keyring.from_settings(CredentialSettings()), worker_id=worker_id, stop=stop)
+        await run_fetcher(
+            DatabaseSettings(),
+            KafkaSettings(),
+            settings,
+            Keyring.from_settings(CredentialSettings()),
+            worker_id=worker_id,
+            stop=stop,
+        )
 
     return _run_until_signalled(serve)
 
@@ -127,7 +134,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(Path(args.state_dir), as_json=args.json))
 
 
-def _client(args: argparse.Namespace, name: str) -> int:
+def _client(args: argparse.Namespace, *, name: str) -> int:
     from apptsync.cli import client
 
     handler: Callable[[argparse.Namespace], int] = getattr(client, name)
@@ -135,8 +142,9 @@ def _client(args: argparse.Namespace, name: str) -> int:
 
 
 def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apptsync", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="apptsync", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, handler, text in (
@@ -161,12 +169,16 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
 
     def client_command(name: str, text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--address", default=cli_settings.gateway_address,
-                         help="gateway host:port (default from APPTSYNC_CLI_GATEWAY_ADDRESS)")
+        sub.add_argument(
+            "--address",
+            default=cli_settings.gateway_address,
+            help="gateway host:port (default from APPTSYNC_CLI_GATEWAY_ADDRESS)",
+        )
         sub.add_argument("--timeout-seconds", type=float, default=10.0, help="deadline of each call")
         sub.add_argument("--json", action="store_true", help="print JSON")
-        sub.add_argument("--tenant", required=True, help="tenant id (UUID)")
-        sub.set_defaults(handler=lambda a, n=name.replace("-", "_"): _client(a, n))
+        sub.add_argument("--tenant", required=name != "sync-all", help="tenant id (UUID)")
+        sub.set_defaults(token=cli_settings.token.get_secret_value())
+        sub.set_defaults(handler=functools.partial(_client, name=name.replace("-", "_")))
         return sub
 
     start = client_command("start-import", "queue an import job")
@@ -188,13 +200,31 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
     cancel = client_command("cancel-job", "stop a job at its next page boundary")
     cancel.add_argument("--job", required=True, help="job id")
 
+    listing = client_command("list-jobs", "list a tenant's jobs, newest first")
+    listing.add_argument(
+        "--state", action="append", default=[], choices=["queued", "running", "succeeded", "failed", "canceled"]
+    )
+    listing.add_argument("--limit", type=int, default=20)
+    watch = client_command("watch-job", "follow a job with a live progress bar until it ends")
+    watch.add_argument("--job", required=True, help="job id")
+
+    sync = client_command("sync-all", "start an import for every connection (safe when a CronJob fires twice)")
+    sync.add_argument("--policy", required=True, choices=["no-new-records", "no-changes", "never"])
+    sync.add_argument(
+        "--idempotency-window-seconds", type=int, default=300, help="calls within one window share an idempotency key"
+    )
+
     put = client_command("put-connection", "create or replace a provider connection")
     put.add_argument("--source", required=True, choices=["acuity", "calendly", "google_calendar"])
     put.add_argument("--connection", required=True, help="connection id")
     put.add_argument("--base-url", default="", help="provider API base URL (default: the public API)")
-    put.add_argument("--credentials-file", required=True, metavar="PATH",
-                     help="JSON object of credential fields (secrets never go on the command line, "
-                     "which other users of the machine can read)")
+    put.add_argument(
+        "--credentials-file",
+        required=True,
+        metavar="PATH",
+        help="JSON object of credential fields (secrets never go on the command line, "
+        "which other users of the machine can read)",
+    )
     put.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE")
     return parser
 

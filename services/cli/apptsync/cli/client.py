@@ -60,22 +60,29 @@ def _print(args: argparse.Namespace, message: Message, lines: list[str]) -> None
         print("\n".join(lines))
 
 
+def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    token: str = args.token
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _exit_code(exc: grpc.RpcError) -> int:
+    code = exc.code()
+    print(f"error: {code.name}: {exc.details() or ''}", file=sys.stderr)
+    return {
+        grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
+        grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+        grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+    }.get(code, EXIT_OTHER)
+
+
 def _call(args: argparse.Namespace, call: Callable[[imports_pb2_grpc.ImportServiceStub], _R]) -> _R | int:
     """Runs a call; on an RPC error prints it and returns the exit code instead."""
     with grpc.insecure_channel(args.address) as channel:
         try:
             return call(imports_pb2_grpc.ImportServiceStub(channel))
         except grpc.RpcError as exc:
-            code = exc.code()
-            details = exc.details() or ""
-
-            print(f"error: {code.name}: {details}", file=sys.stderr)
-            return {
-                grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
-                grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
-                grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
-                grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
-            }.get(code, EXIT_OTHER)
+            return _exit_code(exc)
 
 
 def _timestamp(text: str) -> Timestamp:
@@ -94,7 +101,9 @@ def start_import(args: argparse.Namespace) -> int:
     if args.window_end:
         window.end.CopyFrom(_timestamp(args.window_end))
     options = imports_pb2.ImportOptions(
-        page_size=args.page_size, max_pages=args.max_pages, max_in_flight_pages=args.max_in_flight_pages,
+        page_size=args.page_size,
+        max_pages=args.max_pages,
+        max_in_flight_pages=args.max_in_flight_pages,
         stop_policy=_POLICIES[args.policy] if args.policy else imports_pb2.STOP_POLICY_UNSPECIFIED,
         stop_after_pages=args.stop_after_pages,
     )
@@ -103,10 +112,16 @@ def start_import(args: argparse.Namespace) -> int:
         deadline.FromSeconds(int(args.deadline_seconds))
         options.deadline.CopyFrom(deadline)
     request = imports_pb2.StartImportRequest(
-        tenant_id=args.tenant, source=_SOURCES[args.source], connection_id=args.connection,
-        window=window, options=options, idempotency_key=args.idempotency_key,
+        tenant_id=args.tenant,
+        source=_SOURCES[args.source],
+        connection_id=args.connection,
+        window=window,
+        options=options,
+        idempotency_key=args.idempotency_key,
     )
-    response = _call(args, lambda stub: stub.StartImport(request, timeout=args.timeout_seconds))
+    response = _call(
+        args, lambda stub: stub.StartImport(request, timeout=args.timeout_seconds, metadata=_metadata(args))
+    )
     if isinstance(response, int):
         return response
     job = response.job
@@ -125,7 +140,7 @@ def start_import(args: argparse.Namespace) -> int:
 def wait_for_job(args: argparse.Namespace, job_id: str, poll_seconds: float = 0.25) -> imports_pb2.Job | int:
     request = imports_pb2.GetJobRequest(tenant_id=args.tenant, job_id=job_id)
     while True:
-        job = _call(args, lambda stub: stub.GetJob(request, timeout=args.timeout_seconds))
+        job = _call(args, lambda stub: stub.GetJob(request, timeout=args.timeout_seconds, metadata=_metadata(args)))
         if isinstance(job, int) or job.state in _TERMINAL:
             return job
         time.sleep(poll_seconds)
@@ -133,7 +148,7 @@ def wait_for_job(args: argparse.Namespace, job_id: str, poll_seconds: float = 0.
 
 def get_job(args: argparse.Namespace) -> int:
     request = imports_pb2.GetJobRequest(tenant_id=args.tenant, job_id=args.job)
-    job = _call(args, lambda stub: stub.GetJob(request, timeout=args.timeout_seconds))
+    job = _call(args, lambda stub: stub.GetJob(request, timeout=args.timeout_seconds, metadata=_metadata(args)))
     if isinstance(job, int):
         return job
     _print(args, job, job_summary_lines(job))
@@ -142,7 +157,7 @@ def get_job(args: argparse.Namespace) -> int:
 
 def cancel_job(args: argparse.Namespace) -> int:
     request = imports_pb2.CancelJobRequest(tenant_id=args.tenant, job_id=args.job)
-    job = _call(args, lambda stub: stub.CancelJob(request, timeout=args.timeout_seconds))
+    job = _call(args, lambda stub: stub.CancelJob(request, timeout=args.timeout_seconds, metadata=_metadata(args)))
     if isinstance(job, int):
         return job
     _print(args, job, job_summary_lines(job))
@@ -156,12 +171,128 @@ def put_connection(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     settings = dict(item.split("=", 1) for item in args.setting)
     request = imports_pb2.PutConnectionRequest(
-        tenant_id=args.tenant, connection_id=args.connection, source=_SOURCES[args.source],
-        base_url=args.base_url, credentials={str(k): str(v) for k, v in credentials.items()}, settings=settings,
+        tenant_id=args.tenant,
+        connection_id=args.connection,
+        source=_SOURCES[args.source],
+        base_url=args.base_url,
+        credentials={str(k): str(v) for k, v in credentials.items()},
+        settings=settings,
     )
-    connection = _call(args, lambda stub: stub.PutConnection(request, timeout=args.timeout_seconds))
+    connection = _call(
+        args, lambda stub: stub.PutConnection(request, timeout=args.timeout_seconds, metadata=_metadata(args))
+    )
     if isinstance(connection, int):
         return connection
-    _print(args, connection, [f"connection {connection.connection_id} stored "
-                              f"(credential fields: {', '.join(connection.credential_fields)})"])
+    _print(
+        args,
+        connection,
+        [
+            f"connection {connection.connection_id} stored "
+            f"(credential fields: {', '.join(connection.credential_fields)})"
+        ],
+    )
     return EXIT_OK
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    request = imports_pb2.ListJobsRequest(
+        tenant_id=args.tenant,
+        page_size=args.limit,
+        states=[imports_pb2.JobState.Value("JOB_STATE_" + state.upper()) for state in args.state],
+    )
+    response = _call(args, lambda stub: stub.ListJobs(request, timeout=args.timeout_seconds, metadata=_metadata(args)))
+    if isinstance(response, int):
+        return response
+    lines = [
+        f"{job.job_id}  {imports_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_'):9}  "
+        f"{job.counts.inserted:>7} inserted  {job.stop_reason or job.error}"
+        for job in response.jobs
+    ]
+    _print(args, response, lines or ["no jobs"])
+    return EXIT_OK
+
+
+def watch_job(args: argparse.Namespace) -> int:
+    """Follows a job through WatchJob with a live progress display; exit 1 unless it SUCCEEDED."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    request = imports_pb2.WatchJobRequest(tenant_id=args.tenant, job_id=args.job)
+    last: imports_pb2.Job | None = None
+    with grpc.insecure_channel(args.address) as channel:
+        stub = imports_pb2_grpc.ImportServiceStub(channel)
+        try:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                disable=args.json,
+                transient=True,
+            ) as progress:
+                task = progress.add_task("import", total=None, detail="")
+                for job in stub.WatchJob(request, metadata=_metadata(args)):
+                    last = job
+                    c = job.counts
+                    progress.update(
+                        task,
+                        completed=c.pages_written,
+                        total=max(c.pages_fetched, 1),
+                        description=imports_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_"),
+                        detail=f"pages {c.pages_written}/{c.pages_fetched}  records {c.records_fetched}  "
+                        f"inserted {c.inserted}",
+                    )
+        except grpc.RpcError as exc:
+            return _exit_code(exc)
+    if last is None:
+        return EXIT_OTHER
+    _print(args, last, job_summary_lines(last))
+    return EXIT_OK if last.state == imports_pb2.JOB_STATE_SUCCEEDED else EXIT_JOB_FAILED
+
+
+def sync_all(args: argparse.Namespace) -> int:
+    """Starts an import for every connection the token may act for.
+
+    Safe when a CronJob fires twice: an active job is returned instead of a duplicate, and calls in the
+    same `--idempotency-window-seconds` slot share an idempotency key, so they return the same job."""
+    slot = int(time.time() // args.idempotency_window_seconds)
+    failures = 0
+    token = ""
+    started = []
+    with grpc.insecure_channel(args.address) as channel:
+        stub = imports_pb2_grpc.ImportServiceStub(channel)
+        while True:
+            try:
+                page = stub.ListConnections(
+                    imports_pb2.ListConnectionsRequest(tenant_id=args.tenant or "", page_token=token),
+                    timeout=args.timeout_seconds,
+                    metadata=_metadata(args),
+                )
+            except grpc.RpcError as exc:
+                return _exit_code(exc)
+            for connection in page.connections:
+                request = imports_pb2.StartImportRequest(
+                    tenant_id=connection.tenant_id,
+                    source=connection.source,
+                    connection_id=connection.connection_id,
+                    options=imports_pb2.ImportOptions(stop_policy=_POLICIES[args.policy]),
+                    idempotency_key=f"sync-all.{args.policy}.{slot}",
+                )
+                try:
+                    response = stub.StartImport(request, timeout=args.timeout_seconds, metadata=_metadata(args))
+                except grpc.RpcError as exc:
+                    failures += 1
+                    print(
+                        f"{connection.tenant_id}/{connection.connection_id}: {exc.code().name}: {exc.details()}",
+                        file=sys.stderr,
+                    )
+                    continue
+                started.append(response)
+                note = "already running" if response.already_exists else "started"
+                if not args.json:
+                    print(f"{connection.tenant_id}/{connection.connection_id}: job {response.job.job_id} {note}")
+            token = page.next_page_token
+            if not token:
+                break
+    if args.json:
+        print(json.dumps([message_dict(r) for r in started], indent=2, sort_keys=True))
+    return EXIT_OTHER if failures else EXIT_OK

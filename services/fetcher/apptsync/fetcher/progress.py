@@ -122,7 +122,8 @@ class JobProgress:
 
     def check_deadline(self, now: datetime) -> None:
         if now >= self.deadline_at:
-            self._stop(Outcome.FAILED, "deadline exceeded", error=f"job exceeded its deadline ({self.deadline_at.isoformat()})")
+            error = f"job exceeded its deadline ({self.deadline_at.isoformat()})"
+            self._stop(Outcome.FAILED, "deadline exceeded", error=error)
 
     def _stop(self, outcome: Outcome, reason: str, *, error: str = "") -> None:
         if self.outcome is None:

@@ -22,17 +22,24 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from apptsync.fetcher.progress import JobProgress, Outcome, PageOutcome, StopPolicy
-from apptsync.fetcher.providers import ConnectionConfig, JobWindow, ProviderHttp, ProviderSession, open_session
+from apptsync.fetcher.providers import (
+    ConnectionConfig,
+    JobWindow,
+    ProviderHttp,
+    ProviderSession,
+    open_session,
+)
 from apptsync.fetcher.results import ResultRouter
 from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.errors import ApptsyncError, PermanentError, RetriableError
+from apptsync.shared.job_messages import job_to_proto
 from apptsync.shared.kafka import kafka_errors
 from apptsync.shared.pages import build_page
 from apptsync.shared.settings import FetcherSettings, KafkaSettings
-from apptsync.v1 import pages_pb2
+from apptsync.v1 import imports_pb2, pages_pb2
 
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
@@ -88,8 +95,13 @@ async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
         ctx.results.unsubscribe(job.job_id)
 
 
-async def _page_loop(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress,
-                     inbox: asyncio.Queue[pages_pb2.PageResult], cancel_requested: asyncio.Event) -> None:
+async def _page_loop(
+    job: jobs_db.JobRecord,
+    ctx: FetcherContext,
+    progress: JobProgress,
+    inbox: asyncio.Queue[pages_pb2.PageResult],
+    cancel_requested: asyncio.Event,
+) -> None:
     async with ctx.pool.acquire() as conn:
         written = await jobs_db.page_results(conn, job.job_id)
         loaded = await connections_db.load_connection_secrets(
@@ -137,10 +149,16 @@ async def _page_loop(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobP
                 progress.provider_exhausted()
                 continue
             message = build_page(
-                job_id=job.job_id, tenant_id=job.tenant_id, external_source=job.external_source,
-                connection_id=job.connection_id, page_no=progress.next_page_no, fetched_at=ctx.clock(),
-                records_fetched=page.records_fetched, appointments=page.appointments,
-                skipped_out_of_window=page.skipped_out_of_window, skipped_invalid=page.skipped_invalid,
+                job_id=job.job_id,
+                tenant_id=job.tenant_id,
+                external_source=job.external_source,
+                connection_id=job.connection_id,
+                page_no=progress.next_page_no,
+                fetched_at=ctx.clock(),
+                records_fetched=page.records_fetched,
+                appointments=page.appointments,
+                skipped_out_of_window=page.skipped_out_of_window,
+                skipped_invalid=page.skipped_invalid,
             )
             async with kafka_errors():
                 await ctx.producer.send_and_wait(
@@ -150,8 +168,13 @@ async def _page_loop(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobP
             pages_fetched += 1
             async with ctx.pool.acquire() as conn:
                 await jobs_db.save_progress(
-                    conn, job_id=job.job_id, worker_id=ctx.worker_id, cursor=session.cursor(),
-                    next_page_no=progress.next_page_no, pages_fetched=pages_fetched, now=ctx.clock(),
+                    conn,
+                    job_id=job.job_id,
+                    worker_id=ctx.worker_id,
+                    cursor=session.cursor(),
+                    next_page_no=progress.next_page_no,
+                    pages_fetched=pages_fetched,
+                    now=ctx.clock(),
                 )
             last_progress = asyncio.get_running_loop().time()
             continue
@@ -188,18 +211,30 @@ async def _recover_results(job_id: str, ctx: FetcherContext, progress: JobProgre
     return bool(stored)
 
 
-async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress,
-                  conn: DbConnection) -> None:
+async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress, conn: DbConnection) -> None:
+    """Stores the terminal state, then announces it on the job-events topic.
+
+    The event follows the commit: a crash in between loses the event, never the job's state (the
+    job row is the record; the event is a notification for downstream consumers)."""
     outcome = progress.outcome or Outcome.FAILED
     finished = await jobs_db.finish_job(
-        conn, job_id=job.job_id, worker_id=ctx.worker_id, state=outcome.value,
-        stop_reason=progress.stop_reason, error=progress.error, now=ctx.clock(),
+        conn,
+        job_id=job.job_id,
+        worker_id=ctx.worker_id,
+        state=outcome.value,
+        stop_reason=progress.stop_reason,
+        error=progress.error,
+        now=ctx.clock(),
     )
     _log.info("job %s %s: %s %s", job.job_id, finished.state, finished.stop_reason, finished.counts)
+    event = imports_pb2.JobFinished(job=job_to_proto(finished))
+    async with kafka_errors():
+        await ctx.producer.send_and_wait(ctx.kafka.job_events_topic, event.SerializeToString(), key=job.job_id.encode())
 
 
-async def _release_after_drain(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress,
-                               inbox: asyncio.Queue[pages_pb2.PageResult]) -> None:
+async def _release_after_drain(
+    job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress, inbox: asyncio.Queue[pages_pb2.PageResult]
+) -> None:
     """SIGTERM: no new page; give pages in flight a short while, then hand the job to another fetcher."""
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + 10.0
@@ -220,8 +255,13 @@ async def _renew_lease(job_id: str, ctx: FetcherContext, cancel_requested: async
         await asyncio.sleep(interval_seconds)
         try:
             async with ctx.pool.acquire() as conn:
-                if await jobs_db.renew_lease(conn, job_id=job_id, worker_id=ctx.worker_id,
-                                             lease_seconds=ctx.settings.lease_seconds, now=ctx.clock()):
+                if await jobs_db.renew_lease(
+                    conn,
+                    job_id=job_id,
+                    worker_id=ctx.worker_id,
+                    lease_seconds=ctx.settings.lease_seconds,
+                    now=ctx.clock(),
+                ):
                     cancel_requested.set()
         except jobs_db.LeaseLostError:
             raise

@@ -27,7 +27,6 @@ from apptsync.shared.kafka import create_consumer, create_producer, ensure_topic
 from apptsync.shared.settings import DatabaseSettings, FetcherSettings, KafkaSettings
 
 _log = logging.getLogger("apptsync.fetcher")
-JOBS_QUEUED_CHANNEL = "apptsync_jobs_queued"
 
 
 def _utc_now() -> datetime:
@@ -61,12 +60,21 @@ async def run_fetcher(
     async with kafka_errors():
         await producer.start()
     await router.start()
-    ctx = FetcherContext(pool=pool, producer=producer, results=router, http=http, keyring=keyring,
-                         kafka=kafka, settings=settings, worker_id=worker_id, clock=clock)
+    ctx = FetcherContext(
+        pool=pool,
+        producer=producer,
+        results=router,
+        http=http,
+        keyring=keyring,
+        kafka=kafka,
+        settings=settings,
+        worker_id=worker_id,
+        clock=clock,
+    )
     wake = asyncio.Event()
     listener = await pool.acquire()
     try:
-        await listener.add_listener(JOBS_QUEUED_CHANNEL, lambda *_args: wake.set())
+        await listener.add_listener(jobs_db.JOBS_QUEUED_CHANNEL, lambda *_args: wake.set())
         if health is not None:
             await health.set_serving(True)
         async with asyncio.TaskGroup() as group:
@@ -90,8 +98,9 @@ async def run_fetcher(
             await health.stop()
 
 
-async def _claim_loop(ctx: FetcherContext, group: asyncio.TaskGroup, wake: asyncio.Event,
-                      stop: asyncio.Event) -> set[asyncio.Task[None]]:
+async def _claim_loop(
+    ctx: FetcherContext, group: asyncio.TaskGroup, wake: asyncio.Event, stop: asyncio.Event
+) -> set[asyncio.Task[None]]:
     """Claims jobs while slots are free until `stop` is set; returns the jobs still running."""
     running: set[asyncio.Task[None]] = set()
     slot_freed = asyncio.Event()
@@ -100,8 +109,9 @@ async def _claim_loop(ctx: FetcherContext, group: asyncio.TaskGroup, wake: async
         if len(running) < ctx.settings.max_concurrent_jobs:
             try:
                 async with ctx.pool.acquire() as conn:
-                    job = await jobs_db.claim_job(conn, worker_id=ctx.worker_id,
-                                                  lease_seconds=ctx.settings.lease_seconds, now=ctx.clock())
+                    job = await jobs_db.claim_job(
+                        conn, worker_id=ctx.worker_id, lease_seconds=ctx.settings.lease_seconds, now=ctx.clock()
+                    )
             except (OSError, asyncpg.PostgresError) as exc:
                 _log.warning("claiming failed (%s); retrying", type(exc).__name__)
         if job is not None:
@@ -114,8 +124,7 @@ async def _claim_loop(ctx: FetcherContext, group: asyncio.TaskGroup, wake: async
         slot_freed.clear()
         waiters = [asyncio.ensure_future(e.wait()) for e in (wake, stop, slot_freed)]
         try:
-            await asyncio.wait(waiters, timeout=ctx.settings.poll_interval_seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=ctx.settings.poll_interval_seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
@@ -128,5 +137,5 @@ async def _guarded(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
         await run_job(job, ctx)
     except asyncio.CancelledError:
         raise
-    except BaseException as exc:  # noqa: BLE001 - includes ExceptionGroup from the job's task group
+    except BaseException as exc:
         _log.error("job %s interrupted: %r; it resumes when its lease expires", job.job_id, exc)

@@ -1,15 +1,18 @@
 """The gateway: grpc.aio ImportService with health checking and server reflection.
 
-The servicer is a thin adapter: it validates through `translate`, runs one short transaction per
-call through the shared repositories, and maps our error tree onto gRPC status codes.
+The servicer is a thin adapter: it authenticates the call, validates through `translate`, runs one
+short database transaction through the shared repositories, and maps our error tree onto gRPC
+status codes. Health checking and reflection stay open (no token), as probes and grpcurl expect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
@@ -20,32 +23,41 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from apptsync.gateway.auth import ANONYMOUS_DEVELOPER, PermissionDenied, Principal, TokenTable, Unauthenticated
 from apptsync.gateway.translate import (
     FieldViolation,
     RequestInvalid,
     connection_from_request,
     connection_to_proto,
-    job_to_proto,
+    decode_page_token,
+    encode_page_token,
     new_job_from_request,
+    page_size,
     parse_uuid,
 )
+from apptsync.gateway.watch import JobChangeHub
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
-from apptsync.shared.errors import ApptsyncError, NotFoundError, RetriableError
+from apptsync.shared.errors import ApptsyncError, InvalidArgumentError, NotFoundError, RetriableError
+from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
 from apptsync.shared.settings import GatewaySettings
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 _log = logging.getLogger("apptsync.gateway")
 _T = TypeVar("_T")
 Clock = Callable[[], datetime]
+Context = grpc.aio.ServicerContext[object, object]
+STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
+# WatchJob re-reads the job at least this often even without a notification.
+WATCH_FALLBACK_SECONDS = 5.0
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _abort_invalid(context: grpc.aio.ServicerContext[object, object], error: RequestInvalid) -> None:
+async def _abort_invalid(context: Context, error: RequestInvalid) -> None:
     details = error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
@@ -58,35 +70,52 @@ async def _abort_invalid(context: grpc.aio.ServicerContext[object, object], erro
     await context.abort_with_status(rpc_status.to_status(status))
 
 
+def _ids(**fields: str) -> list[str]:
+    """Parses UUID fields; raises RequestInvalid naming every malformed one."""
+    violations: list[FieldViolation] = []
+    parsed = [parse_uuid(value, name, violations) for name, value in fields.items()]
+    if violations:
+        raise RequestInvalid(violations)
+    return parsed
+
+
 class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, keyring: Keyring, settings: GatewaySettings,
-                 clock: Clock = _utc_now) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keyring: Keyring,
+        settings: GatewaySettings,
+        hub: JobChangeHub,
+        tokens: TokenTable | None,
+        clock: Clock = _utc_now,
+    ) -> None:
         self._pool = pool
         self._keyring = keyring
         self._settings = settings
+        self._hub = hub
+        self._tokens = tokens
         self._clock = clock
 
-    async def _run(self, context: grpc.aio.ServicerContext[object, object],
-                   call: Callable[[], Awaitable[_T]]) -> _T:
+    def _principal(self, context: Context) -> Principal:
+        if self._tokens is None:
+            return ANONYMOUS_DEVELOPER
+        return self._tokens.authenticate(context.invocation_metadata() or ())
+
+    async def _run(self, context: Context, call: Callable[[Principal], Awaitable[_T]]) -> _T:
         """Runs one RPC body and maps our errors to status codes (never INTERNAL for a known error)."""
         try:
-            return await call()
-        except RequestInvalid as exc:
-            await _abort_invalid(context, exc)
-        except NotFoundError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except (RetriableError, asyncpg.exceptions.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-            _log.warning("transient failure: %s", type(exc).__name__)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "temporarily unavailable, try again")
-        except ApptsyncError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            return await call(self._principal(context))
+        except (ApptsyncError, asyncpg.exceptions.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            await _abort_for(context, exc)
         raise AssertionError("unreachable: context.abort raises")
 
-    async def StartImport(self, request: imports_pb2.StartImportRequest,
-                          context: grpc.aio.ServicerContext[object, object]) -> imports_pb2.StartImportResponse:
-        async def body() -> imports_pb2.StartImportResponse:
+    async def StartImport(
+        self, request: imports_pb2.StartImportRequest, context: Context
+    ) -> imports_pb2.StartImportResponse:
+        async def body(principal: Principal) -> imports_pb2.StartImportResponse:
             now = self._clock()
             new_job = new_job_from_request(request, settings=self._settings, now=now)
+            principal.require(new_job.tenant_id)
             async with self._pool.acquire() as conn, conn.transaction():
                 known = await connections_db.get_connection(
                     conn, tenant_id=new_job.tenant_id, connection_id=new_job.connection_id
@@ -98,22 +127,87 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
 
         return await self._run(context, body)
 
-    async def GetJob(self, request: imports_pb2.GetJobRequest,
-                     context: grpc.aio.ServicerContext[object, object]) -> imports_pb2.Job:
-        async def body() -> imports_pb2.Job:
-            tenant_id, job_id = _ids(request.tenant_id, request.job_id)
-            async with self._pool.acquire() as conn:
-                job = await jobs_db.get_job(conn, tenant_id=tenant_id, job_id=job_id)
-            if job is None:
-                raise NotFoundError(f"job {job_id} not found")
-            return job_to_proto(job)
+    async def _job(self, principal: Principal, tenant_field: str, job_field: str) -> jobs_db.JobRecord:
+        tenant_id, job_id = _ids(tenant_id=tenant_field, job_id=job_field)
+        principal.require(tenant_id)
+        async with self._pool.acquire() as conn:
+            job = await jobs_db.get_job(conn, tenant_id=tenant_id, job_id=job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id} not found")
+        return job
+
+    async def GetJob(self, request: imports_pb2.GetJobRequest, context: Context) -> imports_pb2.Job:
+        async def body(principal: Principal) -> imports_pb2.Job:
+            return job_to_proto(await self._job(principal, request.tenant_id, request.job_id))
 
         return await self._run(context, body)
 
-    async def CancelJob(self, request: imports_pb2.CancelJobRequest,
-                        context: grpc.aio.ServicerContext[object, object]) -> imports_pb2.Job:
-        async def body() -> imports_pb2.Job:
-            tenant_id, job_id = _ids(request.tenant_id, request.job_id)
+    async def ListJobs(self, request: imports_pb2.ListJobsRequest, context: Context) -> imports_pb2.ListJobsResponse:
+        async def body(principal: Principal) -> imports_pb2.ListJobsResponse:
+            (tenant_id,) = _ids(tenant_id=request.tenant_id)
+            principal.require(tenant_id)
+            unknown = [s for s in request.states if s not in STATE_FROM_PROTO]
+            if unknown:
+                raise RequestInvalid([FieldViolation("states", f"unknown job states {unknown}")])
+            limit = page_size(request.page_size, "page_size")
+            keyset = decode_page_token(request.page_token, "page_token", 2)
+            after = None
+            if keyset is not None:
+                try:
+                    after = (datetime.fromisoformat(keyset[0]), str(_ids(page_token=keyset[1])[0]))
+                except ValueError as exc:
+                    raise RequestInvalid(
+                        [FieldViolation("page_token", "is not a page token this server issued")]
+                    ) from exc
+            async with self._pool.acquire() as conn:
+                jobs = await jobs_db.list_jobs(
+                    conn,
+                    tenant_id=tenant_id,
+                    states=[STATE_FROM_PROTO[s] for s in request.states],
+                    limit=limit + 1,
+                    after=after,
+                )
+            response = imports_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs[:limit]])
+            if len(jobs) > limit:
+                last = jobs[limit - 1]
+                response.next_page_token = encode_page_token([last.created_at.isoformat(), last.job_id])
+            return response
+
+        return await self._run(context, body)
+
+    async def WatchJob(self, request: imports_pb2.WatchJobRequest, context: Context) -> AsyncIterator[imports_pb2.Job]:
+        """Streams snapshots until the job is terminal. Each change is sent at most once; bursts of
+        changes collapse into one snapshot (a watcher wants the state, not every counter step)."""
+        try:
+            job = await self._job(self._principal(context), request.tenant_id, request.job_id)
+        except (ApptsyncError, asyncpg.exceptions.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            await _abort_for(context, exc)
+            return
+        changed = self._hub.watch(job.job_id)
+        try:
+            last_sent = None
+            while True:
+                snapshot = job_to_proto(job)
+                if snapshot != last_sent:
+                    yield snapshot
+                    last_sent = snapshot
+                if job.is_terminal:
+                    return
+                changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=WATCH_FALLBACK_SECONDS)
+                async with self._pool.acquire() as conn:
+                    fresh = await jobs_db.get_job(conn, tenant_id=job.tenant_id, job_id=job.job_id)
+                if fresh is None:
+                    return
+                job = fresh
+        finally:
+            self._hub.unwatch(job.job_id, changed)
+
+    async def CancelJob(self, request: imports_pb2.CancelJobRequest, context: Context) -> imports_pb2.Job:
+        async def body(principal: Principal) -> imports_pb2.Job:
+            tenant_id, job_id = _ids(tenant_id=request.tenant_id, job_id=request.job_id)
+            principal.require(tenant_id)
             async with self._pool.acquire() as conn:
                 job = await jobs_db.request_cancel(conn, tenant_id=tenant_id, job_id=job_id, now=self._clock())
             if job is None:
@@ -122,27 +216,34 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
 
         return await self._run(context, body)
 
-    async def PutConnection(self, request: imports_pb2.PutConnectionRequest,
-                            context: grpc.aio.ServicerContext[object, object]) -> imports_pb2.Connection:
-        async def body() -> imports_pb2.Connection:
+    async def PutConnection(
+        self, request: imports_pb2.PutConnectionRequest, context: Context
+    ) -> imports_pb2.Connection:
+        async def body(principal: Principal) -> imports_pb2.Connection:
             given = connection_from_request(request)
+            principal.require(given.tenant_id)
             async with self._pool.acquire() as conn:
                 record = await connections_db.put_connection(
-                    conn, keyring=self._keyring, tenant_id=given.tenant_id, connection_id=given.connection_id,
-                    external_source=given.external_source, base_url=given.base_url,
-                    credentials=given.credentials, settings=given.settings, now=self._clock(),
+                    conn,
+                    keyring=self._keyring,
+                    tenant_id=given.tenant_id,
+                    connection_id=given.connection_id,
+                    external_source=given.external_source,
+                    base_url=given.base_url,
+                    credentials=given.credentials,
+                    settings=given.settings,
+                    now=self._clock(),
                 )
             return connection_to_proto(record)
 
         return await self._run(context, body)
 
-    async def GetConnection(self, request: imports_pb2.GetConnectionRequest,
-                            context: grpc.aio.ServicerContext[object, object]) -> imports_pb2.Connection:
-        async def body() -> imports_pb2.Connection:
-            violations: list[FieldViolation] = []
-            tenant_id = parse_uuid(request.tenant_id, "tenant_id", violations)
-            if violations:
-                raise RequestInvalid(violations)
+    async def GetConnection(
+        self, request: imports_pb2.GetConnectionRequest, context: Context
+    ) -> imports_pb2.Connection:
+        async def body(principal: Principal) -> imports_pb2.Connection:
+            (tenant_id,) = _ids(tenant_id=request.tenant_id)
+            principal.require(tenant_id)
             async with self._pool.acquire() as conn:
                 record = await connections_db.get_connection(
                     conn, tenant_id=tenant_id, connection_id=request.connection_id
@@ -153,43 +254,133 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
 
         return await self._run(context, body)
 
+    async def ListConnections(
+        self, request: imports_pb2.ListConnectionsRequest, context: Context
+    ) -> imports_pb2.ListConnectionsResponse:
+        async def body(principal: Principal) -> imports_pb2.ListConnectionsResponse:
+            if request.tenant_id:
+                (tenant_id,) = _ids(tenant_id=request.tenant_id)
+                principal.require(tenant_id)
+                tenant_ids: list[str] | None = [tenant_id]
+            else:
+                tenant_ids = None if principal.tenants is None else sorted(principal.tenants)
+            limit = page_size(request.page_size, "page_size")
+            keyset = decode_page_token(request.page_token, "page_token", 2)
+            after = None if keyset is None else (_ids(page_token=keyset[0])[0], keyset[1])
+            async with self._pool.acquire() as conn:
+                records = await connections_db.list_connections(
+                    conn, tenant_ids=tenant_ids, limit=limit + 1, after=after
+                )
+            response = imports_pb2.ListConnectionsResponse(
+                connections=[connection_to_proto(r) for r in records[:limit]]
+            )
+            if len(records) > limit:
+                last = records[limit - 1]
+                response.next_page_token = encode_page_token([last.tenant_id, last.connection_id])
+            return response
 
-def _ids(tenant_id: str, job_id: str) -> tuple[str, str]:
-    violations: list[FieldViolation] = []
-    tenant = parse_uuid(tenant_id, "tenant_id", violations)
-    job = parse_uuid(job_id, "job_id", violations)
-    if violations:
-        raise RequestInvalid(violations)
-    return tenant, job
+        return await self._run(context, body)
+
+    async def DeleteConnection(
+        self, request: imports_pb2.DeleteConnectionRequest, context: Context
+    ) -> imports_pb2.DeleteConnectionResponse:
+        async def body(principal: Principal) -> imports_pb2.DeleteConnectionResponse:
+            (tenant_id,) = _ids(tenant_id=request.tenant_id)
+            principal.require(tenant_id)
+            async with self._pool.acquire() as conn:
+                deleted = await connections_db.delete_connection(
+                    conn, tenant_id=tenant_id, connection_id=request.connection_id
+                )
+            return imports_pb2.DeleteConnectionResponse(deleted=deleted)
+
+        return await self._run(context, body)
 
 
-async def serve_gateway(pool: asyncpg.Pool, keyring: Keyring, settings: GatewaySettings, *,
-                        stop: asyncio.Event, ready: Callable[[int], None] | None = None) -> None:
+async def _abort_for(context: Context, exc: Exception) -> None:
+    """Ends the call with the status our error means; raises (grpc's abort always does)."""
+    if isinstance(exc, RequestInvalid):
+        await _abort_invalid(context, exc)
+    elif isinstance(exc, Unauthenticated):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+    elif isinstance(exc, PermissionDenied):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    elif isinstance(exc, NotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    elif isinstance(
+        exc, RetriableError | asyncpg.exceptions.PostgresConnectionError | asyncpg.InterfaceError | OSError
+    ):
+        _log.warning("transient failure: %s", type(exc).__name__)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "temporarily unavailable, try again")
+    else:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
+
+def _server_credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert_file:
+        return None
+    chain = [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())]
+    if settings.tls_client_ca_file:
+        return grpc.ssl_server_credentials(
+            chain, root_certificates=Path(settings.tls_client_ca_file).read_bytes(), require_client_auth=True
+        )
+    return grpc.ssl_server_credentials(chain)
+
+
+def load_tokens(settings: GatewaySettings) -> TokenTable | None:
+    """The token table, or None when unauthenticated calls are explicitly allowed.
+
+    Raises InvalidArgumentError when neither a tokens file nor the development opt-out is configured:
+    a gateway never runs open by accident."""
+    if settings.auth_tokens_file:
+        return TokenTable.from_file(settings.auth_tokens_file)
+    if settings.allow_unauthenticated:
+        _log.warning("authentication is DISABLED (APPTSYNC_GATEWAY_ALLOW_UNAUTHENTICATED): development only")
+        return None
+    raise InvalidArgumentError(
+        "APPTSYNC_GATEWAY_AUTH_TOKENS_FILE",
+        "set a tokens file, or APPTSYNC_GATEWAY_ALLOW_UNAUTHENTICATED=true for development",
+    )
+
+
+async def serve_gateway(
+    pool: asyncpg.Pool,
+    keyring: Keyring,
+    settings: GatewaySettings,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[int], None] | None = None,
+) -> None:
     """Serves until `stop` is set, then stops intake, lets calls in flight finish (bounded), returns."""
+    tokens = load_tokens(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
+    hub = JobChangeHub(pool)
+    await hub.start()
     server = grpc.aio.server(options=options)
-    imports_pb2_grpc.add_ImportServiceServicer_to_server(ImportServicer(pool, keyring, settings), server)
+    imports_pb2_grpc.add_ImportServiceServicer_to_server(ImportServicer(pool, keyring, settings, hub, tokens), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_names = (
-        imports_pb2.DESCRIPTOR.services_by_name["ImportService"].full_name,
-        health.SERVICE_NAME,
-        reflection.SERVICE_NAME,
-    )
-    reflection.enable_server_reflection(service_names, server)
-    port = server.add_insecure_port(settings.listen_address)
+    import_service = imports_pb2.DESCRIPTOR.services_by_name["ImportService"].full_name
+    reflection.enable_server_reflection((import_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    credentials = _server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen_address)
+    else:
+        port = server.add_secure_port(settings.listen_address, credentials)
     if port == 0:
         raise OSError(f"cannot bind {settings.listen_address}")
     await server.start()
-    for name in ("", service_names[0]):
+    for name in ("", import_service):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     _log.info("gateway listening on port %d", port)
     if ready is not None:
         ready(port)
-    await stop.wait()
-    for name in ("", service_names[0]):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.stop(grace=10.0)
+    try:
+        await stop.wait()
+    finally:
+        for name in ("", import_service):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(grace=10.0)
+        await hub.stop()

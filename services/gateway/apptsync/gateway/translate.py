@@ -8,48 +8,21 @@ static annotations in the .proto cannot express; the rules are few and unit-test
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from google.protobuf.duration_pb2 import Duration
-
-from apptsync.shared.appointments import Source
 from apptsync.shared.db.connections import ConnectionRecord
-from apptsync.shared.db.jobs import JobOptions, JobRecord, NewJob
+from apptsync.shared.db.jobs import JobOptions, NewJob
 from apptsync.shared.errors import PermanentError
+from apptsync.shared.job_messages import POLICY_FROM_PROTO, SOURCE_FROM_PROTO, SOURCE_TO_PROTO
 from apptsync.shared.pages import from_timestamp, timestamp
 from apptsync.shared.settings import GatewaySettings
 from apptsync.v1 import imports_pb2
-
-SOURCE_FROM_PROTO: dict[int, Source] = {
-    imports_pb2.SOURCE_ACUITY: Source.ACUITY,
-    imports_pb2.SOURCE_CALENDLY: Source.CALENDLY,
-    imports_pb2.SOURCE_GOOGLE_CALENDAR: Source.GOOGLE_CALENDAR,
-}
-SOURCE_TO_PROTO: dict[str, imports_pb2.Source.ValueType] = {
-    Source.ACUITY.value: imports_pb2.SOURCE_ACUITY,
-    Source.CALENDLY.value: imports_pb2.SOURCE_CALENDLY,
-    Source.GOOGLE_CALENDAR.value: imports_pb2.SOURCE_GOOGLE_CALENDAR,
-}
-STATE_TO_PROTO: dict[str, imports_pb2.JobState.ValueType] = {
-    "QUEUED": imports_pb2.JOB_STATE_QUEUED,
-    "RUNNING": imports_pb2.JOB_STATE_RUNNING,
-    "SUCCEEDED": imports_pb2.JOB_STATE_SUCCEEDED,
-    "FAILED": imports_pb2.JOB_STATE_FAILED,
-    "CANCELED": imports_pb2.JOB_STATE_CANCELED,
-}
-POLICY_FROM_PROTO: dict[int, str] = {
-    imports_pb2.STOP_POLICY_NO_NEW_RECORDS: "NO_NEW_RECORDS",
-    imports_pb2.STOP_POLICY_NO_CHANGES: "NO_CHANGES",
-    imports_pb2.STOP_POLICY_NEVER: "NEVER",
-}
-POLICY_TO_PROTO: dict[str, imports_pb2.StopPolicy.ValueType] = {
-    "NO_NEW_RECORDS": imports_pb2.STOP_POLICY_NO_NEW_RECORDS,
-    "NO_CHANGES": imports_pb2.STOP_POLICY_NO_CHANGES,
-    "NEVER": imports_pb2.STOP_POLICY_NEVER,
-}
 
 # Connection ids and idempotency keys are client-chosen names: keep them printable and bounded.
 _NAME = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
@@ -95,8 +68,12 @@ def _bounded(value: int, default: int, field: str, upper: int, violations: list[
 
 
 def new_job_from_request(
-    request: imports_pb2.StartImportRequest, *, settings: GatewaySettings, now: datetime,
-    trace_id: str = "", traceparent: str = "",
+    request: imports_pb2.StartImportRequest,
+    *,
+    settings: GatewaySettings,
+    now: datetime,
+    trace_id: str = "",
+    traceparent: str = "",
 ) -> NewJob:
     """Validates a StartImport request. Raises RequestInvalid with every violation found."""
     violations: list[FieldViolation] = []
@@ -117,14 +94,22 @@ def new_job_from_request(
         violations.append(FieldViolation("window", f"must not be longer than {settings.max_window_days} days"))
 
     options = request.options
-    page_size = _bounded(options.page_size, settings.default_page_size, "options.page_size",
-                         _MAX_PAGE_SIZE, violations)
-    max_pages = _bounded(options.max_pages, settings.default_max_pages, "options.max_pages",
-                         10_000_000, violations)
-    in_flight = _bounded(options.max_in_flight_pages, settings.default_max_in_flight_pages,
-                         "options.max_in_flight_pages", _MAX_IN_FLIGHT_PAGES, violations)
-    stop_after = _bounded(options.stop_after_pages, settings.default_stop_after_pages,
-                          "options.stop_after_pages", _MAX_STOP_AFTER_PAGES, violations)
+    page_size = _bounded(options.page_size, settings.default_page_size, "options.page_size", _MAX_PAGE_SIZE, violations)
+    max_pages = _bounded(options.max_pages, settings.default_max_pages, "options.max_pages", 10_000_000, violations)
+    in_flight = _bounded(
+        options.max_in_flight_pages,
+        settings.default_max_in_flight_pages,
+        "options.max_in_flight_pages",
+        _MAX_IN_FLIGHT_PAGES,
+        violations,
+    )
+    stop_after = _bounded(
+        options.stop_after_pages,
+        settings.default_stop_after_pages,
+        "options.stop_after_pages",
+        _MAX_STOP_AFTER_PAGES,
+        violations,
+    )
     if options.stop_policy == imports_pb2.STOP_POLICY_UNSPECIFIED:
         policy = "NO_NEW_RECORDS"
     elif options.stop_policy in POLICY_FROM_PROTO:
@@ -153,39 +138,6 @@ def new_job_from_request(
         trace_id=trace_id,
         traceparent=traceparent,
     )
-
-
-def job_to_proto(job: JobRecord) -> imports_pb2.Job:
-    deadline = Duration()
-    deadline.FromTimedelta(timedelta(seconds=job.options.deadline_seconds))
-    message = imports_pb2.Job(
-        job_id=job.job_id,
-        tenant_id=job.tenant_id,
-        source=SOURCE_TO_PROTO[job.external_source],
-        connection_id=job.connection_id,
-        state=STATE_TO_PROTO[job.state],
-        window=imports_pb2.TimeWindow(start=timestamp(job.window_start), end=timestamp(job.window_end)),
-        options=imports_pb2.ImportOptions(
-            page_size=job.options.page_size,
-            max_pages=job.options.max_pages,
-            max_in_flight_pages=job.options.max_in_flight_pages,
-            stop_policy=POLICY_TO_PROTO[job.options.stop_policy],
-            stop_after_pages=job.options.stop_after_pages,
-            deadline=deadline,
-        ),
-        counts=imports_pb2.JobCounts(**job.counts),
-        stop_reason=job.stop_reason,
-        error=job.error,
-        created_at=timestamp(job.created_at),
-        trace_id=job.trace_id,
-        cancel_requested=job.cancel_requested,
-        first_import=job.first_import,
-    )
-    if job.started_at is not None:
-        message.started_at.CopyFrom(timestamp(job.started_at))
-    if job.finished_at is not None:
-        message.finished_at.CopyFrom(timestamp(job.finished_at))
-    return message
 
 
 def connection_to_proto(record: ConnectionRecord) -> imports_pb2.Connection:
@@ -238,3 +190,30 @@ def connection_from_request(request: imports_pb2.PutConnectionRequest) -> Connec
         credentials=dict(request.credentials),
         settings=dict(request.settings),
     )
+
+
+def encode_page_token(keyset: list[str]) -> str:
+    """An opaque page token for the keyset of the last item of a page."""
+    return base64.urlsafe_b64encode(json.dumps(keyset).encode()).decode()
+
+
+def decode_page_token(token: str, field: str, size: int) -> list[str] | None:
+    """The keyset in `token` (None for an empty token). Raises RequestInvalid for a forged one."""
+    if not token:
+        return None
+    try:
+        keyset = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error) as exc:
+        raise RequestInvalid([FieldViolation(field, "is not a page token this server issued")]) from exc
+    if not isinstance(keyset, list) or len(keyset) != size or not all(isinstance(v, str) for v in keyset):
+        raise RequestInvalid([FieldViolation(field, "is not a page token this server issued")])
+    return keyset
+
+
+def page_size(value: int, field: str, *, default: int = 50, upper: int = 500) -> int:
+    """The requested page size (0 = default). Raises RequestInvalid when out of range."""
+    violations: list[FieldViolation] = []
+    size = _bounded(value, default, field, upper, violations)
+    if violations:
+        raise RequestInvalid(violations)
+    return size

@@ -48,8 +48,9 @@ class ProviderUnavailableError(ProviderError, RetriableError):
 
     `retry_after_seconds` is the provider's own hint (Retry-After or a rate-limit reset header)."""
 
-    def __init__(self, message: str, *, status_code: int | None = None,
-                 retry_after_seconds: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after_seconds: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.retry_after_seconds = retry_after_seconds

@@ -36,4 +36,4 @@ class HealthEndpoint:
 
 def health_enabled(address: str) -> bool:
     """False for an address whose port is 0: the process runs without a health endpoint."""
-    return not address.rsplit(":", 1)[-1] in ("", "0")
+    return address.rsplit(":", 1)[-1] not in ("", "0")

@@ -33,6 +33,7 @@ class KafkaSettings(BaseSettings):
     pages_topic: str = Field("apptsync.pages", description="Topic of AppointmentPage messages (key: job id).")
     page_results_topic: str = Field("apptsync.page-results", description="Topic of PageResult messages.")
     dead_letter_topic: str = Field("apptsync.dead-letters", description="Pages or records the writer cannot store.")
+    job_events_topic: str = Field("apptsync.job-events", description="JobFinished events for downstream consumers.")
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics apptsync creates itself.")
     topic_replication_factor: int = Field(
         1, ge=1, description="Replication factor of topics apptsync creates itself (3 on a production cluster)."
@@ -65,6 +66,17 @@ class GatewaySettings(BaseSettings):
 
     listen_address: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds.")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted.")
+    auth_tokens_file: str = Field(
+        "", description="JSON file of bearer tokens (sha256) and the tenants each may act for; see README."
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Accept calls without a token (local development only); otherwise a tokens file is required."
+    )
+    tls_cert_file: str = Field("", description="PEM server certificate; empty serves plaintext.")
+    tls_key_file: str = Field("", description="PEM private key of the server certificate.")
+    tls_client_ca_file: str = Field(
+        "", description="PEM CA bundle; when set, clients must present a certificate (mTLS)."
+    )
     default_window_days: int = Field(365, ge=1, description="Window length when StartImport gives none.")
     max_window_days: int = Field(3 * 366, ge=1, description="Longest window StartImport accepts.")
     default_page_size: int = Field(100, ge=1, description="Records per provider page.")
@@ -72,7 +84,6 @@ class GatewaySettings(BaseSettings):
     default_max_in_flight_pages: int = Field(8, ge=1, description="Pages a job may have without a result.")
     default_stop_after_pages: int = Field(1, ge=1, description="Consecutive no-news pages that stop a job.")
     default_deadline_seconds: float = Field(3600.0, gt=0, description="Wall-clock budget of a job.")
-    metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port; 0 disables it.")
 
 
 class FetcherSettings(BaseSettings):
@@ -87,7 +98,6 @@ class FetcherSettings(BaseSettings):
         120.0, gt=0, description="How long a job waits for a page's result before failing."
     )
     health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
-    metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port; 0 disables it.")
 
 
 class WriterSettings(BaseSettings):
@@ -95,7 +105,6 @@ class WriterSettings(BaseSettings):
 
     max_batch_pages: int = Field(8, ge=1, description="Consecutive pages applied in one transaction.")
     health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
-    metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port; 0 disables it.")
 
 
 class SimulatorSettings(BaseSettings):
@@ -116,6 +125,7 @@ class CliSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_CLI_", extra="ignore")
 
     gateway_address: str = Field("127.0.0.1:50051", description="Gateway the client commands call.")
+    token: SecretStr = Field(SecretStr(""), description="Bearer token the client commands send (empty: none).")
     log_level: str = Field("INFO", description="Log level of every apptsync process.")
 
 

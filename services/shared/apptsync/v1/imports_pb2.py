@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61pptsync/v1/imports.proto\x12\x0b\x61pptsync.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\nTimeWindow\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x01\n\rImportOptions\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x11\n\tmax_pages\x18\x02 \x01(\x05\x12\x1b\n\x13max_in_flight_pages\x18\x03 \x01(\x05\x12,\n\x0bstop_policy\x18\x04 \x01(\x0e\x32\x17.apptsync.v1.StopPolicy\x12\x18\n\x10stop_after_pages\x18\x05 \x01(\x05\x12+\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd2\x01\n\x12StartImportRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x06source\x18\x02 \x01(\x0e\x32\x13.apptsync.v1.Source\x12\x15\n\rconnection_id\x18\x03 \x01(\t\x12\'\n\x06window\x18\x04 \x01(\x0b\x32\x17.apptsync.v1.TimeWindow\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.apptsync.v1.ImportOptions\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"L\n\x13StartImportResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.apptsync.v1.Job\x12\x16\n\x0e\x61lready_exists\x18\x02 \x01(\x08\"2\n\rGetJobRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"5\n\x10\x43\x61ncelJobRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"\x9c\x02\n\tJobCounts\x12\x15\n\rpages_fetched\x18\x01 \x01(\x03\x12\x15\n\rpages_written\x18\x02 \x01(\x03\x12\x17\n\x0frecords_fetched\x18\x03 \x01(\x03\x12\x10\n\x08inserted\x18\x04 \x01(\x03\x12\x0f\n\x07updated\x18\x05 \x01(\x03\x12\x11\n\tunchanged\x18\x06 \x01(\x03\x12\x1d\n\x15skipped_out_of_window\x18\x07 \x01(\x03\x12\x17\n\x0fskipped_invalid\x18\x08 \x01(\x03\x12\x1b\n\x13skipped_dead_letter\x18\t \x01(\x03\x12!\n\x19skipped_duplicate_in_page\x18\n \x01(\x03\x12\x1a\n\x12\x63ontacts_unmatched\x18\x0b \x01(\x03\"\xff\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12#\n\x06source\x18\x03 \x01(\x0e\x32\x13.apptsync.v1.Source\x12\x15\n\rconnection_id\x18\x04 \x01(\t\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.apptsync.v1.JobState\x12\'\n\x06window\x18\x06 \x01(\x0b\x32\x17.apptsync.v1.TimeWindow\x12+\n\x07options\x18\x07 \x01(\x0b\x32\x1a.apptsync.v1.ImportOptions\x12&\n\x06\x63ounts\x18\x08 \x01(\x0b\x32\x16.apptsync.v1.JobCounts\x12\x13\n\x0bstop_reason\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x0e \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\x0f \x01(\x08\x12\x14\n\x0c\x66irst_import\x18\x10 \x01(\x08\"\xe8\x02\n\x14PutConnectionRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12#\n\x06source\x18\x03 \x01(\x0e\x32\x13.apptsync.v1.Source\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12G\n\x0b\x63redentials\x18\x05 \x03(\x0b\x32\x32.apptsync.v1.PutConnectionRequest.CredentialsEntry\x12\x41\n\x08settings\x18\x06 \x03(\x0b\x32/.apptsync.v1.PutConnectionRequest.SettingsEntry\x1a\x32\n\x10\x43redentialsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x14GetConnectionRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\"\xd2\x02\n\nConnection\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12#\n\x06source\x18\x03 \x01(\x0e\x32\x13.apptsync.v1.Source\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x37\n\x08settings\x18\x05 \x03(\x0b\x32%.apptsync.v1.Connection.SettingsEntry\x12\x19\n\x11\x63redential_fields\x18\x06 \x03(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*d\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n\rSOURCE_ACUITY\x10\x01\x12\x13\n\x0fSOURCE_CALENDLY\x10\x02\x12\x1a\n\x16SOURCE_GOOGLE_CALENDAR\x10\x03*\x99\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x16\n\x12JOB_STATE_CANCELED\x10\x05*|\n\nStopPolicy\x12\x1b\n\x17STOP_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSTOP_POLICY_NO_NEW_RECORDS\x10\x01\x12\x1a\n\x16STOP_POLICY_NO_CHANGES\x10\x02\x12\x15\n\x11STOP_POLICY_NEVER\x10\x03\x32\xf1\x02\n\rImportService\x12P\n\x0bStartImport\x12\x1f.apptsync.v1.StartImportRequest\x1a .apptsync.v1.StartImportResponse\x12\x36\n\x06GetJob\x12\x1a.apptsync.v1.GetJobRequest\x1a\x10.apptsync.v1.Job\x12<\n\tCancelJob\x12\x1d.apptsync.v1.CancelJobRequest\x1a\x10.apptsync.v1.Job\x12K\n\rPutConnection\x12!.apptsync.v1.PutConnectionRequest\x1a\x17.apptsync.v1.Connection\x12K\n\rGetConnection\x12!.apptsync.v1.GetConnectionRequest\x1a\x17.apptsync.v1.Connectionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61pptsync/v1/imports.proto\x12\x0b\x61pptsync.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\nTimeWindow\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x01\n\rImportOptions\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x11\n\tmax_pages\x18\x02 \x01(\x05\x12\x1b\n\x13max_in_flight_pages\x18\x03 \x01(\x05\x12,\n\x0bstop_policy\x18\x04 \x01(\x0e\x32\x17.apptsync.v1.StopPolicy\x12\x18\n\x10stop_after_pages\x18\x05 \x01(\x05\x12+\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd2\x01\n\x12StartImportRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12#\n\x06source\x18\x02 \x01(\x0e\x32\x13.apptsync.v1.Source\x12\x15\n\rconnection_id\x18\x03 \x01(\t\x12\'\n\x06window\x18\x04 \x01(\x0b\x32\x17.apptsync.v1.TimeWindow\x12+\n\x07options\x18\x05 \x01(\x0b\x32\x1a.apptsync.v1.ImportOptions\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\"L\n\x13StartImportResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.apptsync.v1.Job\x12\x16\n\x0e\x61lready_exists\x18\x02 \x01(\x08\"2\n\rGetJobRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"r\n\x0fListJobsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12%\n\x06states\x18\x02 \x03(\x0e\x32\x15.apptsync.v1.JobState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.apptsync.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x0fWatchJobRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"5\n\x10\x43\x61ncelJobRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\"\x9c\x02\n\tJobCounts\x12\x15\n\rpages_fetched\x18\x01 \x01(\x03\x12\x15\n\rpages_written\x18\x02 \x01(\x03\x12\x17\n\x0frecords_fetched\x18\x03 \x01(\x03\x12\x10\n\x08inserted\x18\x04 \x01(\x03\x12\x0f\n\x07updated\x18\x05 \x01(\x03\x12\x11\n\tunchanged\x18\x06 \x01(\x03\x12\x1d\n\x15skipped_out_of_window\x18\x07 \x01(\x03\x12\x17\n\x0fskipped_invalid\x18\x08 \x01(\x03\x12\x1b\n\x13skipped_dead_letter\x18\t \x01(\x03\x12!\n\x19skipped_duplicate_in_page\x18\n \x01(\x03\x12\x1a\n\x12\x63ontacts_unmatched\x18\x0b \x01(\x03\"\xff\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12#\n\x06source\x18\x03 \x01(\x0e\x32\x13.apptsync.v1.Source\x12\x15\n\rconnection_id\x18\x04 \x01(\t\x12$\n\x05state\x18\x05 \x01(\x0e\x32\x15.apptsync.v1.JobState\x12\'\n\x06window\x18\x06 \x01(\x0b\x32\x17.apptsync.v1.TimeWindow\x12+\n\x07options\x18\x07 \x01(\x0b\x32\x1a.apptsync.v1.ImportOptions\x12&\n\x06\x63ounts\x18\x08 \x01(\x0b\x32\x16.apptsync.v1.JobCounts\x12\x13\n\x0bstop_reason\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x0e \x01(\t\x12\x18\n\x10\x63\x61ncel_requested\x18\x0f \x01(\x08\x12\x14\n\x0c\x66irst_import\x18\x10 \x01(\x08\"\xe8\x02\n\x14PutConnectionRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12#\n\x06source\x18\x03 \x01(\x0e\x32\x13.apptsync.v1.Source\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12G\n\x0b\x63redentials\x18\x05 \x03(\x0b\x32\x32.apptsync.v1.PutConnectionRequest.CredentialsEntry\x12\x41\n\x08settings\x18\x06 \x03(\x0b\x32/.apptsync.v1.PutConnectionRequest.SettingsEntry\x1a\x32\n\x10\x43redentialsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x14GetConnectionRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\"R\n\x16ListConnectionsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x17ListConnectionsResponse\x12,\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x17.apptsync.v1.Connection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"C\n\x17\x44\x65leteConnectionRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\"+\n\x18\x44\x65leteConnectionResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\",\n\x0bJobFinished\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.apptsync.v1.Job\"\xd2\x02\n\nConnection\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12#\n\x06source\x18\x03 \x01(\x0e\x32\x13.apptsync.v1.Source\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x37\n\x08settings\x18\x05 \x03(\x0b\x32%.apptsync.v1.Connection.SettingsEntry\x12\x19\n\x11\x63redential_fields\x18\x06 \x03(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*d\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x11\n\rSOURCE_ACUITY\x10\x01\x12\x13\n\x0fSOURCE_CALENDLY\x10\x02\x12\x1a\n\x16SOURCE_GOOGLE_CALENDAR\x10\x03*\x99\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x16\n\x12JOB_STATE_CANCELED\x10\x05*|\n\nStopPolicy\x12\x1b\n\x17STOP_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSTOP_POLICY_NO_NEW_RECORDS\x10\x01\x12\x1a\n\x16STOP_POLICY_NO_CHANGES\x10\x02\x12\x15\n\x11STOP_POLICY_NEVER\x10\x03\x32\xb7\x05\n\rImportService\x12P\n\x0bStartImport\x12\x1f.apptsync.v1.StartImportRequest\x1a .apptsync.v1.StartImportResponse\x12\x36\n\x06GetJob\x12\x1a.apptsync.v1.GetJobRequest\x1a\x10.apptsync.v1.Job\x12G\n\x08ListJobs\x12\x1c.apptsync.v1.ListJobsRequest\x1a\x1d.apptsync.v1.ListJobsResponse\x12<\n\x08WatchJob\x12\x1c.apptsync.v1.WatchJobRequest\x1a\x10.apptsync.v1.Job0\x01\x12<\n\tCancelJob\x12\x1d.apptsync.v1.CancelJobRequest\x1a\x10.apptsync.v1.Job\x12K\n\rPutConnection\x12!.apptsync.v1.PutConnectionRequest\x1a\x17.apptsync.v1.Connection\x12K\n\rGetConnection\x12!.apptsync.v1.GetConnectionRequest\x1a\x17.apptsync.v1.Connection\x12\\\n\x0fListConnections\x12#.apptsync.v1.ListConnectionsRequest\x1a$.apptsync.v1.ListConnectionsResponse\x12_\n\x10\x44\x65leteConnection\x12$.apptsync.v1.DeleteConnectionRequest\x1a%.apptsync.v1.DeleteConnectionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,12 +39,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTCONNECTIONREQUEST_SETTINGSENTRY']._serialized_options = b'8\001'
   _globals['_CONNECTION_SETTINGSENTRY']._loaded_options = None
   _globals['_CONNECTION_SETTINGSENTRY']._serialized_options = b'8\001'
-  _globals['_SOURCE']._serialized_start=2376
-  _globals['_SOURCE']._serialized_end=2476
-  _globals['_JOBSTATE']._serialized_start=2479
-  _globals['_JOBSTATE']._serialized_end=2632
-  _globals['_STOPPOLICY']._serialized_start=2634
-  _globals['_STOPPOLICY']._serialized_end=2758
+  _globals['_SOURCE']._serialized_start=2965
+  _globals['_SOURCE']._serialized_end=3065
+  _globals['_JOBSTATE']._serialized_start=3068
+  _globals['_JOBSTATE']._serialized_end=3221
+  _globals['_STOPPOLICY']._serialized_start=3223
+  _globals['_STOPPOLICY']._serialized_end=3347
   _globals['_TIMEWINDOW']._serialized_start=107
   _globals['_TIMEWINDOW']._serialized_end=203
   _globals['_IMPORTOPTIONS']._serialized_start=206
@@ -55,24 +55,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTIMPORTRESPONSE']._serialized_end=696
   _globals['_GETJOBREQUEST']._serialized_start=698
   _globals['_GETJOBREQUEST']._serialized_end=748
-  _globals['_CANCELJOBREQUEST']._serialized_start=750
-  _globals['_CANCELJOBREQUEST']._serialized_end=803
-  _globals['_JOBCOUNTS']._serialized_start=806
-  _globals['_JOBCOUNTS']._serialized_end=1090
-  _globals['_JOB']._serialized_start=1093
-  _globals['_JOB']._serialized_end=1604
-  _globals['_PUTCONNECTIONREQUEST']._serialized_start=1607
-  _globals['_PUTCONNECTIONREQUEST']._serialized_end=1967
-  _globals['_PUTCONNECTIONREQUEST_CREDENTIALSENTRY']._serialized_start=1868
-  _globals['_PUTCONNECTIONREQUEST_CREDENTIALSENTRY']._serialized_end=1918
-  _globals['_PUTCONNECTIONREQUEST_SETTINGSENTRY']._serialized_start=1920
-  _globals['_PUTCONNECTIONREQUEST_SETTINGSENTRY']._serialized_end=1967
-  _globals['_GETCONNECTIONREQUEST']._serialized_start=1969
-  _globals['_GETCONNECTIONREQUEST']._serialized_end=2033
-  _globals['_CONNECTION']._serialized_start=2036
-  _globals['_CONNECTION']._serialized_end=2374
-  _globals['_CONNECTION_SETTINGSENTRY']._serialized_start=1920
-  _globals['_CONNECTION_SETTINGSENTRY']._serialized_end=1967
-  _globals['_IMPORTSERVICE']._serialized_start=2761
-  _globals['_IMPORTSERVICE']._serialized_end=3130
+  _globals['_LISTJOBSREQUEST']._serialized_start=750
+  _globals['_LISTJOBSREQUEST']._serialized_end=864
+  _globals['_LISTJOBSRESPONSE']._serialized_start=866
+  _globals['_LISTJOBSRESPONSE']._serialized_end=941
+  _globals['_WATCHJOBREQUEST']._serialized_start=943
+  _globals['_WATCHJOBREQUEST']._serialized_end=995
+  _globals['_CANCELJOBREQUEST']._serialized_start=997
+  _globals['_CANCELJOBREQUEST']._serialized_end=1050
+  _globals['_JOBCOUNTS']._serialized_start=1053
+  _globals['_JOBCOUNTS']._serialized_end=1337
+  _globals['_JOB']._serialized_start=1340
+  _globals['_JOB']._serialized_end=1851
+  _globals['_PUTCONNECTIONREQUEST']._serialized_start=1854
+  _globals['_PUTCONNECTIONREQUEST']._serialized_end=2214
+  _globals['_PUTCONNECTIONREQUEST_CREDENTIALSENTRY']._serialized_start=2115
+  _globals['_PUTCONNECTIONREQUEST_CREDENTIALSENTRY']._serialized_end=2165
+  _globals['_PUTCONNECTIONREQUEST_SETTINGSENTRY']._serialized_start=2167
+  _globals['_PUTCONNECTIONREQUEST_SETTINGSENTRY']._serialized_end=2214
+  _globals['_GETCONNECTIONREQUEST']._serialized_start=2216
+  _globals['_GETCONNECTIONREQUEST']._serialized_end=2280
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=2282
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=2364
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=2366
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=2462
+  _globals['_DELETECONNECTIONREQUEST']._serialized_start=2464
+  _globals['_DELETECONNECTIONREQUEST']._serialized_end=2531
+  _globals['_DELETECONNECTIONRESPONSE']._serialized_start=2533
+  _globals['_DELETECONNECTIONRESPONSE']._serialized_end=2576
+  _globals['_JOBFINISHED']._serialized_start=2578
+  _globals['_JOBFINISHED']._serialized_end=2622
+  _globals['_CONNECTION']._serialized_start=2625
+  _globals['_CONNECTION']._serialized_end=2963
+  _globals['_CONNECTION_SETTINGSENTRY']._serialized_start=2167
+  _globals['_CONNECTION_SETTINGSENTRY']._serialized_end=2214
+  _globals['_IMPORTSERVICE']._serialized_start=3350
+  _globals['_IMPORTSERVICE']._serialized_end=4045
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,16 @@ class ImportServiceStub:
                 request_serializer=apptsync_dot_v1_dot_imports__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=apptsync_dot_v1_dot_imports__pb2.Job.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/apptsync.v1.ImportService/ListJobs',
+                request_serializer=apptsync_dot_v1_dot_imports__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=apptsync_dot_v1_dot_imports__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/apptsync.v1.ImportService/WatchJob',
+                request_serializer=apptsync_dot_v1_dot_imports__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=apptsync_dot_v1_dot_imports__pb2.Job.FromString,
+                _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/apptsync.v1.ImportService/CancelJob',
                 request_serializer=apptsync_dot_v1_dot_imports__pb2.CancelJobRequest.SerializeToString,
@@ -58,6 +68,16 @@ class ImportServiceStub:
                 '/apptsync.v1.ImportService/GetConnection',
                 request_serializer=apptsync_dot_v1_dot_imports__pb2.GetConnectionRequest.SerializeToString,
                 response_deserializer=apptsync_dot_v1_dot_imports__pb2.Connection.FromString,
+                _registered_method=True)
+        self.ListConnections = channel.unary_unary(
+                '/apptsync.v1.ImportService/ListConnections',
+                request_serializer=apptsync_dot_v1_dot_imports__pb2.ListConnectionsRequest.SerializeToString,
+                response_deserializer=apptsync_dot_v1_dot_imports__pb2.ListConnectionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteConnection = channel.unary_unary(
+                '/apptsync.v1.ImportService/DeleteConnection',
+                request_serializer=apptsync_dot_v1_dot_imports__pb2.DeleteConnectionRequest.SerializeToString,
+                response_deserializer=apptsync_dot_v1_dot_imports__pb2.DeleteConnectionResponse.FromString,
                 _registered_method=True)
 
 
@@ -74,6 +94,21 @@ class ImportServiceServicer:
 
     def GetJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Newest first; filter by state; page with page_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Streams a snapshot now and after every change (driven by database notifications) until the
+        job ends; the last message is the terminal state.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -98,6 +133,19 @@ class ImportServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListConnections(self, request, context):
+        """An empty tenant_id lists the connections of every tenant the caller may act for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteConnection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +157,16 @@ def add_ImportServiceServicer_to_server(servicer, server):
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=apptsync_dot_v1_dot_imports__pb2.GetJobRequest.FromString,
+                    response_serializer=apptsync_dot_v1_dot_imports__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=apptsync_dot_v1_dot_imports__pb2.ListJobsRequest.FromString,
+                    response_serializer=apptsync_dot_v1_dot_imports__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=apptsync_dot_v1_dot_imports__pb2.WatchJobRequest.FromString,
                     response_serializer=apptsync_dot_v1_dot_imports__pb2.Job.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
@@ -125,6 +183,16 @@ def add_ImportServiceServicer_to_server(servicer, server):
                     servicer.GetConnection,
                     request_deserializer=apptsync_dot_v1_dot_imports__pb2.GetConnectionRequest.FromString,
                     response_serializer=apptsync_dot_v1_dot_imports__pb2.Connection.SerializeToString,
+            ),
+            'ListConnections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnections,
+                    request_deserializer=apptsync_dot_v1_dot_imports__pb2.ListConnectionsRequest.FromString,
+                    response_serializer=apptsync_dot_v1_dot_imports__pb2.ListConnectionsResponse.SerializeToString,
+            ),
+            'DeleteConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConnection,
+                    request_deserializer=apptsync_dot_v1_dot_imports__pb2.DeleteConnectionRequest.FromString,
+                    response_serializer=apptsync_dot_v1_dot_imports__pb2.DeleteConnectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +248,60 @@ class ImportService:
             target,
             '/apptsync.v1.ImportService/GetJob',
             apptsync_dot_v1_dot_imports__pb2.GetJobRequest.SerializeToString,
+            apptsync_dot_v1_dot_imports__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apptsync.v1.ImportService/ListJobs',
+            apptsync_dot_v1_dot_imports__pb2.ListJobsRequest.SerializeToString,
+            apptsync_dot_v1_dot_imports__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/apptsync.v1.ImportService/WatchJob',
+            apptsync_dot_v1_dot_imports__pb2.WatchJobRequest.SerializeToString,
             apptsync_dot_v1_dot_imports__pb2.Job.FromString,
             options,
             channel_credentials,
@@ -262,6 +384,60 @@ class ImportService:
             '/apptsync.v1.ImportService/GetConnection',
             apptsync_dot_v1_dot_imports__pb2.GetConnectionRequest.SerializeToString,
             apptsync_dot_v1_dot_imports__pb2.Connection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apptsync.v1.ImportService/ListConnections',
+            apptsync_dot_v1_dot_imports__pb2.ListConnectionsRequest.SerializeToString,
+            apptsync_dot_v1_dot_imports__pb2.ListConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apptsync.v1.ImportService/DeleteConnection',
+            apptsync_dot_v1_dot_imports__pb2.DeleteConnectionRequest.SerializeToString,
+            apptsync_dot_v1_dot_imports__pb2.DeleteConnectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,11 +36,20 @@ class ImportServiceStub:
     instead of a duplicate, and the same job again for a repeated idempotency_key.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_imports_pb2.GetJobRequest, _imports_pb2.Job]
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_imports_pb2.ListJobsRequest, _imports_pb2.ListJobsResponse]
+    """Newest first; filter by state; page with page_token."""
+    WatchJob: _grpc.UnaryStreamMultiCallable[_imports_pb2.WatchJobRequest, _imports_pb2.Job]
+    """Streams a snapshot now and after every change (driven by database notifications) until the
+    job ends; the last message is the terminal state.
+    """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_imports_pb2.CancelJobRequest, _imports_pb2.Job]
     """Asks the job to stop at the next page boundary; pages already sent are still written."""
     PutConnection: _grpc.UnaryUnaryMultiCallable[_imports_pb2.PutConnectionRequest, _imports_pb2.Connection]
     """Creates or replaces a provider connection; credentials are encrypted at rest and never returned."""
     GetConnection: _grpc.UnaryUnaryMultiCallable[_imports_pb2.GetConnectionRequest, _imports_pb2.Connection]
+    ListConnections: _grpc.UnaryUnaryMultiCallable[_imports_pb2.ListConnectionsRequest, _imports_pb2.ListConnectionsResponse]
+    """An empty tenant_id lists the connections of every tenant the caller may act for."""
+    DeleteConnection: _grpc.UnaryUnaryMultiCallable[_imports_pb2.DeleteConnectionRequest, _imports_pb2.DeleteConnectionResponse]
 
 @_typing.type_check_only
 class ImportServiceAsyncStub(ImportServiceStub):
@@ -50,11 +59,20 @@ class ImportServiceAsyncStub(ImportServiceStub):
     instead of a duplicate, and the same job again for a repeated idempotency_key.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_imports_pb2.GetJobRequest, _imports_pb2.Job]  # type: ignore[assignment]
+    ListJobs: _aio.UnaryUnaryMultiCallable[_imports_pb2.ListJobsRequest, _imports_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """Newest first; filter by state; page with page_token."""
+    WatchJob: _aio.UnaryStreamMultiCallable[_imports_pb2.WatchJobRequest, _imports_pb2.Job]  # type: ignore[assignment]
+    """Streams a snapshot now and after every change (driven by database notifications) until the
+    job ends; the last message is the terminal state.
+    """
     CancelJob: _aio.UnaryUnaryMultiCallable[_imports_pb2.CancelJobRequest, _imports_pb2.Job]  # type: ignore[assignment]
     """Asks the job to stop at the next page boundary; pages already sent are still written."""
     PutConnection: _aio.UnaryUnaryMultiCallable[_imports_pb2.PutConnectionRequest, _imports_pb2.Connection]  # type: ignore[assignment]
     """Creates or replaces a provider connection; credentials are encrypted at rest and never returned."""
     GetConnection: _aio.UnaryUnaryMultiCallable[_imports_pb2.GetConnectionRequest, _imports_pb2.Connection]  # type: ignore[assignment]
+    ListConnections: _aio.UnaryUnaryMultiCallable[_imports_pb2.ListConnectionsRequest, _imports_pb2.ListConnectionsResponse]  # type: ignore[assignment]
+    """An empty tenant_id lists the connections of every tenant the caller may act for."""
+    DeleteConnection: _aio.UnaryUnaryMultiCallable[_imports_pb2.DeleteConnectionRequest, _imports_pb2.DeleteConnectionResponse]  # type: ignore[assignment]
 
 class ImportServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -73,6 +91,24 @@ class ImportServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _imports_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_imports_pb2.Job, _abc.Awaitable[_imports_pb2.Job]]: ...
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _imports_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_imports_pb2.ListJobsResponse, _abc.Awaitable[_imports_pb2.ListJobsResponse]]:
+        """Newest first; filter by state; page with page_token."""
+
+    @_abc_1.abstractmethod
+    def WatchJob(
+        self,
+        request: _imports_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_imports_pb2.Job], _abc.AsyncIterator[_imports_pb2.Job]]:
+        """Streams a snapshot now and after every change (driven by database notifications) until the
+        job ends; the last message is the terminal state.
+        """
 
     @_abc_1.abstractmethod
     def CancelJob(
@@ -96,5 +132,20 @@ class ImportServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _imports_pb2.GetConnectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_imports_pb2.Connection, _abc.Awaitable[_imports_pb2.Connection]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConnections(
+        self,
+        request: _imports_pb2.ListConnectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_imports_pb2.ListConnectionsResponse, _abc.Awaitable[_imports_pb2.ListConnectionsResponse]]:
+        """An empty tenant_id lists the connections of every tenant the caller may act for."""
+
+    @_abc_1.abstractmethod
+    def DeleteConnection(
+        self,
+        request: _imports_pb2.DeleteConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_imports_pb2.DeleteConnectionResponse, _abc.Awaitable[_imports_pb2.DeleteConnectionResponse]]: ...
 
 def add_ImportServiceServicer_to_server(servicer: ImportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

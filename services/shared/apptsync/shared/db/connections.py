@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -71,23 +70,29 @@ async def put_connection(
                settings = EXCLUDED.settings, credentials_ciphertext = EXCLUDED.credentials_ciphertext,
                credential_fields = EXCLUDED.credential_fields, updated_at = EXCLUDED.updated_at
            RETURNING *""",
-        uuid.UUID(tenant_id), connection_id, external_source, base_url, json.dumps(dict(settings)),
-        ciphertext, sorted(credentials), now,
+        uuid.UUID(tenant_id),
+        connection_id,
+        external_source,
+        base_url,
+        json.dumps(dict(settings)),
+        ciphertext,
+        sorted(credentials),
+        now,
     )
     assert row is not None
     return _record(row)
 
 
-async def get_connection(connection: DbConnection, *, tenant_id: str,
-                         connection_id: str) -> ConnectionRecord | None:
+async def get_connection(connection: DbConnection, *, tenant_id: str, connection_id: str) -> ConnectionRecord | None:
     row = await connection.fetchrow(
         "SELECT * FROM connections WHERE tenant_id = $1 AND connection_id = $2", uuid.UUID(tenant_id), connection_id
     )
     return None if row is None else _record(row)
 
 
-async def load_connection_secrets(connection: DbConnection, *, keyring: Keyring, tenant_id: str,
-                                  connection_id: str) -> tuple[ConnectionRecord, dict[str, str]] | None:
+async def load_connection_secrets(
+    connection: DbConnection, *, keyring: Keyring, tenant_id: str, connection_id: str
+) -> tuple[ConnectionRecord, dict[str, str]] | None:
     """The connection and its decrypted credentials, or None when it does not exist.
 
     Raises CredentialDecryptError when the stored ciphertext does not authenticate."""
@@ -98,3 +103,30 @@ async def load_connection_secrets(connection: DbConnection, *, keyring: Keyring,
         return None
     secrets = keyring.decrypt(bytes(row["credentials_ciphertext"]), tenant_id=tenant_id, connection_id=connection_id)
     return _record(row), secrets
+
+
+async def list_connections(
+    connection: DbConnection, *, tenant_ids: list[str] | None, limit: int, after: tuple[str, str] | None
+) -> list[ConnectionRecord]:
+    """Connections of `tenant_ids` (None: every tenant) ordered by (tenant, connection id), starting
+    after the keyset of the previous page's last connection."""
+    rows = await connection.fetch(
+        """SELECT * FROM connections
+           WHERE ($1::uuid[] IS NULL OR tenant_id = ANY($1::uuid[]))
+             AND ($2::uuid IS NULL OR (tenant_id, connection_id) > ($2::uuid, $3::text))
+           ORDER BY tenant_id, connection_id
+           LIMIT $4""",
+        None if tenant_ids is None else [uuid.UUID(t) for t in tenant_ids],
+        None if after is None else uuid.UUID(after[0]),
+        None if after is None else after[1],
+        limit,
+    )
+    return [_record(row) for row in rows]
+
+
+async def delete_connection(connection: DbConnection, *, tenant_id: str, connection_id: str) -> bool:
+    """Deletes the connection and its encrypted credentials; False when there was none."""
+    status = await connection.execute(
+        "DELETE FROM connections WHERE tenant_id = $1 AND connection_id = $2", uuid.UUID(tenant_id), connection_id
+    )
+    return bool(status == "DELETE 1")

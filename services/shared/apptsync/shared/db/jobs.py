@@ -11,9 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -21,6 +19,9 @@ if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
 from apptsync.shared.errors import PermanentError
 
+# Channels: the gateway notifies fetchers of queued jobs; a trigger notifies every job change.
+JOBS_QUEUED_CHANNEL = "apptsync_jobs_queued"
+JOB_CHANGED_CHANNEL = "apptsync_job_changed"
 ACTIVE_STATES = ("QUEUED", "RUNNING")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")
 COUNTER_COLUMNS = (
@@ -147,7 +148,9 @@ async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) ->
         first_import = not await connection.fetchval(
             """SELECT EXISTS (SELECT 1 FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
                               AND connection_id = $3 AND state = 'SUCCEEDED')""",
-            uuid.UUID(job.tenant_id), job.external_source, job.connection_id,
+            uuid.UUID(job.tenant_id),
+            job.external_source,
+            job.connection_id,
         )
         row = await connection.fetchrow(
             """INSERT INTO import_jobs (job_id, tenant_id, external_source, connection_id, window_start,
@@ -156,26 +159,41 @@ async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) ->
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)
                ON CONFLICT DO NOTHING
                RETURNING *""",
-            uuid.uuid4(), uuid.UUID(job.tenant_id), job.external_source, job.connection_id,
-            job.window_start, job.window_end, job.options.page_size, job.options.max_pages,
-            job.options.max_in_flight_pages, job.options.stop_policy, job.options.stop_after_pages,
-            now + timedelta(seconds=job.options.deadline_seconds), first_import, job.idempotency_key,
-            job.trace_id, job.traceparent, now,
+            uuid.uuid4(),
+            uuid.UUID(job.tenant_id),
+            job.external_source,
+            job.connection_id,
+            job.window_start,
+            job.window_end,
+            job.options.page_size,
+            job.options.max_pages,
+            job.options.max_in_flight_pages,
+            job.options.stop_policy,
+            job.options.stop_after_pages,
+            now + timedelta(seconds=job.options.deadline_seconds),
+            first_import,
+            job.idempotency_key,
+            job.trace_id,
+            job.traceparent,
+            now,
         )
         if row is not None:
-            await connection.execute("SELECT pg_notify('apptsync_jobs_queued', $1)", str(row["job_id"]))
+            await connection.execute("SELECT pg_notify($1, $2)", JOBS_QUEUED_CHANNEL, str(row["job_id"]))
             return record_from_row(row), False
         existing = None
         if job.idempotency_key is not None:
             existing = await connection.fetchrow(
                 "SELECT * FROM import_jobs WHERE tenant_id = $1 AND idempotency_key = $2",
-                uuid.UUID(job.tenant_id), job.idempotency_key,
+                uuid.UUID(job.tenant_id),
+                job.idempotency_key,
             )
         if existing is None:
             existing = await connection.fetchrow(
                 """SELECT * FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
                    AND connection_id = $3 AND state IN ('QUEUED', 'RUNNING')""",
-                uuid.UUID(job.tenant_id), job.external_source, job.connection_id,
+                uuid.UUID(job.tenant_id),
+                job.external_source,
+                job.connection_id,
             )
         if existing is not None:
             return record_from_row(existing), True
@@ -196,8 +214,28 @@ async def get_job_by_id(connection: DbConnection, job_id: str) -> JobRecord | No
     return None if row is None else record_from_row(row)
 
 
-async def request_cancel(connection: DbConnection, *, tenant_id: str, job_id: str,
-                         now: datetime) -> JobRecord | None:
+async def list_jobs(
+    connection: DbConnection, *, tenant_id: str, states: list[str], limit: int, after: tuple[datetime, str] | None
+) -> list[JobRecord]:
+    """The tenant's jobs, newest first, optionally only in `states`, starting after the keyset
+    `(created_at, job_id)` of the previous page's last job."""
+    rows = await connection.fetch(
+        """SELECT * FROM import_jobs
+           WHERE tenant_id = $1
+             AND (cardinality($2::text[]) = 0 OR state = ANY($2::text[]))
+             AND ($3::timestamptz IS NULL OR (created_at, job_id) < ($3, $4::uuid))
+           ORDER BY created_at DESC, job_id DESC
+           LIMIT $5""",
+        uuid.UUID(tenant_id),
+        states,
+        None if after is None else after[0],
+        None if after is None else uuid.UUID(after[1]),
+        limit,
+    )
+    return [record_from_row(row) for row in rows]
+
+
+async def request_cancel(connection: DbConnection, *, tenant_id: str, job_id: str, now: datetime) -> JobRecord | None:
     """Marks an active job for cancellation (a QUEUED job is canceled at once). Idempotent."""
     row = await connection.fetchrow(
         """UPDATE import_jobs SET
@@ -208,15 +246,18 @@ async def request_cancel(connection: DbConnection, *, tenant_id: str, job_id: st
                updated_at = $3
            WHERE job_id = $1 AND tenant_id = $2 AND state IN ('QUEUED', 'RUNNING')
            RETURNING *""",
-        uuid.UUID(job_id), uuid.UUID(tenant_id), now,
+        uuid.UUID(job_id),
+        uuid.UUID(tenant_id),
+        now,
     )
     if row is None:
         return await get_job(connection, tenant_id=tenant_id, job_id=job_id)
     return record_from_row(row)
 
 
-async def claim_job(connection: DbConnection, *, worker_id: str, lease_seconds: float,
-                    now: datetime) -> JobRecord | None:
+async def claim_job(
+    connection: DbConnection, *, worker_id: str, lease_seconds: float, now: datetime
+) -> JobRecord | None:
     """Claims the oldest queued job, or a running job whose lease expired (its fetcher died).
 
     Guarantees at most one live owner per job: the row is locked with SKIP LOCKED while claimed, and
@@ -233,39 +274,59 @@ async def claim_job(connection: DbConnection, *, worker_id: str, lease_seconds: 
                FOR UPDATE SKIP LOCKED
                LIMIT 1)
            RETURNING *""",
-        worker_id, now, lease_seconds,
+        worker_id,
+        now,
+        lease_seconds,
     )
     return None if row is None else record_from_row(row)
 
 
-async def renew_lease(connection: DbConnection, *, job_id: str, worker_id: str, lease_seconds: float,
-                      now: datetime) -> bool:
+async def renew_lease(
+    connection: DbConnection, *, job_id: str, worker_id: str, lease_seconds: float, now: datetime
+) -> bool:
     """Extends our lease and reports whether cancellation was requested. Raises LeaseLostError."""
     row = await connection.fetchrow(
         """UPDATE import_jobs SET lease_expires_at = $3 + make_interval(secs => $4), updated_at = $3
            WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'
            RETURNING cancel_requested""",
-        uuid.UUID(job_id), worker_id, now, lease_seconds,
+        uuid.UUID(job_id),
+        worker_id,
+        now,
+        lease_seconds,
     )
     if row is None:
         raise LeaseLostError(f"lease on job {job_id} was lost")
     return bool(row["cancel_requested"])
 
 
-async def save_progress(connection: DbConnection, *, job_id: str, worker_id: str, cursor: Any,
-                        next_page_no: int, pages_fetched: int, now: datetime) -> None:
+async def save_progress(
+    connection: DbConnection,
+    *,
+    job_id: str,
+    worker_id: str,
+    cursor: Any,
+    next_page_no: int,
+    pages_fetched: int,
+    now: datetime,
+) -> None:
     """Stores the resume point after a page was handed to Kafka. Raises LeaseLostError."""
     status = await connection.execute(
         """UPDATE import_jobs SET cursor = $3::jsonb, next_page_no = $4, pages_fetched = $5, updated_at = $6
            WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'""",
-        uuid.UUID(job_id), worker_id, json.dumps(cursor), next_page_no, pages_fetched, now,
+        uuid.UUID(job_id),
+        worker_id,
+        json.dumps(cursor),
+        next_page_no,
+        pages_fetched,
+        now,
     )
     if status != "UPDATE 1":
         raise LeaseLostError(f"lease on job {job_id} was lost")
 
 
-async def finish_job(connection: DbConnection, *, job_id: str, worker_id: str, state: str,
-                     stop_reason: str, error: str, now: datetime) -> JobRecord:
+async def finish_job(
+    connection: DbConnection, *, job_id: str, worker_id: str, state: str, stop_reason: str, error: str, now: datetime
+) -> JobRecord:
     """Moves our running job to a terminal state. Raises LeaseLostError if it is not ours any more."""
     if state not in TERMINAL_STATES:
         raise ValueError(f"not a terminal state: {state}")
@@ -274,7 +335,12 @@ async def finish_job(connection: DbConnection, *, job_id: str, worker_id: str, s
                lease_owner = NULL, lease_expires_at = NULL
            WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'
            RETURNING *""",
-        uuid.UUID(job_id), worker_id, state, stop_reason, error, now,
+        uuid.UUID(job_id),
+        worker_id,
+        state,
+        stop_reason,
+        error,
+        now,
     )
     if row is None:
         raise LeaseLostError(f"lease on job {job_id} was lost")
@@ -286,16 +352,20 @@ async def release_lease(connection: DbConnection, *, job_id: str, worker_id: str
     await connection.execute(
         """UPDATE import_jobs SET lease_owner = NULL, lease_expires_at = $3, updated_at = $3
            WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'""",
-        uuid.UUID(job_id), worker_id, now,
+        uuid.UUID(job_id),
+        worker_id,
+        now,
     )
 
 
-async def page_results(connection: DbConnection, job_id: str,
-                       page_nos: list[int] | None = None) -> dict[int, tuple[int, int, int]]:
+async def page_results(
+    connection: DbConnection, job_id: str, page_nos: list[int] | None = None
+) -> dict[int, tuple[int, int, int]]:
     """(records_fetched, inserted, updated) of the job's recorded pages (all, or those in page_nos)."""
     rows = await connection.fetch(
         """SELECT page_no, records_fetched, inserted, updated FROM import_job_pages
            WHERE job_id = $1 AND ($2::integer[] IS NULL OR page_no = ANY($2::integer[]))""",
-        uuid.UUID(job_id), page_nos,
+        uuid.UUID(job_id),
+        page_nos,
     )
     return {row["page_no"]: (row["records_fetched"], row["inserted"], row["updated"]) for row in rows}

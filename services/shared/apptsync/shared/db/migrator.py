@@ -85,7 +85,9 @@ async def migrate(connection: asyncpg.Connection, migrations: list[Migration] | 
                 await connection.execute(migration.sql)
                 await connection.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version, migration.name, migration.checksum,
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
                 )
             newly_applied.append(migration.version)
         return newly_applied
