@@ -1,0 +1,200 @@
+"""`apptsync dev up`: PostgreSQL, the broker and every service on one machine, no Docker, no accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from apptsync.cli.devstack.broker import EmbeddedBroker
+from apptsync.cli.devstack.environment import (
+    DEFAULT_GATEWAY_PORT,
+    SERVICE_NAMES,
+    StackAddresses,
+    dev_stack_env_defaults,
+    format_address_table,
+)
+from apptsync.cli.devstack.errors import DevStackError
+from apptsync.cli.devstack.keyring import load_or_create_dev_keyring
+from apptsync.cli.devstack.postgres import EmbeddedPostgres
+from apptsync.cli.devstack.process import ChildProcess, wait_for_first_exit
+from apptsync.cli.devstack.services import (
+    CommandFactory,
+    ServiceSet,
+    apptsync_cli_command,
+    run_to_end_despite_cancellation,
+    stop_all,
+)
+
+KEYRING_FILE: Final[str] = "credentials.keyring"
+
+
+class DevStack:
+    """`async with DevStack(state_dir) as stack:` everything running; `stack.addresses` says where.
+
+    Start order: PostgreSQL, broker, `migrate` (to completion), simulator, writer, fetcher, gateway,
+    each waited for. Leaving the context (also by an exception or a cancellation) stops it all in
+    reverse: services (SIGTERM, bounded), broker, PostgreSQL (SIGINT, fast shutdown). The data
+    directory and the credentials keyring persist in `state_dir` between runs; broker contents do not.
+    Raises ProcessStartError / ProcessExitError / DataDirectoryInUseError from start-up.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        gateway_port: int | None = DEFAULT_GATEWAY_PORT,
+        services: Sequence[str] = SERVICE_NAMES,
+        extra_env: Mapping[str, str] | None = None,
+        inherited_env: Mapping[str, str] | None = None,
+        command: CommandFactory = apptsync_cli_command,
+        ready_timeout_seconds: float = 60.0,
+        stop_timeout_seconds: float = 15.0,
+    ) -> None:
+        self.state_dir = state_dir.absolute()
+        self.log_dir = self.state_dir / "logs"
+        self.postgres = EmbeddedPostgres(self.state_dir, inherited_env=inherited_env)
+        self.broker = EmbeddedBroker(self.log_dir, inherited_env=inherited_env)
+        self._gateway_port = gateway_port
+        self._service_names = tuple(services)
+        self._extra_env = extra_env
+        self._inherited_env = inherited_env
+        self._command = command
+        self._ready_timeout_seconds = ready_timeout_seconds
+        self._stop_timeout_seconds = stop_timeout_seconds
+        self._services: ServiceSet | None = None
+
+    @property
+    def services(self) -> ServiceSet:
+        if self._services is None:
+            raise DevStackError("the dev stack has not been started")
+        return self._services
+
+    @property
+    def addresses(self) -> StackAddresses:
+        return self.services.addresses
+
+    @property
+    def service_env(self) -> dict[str, str]:
+        """The variables the services were given on top of the inherited environment."""
+        return self.services.service_env
+
+    async def __aenter__(self) -> DevStack:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await run_to_end_despite_cancellation(self.stop())
+
+    async def start(self) -> None:
+        try:
+            keyring = await asyncio.to_thread(load_or_create_dev_keyring, self.state_dir / KEYRING_FILE)
+            await self.postgres.start()
+            await self.broker.start()
+            self._services = ServiceSet(
+                database_url=self.postgres.database_url,
+                bootstrap_servers=self.broker.bootstrap_servers,
+                log_dir=self.log_dir,
+                credentials_keyring=keyring,
+                gateway_port=self._gateway_port,
+                services=self._service_names,
+                extra_env={**dev_stack_env_defaults(), **(self._extra_env or {})},
+                inherited_env=self._inherited_env,
+                command=self._command,
+                ready_timeout_seconds=self._ready_timeout_seconds,
+                stop_timeout_seconds=self._stop_timeout_seconds,
+            )
+            await self._services.start()
+        except BaseException:
+            await run_to_end_despite_cancellation(self.stop())
+            raise
+
+    def processes(self) -> list[ChildProcess]:
+        """Every running child: PostgreSQL, the broker, the services."""
+        children = [self.postgres.process, self.broker.process, *self.services.processes.values()]
+        return [child for child in children if child.running]
+
+    async def stop(self) -> None:
+        """Idempotent; stops what was started, in reverse order, even when one stop fails."""
+        services = self._services
+        await stop_all(
+            [
+                *([services.stop] if services is not None else []),
+                self.broker.stop,
+                self.postgres.stop,
+            ]
+        )
+
+
+async def dev_up(
+    state_dir: Path,
+    *,
+    print_fn: Callable[[str], object] = print,
+    gateway_port: int | None = DEFAULT_GATEWAY_PORT,
+    command: CommandFactory = apptsync_cli_command,
+) -> int:
+    """Runs the dev stack until SIGINT or SIGTERM, then stops it all; returns the exit code.
+
+    0 after a requested stop (also one during start-up, which aborts the start); 1 when start-up
+    failed or a process exited on its own (its log tail is printed). No child outlives this call.
+    """
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    stack = DevStack(state_dir, gateway_port=gateway_port, command=command)
+    starting = asyncio.ensure_future(stack.start())
+
+    def on_signal() -> None:
+        stop_requested.set()
+        starting.cancel()  # a no-op once started: then the wait below sees the event
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        try:
+            await starting
+        except asyncio.CancelledError:
+            if not stop_requested.is_set():
+                raise
+            print_fn("Interrupted during start-up; everything that had started is stopped.")
+            return 0
+        except DevStackError as exc:
+            print_fn(f"The dev stack did not start: {exc}")
+            return 1
+        try:
+            for line in format_address_table(stack.addresses, log_dir=str(stack.log_dir)):
+                print_fn(line)
+            exited = await _wait_for_stop_or_exit(stack, stop_requested)
+            if exited is not None:
+                print_fn(
+                    f"{exited.name} exited on its own with code {exited.returncode}; stopping everything. "
+                    f"Log {exited.log_path}:\n{exited.log_tail()}"
+                )
+            print_fn("Stopping the dev stack...")
+        finally:
+            await run_to_end_despite_cancellation(stack.stop())
+        print_fn("Stopped.")
+        return 0 if exited is None else 1
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+async def _wait_for_stop_or_exit(stack: DevStack, stop_requested: asyncio.Event) -> ChildProcess | None:
+    """None once a stop is requested; the process that exited when one exits first."""
+    stop_wait = asyncio.ensure_future(stop_requested.wait())
+    exit_wait = asyncio.ensure_future(wait_for_first_exit(stack.processes()))
+    try:
+        await asyncio.wait({stop_wait, exit_wait}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stop_wait, exit_wait):
+            task.cancel()
+        await asyncio.gather(stop_wait, exit_wait, return_exceptions=True)
+    if stop_requested.is_set() or exit_wait.cancelled() or exit_wait.exception() is not None:
+        return None
+    return exit_wait.result()
