@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,16 @@ class DatabaseSettings(BaseSettings):
     pool_min_size: int = Field(1, ge=0, description="Connections each process keeps open.")
     pool_max_size: int = Field(8, ge=1, description="Upper bound of each process's connection pool.")
     command_timeout_seconds: float = Field(30.0, gt=0, description="Per-statement timeout.")
+    url_file: str = Field(
+        "", description="File holding the DSN (overrides URL; e.g. a mounted Secret: no password in the environment)."
+    )
+
+    @model_validator(mode="after")
+    def _read_url_file(self) -> DatabaseSettings:
+        """Replaces `url` by the content of `url_file` when one is named. Raises OSError when it cannot be read."""
+        if self.url_file:
+            self.url = SecretStr(Path(self.url_file).read_text("utf-8").strip())
+        return self
 
 
 class KafkaSettings(BaseSettings):
@@ -126,7 +137,15 @@ class CliSettings(BaseSettings):
 
     gateway_address: str = Field("127.0.0.1:50051", description="Gateway the client commands call.")
     token: SecretStr = Field(SecretStr(""), description="Bearer token the client commands send (empty: none).")
+    token_file: str = Field("", description="File holding the bearer token (overrides TOKEN; e.g. a mounted Secret).")
     log_level: str = Field("INFO", description="Log level of every apptsync process.")
+
+    @model_validator(mode="after")
+    def _read_token_file(self) -> CliSettings:
+        """Replaces `token` by the content of `token_file` when one is named. Raises OSError when it cannot be read."""
+        if self.token_file:
+            self.token = SecretStr(Path(self.token_file).read_text("utf-8").strip())
+        return self
 
 
 SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = (

@@ -1,0 +1,314 @@
+"""The one network seam of the provider layer: GET a JSON document, with retries and rate budgets.
+
+Policy (what is retried, how long to wait) is in pure functions; `ProviderHttp` only wires httpx,
+tenacity and aiolimiter to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception
+
+from apptsync.fetcher.providers._model import JsonValue
+from apptsync.shared.appointments import Source
+from apptsync.shared.errors import ProviderAuthError, ProviderRejectedError, ProviderUnavailableError
+
+# A reset header above this is an epoch timestamp, below it a number of seconds.
+_EPOCH_THRESHOLD_SECONDS = 1_000_000_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard one request is retried before ProviderUnavailableError reaches the job.
+
+    `max_attempts` counts the first try; `max_total_seconds` bounds the backoff sleeps plus elapsed
+    time; a provider's Retry-After wins over the computed backoff (it may exceed
+    `max_backoff_seconds`, never `max_total_seconds`). A 2xx response whose body is not JSON is tried at
+    most `max_malformed_body_attempts` times: a proxy may have cut one body short, but a provider that
+    keeps sending broken JSON will not heal within one job."""
+
+    max_attempts: int = 6
+    max_total_seconds: float = 120.0
+    initial_backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 30.0
+    max_malformed_body_attempts: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RateBudget:
+    """A provider's limit, shared by every job of one fetcher process.
+
+    Requests are spaced `period_seconds / requests_per_period` apart (a leaky bucket holding one
+    request), so no sliding window of `period_seconds` ever holds more than `requests_per_period`
+    requests: a bucket holding the whole period's worth would allow twice that in one window."""
+
+    requests_per_period: int
+    period_seconds: float
+    max_concurrent: int
+
+
+@dataclass(frozen=True, slots=True)
+class JsonResponse:
+    body: JsonValue
+    retries: int
+
+
+class _MalformedBodyError(ProviderUnavailableError):
+    """A 2xx response whose body is not JSON (retried a bounded number of times)."""
+
+
+def retry_after_seconds(headers: Mapping[str, str], *, now: datetime) -> float | None:
+    """The wait a provider asks for: `Retry-After` (seconds or HTTP-date), else a rate-limit reset
+    header (`X-RateLimit-Reset` / `RateLimit-Reset`, seconds or epoch seconds). None if absent or
+    unreadable; never negative. `headers` must look names up case-insensitively (httpx.Headers does)."""
+    retry_after = headers.get("retry-after")
+    if retry_after is not None:
+        text = retry_after.strip()
+        seconds = _float_or_none(text)
+        if seconds is not None:
+            return max(0.0, seconds)
+        try:
+            moment = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return max(0.0, (moment - now).total_seconds())
+    for name in ("x-ratelimit-reset", "ratelimit-reset"):
+        value = headers.get(name)
+        seconds = None if value is None else _float_or_none(value.strip())
+        if seconds is not None:
+            if seconds > _EPOCH_THRESHOLD_SECONDS:
+                seconds -= now.timestamp()
+            return max(0.0, seconds)
+    return None
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value == value and value not in (float("inf"), float("-inf")) else None
+
+
+def backoff_seconds(
+    *, retry_number: int, provider_hint_seconds: float | None, policy: RetryPolicy, rng: random.Random
+) -> float:
+    """Seconds to wait before retry number `retry_number` (1 = the first retry).
+
+    The provider's hint is honoured as given (plus up to 10 % jitter so that jobs told the same
+    moment do not all return at once); otherwise exponential backoff with "equal jitter":
+    half the capped exponential plus a random share of the other half."""
+    if provider_hint_seconds is not None:
+        return provider_hint_seconds * (1.0 + 0.1 * rng.random())
+    exponential = policy.initial_backoff_seconds * (2.0 ** (retry_number - 1))
+    capped = min(policy.max_backoff_seconds, exponential)
+    return capped / 2.0 + rng.uniform(0.0, capped / 2.0)
+
+
+def error_for_status(source: Source, response: httpx.Response, *, now: datetime) -> Exception | None:
+    """The apptsync error a non-2xx response means (None for 2xx). Messages carry the provider's own
+    error text and the request path, never headers or credentials."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return None
+    where = f"{source.value} {response.request.url.path}"
+    if status in (401, 403):
+        return ProviderAuthError(f"reauthorization required: {where} answered {status}")
+    if status == 429 or status >= 500 or status == 408:
+        return ProviderUnavailableError(
+            f"{where} answered {status}{_provider_message(response)}",
+            status_code=status,
+            retry_after_seconds=retry_after_seconds(response.headers, now=now),
+        )
+    return ProviderRejectedError(f"{where} answered {status}{_provider_message(response)}", status_code=status)
+
+
+def _provider_message(response: httpx.Response) -> str:
+    """`: <message>` from an error body such as Acuity's `{status_code, error, message}`."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = response.text.strip()[:200]
+        return f": {text}" if text else ""
+    if isinstance(body, dict):
+        parts = [str(body[key]) for key in ("error", "message") if isinstance(body.get(key), str | int)]
+        if parts:
+            return ": " + " - ".join(parts)[:500]
+    return ""
+
+
+def _gave_up(last: ProviderUnavailableError, *, attempts: int) -> ProviderUnavailableError:
+    return ProviderUnavailableError(
+        f"{last} (gave up after {attempts} attempts)",
+        status_code=last.status_code,
+        retry_after_seconds=last.retry_after_seconds,
+    )
+
+
+class _BudgetState:
+    def __init__(self, budget: RateBudget) -> None:
+        self.limiter = AsyncLimiter(1, budget.period_seconds / budget.requests_per_period)
+        self.connections = asyncio.Semaphore(budget.max_concurrent)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProviderHttp:
+    """HTTP client of every provider session in one fetcher process.
+
+    Holds one connection pool, and per provider one rate limiter and one concurrency semaphore, so the
+    provider's budget is shared across all tenants and jobs. Every attempt (retries included) waits for
+    both. `transport` is for tests (httpx.MockTransport); `sleep`, `clock` and `rng` drive the backoff.
+    `rate_budget_overrides` replaces a provider's budget (tests, or a provider plan with other limits).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], datetime] = _utc_now,
+        rng: random.Random | None = None,
+        rate_budget_overrides: Mapping[Source, RateBudget] | None = None,
+    ) -> None:
+        self._timeout_seconds = timeout_seconds
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout_seconds),
+            follow_redirects=False,
+            headers={"Accept": "application/json", "User-Agent": "apptsync/0.1"},
+        )
+        self._retry = retry
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._overrides = dict(rate_budget_overrides or {})
+        self._budgets: dict[Source, _BudgetState] = {}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def get_json(
+        self,
+        *,
+        source: Source,
+        budget: RateBudget,
+        url: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> JsonResponse:
+        """GET `url` and parse its JSON body, retrying transient failures per the RetryPolicy.
+
+        Raises ProviderUnavailableError (429 / 5xx / timeouts / resets / malformed bodies, once retries
+        are spent), ProviderAuthError (401 / 403), ProviderRejectedError (other 4xx)."""
+        state = self._budget_state(source, budget)
+        started_at = self._clock()
+        policy = self._retry
+        malformed_bodies = 0
+        retries = 0
+
+        def should_retry(exc: BaseException) -> bool:
+            if isinstance(exc, _MalformedBodyError):
+                return malformed_bodies < policy.max_malformed_body_attempts
+            return isinstance(exc, ProviderUnavailableError)
+
+        def wait(retry_state: RetryCallState) -> float:
+            outcome = retry_state.outcome
+            exc = outcome.exception() if outcome is not None else None
+            hint = exc.retry_after_seconds if isinstance(exc, ProviderUnavailableError) else None
+            return backoff_seconds(
+                retry_number=retry_state.attempt_number,
+                provider_hint_seconds=hint,
+                policy=policy,
+                rng=self._rng,
+            )
+
+        def stop(retry_state: RetryCallState) -> bool:
+            elapsed = max(retry_state.idle_for, (self._clock() - started_at).total_seconds())
+            return (
+                retry_state.attempt_number >= policy.max_attempts
+                or elapsed + retry_state.upcoming_sleep > policy.max_total_seconds
+            )
+
+        def count_retry(_: RetryCallState) -> None:
+            nonlocal retries
+            retries += 1
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(should_retry),
+            wait=wait,
+            stop=stop,
+            sleep=self._sleep,
+            before_sleep=count_retry,
+            reraise=False,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        body = await self._attempt(state, source, url, params, headers)
+                    except _MalformedBodyError:
+                        malformed_bodies += 1
+                        raise
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            assert isinstance(last, ProviderUnavailableError)
+            raise _gave_up(last, attempts=exc.last_attempt.attempt_number) from last
+        except _MalformedBodyError as exc:
+            raise _gave_up(exc, attempts=retries + 1) from exc
+        return JsonResponse(body=body, retries=retries)
+
+    async def _attempt(
+        self,
+        state: _BudgetState,
+        source: Source,
+        url: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> JsonValue:
+        # The semaphore first, then the limiter: a request holding a rate slot must not then queue
+        # for a connection, or the slots would bunch up into a burst.
+        async with state.connections:
+            await state.limiter.acquire()
+            try:
+                async with asyncio.timeout(self._timeout_seconds):
+                    response = await self._client.get(url, params=dict(params), headers=dict(headers))
+            except (httpx.TransportError, TimeoutError) as exc:
+                path = httpx.URL(url).path
+                raise ProviderUnavailableError(
+                    f"{source.value} {path}: {type(exc).__name__} (timeout, reset or connection error)"
+                ) from exc
+        error = error_for_status(source, response, now=self._clock())
+        if error is not None:
+            raise error
+        try:
+            parsed: JsonValue = json.loads(response.content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise _MalformedBodyError(
+                f"{source.value} {response.request.url.path}: malformed JSON body ({reason})",
+                status_code=response.status_code,
+            ) from exc
+        return parsed
+
+    def _budget_state(self, source: Source, budget: RateBudget) -> _BudgetState:
+        state = self._budgets.get(source)
+        if state is None:
+            state = _BudgetState(self._overrides.get(source, budget))
+            self._budgets[source] = state
+        return state

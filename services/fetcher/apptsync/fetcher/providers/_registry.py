@@ -1,0 +1,56 @@
+"""Which session pages which provider. Adding a provider = one module plus one line in _FACTORIES."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
+
+from apptsync.fetcher.providers._http import ProviderHttp
+from apptsync.fetcher.providers._model import ConnectionConfig, JobWindow, JsonValue, ProviderSession
+from apptsync.fetcher.providers.acuity import open_acuity_session
+from apptsync.shared.appointments import Source
+from apptsync.shared.errors import InvalidArgumentError
+
+
+class SessionFactory(Protocol):
+    def __call__(
+        self,
+        *,
+        http: ProviderHttp,
+        connection: ConnectionConfig,
+        window: JobWindow,
+        page_size: int,
+        cursor: JsonValue | None,
+        clock: Callable[[], datetime],
+    ) -> ProviderSession: ...
+
+
+_FACTORIES: dict[Source, SessionFactory] = {
+    Source.ACUITY: open_acuity_session,
+}
+
+
+def supported_sources() -> frozenset[Source]:
+    return frozenset(_FACTORIES)
+
+
+def open_session(
+    source: Source,
+    *,
+    http: ProviderHttp,
+    connection: ConnectionConfig,
+    window: JobWindow,
+    page_size: int,
+    cursor: JsonValue | None,
+    clock: Callable[[], datetime],
+) -> ProviderSession:
+    """A session paging `connection`'s appointments inside `window`, `page_size` records per request,
+    resuming after `cursor` (None: from the start). No I/O happens until `next_page()`.
+
+    Raises InvalidArgumentError for an unsupported source, a page size below 1, an unreadable cursor
+    or bad connection settings."""
+    factory = _FACTORIES.get(source)
+    if factory is None:
+        raise InvalidArgumentError("source", f"{source.value} is not supported yet")
+    return factory(http=http, connection=connection, window=window, page_size=page_size, cursor=cursor, clock=clock)

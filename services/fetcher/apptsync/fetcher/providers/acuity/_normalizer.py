@@ -1,0 +1,238 @@
+"""Acuity appointment JSON -> CanonicalAppointment (pure; never raises on any JSON input)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+from apptsync.fetcher.providers._model import JobWindow, JsonValue, ProviderPage
+from apptsync.fetcher.providers.acuity._paginator import AcuityRequest
+from apptsync.shared.appointments import (
+    AppointmentStatus,
+    CanonicalAppointment,
+    Contact,
+    Money,
+    SkippedRecord,
+)
+
+OUT_OF_WINDOW = "out_of_window"
+_INVALID = "invalid: "
+# ISO 4217 currencies whose minor unit is not 1/100 (the rest, USD, EUR, ..., use 2 digits).
+_MINOR_UNIT_DIGITS = {
+    **dict.fromkeys(
+        (
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "ISK",
+            "JPY",
+            "KMF",
+            "KRW",
+            "PYG",
+            "RWF",
+            "UGX",
+            "UYI",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ),
+        0,
+    ),
+    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
+}
+_INT64_LIMIT = 2**63
+_MAX_DURATION_MINUTES = 366 * 24 * 60
+
+
+def is_currency_code(text: str) -> bool:
+    return len(text) == 3 and text.isascii() and text.isalpha() and text.isupper()
+
+
+def parse_acuity_datetime(value: JsonValue) -> datetime | None:
+    """`2022-06-28T14:00:00+0800` -> an aware datetime in the record's own offset; None if absent,
+    unreadable or without an offset."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+        # Far-out years parse but cannot be moved to UTC; such a record has no usable start.
+        moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    return moment if moment.tzinfo is not None and moment.utcoffset() is not None else None
+
+
+def acuity_start(record: JsonValue) -> datetime | None:
+    """The record's start in its own offset (its date is the day Acuity files it under); None when
+    the record has no readable start."""
+    return parse_acuity_datetime(record.get("datetime")) if isinstance(record, dict) else None
+
+
+def acuity_local_day(record: JsonValue) -> date | None:
+    """The day Acuity files the record under; None when the record has no readable start."""
+    moment = acuity_start(record)
+    return None if moment is None else moment.date()
+
+
+def money_from_acuity(value: JsonValue, currency: str) -> Money | None:
+    """`"45.00"` -> Money(4500, currency), by decimal arithmetic (half-even past the minor unit).
+    None for absent, empty, non-numeric, non-finite or out-of-range amounts."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        amount = Decimal(value.strip())
+        if not amount.is_finite():
+            return None
+        scale = Decimal(10) ** _MINOR_UNIT_DIGITS.get(currency, 2)
+        minor = int((amount * scale).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    except (InvalidOperation, ArithmeticError, ValueError):
+        return None
+    if abs(minor) >= _INT64_LIMIT:
+        return None
+    return Money(amount_minor=minor, currency=currency)
+
+
+def _duration(value: JsonValue) -> timedelta:
+    """Acuity's `duration` (minutes, usually a string); zero when absent or unreadable, so a booking
+    with an odd duration is still stored (ending when it starts) rather than dropped."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return timedelta(0)
+    try:
+        minutes = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        return timedelta(0)
+    if not minutes.is_finite() or not 0 <= minutes <= _MAX_DURATION_MINUTES:
+        return timedelta(0)
+    return timedelta(minutes=float(minutes))
+
+
+def _text(record: dict[str, JsonValue], key: str) -> str:
+    value = record.get(key)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _external_id(record: dict[str, JsonValue]) -> str:
+    value = record.get("id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        return value.strip()
+    return ""
+
+
+def _status(record: dict[str, JsonValue]) -> AppointmentStatus:
+    # `noShow` only appears on canceled appointments; it is the more specific of the two.
+    if record.get("noShow") is True:
+        return AppointmentStatus.NO_SHOW
+    if record.get("canceled") is True:
+        return AppointmentStatus.CANCELED
+    return AppointmentStatus.SCHEDULED
+
+
+def normalize_acuity_record(
+    record: JsonValue, *, window: JobWindow, observed_at: datetime, currency: str
+) -> CanonicalAppointment | SkippedRecord:
+    """One Acuity appointment as a CanonicalAppointment, or why not.
+
+    SkippedRecord reasons: "out_of_window" (start outside `window`), "invalid: <why>" (not an object,
+    no id, no readable start). Details carry the record id and times, never personal data. Never
+    raises, whatever JSON it is given. `observed_at` is the fetch time (Acuity has no updated-at)."""
+    if not isinstance(record, dict):
+        return SkippedRecord(_INVALID + "record is not a JSON object")
+    external_id = _external_id(record)
+    if not external_id:
+        return SkippedRecord(_INVALID + "no id")
+    starts_local = parse_acuity_datetime(record.get("datetime"))
+    if starts_local is None:
+        return SkippedRecord(_INVALID + "no readable start time", f"id {external_id}")
+    try:
+        starts_at = starts_local.astimezone(UTC)
+        ends_at = starts_at + _duration(record.get("duration"))
+        raw_json = json.dumps(record, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    except (OverflowError, ValueError, TypeError, RecursionError):
+        return SkippedRecord(_INVALID + "unrepresentable start, duration or payload", f"id {external_id}")
+    if not window.contains(starts_at):
+        return SkippedRecord(OUT_OF_WINDOW, f"id {external_id} starts {starts_at.isoformat()}")
+    appointment_type = _text(record, "type")
+    name = " ".join(part for part in (_text(record, "firstName"), _text(record, "lastName")) if part)
+    return CanonicalAppointment(
+        external_id=external_id,
+        starts_at=starts_at,
+        ends_at=ends_at,
+        timezone=_text(record, "timezone") or _text(record, "calendarTimezone"),
+        status=_status(record),
+        observed_at=observed_at,
+        raw_json=raw_json,
+        title=appointment_type,
+        appointment_type=appointment_type,
+        calendar=_text(record, "calendar"),
+        contact=Contact(
+            name=name,
+            email=_text(record, "email").lower(),
+            phone=_text(record, "phone"),
+            provider_client_id="",  # Acuity clients have no id
+        ),
+        price=money_from_acuity(record.get("price"), currency),
+        amount_paid=money_from_acuity(record.get("amountPaid"), currency),
+        external_url=_text(record, "confirmationPage"),
+    )
+
+
+def acuity_page(
+    records: Sequence[JsonValue],
+    *,
+    request: AcuityRequest,
+    window: JobWindow,
+    observed_at: datetime,
+    currency: str,
+) -> ProviderPage:
+    """The page of one complete Acuity response.
+
+    A record filed under a day outside the requested days (Acuity ignoring `minDate`) is counted as
+    skipped out of window here: the request that covers its day delivers it, so it is stored exactly
+    once. Never raises."""
+    appointments: list[CanonicalAppointment] = []
+    skipped: list[SkippedRecord] = []
+    out_of_window = invalid = 0
+    for record in records:
+        day = acuity_local_day(record)
+        if day is not None and not request.covers(day):
+            out_of_window += 1
+            skipped.append(
+                SkippedRecord(
+                    OUT_OF_WINDOW,
+                    f"{_record_label(record)} is filed under {day}, "
+                    f"outside the requested {request.min_date}..{request.max_date}",
+                )
+            )
+            continue
+        result = normalize_acuity_record(record, window=window, observed_at=observed_at, currency=currency)
+        if isinstance(result, CanonicalAppointment):
+            appointments.append(result)
+            continue
+        skipped.append(result)
+        if result.reason == OUT_OF_WINDOW:
+            out_of_window += 1
+        else:
+            invalid += 1
+    return ProviderPage(
+        records_fetched=len(records),
+        appointments=appointments,
+        skipped_out_of_window=out_of_window,
+        skipped_invalid=invalid,
+        skip_details=skipped,
+    )
+
+
+def _record_label(record: JsonValue) -> str:
+    external_id = _external_id(record) if isinstance(record, dict) else ""
+    return f"id {external_id}" if external_id else "a record"

@@ -1,0 +1,179 @@
+"""The Acuity-shaped HTTP API (`/acuity/api/v1/...`) and its admin routes (`/_admin/acuity/...`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import cast
+
+from aiohttp import web
+
+from apptsync.simulator._acuity_data import AcuityAccount, AcuityAppointment, QueryError, select_appointments
+from apptsync.simulator._provider_guard import JsonReply, error_reply, guarded
+from apptsync.simulator._state import ACUITY, SimulatorState
+
+API_PREFIX = "/acuity/api/v1"
+ADMIN_PREFIX = "/_admin/acuity"
+_UNAUTHORIZED = error_reply(401, "unauthorized", "Unauthorized")
+
+
+def add_acuity_routes(app: web.Application, state: SimulatorState) -> None:
+    provider = state.providers[ACUITY]
+
+    async def list_appointments(request: web.Request) -> web.StreamResponse:
+        return await guarded(request, provider, lambda r: _list_appointments(r, state))
+
+    async def get_appointment(request: web.Request) -> web.StreamResponse:
+        return await guarded(request, provider, lambda r: _get_appointment(r, state))
+
+    async def accounts(request: web.Request) -> web.Response:
+        return await _admin_accounts(state)
+
+    async def data_set(request: web.Request) -> web.Response:
+        return await _admin_data_set(request, state)
+
+    async def add(request: web.Request) -> web.Response:
+        return await _admin_add(request, state)
+
+    async def cancel(request: web.Request) -> web.Response:
+        return await _admin_cancel(request, state)
+
+    async def reschedule(request: web.Request) -> web.Response:
+        return await _admin_reschedule(request, state)
+
+    app.router.add_get(f"{API_PREFIX}/appointments", list_appointments)
+    app.router.add_get(f"{API_PREFIX}/appointments/{{appointment_id}}", get_appointment)
+    app.router.add_get(f"{ADMIN_PREFIX}/accounts", accounts)
+    app.router.add_get(f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments", data_set)
+    app.router.add_post(f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments", add)
+    app.router.add_post(f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments/{{appointment_id}}/cancel", cancel)
+    app.router.add_post(f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments/{{appointment_id}}/reschedule", reschedule)
+
+
+def _authenticate(request: web.Request, state: SimulatorState) -> AcuityAccount | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return state.acuity.authenticate_bearer(value.strip())
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user_id, _, api_key = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return state.acuity.authenticate_basic(user_id, api_key)
+
+
+def _render(appointment: AcuityAppointment, *, include_forms: bool, malformed_every: int) -> dict[str, object]:
+    record = appointment.to_json(include_forms=include_forms)
+    if malformed_every and appointment.id % malformed_every == 0:
+        record["datetime"] = "not-a-date"
+    return record
+
+
+async def _list_appointments(request: web.Request, state: SimulatorState) -> JsonReply:
+    account = _authenticate(request, state)
+    if account is None:
+        return _UNAUTHORIZED
+    knobs = state.providers[ACUITY].faults.knobs
+    try:
+        selected = select_appointments(
+            state.acuity.of(account.user_id).values(), request.query, ignore_min_date=knobs.ignore_min_date
+        )
+    except QueryError as exc:
+        return error_reply(400, exc.error, exc.message)
+    include_forms = request.query.get("excludeForms", "").lower() != "true"
+    body = [_render(a, include_forms=include_forms, malformed_every=knobs.malformed_record_every) for a in selected]
+    return JsonReply(200, body)
+
+
+async def _get_appointment(request: web.Request, state: SimulatorState) -> JsonReply:
+    account = _authenticate(request, state)
+    if account is None:
+        return _UNAUTHORIZED
+    appointment_id = request.match_info["appointment_id"]
+    found = state.acuity.of(account.user_id).get(int(appointment_id)) if appointment_id.isdigit() else None
+    if found is None:
+        return error_reply(404, "not_found", "The appointment was not found.")
+    return JsonReply(200, found.to_json())
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda value: json.dumps(value, ensure_ascii=False))
+
+
+def _user_id(request: web.Request, state: SimulatorState) -> int:
+    text = request.match_info["user_id"]
+    if not text.isdigit() or int(text) not in state.acuity.accounts:
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no acuity account {text}"}), content_type="application/json")
+    return int(text)
+
+
+def _appointment_id(request: web.Request) -> int:
+    text = request.match_info["appointment_id"]
+    if not text.isdigit():
+        raise web.HTTPNotFound(text=json.dumps({"error": "no such appointment"}), content_type="application/json")
+    return int(text)
+
+
+async def _body(request: web.Request) -> dict[str, object]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except json.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body is not JSON"}), content_type="application/json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "body must be an object"}), content_type="application/json")
+    return cast(dict[str, object], body)
+
+
+async def _admin_accounts(state: SimulatorState) -> web.Response:
+    return _json([
+        {"user_id": a.user_id, "api_key": a.api_key, "access_token": a.access_token,
+         "appointments": len(state.acuity.of(a.user_id))}
+        for a in state.acuity.accounts.values()
+    ])  # fmt: skip
+
+
+async def _admin_data_set(request: web.Request, state: SimulatorState) -> web.Response:
+    """A JSON array of every appointment of the account (canceled ones too), newest first, rendered as
+    the API renders them (`?excludeForms=true` drops `forms`, as the API does)."""
+    user_id = _user_id(request, state)
+    include_forms = request.query.get("excludeForms", "").lower() != "true"
+    ordered = sorted(state.acuity.of(user_id).values(), key=lambda a: (a.instant, a.id), reverse=True)
+    return _json([a.to_json(include_forms=include_forms) for a in ordered])
+
+
+async def _admin_add(request: web.Request, state: SimulatorState) -> web.Response:
+    user_id = _user_id(request, state)
+    try:
+        added = state.acuity.add(user_id, await _body(request))
+    except QueryError as exc:
+        return _json({"error": exc.message}, status=400)
+    return _json(added.to_json(), status=201)
+
+
+async def _admin_cancel(request: web.Request, state: SimulatorState) -> web.Response:
+    user_id, appointment_id = _user_id(request, state), _appointment_id(request)
+    body = await _body(request)
+    try:
+        canceled = state.acuity.cancel(user_id, appointment_id, no_show=body.get("no_show") is True)
+    except KeyError:
+        return _json({"error": "no such appointment"}, status=404)
+    return _json(canceled.to_json())
+
+
+async def _admin_reschedule(request: web.Request, state: SimulatorState) -> web.Response:
+    user_id, appointment_id = _user_id(request, state), _appointment_id(request)
+    body = await _body(request)
+    try:
+        moved = state.acuity.reschedule(user_id, appointment_id, body.get("datetime"))
+    except KeyError:
+        return _json({"error": "no such appointment"}, status=404)
+    except QueryError as exc:
+        return _json({"error": exc.message}, status=400)
+    return _json(moved.to_json())

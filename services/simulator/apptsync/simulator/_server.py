@@ -1,0 +1,94 @@
+"""Running the simulator: the aiohttp application, `serve` (until cancelled) and `running_simulator`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from aiohttp import web
+
+from apptsync.shared.errors import InvalidArgumentError
+from apptsync.shared.settings import SimulatorSettings
+from apptsync.simulator._acuity_api import API_PREFIX, add_acuity_routes
+from apptsync.simulator._admin_api import add_admin_routes
+from apptsync.simulator._state import SimulatorState
+
+
+@dataclass(frozen=True, slots=True)
+class RunningSimulator:
+    """A simulator listening in this process. `base_url` is e.g. `http://127.0.0.1:41234`."""
+
+    base_url: str
+    state: SimulatorState
+
+    @property
+    def acuity_base_url(self) -> str:
+        """What an Acuity connection's `base_url` must be to talk to this simulator."""
+        return self.base_url + API_PREFIX
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_state(settings: SimulatorSettings, *, today: date) -> SimulatorState:
+    """The seeded data set: anchored at `settings.anchor_date`, else at `today`."""
+    return SimulatorState.seeded(
+        seed=settings.seed,
+        accounts=settings.accounts_per_provider,
+        appointments_per_account=settings.appointments_per_tenant,
+        anchor=settings.anchor_date or today,
+    )
+
+
+def build_app(state: SimulatorState) -> web.Application:
+    app = web.Application()
+    add_admin_routes(app, state)
+    add_acuity_routes(app, state)
+    return app
+
+
+def _host_and_port(listen_address: str) -> tuple[str, int]:
+    host, separator, port = listen_address.rpartition(":")
+    if not separator or not port.isdigit():
+        raise InvalidArgumentError("listen_address", f"expected host:port, got {listen_address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@asynccontextmanager
+async def running_simulator(
+    settings: SimulatorSettings, *, clock: Callable[[], datetime] = _utc_now
+) -> AsyncIterator[RunningSimulator]:
+    """Serves the simulator on `settings.listen_address` (port 0: any free port) while the block runs.
+
+    Raises InvalidArgumentError for a malformed listen address, OSError if it cannot bind."""
+    host, port = _host_and_port(settings.listen_address)
+    state = build_state(settings, today=clock().astimezone(UTC).date())
+    runner = web.AppRunner(build_app(state), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        url_host = f"[{host}]" if ":" in host else host
+        yield RunningSimulator(base_url=f"http://{url_host}:{bound_port}", state=state)
+    finally:
+        await runner.cleanup()
+
+
+async def serve(
+    settings: SimulatorSettings,
+    *,
+    ready: Callable[[str], None] | None = None,
+    clock: Callable[[], datetime] = _utc_now,
+) -> None:
+    """Runs the simulator until cancelled; calls `ready(base_url)` once it is listening.
+
+    Raises InvalidArgumentError for a malformed listen address, OSError if it cannot bind."""
+    async with running_simulator(settings, clock=clock) as simulator:
+        if ready is not None:
+            ready(simulator.base_url)
+        await asyncio.Event().wait()

@@ -1,0 +1,201 @@
+"""The Acuity session over a fake Acuity (httpx.MockTransport): requests, auth, pages, resume."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+
+import httpx
+import pytest
+
+from apptsync.fetcher.providers import (
+    ConnectionConfig,
+    JobWindow,
+    ProviderHttp,
+    ProviderPage,
+    ProviderSession,
+    RateBudget,
+    RetryPolicy,
+    open_session,
+)
+from apptsync.shared.appointments import Source
+from apptsync.shared.errors import InvalidArgumentError, ProviderAuthError, ProviderRejectedError
+
+pytestmark = pytest.mark.unit
+
+FETCHED_AT = datetime(2024, 3, 30, tzinfo=UTC)
+WINDOW = JobWindow(datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 29, tzinfo=UTC))
+BASIC = ConnectionConfig(base_url="https://acuity.test/api/v1", credentials={"user_id": "7", "api_key": "k-secret"})
+GENEROUS = {Source.ACUITY: RateBudget(requests_per_period=10_000, period_seconds=1.0, max_concurrent=100)}
+
+
+def acuity_record(number: int, day: date, *, hour: int = 10) -> dict[str, object]:
+    return {
+        "id": number,
+        "datetime": f"{day.isoformat()}T{hour:02d}:00:00-0500",
+        "duration": "30",
+        "firstName": "Ann",
+        "lastName": "Lee",
+        "email": f"ann{number}@example.com",
+        "price": "20.00",
+        "amountPaid": "0.00",
+        "canceled": False,
+        "labels": None,
+        "timezone": "America/Chicago",
+    }
+
+
+class FakeAcuity:
+    """GET /appointments with Acuity's semantics: local-day filter, DESC, silent truncation at max."""
+
+    def __init__(self, records: list[dict[str, object]], *, ignore_min_date: bool = False) -> None:
+        self.records = records
+        self.ignore_min_date = ignore_min_date
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.headers.get("Authorization") not in (
+            "Basic " + base64.b64encode(b"7:k-secret").decode(),
+            "Bearer tok-secret",
+        ):
+            return httpx.Response(401, json={"status_code": 401, "error": "unauthorized", "message": "Unauthorized"})
+        params = request.url.params
+        low, high = date.fromisoformat(params["minDate"]), date.fromisoformat(params["maxDate"])
+
+        def day(record: dict[str, object]) -> date:
+            return datetime.fromisoformat(str(record["datetime"])).date()
+
+        chosen = [r for r in self.records if day(r) <= high and (self.ignore_min_date or day(r) >= low)]
+        chosen.sort(key=lambda r: datetime.fromisoformat(str(r["datetime"])), reverse=True)
+        return httpx.Response(200, json=chosen[: int(params["max"])])
+
+
+def make_http(handler: Callable[[httpx.Request], httpx.Response]) -> ProviderHttp:
+    return ProviderHttp(
+        timeout_seconds=5.0,
+        transport=httpx.MockTransport(handler),
+        retry=RetryPolicy(max_attempts=2, initial_backoff_seconds=0.0, max_backoff_seconds=0.0),
+        rate_budget_overrides=GENEROUS,
+    )
+
+
+def session(http: ProviderHttp, *, connection: ConnectionConfig = BASIC, cursor: object = None) -> ProviderSession:
+    return open_session(
+        Source.ACUITY,
+        http=http,
+        connection=connection,
+        window=WINDOW,
+        page_size=10,
+        cursor=cursor,  # type: ignore[arg-type]
+        clock=lambda: FETCHED_AT,
+    )
+
+
+async def drain(provider_session: ProviderSession, *, max_pages: int = 200) -> list[ProviderPage]:
+    pages: list[ProviderPage] = []
+    for _ in range(max_pages):
+        page = await provider_session.next_page()
+        if page is None:
+            return pages
+        pages.append(page)
+    raise AssertionError("session did not end within the page bound")
+
+
+def spread(count: int, first: date = date(2024, 2, 20), days: int = 50) -> list[dict[str, object]]:
+    return [acuity_record(n, first + timedelta(days=n % days), hour=8 + n % 10) for n in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("ignore_min_date", [False, True])
+async def test_pages_hold_exactly_the_windows_appointments(ignore_min_date: bool) -> None:
+    records = spread(300)
+    fake = FakeAcuity(records, ignore_min_date=ignore_min_date)
+    http = make_http(fake)
+    pages = await drain(session(http))
+    await http.aclose()
+    imported = [a.external_id for page in pages for a in page.appointments]
+    expected = {str(r["id"]) for r in records if WINDOW.contains(datetime.fromisoformat(str(r["datetime"])))}
+    assert sorted(imported) == sorted(expected)  # each exactly once
+    assert all(p.records_fetched > 0 for p in pages)  # empty windows are not pages
+    for page in pages:
+        assert page.records_fetched == len(page.appointments) + page.skipped_out_of_window + page.skipped_invalid
+    assert all(a.observed_at == FETCHED_AT for page in pages for a in page.appointments)
+
+
+async def test_requests_carry_the_documented_parameters_and_basic_auth() -> None:
+    fake = FakeAcuity(spread(5))
+    http = make_http(fake)
+    await drain(session(http))
+    await http.aclose()
+    first = fake.requests[0]
+    assert first.url.path == "/api/v1/appointments"
+    assert dict(first.url.params) == {
+        "minDate": "2024-03-24",
+        "maxDate": "2024-03-30",
+        "max": "10",
+        "showall": "true",
+        "direction": "DESC",
+        "excludeForms": "true",
+    }
+
+
+async def test_bearer_tokens_are_used_when_present() -> None:
+    fake = FakeAcuity(spread(100))
+    http = make_http(fake)
+    connection = ConnectionConfig(base_url="https://acuity.test/api/v1", credentials={"access_token": "tok-secret"})
+    pages = await drain(session(http, connection=connection))
+    await http.aclose()
+    assert fake.requests[0].headers["Authorization"] == "Bearer tok-secret"
+    assert pages
+
+
+async def test_missing_or_wrong_credentials_need_reauthorization() -> None:
+    http = make_http(FakeAcuity([]))
+    wrong = ConnectionConfig(base_url="https://acuity.test/api/v1", credentials={"user_id": "7", "api_key": "nope"})
+    with pytest.raises(ProviderAuthError) as wrong_error:
+        await session(http, connection=wrong).next_page()
+    with pytest.raises(ProviderAuthError) as missing_error:
+        await session(http, connection=ConnectionConfig(base_url="", credentials={})).next_page()
+    await http.aclose()
+    assert "nope" not in str(wrong_error.value)
+    assert "reauthorization required" in str(missing_error.value)
+
+
+async def test_the_public_api_is_the_default_base_url() -> None:
+    fake = FakeAcuity([])
+    http = make_http(fake)
+    await drain(session(http, connection=ConnectionConfig(base_url="", credentials=BASIC.credentials)))
+    await http.aclose()
+    assert str(fake.requests[0].url).startswith("https://acuityscheduling.com/api/v1/appointments?")
+
+
+async def test_a_response_that_is_not_a_list_is_rejected() -> None:
+    http = make_http(lambda request: httpx.Response(200, json={"appointments": []}))
+    with pytest.raises(ProviderRejectedError, match="not a list"):
+        await session(http).next_page()
+    await http.aclose()
+
+
+async def test_a_session_resumed_from_the_cursor_continues_where_the_first_stopped() -> None:
+    records = spread(200)
+    http = make_http(FakeAcuity(records))
+    first = session(http)
+    head = [await first.next_page() for _ in range(3)]
+    cursor = json.loads(json.dumps(first.cursor()))
+    tail = await drain(session(http, cursor=cursor))
+    whole = await drain(session(http))
+    await http.aclose()
+    ids = [a.external_id for page in [*head, *tail] if page for a in page.appointments]
+    assert ids == [a.external_id for page in whole for a in page.appointments]
+
+
+def test_unknown_sources_and_bad_settings_are_invalid_arguments() -> None:
+    http = make_http(FakeAcuity([]))
+    with pytest.raises(InvalidArgumentError, match="source"):
+        open_session(Source.CALENDLY, http=http, connection=BASIC, window=WINDOW, page_size=10, cursor=None,
+                     clock=lambda: FETCHED_AT)  # fmt: skip
+    bad_currency = ConnectionConfig(base_url="", credentials=BASIC.credentials, settings={"currency": "dollars"})
+    with pytest.raises(InvalidArgumentError, match="currency"):
+        session(http, connection=bad_currency)

@@ -1,0 +1,230 @@
+"""ProviderHttp: what is retried, how long it waits, when it gives up (httpx.MockTransport, fake sleep)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from apptsync.fetcher.providers import (
+    JsonResponse,
+    ProviderHttp,
+    RateBudget,
+    RetryPolicy,
+    backoff_seconds,
+    retry_after_seconds,
+)
+from apptsync.shared.appointments import Source
+from apptsync.shared.errors import ProviderAuthError, ProviderRejectedError, ProviderUnavailableError
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+URL = "https://acuity.test/api/v1/appointments"
+SECRET = "c2VjcmV0LWtleQ=="
+HEADERS = {"Authorization": f"Basic {SECRET}"}
+GENEROUS = RateBudget(requests_per_period=10_000, period_seconds=1.0, max_concurrent=100)
+POLICY = RetryPolicy(max_attempts=4, max_total_seconds=60.0, initial_backoff_seconds=1.0, max_backoff_seconds=8.0)
+
+Reply = httpx.Response | Exception
+
+
+class Scripted:
+    """A MockTransport handler answering from a script, one reply per request."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+class FakeSleep:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def make_http(script: Scripted, sleep: FakeSleep, policy: RetryPolicy = POLICY) -> ProviderHttp:
+    clock: Callable[[], datetime] = lambda: NOW  # noqa: E731
+    return ProviderHttp(
+        timeout_seconds=5.0,
+        transport=httpx.MockTransport(script),
+        retry=policy,
+        sleep=sleep,
+        clock=clock,
+        rng=random.Random(7),
+    )
+
+
+async def get(http: ProviderHttp) -> JsonResponse:
+    try:
+        response = await http.get_json(
+            source=Source.ACUITY, budget=GENEROUS, url=URL, params={"max": "5"}, headers=HEADERS
+        )
+    finally:
+        await http.aclose()
+    return response
+
+
+def ok(body: object = ()) -> httpx.Response:
+    return httpx.Response(200, json=list(body) if isinstance(body, tuple) else body)
+
+
+async def test_a_success_is_returned_without_retries() -> None:
+    script, sleep = Scripted(ok([{"id": 1}])), FakeSleep()
+    response = await get(make_http(script, sleep))
+    assert response.body == [{"id": 1}]
+    assert response.retries == 0
+    assert script.requests[0].url.params["max"] == "5"
+    assert script.requests[0].headers["Authorization"] == f"Basic {SECRET}"
+    assert sleep.calls == []
+
+
+async def test_429_honours_retry_after_seconds() -> None:
+    script, sleep = Scripted(httpx.Response(429, headers={"Retry-After": "7"}), ok()), FakeSleep()
+    response = await get(make_http(script, sleep))
+    assert response.retries == 1
+    assert len(sleep.calls) == 1
+    assert 7.0 <= sleep.calls[0] <= 7.7
+
+
+async def test_429_honours_retry_after_as_an_http_date() -> None:
+    when = format_datetime(NOW + timedelta(seconds=30), usegmt=True)
+    script, sleep = Scripted(httpx.Response(429, headers={"Retry-After": when}), ok()), FakeSleep()
+    await get(make_http(script, sleep))
+    assert 30.0 <= sleep.calls[0] <= 33.0
+
+
+async def test_429_honours_a_rate_limit_reset_header() -> None:
+    script, sleep = Scripted(httpx.Response(429, headers={"X-RateLimit-Reset": "12"}), ok()), FakeSleep()
+    await get(make_http(script, sleep))
+    assert 12.0 <= sleep.calls[0] <= 13.2
+
+
+async def test_5xx_is_retried_with_growing_jittered_backoff() -> None:
+    script = Scripted(httpx.Response(503), httpx.Response(502), httpx.Response(500), ok())
+    sleep = FakeSleep()
+    response = await get(make_http(script, sleep))
+    assert response.retries == 3
+    assert len(script.requests) == 4
+    first, second, third = sleep.calls
+    assert 0.5 <= first <= 1.0
+    assert 1.0 <= second <= 2.0
+    assert 2.0 <= third <= 4.0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+        httpx.ReadError("connection reset by peer"),
+    ],
+)
+async def test_timeouts_and_connection_errors_are_retried(error: Exception) -> None:
+    script, sleep = Scripted(error, ok()), FakeSleep()
+    response = await get(make_http(script, sleep))
+    assert response.retries == 1
+
+
+async def test_it_gives_up_after_max_attempts() -> None:
+    script, sleep = Scripted(httpx.Response(503, json={"message": "down"})), FakeSleep()
+    with pytest.raises(ProviderUnavailableError, match="gave up after 4 attempts") as caught:
+        await get(make_http(script, sleep))
+    assert len(script.requests) == 4
+    assert len(sleep.calls) == 3
+    assert caught.value.status_code == 503
+    assert caught.value.retriable
+
+
+async def test_it_gives_up_when_the_wait_would_pass_the_total_budget() -> None:
+    script, sleep = Scripted(httpx.Response(429, headers={"Retry-After": "100"})), FakeSleep()
+    with pytest.raises(ProviderUnavailableError, match="gave up after 1 attempts") as caught:
+        await get(make_http(script, sleep))
+    assert sleep.calls == []
+    assert caught.value.retry_after_seconds == 100.0
+
+
+async def test_the_total_budget_counts_the_sleeps() -> None:
+    policy = RetryPolicy(max_attempts=50, max_total_seconds=10.0, initial_backoff_seconds=2.0, max_backoff_seconds=4.0)
+    script, sleep = Scripted(httpx.Response(503)), FakeSleep()
+    with pytest.raises(ProviderUnavailableError):
+        await get(make_http(script, sleep, policy))
+    assert sum(sleep.calls) <= 10.0
+    assert len(script.requests) < 50
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_401_and_403_mean_reauthorization_and_hide_credentials(status: int) -> None:
+    script, sleep = Scripted(httpx.Response(status, json={"status_code": status, "error": "unauthorized"})), FakeSleep()
+    with pytest.raises(ProviderAuthError, match="reauthorization required") as caught:
+        await get(make_http(script, sleep))
+    assert len(script.requests) == 1
+    assert SECRET not in str(caught.value)
+    assert not caught.value.retriable
+
+
+async def test_other_4xx_are_rejected_with_the_providers_message() -> None:
+    body = {"status_code": 400, "error": "invalid_date", "message": "The minDate parameter is not a valid date."}
+    script, sleep = Scripted(httpx.Response(400, json=body)), FakeSleep()
+    with pytest.raises(ProviderRejectedError, match="The minDate parameter is not a valid date") as caught:
+        await get(make_http(script, sleep))
+    assert caught.value.status_code == 400
+    assert len(script.requests) == 1
+    assert SECRET not in str(caught.value)
+
+
+async def test_a_malformed_body_is_retried_once_then_fails() -> None:
+    script, sleep = Scripted(httpx.Response(200, content=b'[{"id": 1,')), FakeSleep()
+    with pytest.raises(ProviderUnavailableError, match=r"malformed JSON body.*gave up after 2 attempts") as caught:
+        await get(make_http(script, sleep))
+    assert type(caught.value) is ProviderUnavailableError
+    assert len(script.requests) == 2
+
+
+async def test_a_malformed_body_followed_by_a_good_one_succeeds() -> None:
+    script, sleep = Scripted(httpx.Response(200, content=b"[{"), ok([{"id": 2}])), FakeSleep()
+    response = await get(make_http(script, sleep))
+    assert response.body == [{"id": 2}]
+    assert response.retries == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "3"}, 3.0),
+        ({"Retry-After": "2.5"}, 2.5),
+        ({"Retry-After": "-4"}, 0.0),
+        ({"Retry-After": format_datetime(NOW + timedelta(seconds=90), usegmt=True)}, 90.0),
+        ({"Retry-After": format_datetime(NOW - timedelta(seconds=90), usegmt=True)}, 0.0),
+        ({"Retry-After": "soon"}, None),
+        ({"X-RateLimit-Reset": "20"}, 20.0),
+        ({"RateLimit-Reset": str(int(NOW.timestamp()) + 45)}, 45.0),
+        ({}, None),
+    ],
+)
+def test_retry_after_seconds(headers: dict[str, str], expected: float | None) -> None:
+    assert retry_after_seconds(httpx.Headers(headers), now=NOW) == expected
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    rng = random.Random(1)
+    policy = RetryPolicy(initial_backoff_seconds=1.0, max_backoff_seconds=8.0)
+    for retry_number, (low, high) in enumerate([(0.5, 1), (1, 2), (2, 4), (4, 8), (4, 8), (4, 8)], start=1):
+        wait = backoff_seconds(retry_number=retry_number, provider_hint_seconds=None, policy=policy, rng=rng)
+        assert low <= wait <= high
+    hinted = backoff_seconds(retry_number=1, provider_hint_seconds=20.0, policy=policy, rng=rng)
+    assert 20.0 <= hinted <= 22.0
