@@ -4,6 +4,7 @@ import importlib.util
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 
 
-def load_generator():  # type: ignore[no-untyped-def]
+def load_generator() -> Any:
     spec = importlib.util.spec_from_file_location("protos_generate", REPO / "protos" / "generate.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -10,11 +10,22 @@ pytestmark = pytest.mark.unit
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def progress(policy: StopPolicy = StopPolicy.NO_NEW_RECORDS, *, stop_after: int = 1, max_pages: int = 100,
-             in_flight: int = 3, first_import: bool = False) -> JobProgress:
-    return JobProgress(policy=policy, stop_after_pages=stop_after, max_pages=max_pages,
-                       max_in_flight_pages=in_flight, first_import=first_import,
-                       deadline_at=NOW + timedelta(hours=1))
+def progress(
+    policy: StopPolicy = StopPolicy.NO_NEW_RECORDS,
+    *,
+    stop_after: int = 1,
+    max_pages: int = 100,
+    in_flight: int = 3,
+    first_import: bool = False,
+) -> JobProgress:
+    return JobProgress(
+        policy=policy,
+        stop_after_pages=stop_after,
+        max_pages=max_pages,
+        max_in_flight_pages=in_flight,
+        first_import=first_import,
+        deadline_at=NOW + timedelta(hours=1),
+    )
 
 
 def result(page_no: int, inserted: int = 0, updated: int = 0, records: int = 10) -> PageOutcome:
@@ -35,7 +46,8 @@ def test_stops_after_first_page_with_nothing_new_but_waits_for_pages_in_flight()
     for _ in range(3):
         p.page_sent()
     p.result_received(result(1))
-    assert p.stopped and p.stop_reason == "page 1 had no new records"
+    assert p.stopped
+    assert p.stop_reason == "page 1 had no new records"
     assert not p.may_send()
     assert not p.finished  # pages 2 and 3 are still written and counted
     p.result_received(result(3))
@@ -51,7 +63,8 @@ def test_results_are_judged_in_page_order() -> None:
     p.result_received(result(2))
     assert not p.stopped  # page 1 not judged yet
     p.result_received(result(1, inserted=4))
-    assert p.stopped and p.stop_reason == "pages 2-3 had no new records"
+    assert p.stopped
+    assert p.stop_reason == "pages 2-3 had no new records"
 
 
 def test_a_page_with_news_breaks_the_streak() -> None:
@@ -107,7 +120,8 @@ def test_max_pages_stops_sending() -> None:
     p.page_sent()
     assert not p.stopped
     p.page_sent()
-    assert p.stopped and p.stop_reason == "max_pages reached (2)"
+    assert p.stopped
+    assert p.stop_reason == "max_pages reached (2)"
     with pytest.raises(RuntimeError):
         p.page_sent()
 
@@ -140,4 +154,5 @@ def test_resume_awaits_pages_sent_before_the_crash() -> None:
     assert p.outstanding_pages == {2, 3}
     assert p.next_page_no == 4
     p.result_received(result(2))
-    assert p.stopped and p.stop_reason == "page 2 had no new records"
+    assert p.stopped
+    assert p.stop_reason == "page 2 had no new records"

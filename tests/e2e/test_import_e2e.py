@@ -1,0 +1,127 @@
+"""One import end to end through real processes: rows equal the source, counts are honest, the
+second run stops early, and the gateway refuses calls without a valid token."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+
+from apptsync.shared.pages import timestamp
+from apptsync.v1 import imports_pb2
+from tests.e2e.system import OTHER_TENANT_ID, TENANT_ID, RunningSystem
+
+pytestmark = pytest.mark.e2e
+TERMINAL = {imports_pb2.JOB_STATE_SUCCEEDED, imports_pb2.JOB_STATE_FAILED, imports_pb2.JOB_STATE_CANCELED}
+CONNECTION_ID = "acuity-main"
+
+
+async def put_demo_connection(system: RunningSystem) -> None:
+    await system.stub.PutConnection(
+        imports_pb2.PutConnectionRequest(
+            tenant_id=TENANT_ID,
+            connection_id=CONNECTION_ID,
+            source=imports_pb2.SOURCE_ACUITY,
+            base_url=f"{system.services.addresses.simulator_url}/acuity/api/v1",
+            credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
+        ),
+        metadata=system.metadata,
+        timeout=10,
+    )
+
+
+async def run_import(
+    system: RunningSystem, window: imports_pb2.TimeWindow, options: imports_pb2.ImportOptions
+) -> imports_pb2.Job:
+    response = await system.stub.StartImport(
+        imports_pb2.StartImportRequest(
+            tenant_id=TENANT_ID,
+            source=imports_pb2.SOURCE_ACUITY,
+            connection_id=CONNECTION_ID,
+            window=window,
+            options=options,
+        ),
+        metadata=system.metadata,
+        timeout=10,
+    )
+    job = response.job
+    stream = system.stub.WatchJob(
+        imports_pb2.WatchJobRequest(tenant_id=TENANT_ID, job_id=job.job_id), metadata=system.metadata, timeout=120
+    )
+    async for snapshot in stream:
+        job = snapshot
+    assert job.state in TERMINAL, "WatchJob ended before the job did"
+    return job
+
+
+async def source_ids_in_window(simulator_url: str, start: datetime, end: datetime) -> set[str]:
+    async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as client:
+        records = (await client.get("/_admin/acuity/accounts/1001/appointments")).json()
+    return {str(r["id"]) for r in records if start <= datetime.strptime(r["datetime"], "%Y-%m-%dT%H:%M:%S%z") < end}
+
+
+async def stored_rows(database_url: str) -> list[str]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch("SELECT external_id FROM appointments WHERE tenant_id = $1", uuid.UUID(TENANT_ID))
+    finally:
+        await connection.close()
+    return [row["external_id"] for row in rows]
+
+
+async def test_import_lands_the_source_exactly_and_a_rerun_stops_after_page_one(running_system: RunningSystem) -> None:
+    system = running_system
+    await put_demo_connection(system)
+    now = datetime.now(UTC)
+    start, end = now - timedelta(days=120), now + timedelta(days=120)
+    window = imports_pb2.TimeWindow(start=timestamp(start), end=timestamp(end))
+
+    first = await run_import(system, window, imports_pb2.ImportOptions(page_size=50))
+
+    expected = await source_ids_in_window(system.services.addresses.simulator_url, start, end)
+    stored = await stored_rows(system.database_url)
+    assert first.state == imports_pb2.JOB_STATE_SUCCEEDED, first.error
+    assert first.first_import
+    assert first.stop_reason == "provider exhausted"
+    assert len(stored) == len(set(stored)), "duplicate rows"
+    assert set(stored) == expected
+    c = first.counts
+    assert c.inserted == len(expected)
+    assert c.pages_written == c.pages_fetched > 1
+    assert (
+        c.inserted
+        + c.updated
+        + c.unchanged
+        + c.skipped_out_of_window
+        + c.skipped_invalid
+        + c.skipped_dead_letter
+        + c.skipped_duplicate_in_page
+        == c.records_fetched
+    )
+
+    second = await run_import(system, window, imports_pb2.ImportOptions(page_size=50))
+    assert second.state == imports_pb2.JOB_STATE_SUCCEEDED, second.error
+    assert not second.first_import
+    assert second.counts.inserted == 0
+    assert second.stop_reason == "page 1 had no new records"
+    assert second.counts.pages_written == second.counts.pages_fetched
+    assert sorted(await stored_rows(system.database_url)) == sorted(stored)
+
+
+async def test_gateway_rejects_missing_tokens_and_other_tenants(running_system: RunningSystem) -> None:
+    system = running_system
+    request = imports_pb2.GetJobRequest(tenant_id=TENANT_ID, job_id=str(uuid.uuid4()))
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await system.stub.GetJob(request, timeout=10)
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    other = imports_pb2.GetJobRequest(tenant_id=OTHER_TENANT_ID, job_id=str(uuid.uuid4()))
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await system.stub.GetJob(other, metadata=system.metadata, timeout=10)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await system.stub.GetJob(request, metadata=system.metadata, timeout=10)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
