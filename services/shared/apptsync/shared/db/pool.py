@@ -1,0 +1,85 @@
+"""PostgreSQL connections for every apptsync process (asyncpg), and what their failures mean.
+
+`create_pool` / `connect` open connections and translate a failure to connect into
+`StorageUnavailableError`. `is_transient_database_error` / `translate_database_error` tell a failure
+that may go away (connection lost, server restarting, serialization failure, deadlock, timeout) from
+one that will not (constraint violation, bad SQL), so callers retry only what a retry can fix.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from apptsync.shared.errors import ApptsyncError, PermanentError, StorageUnavailableError
+from apptsync.shared.settings import DatabaseSettings
+
+# SQLSTATEs after which the same transaction may succeed when tried again:
+# 40001 serialization failure, 40P01 deadlock, 55P03 lock not available, 57014 statement timeout,
+# 57P01-57P03 administrator/crash shutdown and "cannot connect now" (server starting up).
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+# SQLSTATE classes: 08 connection exception, 53 insufficient resources (e.g. too many connections).
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53"})
+
+
+def is_transient_database_error(exc: BaseException) -> bool:
+    """True when `exc` (from asyncpg or the socket below it) may not happen again on a retry.
+
+    Covers lost or refused connections (OSError, including timeouts), a closed connection, server
+    shutdown or start-up, serialization failures, deadlocks, lock and statement timeouts, and too
+    many connections. Everything else (constraint violations, data errors, SQL errors) is permanent.
+    """
+    if isinstance(exc, OSError):  # includes ConnectionRefusedError and TimeoutError
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = str(getattr(exc, "sqlstate", "") or "")
+        return sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    if isinstance(exc, asyncpg.InterfaceError):
+        # asyncpg reports use of a connection the server dropped as an InterfaceError.
+        return "connection is closed" in str(exc) or "connection was closed" in str(exc)
+    return False
+
+
+def translate_database_error(exc: BaseException) -> ApptsyncError:
+    """The apptsync error for a database failure: StorageUnavailableError when transient, else
+    PermanentError. Use as `raise translate_database_error(exc) from exc`."""
+    if isinstance(exc, ApptsyncError):
+        return exc
+    message = f"{type(exc).__name__}: {exc}"
+    if is_transient_database_error(exc):
+        return StorageUnavailableError(message)
+    return PermanentError(message)
+
+
+async def create_pool(settings: DatabaseSettings, *, application_name: str = "apptsync") -> asyncpg.Pool:
+    """An open connection pool sized by `settings`.
+
+    Raises StorageUnavailableError when PostgreSQL cannot be reached (retry later), PermanentError
+    when it refuses us for good (e.g. bad credentials or database name).
+    """
+    try:
+        pool = await asyncpg.create_pool(
+            dsn=settings.url.get_secret_value(),
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            command_timeout=settings.command_timeout_seconds,
+            server_settings={"application_name": application_name},
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise translate_database_error(exc) from exc
+    assert pool is not None  # asyncpg's stub allows None only for a pool that was never awaited
+    return pool
+
+
+async def connect(settings: DatabaseSettings, *, application_name: str = "apptsync") -> asyncpg.Connection:
+    """One connection for a one-off task (migrations, tests); the caller closes it.
+
+    Raises StorageUnavailableError / PermanentError like `create_pool`.
+    """
+    try:
+        return await asyncpg.connect(
+            dsn=settings.url.get_secret_value(),
+            command_timeout=settings.command_timeout_seconds,
+            server_settings={"application_name": application_name},
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise translate_database_error(exc) from exc

@@ -1,0 +1,490 @@
+"""The writer's pure core: decode a page, collapse duplicates, decide what to write, count honestly.
+
+Nothing here does I/O. The store (`apptsync.writer.store`) runs the statements this module plans:
+
+1. `decode_page` turns Kafka bytes into a `DecodedPage` (or raises PoisonMessageError), collapsing an
+   external id repeated inside the page (the later copy wins, counted as `duplicate_in_page`).
+2. `plan_batch` classifies every row of one or more consecutive pages against the stored versions
+   (new / changed / unchanged / stale), pages applied in order, and keeps one final version per key.
+3. `count_pages` turns the upsert's outcome (inserted / updated / not written) back into per-page
+   counts; `PageCounts` guarantees the accounting identity
+   `inserted + updated + unchanged + skipped == records_fetched`.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from google.protobuf.message import DecodeError
+
+from apptsync.shared.appointments import Source
+from apptsync.shared.errors import PermanentError, PoisonMessageError
+from apptsync.shared.pages import STATUS_FROM_PROTO, from_timestamp
+from apptsync.v1 import pages_pb2
+
+CONTENT_HASH_BYTES = 32  # SHA-256, see apptsync.shared.appointments.content_hash
+_SOURCES = frozenset(source.value for source in Source)
+
+
+class AccountingError(PermanentError):
+    """Counts that break `inserted + updated + unchanged + skipped == records_fetched`: a bug, never
+    stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppointmentRow:
+    """One appointment as the `appointments` columns store it (raw JSON still text)."""
+
+    external_id: str
+    starts_at: datetime
+    ends_at: datetime
+    timezone: str
+    status: str
+    title: str
+    appointment_type: str
+    calendar: str
+    contact_name: str
+    contact_email: str
+    contact_phone: str
+    provider_client_id: str
+    price_minor: int | None
+    price_currency: str | None
+    amount_paid_minor: int | None
+    amount_paid_currency: str | None
+    external_url: str
+    raw_json: str
+    content_hash: bytes
+    observed_at: datetime
+
+    @property
+    def contact_unmatched(self) -> bool:
+        """No email, phone or provider client id: stored with a null contact (invariant 8)."""
+        return not (self.contact_email or self.contact_phone or self.provider_client_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SkipCounts:
+    out_of_window: int = 0
+    invalid: int = 0
+    dead_letter: int = 0
+    duplicate_in_page: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.out_of_window + self.invalid + self.dead_letter + self.duplicate_in_page
+
+
+@dataclass(frozen=True, slots=True)
+class PageKey:
+    """Identifies a page across deliveries: `(job_id, page_no)`."""
+
+    job_id: str
+    page_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedPage:
+    """A validated AppointmentPage. `rows` holds each external id once (its last copy in the page);
+    `skipped` includes the duplicates collapsed here. Guarantees
+    `len(rows) + skipped.total == records_fetched`."""
+
+    job_id: str
+    tenant_id: str
+    external_source: str
+    connection_id: str
+    page_no: int
+    records_fetched: int
+    rows: tuple[AppointmentRow, ...]
+    skipped: SkipCounts
+
+    @property
+    def key(self) -> PageKey:
+        return PageKey(self.job_id, self.page_no)
+
+    @property
+    def contacts_unmatched(self) -> int:
+        return sum(1 for row in self.rows if row.contact_unmatched)
+
+
+@dataclass(frozen=True, slots=True)
+class PageCounts:
+    """The outcome of one page, as stored in import_job_pages and emitted as a PageResult.
+
+    Raises AccountingError on construction unless
+    `inserted + updated + unchanged + skipped.total == records_fetched` and no count is negative."""
+
+    job_id: str
+    page_no: int
+    records_fetched: int
+    inserted: int
+    updated: int
+    unchanged: int
+    skipped: SkipCounts
+    contacts_unmatched: int
+
+    def __post_init__(self) -> None:
+        counts = (self.inserted, self.updated, self.unchanged, self.skipped.out_of_window,
+                  self.skipped.invalid, self.skipped.dead_letter, self.skipped.duplicate_in_page,
+                  self.contacts_unmatched)
+        if min(counts) < 0:
+            raise AccountingError(f"page {self.job_id}/{self.page_no}: negative count in {counts}")
+        accounted = self.inserted + self.updated + self.unchanged + self.skipped.total
+        if accounted != self.records_fetched:
+            raise AccountingError(
+                f"page {self.job_id}/{self.page_no}: inserted {self.inserted} + updated {self.updated} + "
+                f"unchanged {self.unchanged} + skipped {self.skipped.total} = {accounted} "
+                f"!= records fetched {self.records_fetched}"
+            )
+
+    def to_proto(self, *, redelivered: bool) -> pages_pb2.PageResult:
+        return pages_pb2.PageResult(
+            job_id=self.job_id,
+            page_no=self.page_no,
+            records_fetched=self.records_fetched,
+            inserted=self.inserted,
+            updated=self.updated,
+            unchanged=self.unchanged,
+            skipped=pages_pb2.SkipCounts(
+                out_of_window=self.skipped.out_of_window,
+                invalid=self.skipped.invalid,
+                dead_letter=self.skipped.dead_letter,
+                duplicate_in_page=self.skipped.duplicate_in_page,
+            ),
+            contacts_unmatched=self.contacts_unmatched,
+            redelivered=redelivered,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PageOutcome:
+    """A page's counts and whether they were replayed from storage (a redelivery)."""
+
+    counts: PageCounts
+    redelivered: bool
+
+    def to_proto(self) -> pages_pb2.PageResult:
+        return self.counts.to_proto(redelivered=self.redelivered)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _canonical_uuid(value: str, name: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise PoisonMessageError(f"{name} {value!r} is not a UUID") from exc
+
+
+def _money(
+    message: pages_pb2.Appointment, name: Literal["price", "amount_paid"]
+) -> tuple[int | None, str | None]:
+    if not message.HasField(name):
+        return None, None
+    money: pages_pb2.Money = getattr(message, name)
+    return money.amount_minor, money.currency
+
+
+def _row(message: pages_pb2.Appointment, index: int) -> AppointmentRow:
+    where = f"appointment {index} ({message.external_id!r})"
+    if not message.external_id:
+        raise PoisonMessageError(f"appointment {index} has no external_id")
+    for name in ("starts_at", "ends_at", "observed_at"):
+        if not message.HasField(name):
+            raise PoisonMessageError(f"{where} has no {name}")
+    status = STATUS_FROM_PROTO.get(message.status)
+    if status is None:
+        raise PoisonMessageError(f"{where} has status {message.status}")
+    if len(message.content_hash) != CONTENT_HASH_BYTES:
+        raise PoisonMessageError(f"{where} has a content hash of {len(message.content_hash)} bytes")
+    price_minor, price_currency = _money(message, "price")
+    paid_minor, paid_currency = _money(message, "amount_paid")
+    return AppointmentRow(
+        external_id=message.external_id,
+        starts_at=from_timestamp(message.starts_at),
+        ends_at=from_timestamp(message.ends_at),
+        timezone=message.timezone,
+        status=status.value,
+        title=message.title,
+        appointment_type=message.appointment_type,
+        calendar=message.calendar,
+        contact_name=message.contact.name,
+        contact_email=message.contact.email,
+        contact_phone=message.contact.phone,
+        provider_client_id=message.contact.provider_client_id,
+        price_minor=price_minor,
+        price_currency=price_currency,
+        amount_paid_minor=paid_minor,
+        amount_paid_currency=paid_currency,
+        external_url=message.external_url,
+        raw_json=message.raw_json,
+        content_hash=message.content_hash,
+        observed_at=from_timestamp(message.observed_at),
+    )
+
+
+def collapse_duplicates(rows: Sequence[AppointmentRow]) -> tuple[tuple[AppointmentRow, ...], int]:
+    """Each external id once, holding its last copy (at the position of its first); and how many
+    copies were dropped."""
+    by_external_id: dict[str, AppointmentRow] = {}
+    for row in rows:
+        by_external_id[row.external_id] = row
+    return tuple(by_external_id.values()), len(rows) - len(by_external_id)
+
+
+def decode_page(value: bytes | None) -> DecodedPage:
+    """The validated page in a Kafka message value.
+
+    Raises PoisonMessageError when the bytes are not an AppointmentPage, an id is malformed, an
+    appointment lacks a required field, or the page's own accounting does not add up (appointments
+    plus the fetcher's skips must equal records_fetched)."""
+    if value is None:
+        raise PoisonMessageError("message has no value")
+    page = pages_pb2.AppointmentPage()
+    try:
+        page.ParseFromString(value)
+    except DecodeError as exc:
+        raise PoisonMessageError(f"not an AppointmentPage: {exc}") from exc
+    job_id = _canonical_uuid(page.job_id, "job_id")
+    tenant_id = _canonical_uuid(page.tenant_id, "tenant_id")
+    if page.external_source not in _SOURCES:
+        raise PoisonMessageError(f"unknown external_source {page.external_source!r}")
+    if page.page_no < 1:
+        raise PoisonMessageError(f"page_no {page.page_no} is not positive")
+    incoming = page.skipped
+    incoming_skips = SkipCounts(
+        out_of_window=incoming.out_of_window,
+        invalid=incoming.invalid,
+        dead_letter=incoming.dead_letter,
+        duplicate_in_page=incoming.duplicate_in_page,
+    )
+    if min(incoming.out_of_window, incoming.invalid, incoming.dead_letter, incoming.duplicate_in_page) < 0:
+        raise PoisonMessageError("negative skip count")
+    if len(page.appointments) + incoming_skips.total != page.records_fetched:
+        raise PoisonMessageError(
+            f"page accounting: {len(page.appointments)} appointments + {incoming_skips.total} skipped "
+            f"!= {page.records_fetched} records fetched"
+        )
+    rows, duplicates = collapse_duplicates([_row(a, i) for i, a in enumerate(page.appointments)])
+    return DecodedPage(
+        job_id=job_id,
+        tenant_id=tenant_id,
+        external_source=page.external_source,
+        connection_id=page.connection_id,
+        page_no=page.page_no,
+        records_fetched=page.records_fetched,
+        rows=rows,
+        skipped=SkipCounts(
+            out_of_window=incoming_skips.out_of_window,
+            invalid=incoming_skips.invalid,
+            dead_letter=incoming_skips.dead_letter,
+            duplicate_in_page=incoming_skips.duplicate_in_page + duplicates,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- classification
+
+
+class Decision(enum.Enum):
+    NEW = "new"              # no stored row: insert
+    CHANGED = "changed"      # stored row older with another hash: update
+    UNCHANGED = "unchanged"  # stored row has the same content: write nothing
+    STALE = "stale"          # stored row observed later than this copy: newer wins, write nothing
+
+    @property
+    def writes(self) -> bool:
+        return self in (Decision.NEW, Decision.CHANGED)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    content_hash: bytes
+    observed_at: datetime
+
+
+def classify(row: AppointmentRow, stored: StoredVersion | None) -> Decision:
+    """What writing `row` over `stored` means; mirrors the upsert's WHERE clause."""
+    if stored is None:
+        return Decision.NEW
+    if stored.content_hash == row.content_hash:
+        return Decision.UNCHANGED
+    if stored.observed_at > row.observed_at:
+        return Decision.STALE
+    return Decision.CHANGED
+
+
+RowKey = tuple[str, str]  # (external_source, external_id) within one tenant
+
+
+@dataclass(frozen=True, slots=True)
+class RowWrite:
+    """The final version of one key that the batch writes, with the page it came from."""
+
+    page: DecodedPage
+    row: AppointmentRow
+
+    @property
+    def key(self) -> RowKey:
+        return (self.page.external_source, self.row.external_id)
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """What one transaction writes for consecutive pages of one tenant.
+
+    `writes` holds one final version per key (pages applied in order); `writers_by_key` lists, per
+    key, the indexes of the pages that changed it, in order; `unchanged_by_page` counts each page's
+    unchanged and stale rows."""
+
+    pages: tuple[DecodedPage, ...]
+    writes: dict[RowKey, RowWrite] = field(default_factory=dict)
+    writers_by_key: dict[RowKey, list[int]] = field(default_factory=dict)
+    unchanged_by_page: list[int] = field(default_factory=list)
+
+
+def keys_by_source(pages: Sequence[DecodedPage]) -> dict[str, list[str]]:
+    """The distinct external ids of `pages`, grouped by external source (for the stored lookup)."""
+    grouped: dict[str, dict[str, None]] = {}
+    for page in pages:
+        ids = grouped.setdefault(page.external_source, {})
+        for row in page.rows:
+            ids[row.external_id] = None
+    return {source: list(ids) for source, ids in grouped.items()}
+
+
+def plan_batch(pages: Sequence[DecodedPage], stored: Mapping[RowKey, StoredVersion]) -> BatchPlan:
+    """Classifies every row of `pages` (in order) against `stored` as updated by the earlier pages.
+
+    Raises ValueError when the pages belong to more than one tenant (one transaction, one tenant)."""
+    if len({page.tenant_id for page in pages}) > 1:
+        raise ValueError("a batch holds pages of one tenant only")
+    plan = BatchPlan(pages=tuple(pages), unchanged_by_page=[0] * len(pages))
+    current: dict[RowKey, StoredVersion] = dict(stored)
+    for index, page in enumerate(pages):
+        for row in page.rows:
+            key = (page.external_source, row.external_id)
+            if classify(row, current.get(key)).writes:
+                plan.writes[key] = RowWrite(page, row)
+                plan.writers_by_key.setdefault(key, []).append(index)
+                current[key] = StoredVersion(row.content_hash, row.observed_at)
+            else:
+                plan.unchanged_by_page[index] += 1
+    return plan
+
+
+def count_pages(plan: BatchPlan, written: Mapping[RowKey, bool]) -> list[PageCounts]:
+    """Per-page counts once the upsert ran. `written` maps each key the statement wrote to True
+    (inserted) or False (updated); a key it left out lost a race to an equal or newer row.
+
+    Per key, the batch's first writer is credited with the insert, every later writer with an
+    update; when the statement wrote nothing, every writer counts the row as unchanged.
+    Raises AccountingError if the identity breaks."""
+    inserted = [0] * len(plan.pages)
+    updated = [0] * len(plan.pages)
+    unchanged = list(plan.unchanged_by_page)
+    for key, writers in plan.writers_by_key.items():
+        outcome = written.get(key)
+        for position, index in enumerate(writers):
+            if outcome is None:
+                unchanged[index] += 1
+            elif outcome and position == 0:
+                inserted[index] += 1
+            else:
+                updated[index] += 1
+    return [
+        PageCounts(
+            job_id=page.job_id,
+            page_no=page.page_no,
+            records_fetched=page.records_fetched,
+            inserted=inserted[i],
+            updated=updated[i],
+            unchanged=unchanged[i],
+            skipped=page.skipped,
+            contacts_unmatched=page.contacts_unmatched,
+        )
+        for i, page in enumerate(plan.pages)
+    ]
+
+
+# --------------------------------------------------------------------------- batch bookkeeping
+
+
+@dataclass(frozen=True, slots=True)
+class JobTotals:
+    """The increments one transaction applies to an import_jobs row."""
+
+    job_id: str
+    pages_written: int
+    records_fetched: int
+    inserted: int
+    updated: int
+    unchanged: int
+    skipped: SkipCounts
+    contacts_unmatched: int
+
+
+def job_totals(counts: Sequence[PageCounts]) -> list[JobTotals]:
+    """The per-job sums of `counts`, jobs in order of first appearance."""
+    grouped: dict[str, list[PageCounts]] = {}
+    for page in counts:
+        grouped.setdefault(page.job_id, []).append(page)
+    return [
+        JobTotals(
+            job_id=job_id,
+            pages_written=len(pages),
+            records_fetched=sum(p.records_fetched for p in pages),
+            inserted=sum(p.inserted for p in pages),
+            updated=sum(p.updated for p in pages),
+            unchanged=sum(p.unchanged for p in pages),
+            skipped=SkipCounts(
+                out_of_window=sum(p.skipped.out_of_window for p in pages),
+                invalid=sum(p.skipped.invalid for p in pages),
+                dead_letter=sum(p.skipped.dead_letter for p in pages),
+                duplicate_in_page=sum(p.skipped.duplicate_in_page for p in pages),
+            ),
+            contacts_unmatched=sum(p.contacts_unmatched for p in pages),
+        )
+        for job_id, pages in grouped.items()
+    ]
+
+
+def first_deliveries(pages: Sequence[DecodedPage]) -> list[DecodedPage]:
+    """`pages` without repeats of a page key already seen earlier in the sequence."""
+    seen: set[PageKey] = set()
+    unique = []
+    for page in pages:
+        if page.key not in seen:
+            seen.add(page.key)
+            unique.append(page)
+    return unique
+
+
+def assemble_outcomes(
+    pages: Sequence[DecodedPage],
+    fresh_counts: Mapping[PageKey, PageCounts],
+    stored_counts: Mapping[PageKey, PageCounts],
+) -> list[PageOutcome]:
+    """One outcome per delivered page, in delivery order: the first delivery of a page written in
+    this batch reports its fresh counts; any other delivery replays stored counts (redelivered).
+
+    Raises PoisonMessageError for a page with neither (recorded under another tenant)."""
+    outcomes = []
+    reported: set[PageKey] = set()
+    for page in pages:
+        key = page.key
+        if key in fresh_counts and key not in reported:
+            outcomes.append(PageOutcome(fresh_counts[key], redelivered=False))
+        elif key in fresh_counts:
+            outcomes.append(PageOutcome(fresh_counts[key], redelivered=True))
+        elif key in stored_counts:
+            outcomes.append(PageOutcome(stored_counts[key], redelivered=True))
+        else:
+            raise PoisonMessageError(f"page {key.job_id}/{key.page_no} is recorded for another tenant")
+        reported.add(key)
+    return outcomes

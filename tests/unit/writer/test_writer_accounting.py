@@ -1,0 +1,204 @@
+"""The writer's pure core: decoding, duplicate collapse, classification, batch planning, counts."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from apptsync.shared.appointments import CanonicalAppointment, Contact
+from apptsync.shared.errors import PoisonMessageError
+from apptsync.writer.accounting import (
+    AccountingError,
+    Decision,
+    DecodedPage,
+    PageCounts,
+    PageKey,
+    SkipCounts,
+    StoredVersion,
+    assemble_outcomes,
+    classify,
+    count_pages,
+    decode_page,
+    first_deliveries,
+    job_totals,
+    plan_batch,
+)
+from tests.unit.writer.page_builders import JOB, OTHER_TENANT, T0, TENANT, appointment, page
+
+pytestmark = pytest.mark.unit
+
+
+def decoded(appointments: list[CanonicalAppointment], **kwargs: Any) -> DecodedPage:
+    return decode_page(page(appointments, **kwargs).SerializeToString())
+
+
+def test_decode_page_carries_ids_rows_and_fetcher_skips() -> None:
+    page = decoded([appointment("a"), appointment("b")], page_no=3,
+                   skipped_out_of_window=2, skipped_invalid=1)
+
+    assert (page.job_id, page.tenant_id, page.page_no, page.records_fetched) == (JOB, TENANT, 3, 5)
+    assert [row.external_id for row in page.rows] == ["a", "b"]
+    assert page.skipped == SkipCounts(out_of_window=2, invalid=1)
+    row = page.rows[0]
+    assert row.status == "scheduled"
+    assert row.price_minor == 4500 and row.price_currency == "EUR"
+    assert row.amount_paid_minor is None and row.amount_paid_currency is None
+    assert row.content_hash == appointment("a").content_hash
+    assert row.starts_at == T0 + timedelta(days=1)
+
+
+def test_duplicate_in_page_keeps_the_last_copy_and_counts_the_rest() -> None:
+    page = decoded([appointment("a", version=1), appointment("b"),
+                               appointment("a", version=2), appointment("a", version=3)])
+
+    assert [row.external_id for row in page.rows] == ["a", "b"]
+    assert page.rows[0].content_hash == appointment("a", version=3).content_hash
+    assert page.skipped.duplicate_in_page == 2
+    assert len(page.rows) + page.skipped.total == page.records_fetched == 4
+
+
+@pytest.mark.parametrize("value", [b"\xff\xff\xff garbage", None])
+def test_undecodable_bytes_are_poison(value: bytes | None) -> None:
+    with pytest.raises(PoisonMessageError):
+        decode_page(value)
+
+
+def test_malformed_ids_and_broken_page_accounting_are_poison() -> None:
+    bad_tenant = page([appointment("a")])
+    bad_tenant.tenant_id = "tenant-a"
+    lying_count = page([appointment("a")])
+    lying_count.records_fetched = 5
+    no_hash = page([appointment("a")])
+    no_hash.appointments[0].content_hash = b""
+    unknown_source = page([appointment("a")])
+    unknown_source.external_source = "outlook"
+
+    for message, reason in [(bad_tenant, "not a UUID"), (lying_count, "page accounting"),
+                            (no_hash, "content hash"), (unknown_source, "external_source")]:
+        with pytest.raises(PoisonMessageError, match=reason):
+            decode_page(message.SerializeToString())
+
+
+def test_contacts_unmatched_counts_rows_without_email_phone_or_client_id() -> None:
+    page = decoded([
+        appointment("a", contact=Contact(name="only a name")),
+        appointment("b", contact=Contact(phone="+4930123")),
+        appointment("c", contact=Contact(provider_client_id="cl-9")),
+        appointment("d", contact=Contact()),
+    ])
+
+    assert page.contacts_unmatched == 2
+
+
+def test_classify_new_changed_unchanged_stale() -> None:
+    row = decoded([appointment("a", version=2)]).rows[0]
+    older_hash = appointment("a", version=1).content_hash
+
+    assert classify(row, None) is Decision.NEW
+    assert classify(row, StoredVersion(row.content_hash, T0)) is Decision.UNCHANGED
+    assert classify(row, StoredVersion(older_hash, T0 - timedelta(hours=1))) is Decision.CHANGED
+    assert classify(row, StoredVersion(older_hash, T0)) is Decision.CHANGED  # same instant: ours wins
+    assert classify(row, StoredVersion(older_hash, T0 + timedelta(hours=1))) is Decision.STALE
+    assert [d.writes for d in Decision] == [True, True, False, False]
+
+
+def test_plan_batch_applies_pages_in_order_and_keeps_one_final_version_per_key() -> None:
+    later = T0 + timedelta(hours=1)
+    pages = [
+        decoded([appointment("a", version=1), appointment("kept")], page_no=1),
+        decoded([appointment("a", version=2, observed_at=later)], page_no=2),
+        decoded([appointment("a", version=0)], page_no=3),  # older copy: stale
+    ]
+    kept = pages[0].rows[1]
+    plan = plan_batch(pages, {("acuity", "kept"): StoredVersion(kept.content_hash, T0)})
+
+    assert list(plan.writes) == [("acuity", "a")]
+    assert plan.writes[("acuity", "a")].page.page_no == 2
+    assert plan.writers_by_key == {("acuity", "a"): [0, 1]}
+    assert plan.unchanged_by_page == [1, 0, 1]
+
+
+def test_plan_batch_refuses_two_tenants() -> None:
+    pages = [decoded([appointment("a")]),
+             decoded([appointment("a")], tenant_id=OTHER_TENANT)]
+
+    with pytest.raises(ValueError, match="one tenant"):
+        plan_batch(pages, {})
+
+
+def test_count_pages_credits_insert_to_first_writer_and_updates_to_later_ones() -> None:
+    later = T0 + timedelta(hours=1)
+    pages = [
+        decoded([appointment("a", version=1), appointment("b"), appointment("c")],
+                page_no=1, skipped_out_of_window=1),
+        decoded([appointment("a", version=2, observed_at=later)], page_no=2),
+    ]
+    plan = plan_batch(pages, {})
+
+    # "a" inserted, "b" updated (it appeared concurrently), "c" lost a race to a newer row.
+    counts = count_pages(plan, {("acuity", "a"): True, ("acuity", "b"): False})
+
+    assert [(c.inserted, c.updated, c.unchanged) for c in counts] == [(1, 1, 1), (0, 1, 0)]
+    assert [c.skipped.out_of_window for c in counts] == [1, 0]
+    for c in counts:
+        assert c.inserted + c.updated + c.unchanged + c.skipped.total == c.records_fetched
+
+
+def test_count_pages_all_unchanged_when_nothing_was_written() -> None:
+    pages = [decoded([appointment("a"), appointment("b")])]
+    plan = plan_batch(pages, {})
+
+    (counts,) = count_pages(plan, {})
+
+    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 0, 2)
+
+
+def test_page_counts_refuse_to_break_the_accounting_identity() -> None:
+    with pytest.raises(AccountingError, match="!= records fetched 10"):
+        PageCounts(job_id=JOB, page_no=1, records_fetched=10, inserted=5, updated=2, unchanged=2,
+                   skipped=SkipCounts(duplicate_in_page=0), contacts_unmatched=0)
+    with pytest.raises(AccountingError, match="negative"):
+        PageCounts(job_id=JOB, page_no=1, records_fetched=0, inserted=1, updated=-1, unchanged=0,
+                   skipped=SkipCounts(), contacts_unmatched=0)
+
+
+def test_page_counts_to_proto_keeps_every_count() -> None:
+    counts = PageCounts(job_id=JOB, page_no=4, records_fetched=10, inserted=3, updated=2, unchanged=1,
+                        skipped=SkipCounts(1, 1, 1, 1), contacts_unmatched=2)
+
+    result = counts.to_proto(redelivered=True)
+
+    assert (result.job_id, result.page_no, result.inserted, result.updated, result.unchanged) == (
+        JOB, 4, 3, 2, 1)
+    assert (result.skipped.out_of_window, result.skipped.invalid, result.skipped.dead_letter,
+            result.skipped.duplicate_in_page) == (1, 1, 1, 1)
+    assert result.contacts_unmatched == 2 and result.redelivered
+
+
+def test_job_totals_sum_pages_per_job() -> None:
+    def counts(job: str, page_no: int, inserted: int) -> PageCounts:
+        return PageCounts(job_id=job, page_no=page_no, records_fetched=inserted + 1, inserted=inserted,
+                          updated=0, unchanged=0, skipped=SkipCounts(invalid=1), contacts_unmatched=1)
+
+    totals = job_totals([counts("j1", 1, 3), counts("j2", 1, 5), counts("j1", 2, 4)])
+
+    assert [(t.job_id, t.pages_written, t.records_fetched, t.inserted, t.skipped.invalid,
+             t.contacts_unmatched) for t in totals] == [("j1", 2, 9, 7, 2, 2), ("j2", 1, 6, 5, 1, 1)]
+
+
+def test_assemble_outcomes_replays_repeats_and_stored_pages_in_delivery_order() -> None:
+    first = decoded([appointment("a")], page_no=1)
+    stored = decoded([appointment("b")], page_no=2)
+    delivered = [first, stored, first]
+    fresh_counts = {first.key: count_pages(plan_batch([first], {}), {("acuity", "a"): True})[0]}
+    stored_counts = {stored.key: dataclasses.replace(fresh_counts[first.key], page_no=2)}
+
+    outcomes = assemble_outcomes(delivered, fresh_counts, stored_counts)
+
+    assert [(o.counts.page_no, o.redelivered) for o in outcomes] == [(1, False), (2, True), (1, True)]
+    assert first_deliveries(delivered) == [first, stored]
+    with pytest.raises(PoisonMessageError, match="another tenant"):
+        assemble_outcomes([first], {}, {PageKey(JOB, 9): fresh_counts[first.key]})
