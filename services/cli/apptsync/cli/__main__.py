@@ -23,6 +23,8 @@ EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_O
 
 
 def _configure_logging(level: str) -> None:
+    # httpx logs every request at INFO: the provider calls of a job would drown our own events.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
