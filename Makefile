@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo dev test test-unit test-integration test-e2e lint protos containers clean
+.PHONY: install demo dev test test-unit test-integration test-e2e lint protos containers image deploy-validate clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ test-integration: install containers
 
 test-e2e: install containers
 	$(BIN)/pytest -p no:cacheprovider -m e2e $(PYTEST_ARGS)
+
+## image: the container image apptsync:dev (builds its local base with debootstrap when needed)
+image: containers
+	bash deploy/scripts/build-image.sh
+
+## deploy-validate: render deploy/k8s overlays, schema-validate for Kubernetes 1.31, checkov with zero failures
+deploy-validate:
+	bash deploy/scripts/validate.sh
 
 ## protos: regenerate the Python bindings after editing protos/
 protos: install
