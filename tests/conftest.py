@@ -109,6 +109,14 @@ def database_url(postgres_server: PostgresServerContainer, request: pytest.Fixtu
 
 
 @pytest.fixture
+def service_database_url(database_url: str, postgres_server: PostgresServerContainer) -> str:
+    """DSN of the same database as ``database_url`` for the services' login role: a member of
+    apptsync_service that owns no table, so row-level security applies. ``database_url`` (the
+    owner, a superuser) runs the migrations and checks the truth."""
+    return postgres_server.service_dsn(database_url.rsplit("/", 1)[1])
+
+
+@pytest.fixture
 def postgres_server_factory() -> Iterator[Callable[[], PostgresServerContainer]]:
     """Start private PostgreSQL servers (removed after the test): for fault tests."""
     with ExitStack() as stack:

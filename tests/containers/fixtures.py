@@ -444,6 +444,11 @@ class PostgresServerContainer(_HostNetworkServer):
         super().__init__(image, startup_timeout=startup_timeout, **kw)
         self.user = "postgres"
         self.password = secrets.token_hex(16)
+        # The services' login role: a member of apptsync_service that owns no table, so row-level
+        # security (migration 0004) binds it, as in production. Created on first use.
+        self.service_user = "apptsync_app"
+        self.service_password = secrets.token_hex(16)
+        self._service_user_ready = False
 
     def _entrypoint(self) -> list[str]:
         return ["/bin/sh", "-c"]
@@ -471,6 +476,24 @@ class PostgresServerContainer(_HostNetworkServer):
     @property
     def superuser_dsn(self) -> str:
         return self.dsn("postgres")
+
+    def service_dsn(self, database: str) -> str:
+        """DSN of `database` for the services' role (created on the server if missing); the
+        database's tables come from the migrations, run with ``dsn()`` (the owner)."""
+        if not self._service_user_ready:
+            self.psql(
+                f"""DO $$ BEGIN
+                    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'apptsync_service') THEN
+                        CREATE ROLE apptsync_service NOLOGIN;
+                    END IF;
+                    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{self.service_user}') THEN
+                        CREATE ROLE {self.service_user} LOGIN IN ROLE apptsync_service;
+                    END IF;
+                    ALTER ROLE {self.service_user} PASSWORD '{self.service_password}';
+                END $$"""
+            )
+            self._service_user_ready = True
+        return f"postgresql://{self.service_user}:{self.service_password}@{self.host}:{self.port}/{database}"
 
     # -- SQL through psql inside the container (no client library or event loop needed)
     def psql(self, *statements: str, database: str = "postgres") -> str:

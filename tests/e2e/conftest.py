@@ -16,9 +16,14 @@ from tests.e2e.system import TENANT_TOKEN, RunningSystem, system_env
 
 
 @pytest.fixture
-async def running_system(database_url: str, broker: BrokerContainer, tmp_path: Path) -> AsyncIterator[RunningSystem]:
+async def running_system(
+    database_url: str, service_database_url: str, broker: BrokerContainer, tmp_path: Path
+) -> AsyncIterator[RunningSystem]:
+    # The services connect as a role row-level security binds; `migrate` and the tests' checks of
+    # the truth use the owner.
     services = ServiceSet(
-        database_url=database_url,
+        database_url=service_database_url,
+        migration_database_url=database_url,
         bootstrap_servers=broker.bootstrap_servers,
         log_dir=tmp_path / "logs",
         credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),

@@ -422,7 +422,8 @@ async def test_dev_stack_starts_everything_in_order_and_stops_it_all(
         addresses = stack.addresses
         connection = await asyncpg.connect(addresses.database_url)
         try:
-            assert await connection.fetchval("SELECT current_user") == "apptsync"
+            # The services connect as a member of apptsync_service, not as the tables' owner.
+            assert await connection.fetchval("SELECT current_user") == "apptsync_app"
         finally:
             await connection.close()
         assert stack.service_env["APPTSYNC_KAFKA_BOOTSTRAP_SERVERS"] == addresses.bootstrap_servers

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -204,39 +205,64 @@ async def committed_offsets(kafka: KafkaSettings) -> int:
         await consumer.stop()
 
 
+def dead_letter_name(record: Any) -> str:
+    """`job/external id` of a refused record, `job/page` of a refused page, `job/-` otherwise."""
+    job = header_text(record.headers, "apptsync-job-id") or "?"
+    detail = header_text(record.headers, "apptsync-external-id") or header_text(record.headers, "apptsync-page-no")
+    return f"{job}/{detail or '-'}"
+
+
 async def test_poison_messages_are_dead_lettered_and_the_writer_goes_on(
     database_url: str, kafka_settings: KafkaSettings
 ) -> None:
+    """Guards dead letters with honest counts: an undecodable message, a page of no job (it still gets
+    a PageResult counting its record as a dead letter: its fetcher must not wait for
+    result_timeout_seconds) and a refused record (alone in the dead-letter topic, the rest of its
+    page stored and counted)."""
     job_id = await prepare_database(database_url)
     orphan_job = str(uuid.uuid4())  # no such import job: PostgreSQL refuses the page
     garbage = b"\x0a\xff\xff\xff this is not an AppointmentPage"
+    bad_record = dataclasses.replace(appointment("bad"), raw_json="{not json")
     messages = [
         (job_id.encode(), garbage),
         page_messages(orphan_job, [[appointment("orphan")]])[0],
-        *page_messages(job_id, [[appointment("fine")]]),
+        *page_messages(job_id, [[appointment("fine")], [appointment("fine-2"), bad_record]]),
     ]
 
     async with reader(kafka_settings, kafka_settings.dead_letter_topic) as dead_reader, \
             reader(kafka_settings, kafka_settings.page_results_topic) as results_reader, \
             running_writer(database_settings(database_url), kafka_settings):
         await produce(kafka_settings, kafka_settings.pages_topic, messages)
-        results = results_of(await read(results_reader, 1))
-        dead = sorted(await read(dead_reader, 2), key=lambda r: r.offset if r.value == garbage else 1 << 40)
+        results = results_of(await read(results_reader, 3))
+        dead = {dead_letter_name(r): r for r in await read(dead_reader, 3)}
 
-    assert [(r.job_id, r.page_no, r.inserted) for r in results] == [(job_id, 1, 1)]
-    assert [r.value for r in dead] == [garbage, messages[1][1]]
-    undecodable, refused = dead
+    assert sorted((r.job_id, r.page_no, r.inserted, r.skipped.dead_letter) for r in results) == sorted([
+        (orphan_job, 1, 0, 1), (job_id, 1, 1, 0), (job_id, 2, 1, 1)])
+    assert set(dead) == {f"{job_id}/-", f"{orphan_job}/1", f"{job_id}/bad"}
+    undecodable, refused, record = dead[f"{job_id}/-"], dead[f"{orphan_job}/1"], dead[f"{job_id}/bad"]
+    assert undecodable.value == garbage
     assert "not an AppointmentPage" in (header_text(undecodable.headers, "apptsync-error") or "")
-    assert header_text(undecodable.headers, "apptsync-job-id") == job_id
     assert header_text(undecodable.headers, "apptsync-page-no") is None
     assert header_text(undecodable.headers, "apptsync-source-topic") == kafka_settings.pages_topic
     assert header_text(undecodable.headers, "apptsync-source-offset") == "0"
     assert header_text(undecodable.headers, "apptsync-source-partition") is not None
     assert header_text(undecodable.headers, "apptsync-service-version")
+    assert refused.value == messages[1][1]
     assert "refused by PostgreSQL" in (header_text(refused.headers, "apptsync-error") or "")
-    assert header_text(refused.headers, "apptsync-job-id") == orphan_job
     assert header_text(refused.headers, "apptsync-page-no") == "1"
-    assert await committed_offsets(kafka_settings) == 3
+    single = pages_pb2.AppointmentPage()
+    single.ParseFromString(record.value)
+    assert [a.external_id for a in single.appointments] == ["bad"]
+    assert header_text(record.headers, "apptsync-page-no") == "2"
+    assert "json" in (header_text(record.headers, "apptsync-error") or "")
+    assert header_text(record.headers, "apptsync-service-version")
+    assert await committed_offsets(kafka_settings) == 4
+    connection = await asyncpg.connect(database_url)
+    try:
+        counters = await job_counters(connection, job_id)
+        assert (counters["records_fetched"], counters["inserted"]) == (3, 2)
+    finally:
+        await connection.close()
 
 
 async def test_first_load_rate_through_the_whole_service(

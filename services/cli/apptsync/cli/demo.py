@@ -25,6 +25,7 @@ from rich.table import Table
 
 from apptsync.cli.client import message_dict
 from apptsync.cli.devstack import DevStack
+from apptsync.shared.db.pool import tenant_transaction
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
@@ -144,10 +145,12 @@ async def _verify(database_url: str, simulator_url: str, start: datetime, end: d
     }
     connection = await asyncpg.connect(database_url)
     try:
-        rows = await connection.fetch(
-            "SELECT external_id FROM appointments WHERE tenant_id = $1 AND external_source = 'acuity'",
-            uuid.UUID(DEMO_TENANT_ID),
-        )
+        # The services' role sees a tenant's rows only inside a transaction scoped to it (row-level security).
+        async with tenant_transaction(connection, DEMO_TENANT_ID):
+            rows = await connection.fetch(
+                "SELECT external_id FROM appointments WHERE tenant_id = $1 AND external_source = 'acuity'",
+                uuid.UUID(DEMO_TENANT_ID),
+            )
     finally:
         await connection.close()
     stored = [row["external_id"] for row in rows]

@@ -9,13 +9,18 @@ Nothing here does I/O. The store (`apptsync.writer.store`) runs the statements t
 3. `count_pages` turns the upsert's outcome (inserted / updated / not written) back into per-page
    counts; `PageCounts` guarantees the accounting identity
    `inserted + updated + unchanged + skipped == records_fetched`.
+4. `plan_contacts` collapses the written rows' contacts to one per match key (`contact_match_key`:
+   normalized email, else phone, else provider client id); `drop_refused_records` takes records
+   PostgreSQL refused out of their pages, counted as dead letters, so the rest of the page lands.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -60,11 +65,35 @@ class AppointmentRow:
     raw_json: str
     content_hash: bytes
     observed_at: datetime
+    # See contact_match_key; None: the appointment is stored with a null contact.
+    contact_key: str | None = None
 
     @property
     def contact_unmatched(self) -> bool:
-        """No email, phone or provider client id: stored with a null contact (invariant 8)."""
-        return not (self.contact_email or self.contact_phone or self.provider_client_id)
+        """No usable email, phone or provider client id: stored with a null contact (invariant 8)."""
+        return self.contact_key is None
+
+
+_NOT_PHONE_DIGIT = re.compile(r"[^0-9]")
+# Fewer digits than this is an extension or junk, not a number that identifies a person.
+MIN_PHONE_DIGITS = 5
+
+
+def contact_match_key(email: str, phone: str, provider_client_id: str) -> str | None:
+    """The key a contact is matched by within (tenant, source): the normalized email (trimmed, lower
+    case), else the phone (its digits, with a leading `+` kept), else the provider's client id
+    (trimmed); None when there is none of the three. The prefix keeps an email from matching a
+    client id that happens to be spelled the same."""
+    normalized_email = email.strip().lower()
+    if "@" in normalized_email:
+        return "email:" + normalized_email
+    digits = _NOT_PHONE_DIGIT.sub("", phone)
+    if len(digits) >= MIN_PHONE_DIGITS:
+        return "phone:" + ("+" if phone.strip().startswith("+") else "") + digits
+    client_id = provider_client_id.strip()
+    if client_id:
+        return "client:" + client_id
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +190,22 @@ class PageCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedRecord:
+    """A record of a page that PostgreSQL refused (e.g. a constraint or data error): dead-lettered
+    and counted as `skipped.dead_letter`, while the rest of its page was stored."""
+
+    external_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class PageOutcome:
-    """A page's counts and whether they were replayed from storage (a redelivery)."""
+    """A page's counts, whether they were replayed from storage (a redelivery), and the records of the
+    page that were refused (stored with the counts, so a replay reports them again)."""
 
     counts: PageCounts
     redelivered: bool
+    refused: tuple[RefusedRecord, ...] = ()
 
     def to_proto(self) -> pages_pb2.PageResult:
         return self.counts.to_proto(redelivered=self.redelivered)
@@ -204,6 +244,7 @@ def _row(message: pages_pb2.Appointment, index: int) -> AppointmentRow:
         raise PoisonMessageError(f"{where} has a content hash of {len(message.content_hash)} bytes")
     price_minor, price_currency = _money(message, "price")
     paid_minor, paid_currency = _money(message, "amount_paid")
+    contact = message.contact
     return AppointmentRow(
         external_id=message.external_id,
         starts_at=from_timestamp(message.starts_at),
@@ -225,6 +266,7 @@ def _row(message: pages_pb2.Appointment, index: int) -> AppointmentRow:
         raw_json=message.raw_json,
         content_hash=message.content_hash,
         observed_at=from_timestamp(message.observed_at),
+        contact_key=contact_match_key(contact.email, contact.phone, contact.provider_client_id),
     )
 
 
@@ -469,22 +511,101 @@ def assemble_outcomes(
     pages: Sequence[DecodedPage],
     fresh_counts: Mapping[PageKey, PageCounts],
     stored_counts: Mapping[PageKey, PageCounts],
+    refused: Mapping[PageKey, Sequence[RefusedRecord]] | None = None,
 ) -> list[PageOutcome]:
     """One outcome per delivered page, in delivery order: the first delivery of a page written in
     this batch reports its fresh counts; any other delivery replays stored counts (redelivered).
+    Each outcome carries the page's refused records from `refused`.
 
     Raises PoisonMessageError for a page with neither (recorded under another tenant)."""
     outcomes = []
     reported: set[PageKey] = set()
+    refused = refused or {}
     for page in pages:
         key = page.key
+        records = tuple(refused.get(key, ()))
         if key in fresh_counts and key not in reported:
-            outcomes.append(PageOutcome(fresh_counts[key], redelivered=False))
+            outcomes.append(PageOutcome(fresh_counts[key], redelivered=False, refused=records))
         elif key in fresh_counts:
-            outcomes.append(PageOutcome(fresh_counts[key], redelivered=True))
+            outcomes.append(PageOutcome(fresh_counts[key], redelivered=True, refused=records))
         elif key in stored_counts:
-            outcomes.append(PageOutcome(stored_counts[key], redelivered=True))
+            outcomes.append(PageOutcome(stored_counts[key], redelivered=True, refused=records))
         else:
             raise PoisonMessageError(f"page {key.job_id}/{key.page_no} is recorded for another tenant")
         reported.add(key)
     return outcomes
+
+
+# --------------------------------------------------------------------------- contacts and refusals
+
+
+@dataclass(frozen=True, slots=True)
+class ContactWrite:
+    """One contact to upsert: matched by `(tenant, external_source, match_key)`."""
+
+    external_source: str
+    match_key: str
+    name: str
+    email: str
+    phone: str
+    provider_client_id: str
+
+
+def plan_contacts(writes: Iterable[RowWrite]) -> list[ContactWrite]:
+    """The contacts of the rows a batch writes, one per (source, match key) (PostgreSQL refuses to
+    update a row twice in one statement). Per field, the last non-empty value in batch order wins, as
+    UPSERT_CONTACTS does against the stored contact. Rows without a match key have no contact
+    (stored with a null contact_id)."""
+    contacts: dict[tuple[str, str], ContactWrite] = {}
+    for write in writes:
+        row = write.row
+        if row.contact_key is None:
+            continue
+        key = (write.page.external_source, row.contact_key)
+        known = contacts.get(key)
+        contacts[key] = ContactWrite(
+            external_source=write.page.external_source,
+            match_key=row.contact_key,
+            name=row.contact_name or (known.name if known else ""),
+            email=row.contact_email or (known.email if known else ""),
+            phone=row.contact_phone or (known.phone if known else ""),
+            provider_client_id=row.provider_client_id or (known.provider_client_id if known else ""),
+        )
+    return list(contacts.values())
+
+
+RecordKey = tuple[PageKey, str]  # (page, external id)
+
+
+def drop_refused_records(
+    pages: Sequence[DecodedPage], refused: Mapping[RecordKey, str]
+) -> list[DecodedPage]:
+    """`pages` without the refused records, each counted as `skipped.dead_letter` of its page, so
+    `len(rows) + skipped.total == records_fetched` still holds."""
+    kept_pages = []
+    for page in pages:
+        kept = tuple(row for row in page.rows if (page.key, row.external_id) not in refused)
+        dropped = len(page.rows) - len(kept)
+        if not dropped:
+            kept_pages.append(page)
+            continue
+        skipped = page.skipped
+        kept_pages.append(dataclasses.replace(
+            page, rows=kept,
+            skipped=dataclasses.replace(skipped, dead_letter=skipped.dead_letter + dropped),
+        ))
+    return kept_pages
+
+
+def refused_page_counts(page: DecodedPage) -> PageCounts:
+    """The counts of a page PostgreSQL refused as a whole: every record it carried is a dead letter."""
+    return PageCounts(
+        job_id=page.job_id,
+        page_no=page.page_no,
+        records_fetched=page.records_fetched,
+        inserted=0,
+        updated=0,
+        unchanged=0,
+        skipped=dataclasses.replace(page.skipped, dead_letter=page.skipped.dead_letter + len(page.rows)),
+        contacts_unmatched=0,
+    )

@@ -12,13 +12,17 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from apptsync.shared.errors import PoisonMessageError
 from apptsync.shared.kafka import Headers, text_headers
+from apptsync.v1 import pages_pb2
 from apptsync.writer.accounting import DecodedPage, decode_page
 
 ERROR_HEADER = "apptsync-error"
 JOB_ID_HEADER = "apptsync-job-id"
 PAGE_NO_HEADER = "apptsync-page-no"
+EXTERNAL_ID_HEADER = "apptsync-external-id"
 SERVICE_VERSION_HEADER = "apptsync-service-version"
 SOURCE_TOPIC_HEADER = "apptsync-source-topic"
 SOURCE_PARTITION_HEADER = "apptsync-source-partition"
@@ -66,6 +70,8 @@ class DeadLetter:
     error: str
     job_id: str | None = None
     page_no: int | None = None
+    # Set when one record of a page was refused: `message.value` then holds that record alone.
+    external_id: str | None = None
 
     @property
     def first_offset(self) -> int:
@@ -108,6 +114,28 @@ def plan_work(messages: Sequence[InboundMessage], *, max_batch_pages: int) -> li
     return units
 
 
+def record_page_value(page_value: bytes | None, external_id: str) -> bytes:
+    """An AppointmentPage holding only the record `external_id` of the page in `page_value` (its
+    last copy, the one the writer tried to store), for the dead-letter copy of a refused record.
+
+    Raises PoisonMessageError when `page_value` is not a page holding that record."""
+    page = pages_pb2.AppointmentPage()
+    try:
+        page.ParseFromString(page_value or b"")
+    except DecodeError as exc:
+        raise PoisonMessageError(f"not an AppointmentPage: {exc}") from exc
+    copies = [a for a in page.appointments if a.external_id == external_id]
+    if not copies:
+        raise PoisonMessageError(f"page has no record {external_id!r}")
+    single = pages_pb2.AppointmentPage()
+    single.CopyFrom(page)
+    del single.appointments[:]
+    single.appointments.append(copies[-1])
+    single.records_fetched = 1
+    single.ClearField("skipped")
+    return single.SerializeToString()
+
+
 def job_id_from_key(key: bytes | None) -> str | None:
     """The job id a message key names (pages are keyed by job id), if it is readable text."""
     if not key:
@@ -126,6 +154,8 @@ def dead_letter_headers(letter: DeadLetter, *, service_version: str) -> Headers:
         values[JOB_ID_HEADER] = letter.job_id
     if letter.page_no is not None:
         values[PAGE_NO_HEADER] = letter.page_no
+    if letter.external_id is not None:
+        values[EXTERNAL_ID_HEADER] = letter.external_id
     values[SERVICE_VERSION_HEADER] = service_version
     values[SOURCE_TOPIC_HEADER] = letter.message.topic
     values[SOURCE_PARTITION_HEADER] = letter.message.partition

@@ -7,8 +7,12 @@ stored results instead of counting twice.
 
 PostgreSQL or the broker unreachable: nothing goes to the dead-letter topic; the partition seeks back
 to the first unfinished message and the batch is retried with backoff, the consumer staying in its
-group. A message that is not a valid page, or a page whose data PostgreSQL refuses, is copied to the
-dead-letter topic with headers saying why, and the writer moves on.
+group. A message that is not a valid page is copied to the dead-letter topic with headers saying why,
+and the writer moves on. A record PostgreSQL refuses is copied there alone (as a one-record page)
+while the rest of its page lands, counted as `skipped.dead_letter`. A page PostgreSQL refuses as a
+whole (e.g. its job does not exist) is copied there and still gets a PageResult counting all its
+records as dead letters (recorded in the job's counters when the job exists), so its fetcher never
+waits for a result that cannot come.
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import os
 import random
-from collections.abc import Sequence
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from opentelemetry import trace
 
 from apptsync.shared.db.pool import create_pool
 from apptsync.shared.errors import PoisonMessageError, RetriableError
@@ -36,19 +44,25 @@ from apptsync.shared.kafka import (
     kafka_errors,
 )
 from apptsync.shared.settings import DatabaseSettings, KafkaSettings, WriterSettings
-from apptsync.writer.accounting import DecodedPage, PageOutcome
+from apptsync.shared.telemetry.logs import log_event
+from apptsync.shared.telemetry.metrics import METRICS, RECORD_OUTCOMES
+from apptsync.shared.telemetry.propagation import ConsumerSpans, HeaderPairs, start_consumer_span
+from apptsync.writer.accounting import DecodedPage, PageOutcome, refused_page_counts
 from apptsync.writer.intake import (
     DeadLetter,
+    DeliveredPage,
     InboundMessage,
     PageBatch,
     WorkUnit,
     dead_letter_headers,
     plan_work,
+    record_page_value,
     retry_delay_seconds,
 )
 from apptsync.writer.store import PageStore
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("apptsync.writer")
 
 CLIENT_ID = "apptsync-writer"
 # How long one poll waits for messages: bounds how late a stop request is noticed.
@@ -77,9 +91,36 @@ def service_version() -> str:
 
 
 class PageWriting(Protocol):
-    """Stores consecutive pages of one tenant in one transaction (see `store.write_pages`)."""
+    """Stores consecutive pages of one tenant in one transaction (see `store.write_pages`), and
+    records a page refused as a whole (see `store.record_refused_page`)."""
 
     async def write(self, pages: Sequence[DecodedPage]) -> list[PageOutcome]: ...
+
+    async def record_refused(self, page: DecodedPage) -> PageOutcome: ...
+
+
+Report = PageOutcome | DeadLetter
+# Called between a database commit and the offset commit (twice per unit: before and after its
+# reports are produced); the crash tests' fault hook lives here, production passes a no-op.
+AfterCommitHook = Callable[[], None]
+
+
+def _no_fault() -> None:
+    return None
+
+
+def crash_after_commit_hook(probability: float, rng: random.Random) -> AfterCommitHook:
+    """Test-only fault: with `probability` per call, the process SIGKILLs itself (no cleanup, no
+    offset commit), like a node lost right after PostgreSQL committed."""
+    if probability <= 0:
+        return _no_fault
+
+    def maybe_crash() -> None:
+        if rng.random() < probability:
+            log.warning("writer: fault hook: SIGKILL after a database commit")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return maybe_crash
 
 
 class PageWriter:
@@ -97,6 +138,7 @@ class PageWriter:
         rng: random.Random,
         retry_base_seconds: float = 0.2,
         retry_cap_seconds: float = 10.0,
+        after_commit: AfterCommitHook = _no_fault,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -108,6 +150,7 @@ class PageWriter:
         self._retry_base_seconds = retry_base_seconds
         self._retry_cap_seconds = retry_cap_seconds
         self._consecutive_failures = 0
+        self._after_commit = after_commit
 
     async def run(self, stop: asyncio.Event) -> None:
         """Processes polls until `stop` is set; the poll in hand is finished and committed first.
@@ -168,63 +211,181 @@ class PageWriter:
         messages = [
             InboundMessage(r.topic, r.partition, r.offset, r.key, r.value) for r in records
         ]
+        headers = {r.offset: r.headers for r in records}
+        self._observe_lag(partition, records)
         commit_offset: int | None = None
         for unit in plan_work(messages, max_batch_pages=self._writer.max_batch_pages):
             try:
-                await self._process_unit(unit)
+                await self._process_unit(unit, headers)
             except RetriableError as exc:
                 return PartitionProgress(partition, commit_offset, unit.first_offset, exc)
             commit_offset = unit.last_offset + 1
         return PartitionProgress(partition, commit_offset)
 
-    async def _process_unit(self, unit: WorkUnit) -> None:
-        if isinstance(unit, DeadLetter):
-            reports: list[PageOutcome | DeadLetter] = [unit]
-        else:
-            reports = await self._write_batch(unit)
-        await self._send_reports(reports)
-
-    async def _write_batch(self, batch: PageBatch) -> list[PageOutcome | DeadLetter]:
-        """Outcomes of the batch's pages in order; a page PostgreSQL refuses becomes a dead letter
-        (the batch is then retried one page per transaction to find it)."""
+    async def _process_unit(self, unit: WorkUnit, headers: dict[int, HeaderPairs | None] | None = None) -> None:
+        spans = _consumer_spans(unit, headers or {})
         try:
-            return list(await self._store.write([d.page for d in batch.pages]))
+            if isinstance(unit, DeadLetter):
+                reports: list[Report] = [unit]
+            else:
+                with spans.shared_work("write pages", {"apptsync.pages": len(unit.pages)}):
+                    started = time.perf_counter()
+                    reports = await self._write_batch(unit)
+                    elapsed_seconds = time.perf_counter() - started
+                    for _ in unit.pages:  # each page waited for the whole transaction
+                        METRICS.page_upsert_duration.observe(elapsed_seconds)
+                self._after_commit()
+            await self._send_reports(reports, spans)
+            self._after_commit()
+        except Exception as exc:
+            spans.fail(exc)
+            raise
+        finally:
+            spans.end()
+
+    def _observe_lag(self, partition: TopicPartition, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Consumer lag: messages in the partition after the last one this poll fetched."""
+        highwater = self._consumer.highwater(partition)
+        if highwater is not None and records:
+            lag = max(0, highwater - (records[-1].offset + 1))
+            METRICS.consumer_lag.labels(partition.topic, str(partition.partition)).set(lag)
+
+    async def _write_batch(self, batch: PageBatch) -> list[Report]:
+        """Reports of the batch's pages in order: each page's outcome, preceded by dead letters of
+        its refused records. A page PostgreSQL refuses as a whole becomes a dead letter and an
+        outcome counting all its records as dead letters (the batch is then retried one page per
+        transaction to find it)."""
+        try:
+            return self._with_refused_records(batch.pages, await self._store.write([d.page for d in batch.pages]))
         except PoisonMessageError as exc:
             if len(batch.pages) == 1:
-                return [self._refused(batch.pages[0].message, batch.pages[0].page, exc)]
-        reports: list[PageOutcome | DeadLetter] = []
+                return await self._refuse_page(batch.pages[0], exc)
+        reports: list[Report] = []
         for delivered in batch.pages:
             try:
-                reports.extend(await self._store.write([delivered.page]))
+                reports.extend(self._with_refused_records([delivered], await self._store.write([delivered.page])))
             except PoisonMessageError as exc:
-                reports.append(self._refused(delivered.message, delivered.page, exc))
+                reports.extend(await self._refuse_page(delivered, exc))
         return reports
 
     @staticmethod
-    def _refused(message: InboundMessage, page: DecodedPage, exc: PoisonMessageError) -> DeadLetter:
+    def _with_refused_records(
+        delivered_pages: Sequence[DeliveredPage], outcomes: Sequence[PageOutcome]
+    ) -> list[Report]:
+        reports: list[Report] = []
+        for delivered, outcome in zip(delivered_pages, outcomes, strict=True):
+            message, page = delivered.message, delivered.page
+            for refused in outcome.refused:
+                log.warning("writer: dead-lettering record %r of page %s/%s: %s",
+                            refused.external_id, page.job_id, page.page_no, refused.error)
+                reports.append(DeadLetter(
+                    InboundMessage(message.topic, message.partition, message.offset, message.key,
+                                   record_page_value(message.value, refused.external_id)),
+                    f"record refused by PostgreSQL: {refused.error}",
+                    job_id=page.job_id, page_no=page.page_no, external_id=refused.external_id,
+                ))
+            reports.append(outcome)
+        return reports
+
+    async def _refuse_page(self, delivered: DeliveredPage, exc: PoisonMessageError) -> list[Report]:
+        message, page = delivered.message, delivered.page
         log.warning("writer: dead-lettering page %s/%s (offset %d): %s",
                     page.job_id, page.page_no, message.offset, exc)
-        return DeadLetter(message, f"refused by PostgreSQL: {exc}", job_id=page.job_id, page_no=page.page_no)
+        letter = DeadLetter(message, f"refused by PostgreSQL: {exc}", job_id=page.job_id, page_no=page.page_no)
+        try:
+            outcome = await self._store.record_refused(page)
+        except PoisonMessageError as unrecordable:
+            # Not even the ledger takes it (e.g. no such job): the result still tells its fetcher.
+            log.warning("writer: page %s/%s cannot be recorded either: %s", page.job_id, page.page_no, unrecordable)
+            outcome = PageOutcome(refused_page_counts(page), redelivered=False)
+        return [letter, outcome]
 
-    async def _send_reports(self, reports: Sequence[PageOutcome | DeadLetter]) -> None:
-        """Produces every PageResult and dead letter, in order, and waits for all acknowledgements."""
+    async def _send_reports(self, reports: Sequence[Report], spans: ConsumerSpans | None = None) -> None:
+        """Produces every PageResult and dead letter, in order, and waits for all acknowledgements.
+
+        Each is produced under its page's consumer span, so the result continues that page's trace."""
         async with kafka_errors():
             acknowledgements = []
             for report in reports:
-                if isinstance(report, DeadLetter):
-                    acknowledgements.append(await self._producer.send(
-                        self._kafka.dead_letter_topic,
-                        value=report.message.value,
-                        key=report.message.key,
-                        headers=dead_letter_headers(report, service_version=self._version),
-                    ))
-                else:
-                    acknowledgements.append(await self._producer.send(
-                        self._kafka.page_results_topic,
-                        value=report.to_proto().SerializeToString(),
-                        key=report.counts.job_id.encode("utf-8"),
-                    ))
+                with _report_span(spans, report):
+                    if isinstance(report, DeadLetter):
+                        acknowledgements.append(await self._producer.send(
+                            self._kafka.dead_letter_topic,
+                            value=report.message.value,
+                            key=report.message.key,
+                            headers=dead_letter_headers(report, service_version=self._version),
+                        ))
+                    else:
+                        acknowledgements.append(await self._producer.send(
+                            self._kafka.page_results_topic,
+                            value=report.to_proto().SerializeToString(),
+                            key=report.counts.job_id.encode("utf-8"),
+                        ))
             await asyncio.gather(*acknowledgements)
+
+
+def _consumer_spans(unit: WorkUnit, headers: dict[int, HeaderPairs | None]) -> ConsumerSpans:
+    """One consumer span per message of `unit`, each continuing the trace of the page it carries."""
+    if isinstance(unit, DeadLetter):
+        delivered: list[tuple[object, InboundMessage, dict[str, str | int]]] = [
+            ((unit.job_id, unit.page_no), unit.message, {})
+        ]
+    else:
+        delivered = [
+            (
+                (d.page.job_id, d.page.page_no),
+                d.message,
+                {"apptsync.job_id": d.page.job_id, "apptsync.tenant_id": d.page.tenant_id,
+                 "apptsync.page_no": d.page.page_no, "apptsync.records_fetched": d.page.records_fetched},
+            )
+            for d in unit.pages
+        ]
+    return ConsumerSpans(_tracer, [
+        (key, start_consumer_span(_tracer, topic=m.topic, headers=headers.get(m.offset), partition=m.partition,
+                                  offset=m.offset, attributes=dict(attributes)))
+        for key, m, attributes in delivered
+    ])
+
+
+@contextlib.contextmanager
+def _report_span(spans: ConsumerSpans | None, report: Report) -> Iterator[None]:
+    """Makes the report's page span current while it is produced; counts it and logs its event."""
+    if isinstance(report, DeadLetter):
+        key: object = (report.job_id, report.page_no)
+    else:
+        key = (report.counts.job_id, report.counts.page_no)
+    if spans is None:
+        yield
+        return
+    with spans.use(key) as span:
+        if isinstance(report, DeadLetter):
+            METRICS.dead_letters.labels("record" if report.external_id else "page").inc()
+            span.set_attribute("apptsync.dead_lettered", True)
+        else:
+            _page_written(report, span)
+        yield
+
+
+def _page_written(outcome: PageOutcome, span: trace.Span) -> None:
+    counts = outcome.counts
+    by_outcome = {
+        "inserted": counts.inserted,
+        "updated": counts.updated,
+        "unchanged": counts.unchanged,
+        "skipped_out_of_window": counts.skipped.out_of_window,
+        "skipped_invalid": counts.skipped.invalid,
+        "skipped_dead_letter": counts.skipped.dead_letter,
+        "skipped_duplicate_in_page": counts.skipped.duplicate_in_page,
+    }
+    METRICS.pages_written.labels(str(outcome.redelivered).lower()).inc()
+    if not outcome.redelivered:
+        for name in RECORD_OUTCOMES:
+            METRICS.records.labels(name).inc(by_outcome[name])
+    for name, value in by_outcome.items():
+        span.set_attribute(f"apptsync.{name}", value)
+    span.set_attribute("apptsync.redelivered", outcome.redelivered)
+    log_event(log, "page written", job_id=counts.job_id, page_no=counts.page_no,
+              records_fetched=counts.records_fetched, redelivered=outcome.redelivered, **by_outcome)
 
 
 async def _report_draining(stop: asyncio.Event, health: HealthEndpoint | None) -> None:
@@ -277,6 +438,9 @@ async def run_writer(
                         writer=writer,
                         version=service_version(),
                         rng=rng or random.Random(),
+                        after_commit=crash_after_commit_hook(
+                            writer.fault_crash_after_commit_probability, random.Random(writer.fault_seed)
+                        ),
                     )
                     await page_writer.run(stop)
                 finally:

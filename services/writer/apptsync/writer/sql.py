@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from apptsync.writer.accounting import JobTotals, PageCounts, PageKey, RowWrite, SkipCounts
+from apptsync.writer.accounting import (
+    ContactWrite,
+    JobTotals,
+    PageCounts,
+    PageKey,
+    RefusedRecord,
+    RowWrite,
+    SkipCounts,
+)
 
 # Transaction-local settings: the tenant for row-level security, and a plan made for each execution's
 # own arguments: a generic plan cached while `appointments` was small kept scanning the tenant's
@@ -59,6 +67,26 @@ CROSS JOIN LATERAL (
 ) AS s
 """
 
+# The contacts of the rows a batch writes (plan_contacts: one per key), before the appointments that
+# link to them. A provider sending an empty field does not erase what another booking told us; an
+# unchanged contact is not updated.
+UPSERT_CONTACTS = """
+INSERT INTO contacts AS c (tenant_id, external_source, match_key, name, email, phone, provider_client_id)
+SELECT $1::uuid, r.external_source, r.match_key, r.name, r.email, r.phone, r.provider_client_id
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+    AS r(external_source, match_key, name, email, phone, provider_client_id)
+ON CONFLICT (tenant_id, external_source, match_key) DO UPDATE SET
+    name = COALESCE(NULLIF(EXCLUDED.name, ''), c.name),
+    email = COALESCE(NULLIF(EXCLUDED.email, ''), c.email),
+    phone = COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone),
+    provider_client_id = COALESCE(NULLIF(EXCLUDED.provider_client_id, ''), c.provider_client_id),
+    updated_at = now()
+WHERE (c.name, c.email, c.phone, c.provider_client_id) IS DISTINCT FROM (
+    COALESCE(NULLIF(EXCLUDED.name, ''), c.name), COALESCE(NULLIF(EXCLUDED.email, ''), c.email),
+    COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone),
+    COALESCE(NULLIF(EXCLUDED.provider_client_id, ''), c.provider_client_id))
+"""
+
 # Only new and changed rows reach this statement. The WHERE guards against a concurrent writer that
 # stored the same or a newer version since we read: RETURNING then omits the row.
 UPSERT_APPOINTMENTS = """
@@ -66,21 +94,24 @@ INSERT INTO appointments AS a (
     tenant_id, external_source, external_id, connection_id, starts_at, ends_at, timezone, status,
     title, appointment_type, calendar, contact_name, contact_email, contact_phone, provider_client_id,
     price_minor, price_currency, amount_paid_minor, amount_paid_currency, external_url, raw,
-    content_hash, observed_at, last_job_id)
+    content_hash, observed_at, last_job_id, contact_id)
 SELECT $1::uuid, r.external_source, r.external_id, r.connection_id, r.starts_at, r.ends_at, r.timezone,
     r.status, r.title, r.appointment_type, r.calendar, r.contact_name, r.contact_email, r.contact_phone,
     r.provider_client_id, r.price_minor, r.price_currency, r.amount_paid_minor, r.amount_paid_currency,
-    r.external_url, r.raw::jsonb, r.content_hash, r.observed_at, r.last_job_id
+    r.external_url, r.raw::jsonb, r.content_hash, r.observed_at, r.last_job_id,
+    (SELECT ct.contact_id FROM contacts AS ct
+     WHERE ct.tenant_id = $1::uuid AND ct.external_source = r.external_source AND ct.match_key = r.contact_key)
 FROM unnest(
     $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[],
     $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
     $16::bigint[], $17::text[], $18::bigint[], $19::text[], $20::text[], $21::text[],
-    $22::bytea[], $23::timestamptz[], $24::uuid[]
+    $22::bytea[], $23::timestamptz[], $24::uuid[], $25::text[]
 ) AS r(external_source, external_id, connection_id, starts_at, ends_at, timezone, status,
     title, appointment_type, calendar, contact_name, contact_email, contact_phone, provider_client_id,
     price_minor, price_currency, amount_paid_minor, amount_paid_currency, external_url, raw,
-    content_hash, observed_at, last_job_id)
+    content_hash, observed_at, last_job_id, contact_key)
 ON CONFLICT (tenant_id, external_source, external_id) DO UPDATE SET
+    contact_id = EXCLUDED.contact_id,
     connection_id = EXCLUDED.connection_id,
     starts_at = EXCLUDED.starts_at,
     ends_at = EXCLUDED.ends_at,
@@ -108,7 +139,24 @@ WHERE a.content_hash IS DISTINCT FROM EXCLUDED.content_hash
 RETURNING a.external_source, a.external_id, (a.xmax = 0) AS inserted
 """
 
-UPSERT_PARAMETER_COUNT = 24
+UPSERT_PARAMETER_COUNT = 25
+
+# The refused records of freshly written pages; a redelivered page reads them back.
+RECORD_DEAD_LETTERS = """
+INSERT INTO import_job_dead_letters (job_id, page_no, external_id, tenant_id, error)
+SELECT d.job_id, d.page_no, d.external_id, $1::uuid, d.error
+FROM unnest($2::uuid[], $3::integer[], $4::text[], $5::text[]) AS d(job_id, page_no, external_id, error)
+ON CONFLICT DO NOTHING
+"""
+
+SELECT_DEAD_LETTERS = """
+SELECT d.job_id::text AS job_id, d.page_no, d.external_id, d.error
+FROM import_job_dead_letters AS d
+JOIN unnest($2::uuid[], $3::integer[]) AS c(job_id, page_no)
+  ON d.job_id = c.job_id AND d.page_no = c.page_no
+WHERE d.tenant_id = $1::uuid
+ORDER BY d.job_id, d.page_no, d.external_id
+"""
 
 RECORD_PAGE_COUNTS = """
 UPDATE import_job_pages AS p SET
@@ -162,11 +210,37 @@ def upsert_arguments(tenant_id: str, writes: Sequence[RowWrite]) -> tuple[Any, .
             row.timezone, row.status, row.title, row.appointment_type, row.calendar, row.contact_name,
             row.contact_email, row.contact_phone, row.provider_client_id, row.price_minor,
             row.price_currency, row.amount_paid_minor, row.amount_paid_currency, row.external_url,
-            row.raw_json, row.content_hash, row.observed_at, page.job_id,
+            row.raw_json, row.content_hash, row.observed_at, page.job_id, row.contact_key,
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     return (tenant_id, *columns)
+
+
+def contact_arguments(tenant_id: str, contacts: Sequence[ContactWrite]) -> tuple[Any, ...]:
+    """The UPSERT_CONTACTS arguments for `contacts` (one per key, see plan_contacts)."""
+    return (
+        tenant_id,
+        [c.external_source for c in contacts],
+        [c.match_key for c in contacts],
+        [c.name for c in contacts],
+        [c.email for c in contacts],
+        [c.phone for c in contacts],
+        [c.provider_client_id for c in contacts],
+    )
+
+
+def dead_letter_arguments(
+    tenant_id: str, refused: Sequence[tuple[PageKey, RefusedRecord]]
+) -> tuple[Any, ...]:
+    """The RECORD_DEAD_LETTERS arguments for refused records of their pages."""
+    return (
+        tenant_id,
+        [key.job_id for key, _ in refused],
+        [key.page_no for key, _ in refused],
+        [record.external_id for _, record in refused],
+        [record.error for _, record in refused],
+    )
 
 
 def record_page_counts_arguments(tenant_id: str, counts: Sequence[PageCounts]) -> tuple[Any, ...]:

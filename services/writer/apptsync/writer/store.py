@@ -6,7 +6,8 @@ The decisions are made by `apptsync.writer.accounting` (pure); this module runs 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -21,18 +22,25 @@ from apptsync.shared.errors import (
 )
 from apptsync.writer import sql
 from apptsync.writer.accounting import (
+    BatchPlan,
     DecodedPage,
     PageCounts,
     PageKey,
     PageOutcome,
+    RecordKey,
+    RefusedRecord,
     RowKey,
+    RowWrite,
     StoredVersion,
     assemble_outcomes,
     count_pages,
+    drop_refused_records,
     first_deliveries,
     job_totals,
     keys_by_source,
     plan_batch,
+    plan_contacts,
+    refused_page_counts,
 )
 
 # A plain connection or one borrowed from a pool.
@@ -70,10 +78,13 @@ async def tenant_transaction(connection: Connection, tenant_id: str) -> AsyncIte
 async def write_pages(connection: Connection, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
     """Applies consecutive `pages` of one tenant in one transaction; one outcome per page, in order.
 
-    A page recorded before (or earlier in `pages`) writes nothing and replays its stored counts.
-    Guarantees on return: the transaction committed the rows, each new page's import_job_pages row
-    and the import_jobs counters together. Raises StorageUnavailableError (nothing committed, try
-    again), PoisonMessageError (a page's data cannot be stored; nothing committed) or PermanentError.
+    A page recorded before (or earlier in `pages`) writes nothing and replays its stored counts and
+    refused records. A record PostgreSQL refuses (a data or constraint error) is taken out of its
+    page, recorded as a dead letter of the page and returned in its outcome's `refused`; the rest of
+    the page lands. Guarantees on return: the transaction committed the rows, their contacts, each
+    new page's import_job_pages row (and refused records) and the import_jobs counters together.
+    Raises StorageUnavailableError (nothing committed, try again), PoisonMessageError (a page cannot
+    be stored at all, e.g. its job does not exist; nothing committed) or PermanentError.
     """
     if not pages:
         return []
@@ -81,14 +92,111 @@ async def write_pages(connection: Connection, pages: Sequence[DecodedPage]) -> l
     if any(page.tenant_id != tenant_id for page in pages):
         raise ValueError("write_pages takes pages of one tenant")
     try:
-        async with tenant_transaction(connection, tenant_id):
-            return await _write_pages_in_transaction(connection, tenant_id, pages)
+        try:
+            async with tenant_transaction(connection, tenant_id):
+                return await _write_pages_in_transaction(connection, tenant_id, pages, isolate_refused=False)
+        except _RowsRefusedError:
+            # Rare: redo the batch, this time pinning the refusal on records (savepoints, bisection).
+            async with tenant_transaction(connection, tenant_id):
+                return await _write_pages_in_transaction(connection, tenant_id, pages, isolate_refused=True)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise translate_store_error(exc) from exc
 
 
+async def record_refused_page(connection: Connection, page: DecodedPage) -> PageOutcome:
+    """Records `page`, which PostgreSQL refused as a whole, with every record it carried counted as a
+    dead letter (ledger row and job counters in one transaction), so the job's counts stay complete.
+
+    A page recorded before replays its stored counts. Raises PoisonMessageError when even that cannot
+    be recorded (e.g. its job does not exist), StorageUnavailableError or PermanentError."""
+    refused = dataclasses.replace(page, rows=(), skipped=refused_page_counts(page).skipped)
+    return (await write_pages(connection, [refused]))[0]
+
+
+class _RowsRefusedError(Exception):
+    """The upsert of a batch's rows failed with a data or constraint error (internal signal)."""
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    return str(getattr(exc, "sqlstate", "") or "")[:2] in _PAGE_DATA_SQLSTATE_CLASSES
+
+
+async def _upsert(connection: Connection, tenant_id: str, writes: Sequence[RowWrite]) -> dict[RowKey, bool]:
+    """Upserts the contacts of `writes`, then `writes` linked to them; which keys were written and
+    whether as inserts (True) or updates (False)."""
+    written: dict[RowKey, bool] = {}
+    if not writes:
+        return written
+    contacts = plan_contacts(writes)
+    if contacts:
+        await connection.execute(sql.UPSERT_CONTACTS, *sql.contact_arguments(tenant_id, contacts))
+    for record in await connection.fetch(sql.UPSERT_APPOINTMENTS, *sql.upsert_arguments(tenant_id, writes)):
+        written[(record["external_source"], record["external_id"])] = record["inserted"]
+    return written
+
+
+async def _probe(connection: Connection, tenant_id: str, writes: Sequence[RowWrite]) -> str | None:
+    """Tries `writes` in a savepoint that is always rolled back: the data error, or None."""
+    savepoint = connection.transaction()
+    await savepoint.start()
+    try:
+        await _upsert(connection, tenant_id, writes)
+    except asyncpg.PostgresError as exc:
+        if not _is_data_error(exc):
+            raise
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await savepoint.rollback()
+    return None
+
+
+async def _find_refused(
+    connection: Connection, tenant_id: str, writes: Sequence[RowWrite]
+) -> dict[RecordKey, str]:
+    """The writes PostgreSQL refuses on their own, by bisection: O(refused * log(len(writes)))
+    probes; empty when only the whole set fails (then no record is to blame)."""
+    error = await _probe(connection, tenant_id, writes)
+    if error is None:
+        return {}
+    if len(writes) == 1:
+        return {(writes[0].page.key, writes[0].row.external_id): error}
+    middle = len(writes) // 2
+    refused = await _find_refused(connection, tenant_id, writes[:middle])
+    refused.update(await _find_refused(connection, tenant_id, writes[middle:]))
+    return refused
+
+
+async def _upsert_isolating_refused(
+    connection: Connection, tenant_id: str, pages: list[DecodedPage], stored: Mapping[RowKey, StoredVersion]
+) -> tuple[list[DecodedPage], BatchPlan, dict[RowKey, bool], dict[RecordKey, str]]:
+    """Upserts the batch, taking refused records out of their pages until the rest lands. Returns the
+    pages as stored (refused records counted as dead letters), their plan, the written keys and the
+    refused records. Raises PoisonMessageError when a refusal cannot be pinned on records."""
+    refused: dict[RecordKey, str] = {}
+    for _attempt in range(sum(len(page.rows) for page in pages) + 1):
+        plan = plan_batch(pages, stored)
+        writes = list(plan.writes.values())
+        savepoint = connection.transaction()
+        await savepoint.start()
+        try:
+            written = await _upsert(connection, tenant_id, writes)
+        except asyncpg.PostgresError as exc:
+            await savepoint.rollback()
+            if not _is_data_error(exc):
+                raise
+            found = await _find_refused(connection, tenant_id, writes)
+            if not found:
+                raise PoisonMessageError(f"the page's records are refused together: {exc}") from exc
+            refused.update(found)
+            pages = drop_refused_records(pages, found)
+            continue
+        await savepoint.commit()
+        return pages, plan, written, refused
+    raise PoisonMessageError("refused records could not be isolated")  # unreachable: each round drops one
+
+
 async def _write_pages_in_transaction(
-    connection: Connection, tenant_id: str, pages: Sequence[DecodedPage]
+    connection: Connection, tenant_id: str, pages: Sequence[DecodedPage], *, isolate_refused: bool
 ) -> list[PageOutcome]:
     unique_pages = first_deliveries(pages)
     claimed = await connection.fetch(
@@ -99,6 +207,7 @@ async def _write_pages_in_transaction(
     replayed = [page for page in unique_pages if page.key not in claimed_keys]
 
     fresh_counts: dict[PageKey, PageCounts] = {}
+    refused_by_page: dict[PageKey, list[RefusedRecord]] = {}
     if fresh:
         stored: dict[RowKey, StoredVersion] = {}
         for source, external_ids in keys_by_source(fresh).items():
@@ -106,15 +215,24 @@ async def _write_pages_in_transaction(
                 stored[(source, record["external_id"])] = StoredVersion(
                     record["content_hash"], record["observed_at"]
                 )
-        plan = plan_batch(fresh, stored)
-        written: dict[RowKey, bool] = {}
-        if plan.writes:
-            for record in await connection.fetch(
-                sql.UPSERT_APPOINTMENTS, *sql.upsert_arguments(tenant_id, list(plan.writes.values()))
-            ):
-                written[(record["external_source"], record["external_id"])] = record["inserted"]
+        if isolate_refused:
+            fresh, plan, written, refused = await _upsert_isolating_refused(connection, tenant_id, fresh, stored)
+        else:
+            plan = plan_batch(fresh, stored)
+            try:
+                written = await _upsert(connection, tenant_id, list(plan.writes.values()))
+            except asyncpg.PostgresError as exc:
+                if _is_data_error(exc):
+                    raise _RowsRefusedError(str(exc)) from exc
+                raise
+            refused = {}
         counts = count_pages(plan, written)
         await connection.execute(sql.RECORD_PAGE_COUNTS, *sql.record_page_counts_arguments(tenant_id, counts))
+        if refused:
+            records = [(key, RefusedRecord(external_id, error)) for (key, external_id), error in refused.items()]
+            await connection.execute(sql.RECORD_DEAD_LETTERS, *sql.dead_letter_arguments(tenant_id, records))
+            for key, refused_record in records:
+                refused_by_page.setdefault(key, []).append(refused_record)
         totals = job_totals(counts)
         updated_jobs = await connection.fetch(
             sql.ADD_JOB_COUNTERS, *sql.job_counter_arguments(tenant_id, totals)
@@ -126,12 +244,16 @@ async def _write_pages_in_transaction(
 
     stored_counts: dict[PageKey, PageCounts] = {}
     if replayed:
-        for record in await connection.fetch(
-            sql.SELECT_PAGE_COUNTS, tenant_id, *sql.page_key_arguments([page.key for page in replayed])
-        ):
+        replayed_keys = sql.page_key_arguments([page.key for page in replayed])
+        for record in await connection.fetch(sql.SELECT_PAGE_COUNTS, tenant_id, *replayed_keys):
             counts_of_page = sql.page_counts_from_record(record)
             stored_counts[PageKey(counts_of_page.job_id, counts_of_page.page_no)] = counts_of_page
-    return assemble_outcomes(pages, fresh_counts, stored_counts)
+        if any(c.skipped.dead_letter for c in stored_counts.values()):
+            for record in await connection.fetch(sql.SELECT_DEAD_LETTERS, tenant_id, *replayed_keys):
+                refused_by_page.setdefault(PageKey(record["job_id"], record["page_no"]), []).append(
+                    RefusedRecord(record["external_id"], record["error"])
+                )
+    return assemble_outcomes(pages, fresh_counts, stored_counts, refused_by_page)
 
 
 class PageStore:
@@ -146,5 +268,13 @@ class PageStore:
         try:
             async with self._pool.acquire() as connection:
                 return await write_pages(connection, pages)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise translate_store_error(exc) from exc
+
+    async def record_refused(self, page: DecodedPage) -> PageOutcome:
+        """`record_refused_page` on a pooled connection; raises like it."""
+        try:
+            async with self._pool.acquire() as connection:
+                return await record_refused_page(connection, page)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise translate_store_error(exc) from exc

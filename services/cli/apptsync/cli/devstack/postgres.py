@@ -29,6 +29,8 @@ from apptsync.cli.devstack.postmaster import clear_stale_postmaster_pid
 from apptsync.cli.devstack.process import ChildProcess, ProcessSpec, child_environment
 
 SUPERUSER: Final[str] = "postgres"
+# The group role the services act as (migration 0004 grants it DML; row-level security binds it).
+SERVICE_GROUP_ROLE: Final[str] = "apptsync_service"
 DEFAULT_SYSTEM_USER: Final[str] = "apptsync-postgres"
 DEFAULT_SERVER_SETTINGS: Final[Mapping[str, str]] = {"fsync": "off"}
 # sun_path holds 108 bytes including the NUL; the file is ".s.PGSQL.<port>" (at most 15 bytes + "/").
@@ -138,8 +140,11 @@ class EmbeddedPostgres:
     """A PostgreSQL server for the dev stack: `async with EmbeddedPostgres(state_dir) as pg: pg.database_url`.
 
     `start()` initializes the data directory once (reused afterwards), clears a stale postmaster.pid,
-    starts `postgres` as a child, waits (bounded) until it accepts connections and creates the login
-    role and database (owned by the role) if missing. Raises ProcessStartError / DataDirectoryInUseError.
+    starts `postgres` as a child, waits (bounded) until it accepts connections and creates, if missing,
+    the owner role and its database (`database_url`: what migrations run as), and the service login
+    role `service_role`, a member of apptsync_service that owns nothing (`service_database_url`: what
+    the services connect as, bound by row-level security). Raises ProcessStartError /
+    DataDirectoryInUseError.
     `stop()` asks for a fast shutdown (SIGINT), SIGKILL after `stop_timeout_seconds`.
     """
 
@@ -149,6 +154,7 @@ class EmbeddedPostgres:
         *,
         port: int | None = None,
         role: str = "apptsync",
+        service_role: str = "apptsync_app",
         database: str = "apptsync",
         system_user: str = DEFAULT_SYSTEM_USER,
         running_as_root: bool | None = None,
@@ -159,6 +165,7 @@ class EmbeddedPostgres:
     ) -> None:
         self.layout = plan_postgres_layout(state_dir)
         self.role = role
+        self.service_role = service_role
         self.database = database
         self.running_as_root = os.geteuid() == 0 if running_as_root is None else running_as_root
         self.system_user = system_user if self.running_as_root else None
@@ -180,6 +187,11 @@ class EmbeddedPostgres:
     def database_url(self) -> str:
         """`postgresql://ROLE@127.0.0.1:PORT/DATABASE` (trust authentication, no password)."""
         return postgres_url(user=self.role, port=self.port, database=self.database)
+
+    @property
+    def service_database_url(self) -> str:
+        """`postgresql://SERVICE_ROLE@127.0.0.1:PORT/DATABASE`: a member of apptsync_service, owning nothing."""
+        return postgres_url(user=self.service_role, port=self.port, database=self.database)
 
     @property
     def superuser_url(self) -> str:
@@ -282,6 +294,13 @@ class EmbeddedPostgres:
         try:
             if not await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", self.role):
                 await connection.execute(f"CREATE ROLE {quote_identifier(self.role)} LOGIN")
+            if not await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", SERVICE_GROUP_ROLE):
+                await connection.execute(f"CREATE ROLE {quote_identifier(SERVICE_GROUP_ROLE)} NOLOGIN")
+            if not await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", self.service_role):
+                await connection.execute(
+                    f"CREATE ROLE {quote_identifier(self.service_role)} LOGIN "
+                    f"IN ROLE {quote_identifier(SERVICE_GROUP_ROLE)}"
+                )
             if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", self.database):
                 await connection.execute(
                     f"CREATE DATABASE {quote_identifier(self.database)} OWNER {quote_identifier(self.role)}"

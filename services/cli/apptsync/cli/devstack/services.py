@@ -23,6 +23,7 @@ from apptsync.cli.devstack.environment import (
     ServicePorts,
     StackAddresses,
     build_service_env,
+    env_var,
     plan_addresses,
 )
 from apptsync.cli.devstack.errors import DevStackError
@@ -34,6 +35,7 @@ from apptsync.cli.devstack.process import (
     child_environment,
     wait_for_first_exit,
 )
+from apptsync.shared.settings import DatabaseSettings
 
 MIGRATE: Final[str] = "migrate"
 _PORTS_PER_SET: Final[int] = 7
@@ -136,6 +138,7 @@ class ServiceSet:
         database_url: str,
         bootstrap_servers: str,
         log_dir: Path,
+        migration_database_url: str | None = None,
         credentials_keyring: str,
         gateway_port: int | None = None,
         ports: ServicePorts | None = None,
@@ -160,6 +163,10 @@ class ServiceSet:
             self.addresses, self.ports, credentials_keyring=credentials_keyring, extra=extra_env
         )
         self._child_env = child_environment(self.service_env, inherited_env)
+        # Only `migrate` gets the owner's DSN: the services run as a role that owns no table.
+        self._migrate_env = dict(self._child_env)
+        if migration_database_url is not None:
+            self._migrate_env[env_var(DatabaseSettings, "migration_url")] = migration_database_url
         self._command = command
         self._run_migrations = run_migrations
         self._stop_timeout_seconds = stop_timeout_seconds
@@ -204,7 +211,7 @@ class ServiceSet:
     async def migrate(self) -> None:
         """Runs `migrate` to completion. Raises ProcessExitError with its log tail on failure."""
         migrate = ServiceProcess.apptsync(
-            MIGRATE, env=self._child_env, log_dir=self.log_dir, readiness=None, argv=self._command(MIGRATE)
+            MIGRATE, env=self._migrate_env, log_dir=self.log_dir, readiness=None, argv=self._command(MIGRATE)
         )
         await migrate.run_to_completion(timeout_seconds=self._migrate_timeout_seconds)
 

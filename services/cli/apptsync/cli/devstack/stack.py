@@ -97,7 +97,8 @@ class DevStack:
             await self.postgres.start()
             await self.broker.start()
             self._services = ServiceSet(
-                database_url=self.postgres.database_url,
+                database_url=self.postgres.service_database_url,
+                migration_database_url=self.postgres.database_url,
                 bootstrap_servers=self.broker.bootstrap_servers,
                 log_dir=self.log_dir,
                 credentials_keyring=keyring,

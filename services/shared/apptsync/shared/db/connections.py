@@ -1,7 +1,9 @@
 """The connections table: a tenant's provider account, with credentials encrypted at rest.
 
 Reads for clients (`get_connection`) never carry the secret; only `load_connection_secrets`, used by
-the fetcher to call the provider, decrypts it.
+the fetcher to call the provider, decrypts it. Every function is tenant-scoped (`tenant_transaction`,
+row-level security) except `list_connections`, which spans the caller's tenants through the SECURITY
+DEFINER function `apptsync_list_connections` (migration 0004).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncpg
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
 from apptsync.shared.credentials import Keyring
+from apptsync.shared.db.pool import tenant_transaction
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ async def put_connection(
 ) -> ConnectionRecord:
     """Creates or replaces the connection; credentials are encrypted bound to (tenant, connection)."""
     ciphertext = keyring.encrypt(credentials, tenant_id=tenant_id, connection_id=connection_id)
-    row = await connection.fetchrow(
+    async with tenant_transaction(connection, tenant_id):
+        row = await connection.fetchrow(
         """INSERT INTO connections (tenant_id, connection_id, external_source, base_url, settings,
                credentials_ciphertext, credential_fields, created_at, updated_at)
            VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $8)
@@ -70,23 +74,24 @@ async def put_connection(
                settings = EXCLUDED.settings, credentials_ciphertext = EXCLUDED.credentials_ciphertext,
                credential_fields = EXCLUDED.credential_fields, updated_at = EXCLUDED.updated_at
            RETURNING *""",
-        uuid.UUID(tenant_id),
-        connection_id,
-        external_source,
-        base_url,
-        json.dumps(dict(settings)),
-        ciphertext,
-        sorted(credentials),
-        now,
-    )
+            uuid.UUID(tenant_id),
+            connection_id,
+            external_source,
+            base_url,
+            json.dumps(dict(settings)),
+            ciphertext,
+            sorted(credentials),
+            now,
+        )
     assert row is not None
     return _record(row)
 
 
 async def get_connection(connection: DbConnection, *, tenant_id: str, connection_id: str) -> ConnectionRecord | None:
-    row = await connection.fetchrow(
-        "SELECT * FROM connections WHERE tenant_id = $1 AND connection_id = $2", uuid.UUID(tenant_id), connection_id
-    )
+    async with tenant_transaction(connection, tenant_id):
+        row = await connection.fetchrow(
+            "SELECT * FROM connections WHERE tenant_id = $1 AND connection_id = $2", uuid.UUID(tenant_id), connection_id
+        )
     return None if row is None else _record(row)
 
 
@@ -96,9 +101,10 @@ async def load_connection_secrets(
     """The connection and its decrypted credentials, or None when it does not exist.
 
     Raises CredentialDecryptError when the stored ciphertext does not authenticate."""
-    row = await connection.fetchrow(
-        "SELECT * FROM connections WHERE tenant_id = $1 AND connection_id = $2", uuid.UUID(tenant_id), connection_id
-    )
+    async with tenant_transaction(connection, tenant_id):
+        row = await connection.fetchrow(
+            "SELECT * FROM connections WHERE tenant_id = $1 AND connection_id = $2", uuid.UUID(tenant_id), connection_id
+        )
     if row is None:
         return None
     secrets = keyring.decrypt(bytes(row["credentials_ciphertext"]), tenant_id=tenant_id, connection_id=connection_id)
@@ -111,11 +117,7 @@ async def list_connections(
     """Connections of `tenant_ids` (None: every tenant) ordered by (tenant, connection id), starting
     after the keyset of the previous page's last connection."""
     rows = await connection.fetch(
-        """SELECT * FROM connections
-           WHERE ($1::uuid[] IS NULL OR tenant_id = ANY($1::uuid[]))
-             AND ($2::uuid IS NULL OR (tenant_id, connection_id) > ($2::uuid, $3::text))
-           ORDER BY tenant_id, connection_id
-           LIMIT $4""",
+        "SELECT * FROM apptsync_list_connections($1::uuid[], $2::uuid, $3::text, $4::integer)",
         None if tenant_ids is None else [uuid.UUID(t) for t in tenant_ids],
         None if after is None else uuid.UUID(after[0]),
         None if after is None else after[1],
@@ -126,7 +128,8 @@ async def list_connections(
 
 async def delete_connection(connection: DbConnection, *, tenant_id: str, connection_id: str) -> bool:
     """Deletes the connection and its encrypted credentials; False when there was none."""
-    status = await connection.execute(
-        "DELETE FROM connections WHERE tenant_id = $1 AND connection_id = $2", uuid.UUID(tenant_id), connection_id
-    )
+    async with tenant_transaction(connection, tenant_id):
+        status = await connection.execute(
+            "DELETE FROM connections WHERE tenant_id = $1 AND connection_id = $2", uuid.UUID(tenant_id), connection_id
+        )
     return bool(status == "DELETE 1")

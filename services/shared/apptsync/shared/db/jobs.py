@@ -3,6 +3,10 @@
 Shared by the gateway (create, read, cancel) and the fetcher (claim, progress, finish). Every
 function takes a connection so the caller owns transactions; each statement is tenant-scoped or
 job-scoped and idempotent where the caller may retry it.
+
+Row-level security (migration 0004): tenant-scoped functions run in `tenant_transaction` (the tenant
+set for that transaction only); the fetcher's job-scoped ones, which span tenants, call the narrow
+SECURITY DEFINER functions of that migration (`apptsync_claim_job`, ...) instead of the table.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncpg
 
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
+from apptsync.shared.db.pool import tenant_transaction
 from apptsync.shared.errors import PermanentError
 
 # Channels: the gateway notifies fetchers of queued jobs; a trigger notifies every job change.
@@ -144,72 +149,75 @@ async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) ->
     unique indexes, so concurrent callers race safely. The duplicate may finish between our insert
     and our read; then we try again (bounded).
     """
-    for _attempt in range(5):
-        first_import = not await connection.fetchval(
-            """SELECT EXISTS (SELECT 1 FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
-                              AND connection_id = $3 AND state = 'SUCCEEDED')""",
-            uuid.UUID(job.tenant_id),
-            job.external_source,
-            job.connection_id,
-        )
-        row = await connection.fetchrow(
-            """INSERT INTO import_jobs (job_id, tenant_id, external_source, connection_id, window_start,
-                   window_end, page_size, max_pages, max_in_flight_pages, stop_policy, stop_after_pages,
-                   deadline_at, first_import, idempotency_key, trace_id, traceparent, created_at, updated_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)
-               ON CONFLICT DO NOTHING
-               RETURNING *""",
-            uuid.uuid4(),
-            uuid.UUID(job.tenant_id),
-            job.external_source,
-            job.connection_id,
-            job.window_start,
-            job.window_end,
-            job.options.page_size,
-            job.options.max_pages,
-            job.options.max_in_flight_pages,
-            job.options.stop_policy,
-            job.options.stop_after_pages,
-            now + timedelta(seconds=job.options.deadline_seconds),
-            first_import,
-            job.idempotency_key,
-            job.trace_id,
-            job.traceparent,
-            now,
-        )
-        if row is not None:
-            await connection.execute("SELECT pg_notify($1, $2)", JOBS_QUEUED_CHANNEL, str(row["job_id"]))
-            return record_from_row(row), False
-        existing = None
-        if job.idempotency_key is not None:
-            existing = await connection.fetchrow(
-                "SELECT * FROM import_jobs WHERE tenant_id = $1 AND idempotency_key = $2",
-                uuid.UUID(job.tenant_id),
-                job.idempotency_key,
-            )
-        if existing is None:
-            existing = await connection.fetchrow(
-                """SELECT * FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
-                   AND connection_id = $3 AND state IN ('QUEUED', 'RUNNING')""",
+    async with tenant_transaction(connection, job.tenant_id):
+        for _attempt in range(5):
+            first_import = not await connection.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
+                                  AND connection_id = $3 AND state = 'SUCCEEDED')""",
                 uuid.UUID(job.tenant_id),
                 job.external_source,
                 job.connection_id,
             )
-        if existing is not None:
-            return record_from_row(existing), True
+            row = await connection.fetchrow(
+                """INSERT INTO import_jobs (job_id, tenant_id, external_source, connection_id, window_start,
+                       window_end, page_size, max_pages, max_in_flight_pages, stop_policy, stop_after_pages,
+                       deadline_at, first_import, idempotency_key, trace_id, traceparent, created_at, updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)
+                   ON CONFLICT DO NOTHING
+                   RETURNING *""",
+                uuid.uuid4(),
+                uuid.UUID(job.tenant_id),
+                job.external_source,
+                job.connection_id,
+                job.window_start,
+                job.window_end,
+                job.options.page_size,
+                job.options.max_pages,
+                job.options.max_in_flight_pages,
+                job.options.stop_policy,
+                job.options.stop_after_pages,
+                now + timedelta(seconds=job.options.deadline_seconds),
+                first_import,
+                job.idempotency_key,
+                job.trace_id,
+                job.traceparent,
+                now,
+            )
+            if row is not None:
+                await connection.execute("SELECT pg_notify($1, $2)", JOBS_QUEUED_CHANNEL, str(row["job_id"]))
+                return record_from_row(row), False
+            existing = None
+            if job.idempotency_key is not None:
+                existing = await connection.fetchrow(
+                    "SELECT * FROM import_jobs WHERE tenant_id = $1 AND idempotency_key = $2",
+                    uuid.UUID(job.tenant_id),
+                    job.idempotency_key,
+                )
+            if existing is None:
+                existing = await connection.fetchrow(
+                    """SELECT * FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
+                       AND connection_id = $3 AND state IN ('QUEUED', 'RUNNING')""",
+                    uuid.UUID(job.tenant_id),
+                    job.external_source,
+                    job.connection_id,
+                )
+            if existing is not None:
+                return record_from_row(existing), True
     raise PermanentError("could not create the job: conflicting jobs kept changing")
 
 
 async def get_job(connection: DbConnection, *, tenant_id: str, job_id: str) -> JobRecord | None:
     """The job, or None when it does not exist or belongs to another tenant."""
-    row = await connection.fetchrow(
-        "SELECT * FROM import_jobs WHERE job_id = $1 AND tenant_id = $2", uuid.UUID(job_id), uuid.UUID(tenant_id)
-    )
+    async with tenant_transaction(connection, tenant_id):
+        row = await connection.fetchrow(
+            "SELECT * FROM import_jobs WHERE job_id = $1 AND tenant_id = $2", uuid.UUID(job_id), uuid.UUID(tenant_id)
+        )
     return None if row is None else record_from_row(row)
 
 
 async def get_job_by_id(connection: DbConnection, job_id: str) -> JobRecord | None:
-    """The job by id alone: for the fetcher, which works on jobs of every tenant."""
+    """The job by id alone, within the tenant set for the caller's transaction (row-level security:
+    None without one)."""
     row = await connection.fetchrow("SELECT * FROM import_jobs WHERE job_id = $1", uuid.UUID(job_id))
     return None if row is None else record_from_row(row)
 
@@ -219,25 +227,27 @@ async def list_jobs(
 ) -> list[JobRecord]:
     """The tenant's jobs, newest first, optionally only in `states`, starting after the keyset
     `(created_at, job_id)` of the previous page's last job."""
-    rows = await connection.fetch(
+    async with tenant_transaction(connection, tenant_id):
+        rows = await connection.fetch(
         """SELECT * FROM import_jobs
            WHERE tenant_id = $1
              AND (cardinality($2::text[]) = 0 OR state = ANY($2::text[]))
              AND ($3::timestamptz IS NULL OR (created_at, job_id) < ($3, $4::uuid))
            ORDER BY created_at DESC, job_id DESC
            LIMIT $5""",
-        uuid.UUID(tenant_id),
-        states,
-        None if after is None else after[0],
-        None if after is None else uuid.UUID(after[1]),
-        limit,
-    )
+            uuid.UUID(tenant_id),
+            states,
+            None if after is None else after[0],
+            None if after is None else uuid.UUID(after[1]),
+            limit,
+        )
     return [record_from_row(row) for row in rows]
 
 
 async def request_cancel(connection: DbConnection, *, tenant_id: str, job_id: str, now: datetime) -> JobRecord | None:
     """Marks an active job for cancellation (a QUEUED job is canceled at once). Idempotent."""
-    row = await connection.fetchrow(
+    async with tenant_transaction(connection, tenant_id):
+        row = await connection.fetchrow(
         """UPDATE import_jobs SET
                cancel_requested = true,
                state = CASE WHEN state = 'QUEUED' THEN 'CANCELED' ELSE state END,
@@ -246,17 +256,17 @@ async def request_cancel(connection: DbConnection, *, tenant_id: str, job_id: st
                updated_at = $3
            WHERE job_id = $1 AND tenant_id = $2 AND state IN ('QUEUED', 'RUNNING')
            RETURNING *""",
-        uuid.UUID(job_id),
-        uuid.UUID(tenant_id),
-        now,
-    )
+            uuid.UUID(job_id),
+            uuid.UUID(tenant_id),
+            now,
+        )
     if row is None:
         return await get_job(connection, tenant_id=tenant_id, job_id=job_id)
     return record_from_row(row)
 
 
 async def claim_job(
-    connection: DbConnection, *, worker_id: str, lease_seconds: float, now: datetime
+    connection: DbConnection, *, lease_owner: str, lease_seconds: float, now: datetime
 ) -> JobRecord | None:
     """Claims the oldest queued job, or a running job whose lease expired (its fetcher died).
 
@@ -264,17 +274,8 @@ async def claim_job(
     the lease must be renewed before it expires (see renew_lease).
     """
     row = await connection.fetchrow(
-        """UPDATE import_jobs SET state = 'RUNNING', lease_owner = $1,
-               lease_expires_at = $2 + make_interval(secs => $3),
-               started_at = COALESCE(started_at, $2), updated_at = $2
-           WHERE job_id = (
-               SELECT job_id FROM import_jobs
-               WHERE state = 'QUEUED' OR (state = 'RUNNING' AND lease_expires_at < $2)
-               ORDER BY created_at
-               FOR UPDATE SKIP LOCKED
-               LIMIT 1)
-           RETURNING *""",
-        worker_id,
+        "SELECT * FROM apptsync_claim_job($1, $2::timestamptz, $3::double precision)",
+        lease_owner,
         now,
         lease_seconds,
     )
@@ -282,15 +283,13 @@ async def claim_job(
 
 
 async def renew_lease(
-    connection: DbConnection, *, job_id: str, worker_id: str, lease_seconds: float, now: datetime
+    connection: DbConnection, *, job_id: str, lease_owner: str, lease_seconds: float, now: datetime
 ) -> bool:
     """Extends our lease and reports whether cancellation was requested. Raises LeaseLostError."""
     row = await connection.fetchrow(
-        """UPDATE import_jobs SET lease_expires_at = $3 + make_interval(secs => $4), updated_at = $3
-           WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'
-           RETURNING cancel_requested""",
+        "SELECT cancel_requested FROM apptsync_renew_lease($1, $2, $3::timestamptz, $4::double precision)",
         uuid.UUID(job_id),
-        worker_id,
+        lease_owner,
         now,
         lease_seconds,
     )
@@ -303,40 +302,36 @@ async def save_progress(
     connection: DbConnection,
     *,
     job_id: str,
-    worker_id: str,
+    lease_owner: str,
     cursor: Any,
     next_page_no: int,
     pages_fetched: int,
     now: datetime,
 ) -> None:
     """Stores the resume point after a page was handed to Kafka. Raises LeaseLostError."""
-    status = await connection.execute(
-        """UPDATE import_jobs SET cursor = $3::jsonb, next_page_no = $4, pages_fetched = $5, updated_at = $6
-           WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'""",
+    saved = await connection.fetchval(
+        "SELECT apptsync_save_progress($1, $2, $3::jsonb, $4, $5, $6::timestamptz)",
         uuid.UUID(job_id),
-        worker_id,
+        lease_owner,
         json.dumps(cursor),
         next_page_no,
         pages_fetched,
         now,
     )
-    if status != "UPDATE 1":
+    if not saved:
         raise LeaseLostError(f"lease on job {job_id} was lost")
 
 
 async def finish_job(
-    connection: DbConnection, *, job_id: str, worker_id: str, state: str, stop_reason: str, error: str, now: datetime
+    connection: DbConnection, *, job_id: str, lease_owner: str, state: str, stop_reason: str, error: str, now: datetime
 ) -> JobRecord:
     """Moves our running job to a terminal state. Raises LeaseLostError if it is not ours any more."""
     if state not in TERMINAL_STATES:
         raise ValueError(f"not a terminal state: {state}")
     row = await connection.fetchrow(
-        """UPDATE import_jobs SET state = $3, stop_reason = $4, error = $5, finished_at = $6, updated_at = $6,
-               lease_owner = NULL, lease_expires_at = NULL
-           WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'
-           RETURNING *""",
+        "SELECT * FROM apptsync_finish_job($1, $2, $3, $4, $5, $6::timestamptz)",
         uuid.UUID(job_id),
-        worker_id,
+        lease_owner,
         state,
         stop_reason,
         error,
@@ -347,13 +342,12 @@ async def finish_job(
     return record_from_row(row)
 
 
-async def release_lease(connection: DbConnection, *, job_id: str, worker_id: str, now: datetime) -> None:
+async def release_lease(connection: DbConnection, *, job_id: str, lease_owner: str, now: datetime) -> None:
     """Gives our running job up (on shutdown) so that another fetcher resumes it at once."""
     await connection.execute(
-        """UPDATE import_jobs SET lease_owner = NULL, lease_expires_at = $3, updated_at = $3
-           WHERE job_id = $1 AND lease_owner = $2 AND state = 'RUNNING'""",
+        "SELECT apptsync_release_lease($1, $2, $3::timestamptz)",
         uuid.UUID(job_id),
-        worker_id,
+        lease_owner,
         now,
     )
 
@@ -363,8 +357,7 @@ async def page_results(
 ) -> dict[int, tuple[int, int, int]]:
     """(records_fetched, inserted, updated) of the job's recorded pages (all, or those in page_nos)."""
     rows = await connection.fetch(
-        """SELECT page_no, records_fetched, inserted, updated FROM import_job_pages
-           WHERE job_id = $1 AND ($2::integer[] IS NULL OR page_no = ANY($2::integer[]))""",
+        "SELECT page_no, records_fetched, inserted, updated FROM apptsync_job_page_results($1, $2::integer[])",
         uuid.UUID(job_id),
         page_nos,
     )

@@ -8,10 +8,20 @@ one that will not (constraint violation, bad SQL), so callers retry only what a 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
 import asyncpg
 
 from apptsync.shared.errors import ApptsyncError, PermanentError, StorageUnavailableError
 from apptsync.shared.settings import DatabaseSettings
+
+if TYPE_CHECKING:
+    from apptsync.shared.db import DbConnection
+
+# Row-level security (migration 0004) compares every tenant table's tenant_id with this setting.
+SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
 
 # SQLSTATEs after which the same transaction may succeed when tried again:
 # 40001 serialization failure, 40P01 deadlock, 55P03 lock not available, 57014 statement timeout,
@@ -83,3 +93,14 @@ async def connect(settings: DatabaseSettings, *, application_name: str = "apptsy
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise translate_database_error(exc) from exc
+
+
+@asynccontextmanager
+async def tenant_transaction(connection: DbConnection, tenant_id: str) -> AsyncIterator[None]:
+    """A transaction (a savepoint inside one) in which row-level security sees `tenant_id` only.
+
+    The setting is transaction-local (SET LOCAL), so a pooled connection never carries it into the
+    next transaction; without it every tenant table looks empty and refuses writes."""
+    async with connection.transaction():
+        await connection.execute(SET_TENANT, tenant_id)
+        yield

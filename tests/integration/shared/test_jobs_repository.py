@@ -1,0 +1,146 @@
+"""import_jobs against real PostgreSQL: one active job per connection, leases, claims and their guards."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from apptsync.shared.db import jobs as jobs_db
+from apptsync.shared.db.migrator import migrate
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+OPTIONS = jobs_db.JobOptions(
+    page_size=100,
+    max_pages=10,
+    max_in_flight_pages=4,
+    stop_policy="NO_NEW_RECORDS",
+    stop_after_pages=1,
+    deadline_seconds=600,
+)
+
+
+def new_job(tenant_id: str, connection_id: str = "main", idempotency_key: str | None = None) -> jobs_db.NewJob:
+    return jobs_db.NewJob(
+        tenant_id=tenant_id,
+        external_source="acuity",
+        connection_id=connection_id,
+        window_start=NOW - timedelta(days=1),
+        window_end=NOW + timedelta(days=1),
+        options=OPTIONS,
+        idempotency_key=idempotency_key,
+    )
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    connection = await asyncpg.connect(database_url)
+    await migrate(connection)
+    await connection.close()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=25)
+    yield pool
+    await pool.close()
+
+
+async def test_concurrent_creates_make_one_active_job(pool: asyncpg.Pool) -> None:
+    tenant = str(uuid.uuid4())
+
+    async def create() -> tuple[jobs_db.JobRecord, bool]:
+        async with pool.acquire() as conn:
+            return await jobs_db.create_job(conn, new_job(tenant), now=NOW)
+
+    results = await asyncio.gather(*(create() for _ in range(20)))
+    assert len({job.job_id for job, _ in results}) == 1
+    assert sum(not existed for _, existed in results) == 1
+
+
+async def test_claim_renew_and_a_stale_owner_cannot_write(pool: asyncpg.Pool) -> None:
+    tenant = str(uuid.uuid4())
+    async with pool.acquire() as conn:
+        created, _ = await jobs_db.create_job(conn, new_job(tenant), now=NOW)
+        claimed = await jobs_db.claim_job(conn, lease_owner="a#1", lease_seconds=5, now=NOW)
+        assert claimed is not None
+        assert claimed.job_id == created.job_id
+        assert await jobs_db.claim_job(conn, lease_owner="b#1", lease_seconds=5, now=NOW + timedelta(seconds=1)) is None
+        assert (
+            await jobs_db.renew_lease(
+                conn, job_id=created.job_id, lease_owner="a#1", lease_seconds=5, now=NOW + timedelta(seconds=4)
+            )
+            is False
+        )
+        # The lease runs out 5 s after the renewal: another claim takes the job over.
+        taken = await jobs_db.claim_job(conn, lease_owner="a#2", lease_seconds=5, now=NOW + timedelta(seconds=10))
+        assert taken is not None
+        assert taken.lease_owner == "a#2"
+        with pytest.raises(jobs_db.LeaseLostError):
+            await jobs_db.save_progress(
+                conn,
+                job_id=created.job_id,
+                lease_owner="a#1",
+                cursor={"c": 1},
+                next_page_no=2,
+                pages_fetched=1,
+                now=NOW + timedelta(seconds=11),
+            )
+        with pytest.raises(jobs_db.LeaseLostError):
+            await jobs_db.renew_lease(
+                conn, job_id=created.job_id, lease_owner="a#1", lease_seconds=5, now=NOW + timedelta(seconds=11)
+            )
+        await jobs_db.save_progress(
+            conn,
+            job_id=created.job_id,
+            lease_owner="a#2",
+            cursor={"c": 2},
+            next_page_no=3,
+            pages_fetched=2,
+            now=NOW + timedelta(seconds=11),
+        )
+        finished = await jobs_db.finish_job(
+            conn,
+            job_id=created.job_id,
+            lease_owner="a#2",
+            state="SUCCEEDED",
+            stop_reason="provider exhausted",
+            error="",
+            now=NOW + timedelta(seconds=12),
+        )
+    assert finished.state == "SUCCEEDED"
+    assert finished.cursor == {"c": 2}
+    assert finished.next_page_no == 3
+
+
+async def test_cancel_of_a_queued_job_is_immediate_and_of_a_running_job_is_a_request(pool: asyncpg.Pool) -> None:
+    tenant = str(uuid.uuid4())
+    async with pool.acquire() as conn:
+        queued, _ = await jobs_db.create_job(conn, new_job(tenant, "one"), now=NOW)
+        canceled = await jobs_db.request_cancel(conn, tenant_id=tenant, job_id=queued.job_id, now=NOW)
+        assert canceled is not None
+        assert canceled.state == "CANCELED"
+        running, _ = await jobs_db.create_job(conn, new_job(tenant, "two"), now=NOW)
+        await jobs_db.claim_job(conn, lease_owner="a#1", lease_seconds=30, now=NOW)
+        requested = await jobs_db.request_cancel(conn, tenant_id=tenant, job_id=running.job_id, now=NOW)
+        assert requested is not None
+        assert requested.state == "RUNNING"
+        assert await jobs_db.renew_lease(conn, job_id=running.job_id, lease_owner="a#1", lease_seconds=30, now=NOW)
+        assert await jobs_db.request_cancel(conn, tenant_id=str(uuid.uuid4()), job_id=running.job_id, now=NOW) is None
+
+
+async def test_the_same_idempotency_key_returns_the_finished_job(pool: asyncpg.Pool) -> None:
+    tenant = str(uuid.uuid4())
+    async with pool.acquire() as conn:
+        first, _ = await jobs_db.create_job(conn, new_job(tenant, idempotency_key="k"), now=NOW)
+        await jobs_db.claim_job(conn, lease_owner="a#1", lease_seconds=30, now=NOW)
+        await jobs_db.finish_job(
+            conn, job_id=first.job_id, lease_owner="a#1", state="SUCCEEDED", stop_reason="x", error="", now=NOW
+        )
+        again, existed = await jobs_db.create_job(conn, new_job(tenant, idempotency_key="k"), now=NOW)
+        assert existed
+        assert again.job_id == first.job_id
+        fresh, existed = await jobs_db.create_job(conn, new_job(tenant), now=NOW)
+        assert not existed
+        assert not fresh.first_import

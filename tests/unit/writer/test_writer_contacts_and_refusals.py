@@ -1,0 +1,78 @@
+"""Pure parts of contacts and refusals: match keys, contact planning, dropping refused records."""
+
+from __future__ import annotations
+
+import pytest
+
+from apptsync.shared.appointments import Contact
+from apptsync.shared.errors import PoisonMessageError
+from apptsync.v1 import pages_pb2
+from apptsync.writer.accounting import (
+    contact_match_key,
+    decode_page,
+    drop_refused_records,
+    plan_batch,
+    plan_contacts,
+    refused_page_counts,
+)
+from apptsync.writer.intake import record_page_value
+from tests.unit.writer.page_builders import appointment, page
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("email", "phone", "client_id", "expected"),
+    [
+        (" Ada@Example.ORG ", "+49 30 123456", "c1", "email:ada@example.org"),
+        ("not-an-email", "+49 (30) 123-456", "c1", "phone:+4930123456"),
+        ("", "030 123456", "", "phone:030123456"),
+        ("", "12", " c-7 ", "client:c-7"),  # too few digits to identify anyone
+        ("", "", "", None),
+        ("   ", " - ", "  ", None),
+    ],
+)
+def test_the_match_key_is_email_then_phone_then_client_id(
+    email: str, phone: str, client_id: str, expected: str | None
+) -> None:
+    assert contact_match_key(email, phone, client_id) == expected
+
+
+def test_unmatched_rows_are_counted_and_contacts_are_planned_once_per_key() -> None:
+    decoded = decode_page(page([
+        appointment("a", contact=Contact(name="Ada", email="ada@example.org", phone="+4930123456")),
+        appointment("b", contact=Contact(name="", email="ADA@example.org")),
+        appointment("c", contact=Contact(name="Nobody")),
+    ]).SerializeToString())
+
+    contacts = plan_contacts(plan_batch([decoded], {}).writes.values())
+
+    assert decoded.contacts_unmatched == 1
+    assert [(c.match_key, c.name, c.email, c.phone) for c in contacts] == [
+        ("email:ada@example.org", "Ada", "ADA@example.org", "+4930123456")]
+
+
+def test_dropped_records_become_dead_letters_and_the_identity_holds() -> None:
+    decoded = decode_page(page([appointment("a"), appointment("b"), appointment("c")],
+                               skipped_out_of_window=2).SerializeToString())
+
+    (kept,) = drop_refused_records([decoded], {(decoded.key, "b"): "invalid json"})
+
+    assert [row.external_id for row in kept.rows] == ["a", "c"]
+    assert (kept.skipped.dead_letter, kept.skipped.out_of_window) == (1, 2)
+    assert len(kept.rows) + kept.skipped.total == kept.records_fetched == 5
+    refused = refused_page_counts(decoded)
+    assert (refused.skipped.dead_letter, refused.inserted, refused.records_fetched) == (3, 0, 5)
+
+
+def test_a_refused_record_is_copied_alone_as_a_one_record_page() -> None:
+    value = page([appointment("a"), appointment("b", version=1), appointment("b", version=2)],
+                 skipped_invalid=1).SerializeToString()
+
+    single = pages_pb2.AppointmentPage()
+    single.ParseFromString(record_page_value(value, "b"))
+
+    assert [a.title for a in single.appointments] == ["Session v2"]  # the copy the writer tried to store
+    assert (single.records_fetched, single.skipped.invalid) == (1, 0)
+    with pytest.raises(PoisonMessageError):
+        record_page_value(value, "missing")
