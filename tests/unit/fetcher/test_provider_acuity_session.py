@@ -193,7 +193,8 @@ async def test_a_session_resumed_from_the_cursor_continues_where_the_first_stopp
 
 def test_unknown_sources_and_bad_settings_are_invalid_arguments() -> None:
     http = make_http(FakeAcuity([]))
-    with pytest.raises(InvalidArgumentError, match="source"):
+    # Every Source is supported now; a Calendly connection without its scope settings is invalid.
+    with pytest.raises(InvalidArgumentError, match="organization"):
         open_session(Source.CALENDLY, http=http, connection=BASIC, window=WINDOW, page_size=10, cursor=None,
                      clock=lambda: FETCHED_AT)  # fmt: skip
     bad_currency = ConnectionConfig(base_url="", credentials=BASIC.credentials, settings={"currency": "dollars"})

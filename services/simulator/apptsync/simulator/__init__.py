@@ -1,4 +1,5 @@
-"""apptsync simulator: provider-shaped HTTP APIs (Acuity today) with seeded data and fault knobs.
+"""apptsync simulator: Acuity-, Calendly- and Google-Calendar-shaped HTTP APIs with seeded data and
+fault knobs.
 
 Acuity lives under `/acuity/api/v1/` (an Acuity connection's `base_url` is
 `http://HOST:PORT/acuity/api/v1`). Seeded accounts have fixed credentials: user ids 1001, 1002, ...;
@@ -13,7 +14,33 @@ the demo account is `user_id=1001`, `api_key=demo-acuity-key` (Bearer `demo-acui
   `{"datetime": "..."}`
 - `GET|PUT|DELETE /_admin/{provider}/faults` (see FaultKnobs; PUT merges fields)
 - `GET|DELETE /_admin/{provider}/counters` (requests, statuses, `max_requests_per_second`,
-  `max_concurrent`)
+  `max_concurrent`); `{provider}` is `acuity`, `calendly` or `google`
+
+Calendly lives under `/calendly` (a connection's `base_url`; its token endpoint is
+`/calendly/oauth/token`): `GET /scheduled_events` (`organization` | `user` scope, `count` <= 100,
+`page_token`, `min_start_time` / `max_start_time`, `status`, `sort`), `GET
+/scheduled_events/{uuid}/invitees`; every answer carries `X-RateLimit-Limit/Remaining/Reset` and a
+user past the knob `rate_limit_requests` per `rate_limit_window_seconds` gets 429. Account n has the
+user `https://api.calendly.com/users/USER<n:012>`, access token `calendly-access-<n>-0` and refresh
+token `calendly-refresh-<n>-0`; refresh tokens are single-use and rotate (a reused one is
+`invalid_grant`). Admin: `GET /_admin/calendly/accounts` (current tokens, client id/secret),
+`GET .../accounts/{n}/bookings` (every invitee with its event, as the API renders them),
+`POST .../accounts/{n}/events` `{"start_time", "invitees": k}`, `POST
+.../accounts/{n}/invitees/{uuid}/cancel|reschedule|no_show` (`reschedule`: `{"start_time"}`, the old
+invitee canceled with `rescheduled`/`new_invitee`, a new event and invitee with `old_invitee`),
+`POST /_admin/calendly/oauth/expire-access-tokens`, `GET /_admin/calendly/oauth` (refreshes,
+invalid grants, rate-limited requests).
+
+Google Calendar lives under `/google/calendar/v3` (`GET /calendars/{calendarId}/events`: `timeMin`,
+`timeMax`, `showDeleted`, `singleEvents`, `maxResults` <= 2500, `pageToken`, `syncToken`), tokens at
+`/google/oauth2/token` (the `token_url` connection setting). Account n has two calendars in different
+zones and the tokens `google-access-<n>-0` / `google-refresh-<n>-0`. Quirks: knob `empty_page_every`
+(empty pages mid-listing), sync tokens that expire (410 `fullSyncRequired`), 403 `rateLimitExceeded`
+(knob `fail_next_403_rate_limit`). Admin: `GET /_admin/google/accounts`, `GET
+.../accounts/{n}/events`, `POST .../accounts/{n}/calendars/{calendarId}/events` `{"start" | "date"}`,
+`POST .../events/{eventId}/cancel` (`{"delete": true}`: rendered as a deleted event) and
+`.../reschedule` `{"start" | "date"}`, `POST /_admin/google/sync-tokens/expire`,
+`POST /_admin/google/oauth/expire-access-tokens`, `GET /_admin/google/oauth`.
 """
 
 from apptsync.simulator._acuity_data import (

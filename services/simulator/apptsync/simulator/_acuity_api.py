@@ -10,7 +10,7 @@ from typing import cast
 from aiohttp import web
 
 from apptsync.simulator._acuity_data import AcuityAccount, AcuityAppointment, QueryError, select_appointments
-from apptsync.simulator._provider_guard import JsonReply, error_reply, guarded
+from apptsync.simulator._provider_guard import EncodedJson, JsonReply, error_reply, guarded
 from apptsync.simulator._state import ACUITY, SimulatorState
 
 API_PREFIX = "/acuity/api/v1"
@@ -78,14 +78,21 @@ async def _list_appointments(request: web.Request, state: SimulatorState) -> Jso
         return _UNAUTHORIZED
     knobs = state.providers[ACUITY].faults.knobs
     try:
-        selected = select_appointments(
-            state.acuity.of(account.user_id).values(), request.query, ignore_min_date=knobs.ignore_min_date
-        )
+        candidates = state.acuity.candidates(account.user_id, request.query, ignore_min_date=knobs.ignore_min_date)
+        selected = select_appointments(candidates, request.query, ignore_min_date=knobs.ignore_min_date)
     except QueryError as exc:
         return error_reply(400, exc.error, exc.message)
     include_forms = request.query.get("excludeForms", "").lower() != "true"
+    if not knobs.malformed_record_every:
+        return JsonReply(200, _encoded_array(state, selected, include_forms=include_forms))
     body = [_render(a, include_forms=include_forms, malformed_every=knobs.malformed_record_every) for a in selected]
     return JsonReply(200, body)
+
+
+def _encoded_array(state: SimulatorState, appointments: list[AcuityAppointment], *, include_forms: bool) -> EncodedJson:
+    """The same bytes as json.dumps of the rendered list, from each appointment's kept rendering."""
+    items = b", ".join(state.acuity.rendered(a, include_forms=include_forms) for a in appointments)
+    return EncodedJson(b"[" + items + b"]")
 
 
 async def _get_appointment(request: web.Request, state: SimulatorState) -> JsonReply:
@@ -145,7 +152,8 @@ async def _admin_data_set(request: web.Request, state: SimulatorState) -> web.Re
     user_id = _user_id(request, state)
     include_forms = request.query.get("excludeForms", "").lower() != "true"
     ordered = sorted(state.acuity.of(user_id).values(), key=lambda a: (a.instant, a.id), reverse=True)
-    return _json([a.to_json(include_forms=include_forms) for a in ordered])
+    body = _encoded_array(state, ordered, include_forms=include_forms).data
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 async def _admin_add(request: web.Request, state: SimulatorState) -> web.Response:

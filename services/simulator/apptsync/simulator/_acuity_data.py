@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import bisect
+import json
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -177,17 +179,24 @@ def account_for(user_id: int) -> AcuityAccount:
     return AcuityAccount(user_id=user_id, api_key=f"acuity-key-{user_id}", access_token=f"acuity-token-{user_id}")
 
 
-def seeded_appointments(*, seed: int, user_id: int, count: int, anchor: date) -> list[AcuityAppointment]:
-    """`count` appointments of account `user_id`, starting within +-180 days of `anchor`.
+def seeded_appointments(
+    *, seed: int, user_id: int, count: int, anchor: date, spread_days: int = DATA_SPREAD_DAYS
+) -> list[AcuityAppointment]:
+    """`count` appointments of account `user_id`, starting within +-`spread_days` days of `anchor`.
 
     Same arguments, same data: all randomness comes from a Random seeded with (seed, user_id)."""
     rng = random.Random(f"apptsync-simulator:{seed}:acuity:{user_id}")
-    return [_seeded_appointment(rng, user_id=user_id, number=n, anchor=anchor) for n in range(1, count + 1)]
+    return [
+        _seeded_appointment(rng, user_id=user_id, number=n, anchor=anchor, spread_days=spread_days)
+        for n in range(1, count + 1)
+    ]
 
 
-def _seeded_appointment(rng: random.Random, *, user_id: int, number: int, anchor: date) -> AcuityAppointment:
+def _seeded_appointment(
+    rng: random.Random, *, user_id: int, number: int, anchor: date, spread_days: int
+) -> AcuityAppointment:
     zone_name = rng.choice(CLIENT_TIMEZONES)
-    day = anchor + timedelta(days=rng.randint(-DATA_SPREAD_DAYS, DATA_SPREAD_DAYS))
+    day = anchor + timedelta(days=rng.randint(-spread_days, spread_days))
     wall = datetime.combine(day, time(rng.randint(7, 19), rng.choice((0, 15, 30, 45))), ZoneInfo(zone_name))
     # A wall time inside a DST gap does not exist: the round trip moves it to the real instant.
     starts_at = wall.astimezone(UTC).astimezone(ZoneInfo(zone_name))
@@ -282,15 +291,31 @@ def select_appointments(
 
 
 class AcuityStore:
-    """The simulated Acuity accounts and their appointments (mutable through the admin API)."""
+    """The simulated Acuity accounts and their appointments (mutable through the admin API).
 
-    def __init__(self, *, seed: int, accounts: int, appointments_per_account: int, anchor: date) -> None:
+    Large accounts (100,000s of appointments) stay cheap to serve: `candidates()` slices a per-account
+    index sorted by local day instead of scanning the account, and `rendered()` keeps each
+    appointment's JSON text (both are dropped for an account when any of its appointments changes)."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        accounts: int,
+        appointments_per_account: int,
+        anchor: date,
+        spread_days: int = DATA_SPREAD_DAYS,
+    ) -> None:
         self.accounts: dict[int, AcuityAccount] = {}
         self.appointments: dict[int, dict[int, AcuityAppointment]] = {}
         self._anchor = anchor
+        self._day_index: dict[int, tuple[list[date], list[AcuityAppointment]]] = {}
+        self._rendered: dict[tuple[int, bool], bytes] = {}
         for user_id in range(FIRST_USER_ID, FIRST_USER_ID + accounts):
             self.accounts[user_id] = account_for(user_id)
-            seeded = seeded_appointments(seed=seed, user_id=user_id, count=appointments_per_account, anchor=anchor)
+            seeded = seeded_appointments(
+                seed=seed, user_id=user_id, count=appointments_per_account, anchor=anchor, spread_days=spread_days
+            )
             self.appointments[user_id] = {a.id: a for a in seeded}
 
     def authenticate_basic(self, user_id: str, api_key: str) -> AcuityAccount | None:
@@ -303,6 +328,41 @@ class AcuityStore:
     def of(self, user_id: int) -> dict[int, AcuityAppointment]:
         """Raises KeyError for an unknown account."""
         return self.appointments[user_id]
+
+    def candidates(self, user_id: int, params: Mapping[str, str], *, ignore_min_date: bool) -> list[AcuityAppointment]:
+        """The account's appointments whose local day lies within `params`' minDate/maxDate (all of
+        them without those, every day up to maxDate with `ignore_min_date`): what select_appointments
+        needs to see, found by bisection. Raises KeyError (unknown account), QueryError (bad date)."""
+        days, ordered = self._index(user_id)
+        lo, hi = 0, len(ordered)
+        if "minDate" in params and not ignore_min_date:
+            lo = bisect.bisect_left(days, parse_query_date(params["minDate"], "minDate"))
+        if "maxDate" in params:
+            hi = bisect.bisect_right(days, parse_query_date(params["maxDate"], "maxDate"))
+        return ordered[lo:hi]
+
+    def rendered(self, appointment: AcuityAppointment, *, include_forms: bool) -> bytes:
+        """`json.dumps(appointment.to_json(include_forms=...), ensure_ascii=False)` as UTF-8, kept for
+        the next request. `appointment` must be the stored version (what of() and candidates() give)."""
+        key = (appointment.id, include_forms)
+        text = self._rendered.get(key)
+        if text is None:
+            text = json.dumps(appointment.to_json(include_forms=include_forms), ensure_ascii=False).encode()
+            self._rendered[key] = text
+        return text
+
+    def _index(self, user_id: int) -> tuple[list[date], list[AcuityAppointment]]:
+        index = self._day_index.get(user_id)
+        if index is None:
+            ordered = sorted(self.of(user_id).values(), key=lambda a: a.local_day)
+            index = ([a.local_day for a in ordered], ordered)
+            self._day_index[user_id] = index
+        return index
+
+    def _changed(self, user_id: int, appointment_id: int) -> None:
+        self._day_index.pop(user_id, None)
+        for include_forms in (False, True):
+            self._rendered.pop((appointment_id, include_forms), None)
 
     def add(self, user_id: int, fields: Mapping[str, object]) -> AcuityAppointment:
         """A new appointment (`datetime` required, with an offset; `duration`, `firstName`, `lastName`,
@@ -335,6 +395,7 @@ class AcuityStore:
             owner=user_id,
         )
         book[next_id] = template
+        self._changed(user_id, next_id)
         return template
 
     def cancel(self, user_id: int, appointment_id: int, *, no_show: bool = False) -> AcuityAppointment:
@@ -342,6 +403,7 @@ class AcuityStore:
         book = self.of(user_id)
         updated = replace(book[appointment_id], canceled=True, no_show=no_show)
         book[appointment_id] = updated
+        self._changed(user_id, appointment_id)
         return updated
 
     def reschedule(self, user_id: int, appointment_id: int, starts_at_text: object) -> AcuityAppointment:
@@ -349,6 +411,7 @@ class AcuityStore:
         book = self.of(user_id)
         updated = replace(book[appointment_id], starts_at=_aware_datetime(starts_at_text))
         book[appointment_id] = updated
+        self._changed(user_id, appointment_id)
         return updated
 
 

@@ -24,9 +24,20 @@ class JsonReply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedJson:
+    """A JSON body already encoded as UTF-8 (a JsonReply body that is served as is)."""
+
+    data: bytes
+
+
 def error_reply(status: int, error: str, message: str, headers: Mapping[str, str] | None = None) -> JsonReply:
     """Acuity's error shape: `{status_code, error, message}`."""
     return JsonReply(status, {"status_code": status, "error": error, "message": message}, headers or {})
+
+
+# How a provider renders an error: (status, error code, message, headers) -> reply.
+ErrorRenderer = Callable[[int, str, str, Mapping[str, str] | None], JsonReply]
 
 
 async def guarded(
@@ -35,8 +46,10 @@ async def guarded(
     handle: Callable[[web.Request], Awaitable[JsonReply]],
     *,
     monotonic: Callable[[], float] = time.monotonic,
+    render_error: ErrorRenderer = error_reply,
 ) -> web.StreamResponse:
-    """Serves `request` with `handle`, after the provider's knobs had their say."""
+    """Serves `request` with `handle`, after the provider's knobs had their say; injected errors are
+    rendered in the provider's error shape by `render_error`."""
     provider.counters.started(monotonic())
     status = 0
     try:
@@ -52,12 +65,17 @@ async def guarded(
             return web.Response(status=500)
         if fault is InjectedFault.TOO_MANY_REQUESTS:
             headers = {} if knobs.retry_after is None else {"Retry-After": knobs.retry_after}
-            reply = error_reply(429, "too_many_requests", "Too many requests: slow down.", headers)
+            reply = render_error(429, "too_many_requests", "Too many requests: slow down.", headers)
+        elif fault is InjectedFault.RATE_LIMIT_403:
+            reply = render_error(403, "rate_limit_exceeded", "Rate Limit Exceeded", None)
         elif fault is InjectedFault.SERVER_ERROR:
-            reply = error_reply(knobs.status_5xx, "server_error", "Simulated server error.")
+            reply = render_error(knobs.status_5xx, "server_error", "Simulated server error.", None)
         else:
             reply = await handle(request)
-        body = json.dumps(reply.body, ensure_ascii=False).encode()
+        if isinstance(reply.body, EncodedJson):
+            body = reply.body.data
+        else:
+            body = json.dumps(reply.body, ensure_ascii=False).encode()
         if fault is InjectedFault.MALFORMED_BODY and reply.status == 200:
             body = body[: max(1, len(body) // 2)]
         response = await _write(request, reply, body, slow_body_ms=knobs.slow_body_ms)

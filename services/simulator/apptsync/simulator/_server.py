@@ -14,6 +14,11 @@ from apptsync.shared.errors import InvalidArgumentError
 from apptsync.shared.settings import SimulatorSettings
 from apptsync.simulator._acuity_api import API_PREFIX, add_acuity_routes
 from apptsync.simulator._admin_api import add_admin_routes
+from apptsync.simulator._calendly_api import API_PREFIX as CALENDLY_PREFIX
+from apptsync.simulator._calendly_api import add_calendly_routes
+from apptsync.simulator._google_api import API_PREFIX as GOOGLE_PREFIX
+from apptsync.simulator._google_api import TOKEN_PATH as GOOGLE_TOKEN_PATH
+from apptsync.simulator._google_api import add_google_routes
 from apptsync.simulator._state import SimulatorState
 
 
@@ -29,6 +34,21 @@ class RunningSimulator:
         """What an Acuity connection's `base_url` must be to talk to this simulator."""
         return self.base_url + API_PREFIX
 
+    @property
+    def calendly_base_url(self) -> str:
+        """A Calendly connection's `base_url` (its token endpoint is `<base_url>/oauth/token`)."""
+        return self.base_url + CALENDLY_PREFIX
+
+    @property
+    def google_base_url(self) -> str:
+        """A Google Calendar connection's `base_url`."""
+        return self.base_url + GOOGLE_PREFIX
+
+    @property
+    def google_token_url(self) -> str:
+        """A Google Calendar connection's `token_url` setting."""
+        return self.base_url + GOOGLE_TOKEN_PATH
+
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
@@ -41,13 +61,18 @@ def build_state(settings: SimulatorSettings, *, today: date) -> SimulatorState:
         accounts=settings.accounts_per_provider,
         appointments_per_account=settings.appointments_per_tenant,
         anchor=settings.anchor_date or today,
+        seeded_providers={name.strip() for name in settings.seeded_providers.split(",")},
+        acuity_spread_days=settings.acuity_spread_days,
     )
 
 
-def build_app(state: SimulatorState) -> web.Application:
+def build_app(state: SimulatorState, *, clock: Callable[[], datetime] = _utc_now) -> web.Application:
+    """The simulator's routes; `clock` stamps admin changes (Calendly `updated_at`, Google `updated`)."""
     app = web.Application()
     add_admin_routes(app, state)
     add_acuity_routes(app, state)
+    add_calendly_routes(app, state, clock=clock)
+    add_google_routes(app, state, clock=clock)
     return app
 
 
@@ -67,7 +92,7 @@ async def running_simulator(
     Raises InvalidArgumentError for a malformed listen address, OSError if it cannot bind."""
     host, port = _host_and_port(settings.listen_address)
     state = build_state(settings, today=clock().astimezone(UTC).date())
-    runner = web.AppRunner(build_app(state), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(build_app(state, clock=clock), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date
 
-from apptsync.simulator._acuity_data import AcuityStore
+from apptsync.simulator._acuity_data import DATA_SPREAD_DAYS, AcuityStore
+from apptsync.simulator._calendly_data import CalendlyStore
 from apptsync.simulator._counters import RequestCounters
 from apptsync.simulator._faults import FaultKnobs, FaultState
+from apptsync.simulator._google_data import GoogleStore
+from apptsync.simulator._rate_window import RateWindows
 
 ACUITY = "acuity"
-# One name per simulated provider API; Calendly and Google Calendar join here with their modules.
-PROVIDERS = (ACUITY,)
+CALENDLY = "calendly"
+GOOGLE = "google"
+# One name per simulated provider API (the `{provider}` of the admin fault and counter routes).
+PROVIDERS = (ACUITY, CALENDLY, GOOGLE)
 
 
 @dataclass
@@ -24,11 +30,38 @@ class ProviderState:
 class SimulatorState:
     acuity: AcuityStore
     anchor: date
+    calendly: CalendlyStore
+    google: GoogleStore
     providers: dict[str, ProviderState] = field(default_factory=lambda: {p: ProviderState() for p in PROVIDERS})
+    calendly_rates: RateWindows = field(default_factory=RateWindows)
 
     @classmethod
-    def seeded(cls, *, seed: int, accounts: int, appointments_per_account: int, anchor: date) -> SimulatorState:
-        store = AcuityStore(
-            seed=seed, accounts=accounts, appointments_per_account=appointments_per_account, anchor=anchor
+    def seeded(
+        cls,
+        *,
+        seed: int,
+        accounts: int,
+        appointments_per_account: int,
+        anchor: date,
+        seeded_providers: Collection[str] = PROVIDERS,
+        acuity_spread_days: int = DATA_SPREAD_DAYS,
+    ) -> SimulatorState:
+        """Every provider's accounts, each with `appointments_per_account` appointments (Acuity
+        appointments, Calendly invitees, Google events); the accounts of providers not in
+        `seeded_providers` start empty. Acuity's start within +-`acuity_spread_days` of `anchor`."""
+
+        def count(provider: str) -> int:
+            return appointments_per_account if provider in seeded_providers else 0
+
+        return cls(
+            acuity=AcuityStore(
+                seed=seed,
+                accounts=accounts,
+                appointments_per_account=count(ACUITY),
+                anchor=anchor,
+                spread_days=acuity_spread_days,
+            ),
+            anchor=anchor,
+            calendly=CalendlyStore(seed=seed, accounts=accounts, invitees_per_account=count(CALENDLY), anchor=anchor),
+            google=GoogleStore(seed=seed, accounts=accounts, events_per_account=count(GOOGLE), anchor=anchor),
         )
-        return cls(acuity=store, anchor=anchor)

@@ -2,15 +2,21 @@
 
 The fetcher's job runner uses only what is exported here: `open_session(...)` gives a
 ProviderSession whose `next_page()` returns ProviderPages until None; `ProviderHttp` is the one HTTP
-client (retries, shared rate budgets) of a fetcher process.
+client (retries, shared rate budgets, per-account rate-limit pauses) of a fetcher process; a
+`ConnectionStateStore` (implemented by the fetcher over PostgreSQL) keeps provider state between jobs
+and serializes OAuth refreshes per connection.
 """
 
 from apptsync.fetcher.providers._http import (
+    RATE_LIMIT_REASONS,
     JsonResponse,
     ProviderHttp,
     RateBudget,
     RetryPolicy,
+    UnauthorizedError,
     backoff_seconds,
+    provider_error_reasons,
+    rate_limit_pause_seconds,
     retry_after_seconds,
 )
 from apptsync.fetcher.providers._model import (
@@ -21,9 +27,14 @@ from apptsync.fetcher.providers._model import (
     ProviderSession,
 )
 from apptsync.fetcher.providers._registry import SessionFactory, open_session, supported_sources
+from apptsync.fetcher.providers._state import ConnectionStateStore, CredentialRefresh, InMemoryConnectionStateStore
 
 __all__ = [
+    "RATE_LIMIT_REASONS",
     "ConnectionConfig",
+    "ConnectionStateStore",
+    "CredentialRefresh",
+    "InMemoryConnectionStateStore",
     "JobWindow",
     "JsonResponse",
     "JsonValue",
@@ -33,8 +44,11 @@ __all__ = [
     "RateBudget",
     "RetryPolicy",
     "SessionFactory",
+    "UnauthorizedError",
     "backoff_seconds",
     "open_session",
+    "provider_error_reasons",
+    "rate_limit_pause_seconds",
     "retry_after_seconds",
     "supported_sources",
 ]

@@ -10,8 +10,8 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -64,6 +64,42 @@ class JsonResponse:
 
 class _MalformedBodyError(ProviderUnavailableError):
     """A 2xx response whose body is not JSON (retried a bounded number of times)."""
+
+
+class UnauthorizedError(ProviderAuthError):
+    """A 401: the access token was refused. OAuth sessions refresh once on it; anyone else treats it
+    as the ProviderAuthError it is."""
+
+
+# Google answers quota overruns with 403 (or 429) and one of these reasons: retry with backoff.
+RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+# ... and a spent quota with these: no retry helps today, and it is not the credentials' fault.
+QUOTA_REASONS = frozenset({"quotaExceeded", "dailyLimitExceeded"})
+
+
+def rate_limit_pause_seconds(headers: Mapping[str, str]) -> float | None:
+    """How long to wait before the next request when `X-RateLimit-Remaining` says the budget is
+    spent (Calendly): `X-RateLimit-Reset` seconds (60 when absent or unreadable). None while requests
+    remain or when the provider sends no such header. `headers` must be case-insensitive."""
+    remaining = headers.get("x-ratelimit-remaining")
+    remaining_count = None if remaining is None else _float_or_none(remaining.strip())
+    if remaining_count is None or remaining_count > 0:
+        return None
+    reset = headers.get("x-ratelimit-reset")
+    reset_seconds = None if reset is None else _float_or_none(reset.strip())
+    if reset_seconds is None:
+        return 60.0
+    return max(0.0, min(reset_seconds, 3600.0))
+
+
+def provider_error_reasons(body: JsonValue) -> frozenset[str]:
+    """The `reason`s of a Google-style error body `{"error": {"errors": [{"reason": ...}]}}` (empty
+    for any other shape)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    items = error.get("errors") if isinstance(error, dict) else None
+    if not isinstance(items, list):
+        return frozenset()
+    return frozenset(str(item["reason"]) for item in items if isinstance(item, dict) and "reason" in item)
 
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: datetime) -> float | None:
@@ -123,9 +159,15 @@ def error_for_status(source: Source, response: httpx.Response, *, now: datetime)
     if 200 <= status < 300:
         return None
     where = f"{source.value} {response.request.url.path}"
-    if status in (401, 403):
+    reasons = _error_reasons(response) if status == 403 else frozenset()
+    rate_limited = bool(reasons & RATE_LIMIT_REASONS)
+    if status == 401:
+        return UnauthorizedError(f"reauthorization required: {where} answered {status}")
+    if reasons & QUOTA_REASONS:
+        return ProviderRejectedError(f"{where} answered {status}{_provider_message(response)}", status_code=status)
+    if status == 403 and not rate_limited:
         return ProviderAuthError(f"reauthorization required: {where} answered {status}")
-    if status == 429 or status >= 500 or status == 408:
+    if status == 429 or status >= 500 or status == 408 or rate_limited:
         return ProviderUnavailableError(
             f"{where} answered {status}{_provider_message(response)}",
             status_code=status,
@@ -134,15 +176,30 @@ def error_for_status(source: Source, response: httpx.Response, *, now: datetime)
     return ProviderRejectedError(f"{where} answered {status}{_provider_message(response)}", status_code=status)
 
 
+def _error_reasons(response: httpx.Response) -> frozenset[str]:
+    try:
+        return provider_error_reasons(response.json())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return frozenset()
+
+
 def _provider_message(response: httpx.Response) -> str:
-    """`: <message>` from an error body such as Acuity's `{status_code, error, message}`."""
+    """`: <message>` from an error body such as Acuity's `{status_code, error, message}`, Google's
+    `{error: {code, message, errors: [{reason}]}}` or OAuth's `{error, error_description}`."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         text = response.text.strip()[:200]
         return f": {text}" if text else ""
     if isinstance(body, dict):
-        parts = [str(body[key]) for key in ("error", "message") if isinstance(body.get(key), str | int)]
+        nested = body.get("error")
+        if isinstance(nested, dict):
+            reasons = sorted(provider_error_reasons(body))
+            parts = [str(nested["message"])] if isinstance(nested.get("message"), str) else []
+            parts += [f"reason {reason}" for reason in reasons]
+        else:
+            keys = ("error", "message", "error_description", "title")
+            parts = [str(body[key]) for key in keys if isinstance(body.get(key), str | int)]
         if parts:
             return ": " + " - ".join(parts)[:500]
     return ""
@@ -171,7 +228,9 @@ class ProviderHttp:
 
     Holds one connection pool, and per provider one rate limiter and one concurrency semaphore, so the
     provider's budget is shared across all tenants and jobs. Every attempt (retries included) waits for
-    both. `transport` is for tests (httpx.MockTransport); `sleep`, `clock` and `rng` drive the backoff.
+    both. A response that says a per-account budget is spent (`X-RateLimit-Remaining: 0`) pauses every
+    later request of the same `rate_limit_scope` until its `X-RateLimit-Reset`. `transport` is for tests
+    (httpx.MockTransport); `sleep`, `clock` and `rng` drive the backoff and the pauses.
     `rate_budget_overrides` replaces a provider's budget (tests, or a provider plan with other limits).
     """
 
@@ -199,6 +258,8 @@ class ProviderHttp:
         self._rng = rng if rng is not None else random.Random()
         self._overrides = dict(rate_budget_overrides or {})
         self._budgets: dict[Source, _BudgetState] = {}
+        self._paused_until: dict[tuple[Source, str], datetime] = {}
+        self.rate_limit_pauses = 0
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -211,11 +272,42 @@ class ProviderHttp:
         url: str,
         params: Mapping[str, str],
         headers: Mapping[str, str],
+        rate_limit_scope: str = "",
     ) -> JsonResponse:
         """GET `url` and parse its JSON body, retrying transient failures per the RetryPolicy.
 
-        Raises ProviderUnavailableError (429 / 5xx / timeouts / resets / malformed bodies, once retries
-        are spent), ProviderAuthError (401 / 403), ProviderRejectedError (other 4xx)."""
+        Raises ProviderUnavailableError (429 / 5xx / Google 403 rate limits / timeouts / resets /
+        malformed bodies, once retries are spent), UnauthorizedError (401), ProviderAuthError (other
+        403), ProviderRejectedError (other 4xx)."""
+        request = _Request("GET", url, params=dict(params), form=None, headers=dict(headers))
+        return await self._with_retries(source, budget, request, rate_limit_scope, retry_transport_errors=True)
+
+    async def post_form(
+        self,
+        *,
+        source: Source,
+        budget: RateBudget,
+        url: str,
+        form: Mapping[str, str],
+        headers: Mapping[str, str],
+    ) -> JsonResponse:
+        """POST `form` (application/x-www-form-urlencoded) and parse the JSON answer (OAuth token
+        requests). Retried only when the provider answered 429 / 5xx: after a timeout or a reset the
+        request may have been processed, and a single-use refresh token must not be sent twice.
+
+        Raises like get_json; a timeout or reset is a ProviderUnavailableError at once."""
+        request = _Request("POST", url, params={}, form=dict(form), headers=dict(headers))
+        return await self._with_retries(source, budget, request, "", retry_transport_errors=False)
+
+    async def _with_retries(
+        self,
+        source: Source,
+        budget: RateBudget,
+        request: _Request,
+        rate_limit_scope: str,
+        *,
+        retry_transport_errors: bool,
+    ) -> JsonResponse:
         state = self._budget_state(source, budget)
         started_at = self._clock()
         policy = self._retry
@@ -225,6 +317,8 @@ class ProviderHttp:
         def should_retry(exc: BaseException) -> bool:
             if isinstance(exc, _MalformedBodyError):
                 return malformed_bodies < policy.max_malformed_body_attempts
+            if isinstance(exc, _TransportError):
+                return retry_transport_errors
             return isinstance(exc, ProviderUnavailableError)
 
         def wait(retry_state: RetryCallState) -> float:
@@ -261,7 +355,7 @@ class ProviderHttp:
             async for attempt in retrying:
                 with attempt:
                     try:
-                        body = await self._attempt(state, source, url, params, headers)
+                        body = await self._attempt(state, source, request, rate_limit_scope)
                     except _MalformedBodyError:
                         malformed_bodies += 1
                         raise
@@ -269,30 +363,35 @@ class ProviderHttp:
             last = exc.last_attempt.exception()
             assert isinstance(last, ProviderUnavailableError)
             raise _gave_up(last, attempts=exc.last_attempt.attempt_number) from last
-        except _MalformedBodyError as exc:
+        except (_MalformedBodyError, _TransportError) as exc:
             raise _gave_up(exc, attempts=retries + 1) from exc
         return JsonResponse(body=body, retries=retries)
 
-    async def _attempt(
-        self,
-        state: _BudgetState,
-        source: Source,
-        url: str,
-        params: Mapping[str, str],
-        headers: Mapping[str, str],
-    ) -> JsonValue:
+    async def _attempt(self, state: _BudgetState, source: Source, request: _Request, scope: str) -> JsonValue:
+        if scope:
+            await self._wait_for_rate_limit_reset(source, scope)
         # The semaphore first, then the limiter: a request holding a rate slot must not then queue
         # for a connection, or the slots would bunch up into a burst.
         async with state.connections:
             await state.limiter.acquire()
             try:
                 async with asyncio.timeout(self._timeout_seconds):
-                    response = await self._client.get(url, params=dict(params), headers=dict(headers))
+                    response = await self._client.request(
+                        request.method,
+                        request.url,
+                        params=request.params or None,
+                        data=request.form,
+                        headers=request.headers,
+                    )
             except (httpx.TransportError, TimeoutError) as exc:
-                path = httpx.URL(url).path
-                raise ProviderUnavailableError(
+                path = httpx.URL(request.url).path
+                raise _TransportError(
                     f"{source.value} {path}: {type(exc).__name__} (timeout, reset or connection error)"
                 ) from exc
+        if scope:
+            pause = rate_limit_pause_seconds(response.headers)
+            if pause is not None:
+                self._paused_until[(source, scope)] = self._clock() + timedelta(seconds=pause)
         error = error_for_status(source, response, now=self._clock())
         if error is not None:
             raise error
@@ -306,9 +405,34 @@ class ProviderHttp:
             ) from exc
         return parsed
 
+    async def _wait_for_rate_limit_reset(self, source: Source, scope: str) -> None:
+        key = (source, scope)
+        paused_until = self._paused_until.get(key)
+        if paused_until is None:
+            return
+        wait_seconds = (paused_until - self._clock()).total_seconds()
+        if wait_seconds > 0:
+            self.rate_limit_pauses += 1
+            await self._sleep(wait_seconds)
+        if self._paused_until.get(key) == paused_until:
+            del self._paused_until[key]
+
     def _budget_state(self, source: Source, budget: RateBudget) -> _BudgetState:
         state = self._budgets.get(source)
         if state is None:
             state = _BudgetState(self._overrides.get(source, budget))
             self._budgets[source] = state
         return state
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    url: str
+    params: dict[str, str]
+    form: dict[str, str] | None
+    headers: dict[str, str] = field(repr=False)
+
+
+class _TransportError(ProviderUnavailableError):
+    """A timeout, reset or refused connection: the request may or may not have reached the provider."""

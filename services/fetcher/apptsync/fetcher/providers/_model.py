@@ -38,11 +38,14 @@ class ConnectionConfig:
 
     `base_url` "" means the provider's public API. `credentials` are secret: they go into request
     headers only, never into messages, logs or exceptions. `settings` are provider options (e.g. Acuity
-    `currency`)."""
+    `currency`, Calendly `organization`, Google `calendar_ids`). `scope_key` names the connection
+    across jobs (e.g. `tenant/connection`); per-account rate-limit pauses are keyed by it ("" : by
+    session)."""
 
     base_url: str
     credentials: Mapping[str, str] = field(repr=False)
     settings: Mapping[str, str] = field(default_factory=dict)
+    scope_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,10 @@ from typing import Protocol
 
 from apptsync.fetcher.providers._http import ProviderHttp
 from apptsync.fetcher.providers._model import ConnectionConfig, JobWindow, JsonValue, ProviderSession
+from apptsync.fetcher.providers._state import ConnectionStateStore
 from apptsync.fetcher.providers.acuity import open_acuity_session
+from apptsync.fetcher.providers.calendly import open_calendly_session
+from apptsync.fetcher.providers.google_calendar import open_google_calendar_session
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import InvalidArgumentError
 
@@ -23,11 +26,14 @@ class SessionFactory(Protocol):
         page_size: int,
         cursor: JsonValue | None,
         clock: Callable[[], datetime],
+        state: ConnectionStateStore | None = None,
     ) -> ProviderSession: ...
 
 
 _FACTORIES: dict[Source, SessionFactory] = {
     Source.ACUITY: open_acuity_session,
+    Source.CALENDLY: open_calendly_session,
+    Source.GOOGLE_CALENDAR: open_google_calendar_session,
 }
 
 
@@ -44,13 +50,19 @@ def open_session(
     page_size: int,
     cursor: JsonValue | None,
     clock: Callable[[], datetime],
+    state: ConnectionStateStore | None = None,
 ) -> ProviderSession:
     """A session paging `connection`'s appointments inside `window`, `page_size` records per request,
     resuming after `cursor` (None: from the start). No I/O happens until `next_page()`.
+
+    `state` keeps what a provider needs between jobs (Google sync tokens) and stores refreshed OAuth
+    credentials, serialized per connection; None keeps both in the session's memory only.
 
     Raises InvalidArgumentError for an unsupported source, a page size below 1, an unreadable cursor
     or bad connection settings."""
     factory = _FACTORIES.get(source)
     if factory is None:
         raise InvalidArgumentError("source", f"{source.value} is not supported yet")
-    return factory(http=http, connection=connection, window=window, page_size=page_size, cursor=cursor, clock=clock)
+    return factory(
+        http=http, connection=connection, window=window, page_size=page_size, cursor=cursor, clock=clock, state=state
+    )

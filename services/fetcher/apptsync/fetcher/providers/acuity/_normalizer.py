@@ -5,52 +5,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 from apptsync.fetcher.providers._model import JobWindow, JsonValue, ProviderPage
+from apptsync.fetcher.providers._money import money_from_amount
 from apptsync.fetcher.providers.acuity._paginator import AcuityRequest
 from apptsync.shared.appointments import (
     AppointmentStatus,
     CanonicalAppointment,
     Contact,
-    Money,
     SkippedRecord,
 )
 
 OUT_OF_WINDOW = "out_of_window"
 _INVALID = "invalid: "
-# ISO 4217 currencies whose minor unit is not 1/100 (the rest, USD, EUR, ..., use 2 digits).
-_MINOR_UNIT_DIGITS = {
-    **dict.fromkeys(
-        (
-            "BIF",
-            "CLP",
-            "DJF",
-            "GNF",
-            "ISK",
-            "JPY",
-            "KMF",
-            "KRW",
-            "PYG",
-            "RWF",
-            "UGX",
-            "UYI",
-            "VND",
-            "VUV",
-            "XAF",
-            "XOF",
-            "XPF",
-        ),
-        0,
-    ),
-    **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
-}
-_INT64_LIMIT = 2**63
 _MAX_DURATION_MINUTES = 366 * 24 * 60
-
-
-def is_currency_code(text: str) -> bool:
-    return len(text) == 3 and text.isascii() and text.isalpha() and text.isupper()
 
 
 def parse_acuity_datetime(value: JsonValue) -> datetime | None:
@@ -79,26 +48,7 @@ def acuity_local_day(record: JsonValue) -> date | None:
     return None if moment is None else moment.date()
 
 
-def money_from_acuity(value: JsonValue, currency: str) -> Money | None:
-    """`"45.00"` -> Money(4500, currency), by decimal arithmetic (half-even past the minor unit).
-    None for absent, empty, non-numeric, non-finite or out-of-range amounts."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        amount = Decimal(value.strip())
-        if not amount.is_finite():
-            return None
-        scale = Decimal(10) ** _MINOR_UNIT_DIGITS.get(currency, 2)
-        minor = int((amount * scale).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-    except (InvalidOperation, ArithmeticError, ValueError):
-        return None
-    if abs(minor) >= _INT64_LIMIT:
-        return None
-    return Money(amount_minor=minor, currency=currency)
+money_from_acuity = money_from_amount
 
 
 def _duration(value: JsonValue) -> timedelta:

@@ -6,12 +6,18 @@ import base64
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
+from opentelemetry import trace
+
 from apptsync.fetcher.providers._http import ProviderHttp, RateBudget
 from apptsync.fetcher.providers._model import ConnectionConfig, JobWindow, JsonValue, ProviderPage
-from apptsync.fetcher.providers.acuity._normalizer import acuity_page, acuity_start, is_currency_code
+from apptsync.fetcher.providers._money import is_currency_code
+from apptsync.fetcher.providers._state import ConnectionStateStore
+from apptsync.fetcher.providers.acuity._normalizer import acuity_page, acuity_start
 from apptsync.fetcher.providers.acuity._paginator import AcuityPaginator, WindowVerdict
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import InvalidArgumentError, ProviderAuthError, ProviderRejectedError
+
+_tracer = trace.get_tracer("apptsync.fetcher")
 
 ACUITY_PUBLIC_API = "https://acuityscheduling.com/api/v1"
 # Acuity allows 10 requests/s and 20 concurrent connections per source IP (all tenants share it).
@@ -88,13 +94,14 @@ class AcuitySession:
             verdict = self._paginator.accept(request, [acuity_start(record) for record in records])
             if verdict is WindowVerdict.TRUNCATED or not records:
                 continue
-            return acuity_page(
-                records,
-                request=request,
-                window=self._window,
-                observed_at=observed_at,
-                currency=self._currency,
-            )
+            with _tracer.start_as_current_span("normalize", attributes={"apptsync.records": len(records)}):
+                return acuity_page(
+                    records,
+                    request=request,
+                    window=self._window,
+                    observed_at=observed_at,
+                    currency=self._currency,
+                )
         return None
 
 
@@ -106,7 +113,11 @@ def open_acuity_session(
     page_size: int,
     cursor: JsonValue | None,
     clock: Callable[[], datetime],
+    state: ConnectionStateStore | None = None,
 ) -> AcuitySession:
+    """Raises InvalidArgumentError (bad currency, cursor or page size). Acuity keeps no state between
+    jobs, so `state` is not used."""
+    del state
     return AcuitySession(
         http=http, connection=connection, window=window, page_size=page_size, cursor=cursor, clock=clock
     )

@@ -1,0 +1,68 @@
+"""What a provider session may keep between jobs: per-connection state and rotated credentials.
+
+Providers stay free of I/O apart from ProviderHttp: the fetcher hands each session a
+`ConnectionStateStore` (PostgreSQL in production: `apptsync.fetcher.connection_state`), and
+`InMemoryConnectionStateStore` serves unit tests and callers without a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+from apptsync.fetcher.providers._model import JsonValue
+
+# Given the credentials that were refused, returns fresh ones (spends the refresh token).
+CredentialRefresh = Callable[[Mapping[str, str]], Awaitable[Mapping[str, str]]]
+
+
+class ConnectionStateStore(Protocol):
+    """One connection's provider state (e.g. Google sync tokens by calendar) and its credentials."""
+
+    async def load(self, key: str) -> JsonValue | None:
+        """The state stored under `key`, or None. Raises StorageUnavailableError."""
+        ...
+
+    async def save(self, key: str, value: JsonValue | None) -> None:
+        """Stores `value` under `key` (None deletes it). Raises StorageUnavailableError."""
+        ...
+
+    async def refresh_credentials(self, *, rejected: Mapping[str, str], refresh: CredentialRefresh) -> dict[str, str]:
+        """Fresh credentials after the provider refused `rejected`.
+
+        Serialized per connection across every fetcher process: under that lock, if the stored
+        credentials are no longer `rejected` (another fetcher refreshed meanwhile) they are returned as
+        they are; otherwise `refresh` is called once and its result stored (encrypted) before the lock
+        is released, so a single-use refresh token is never spent twice. Raises what `refresh` raises
+        (nothing is stored then), ProviderAuthError when the connection is gone,
+        StorageUnavailableError."""
+        ...
+
+
+class InMemoryConnectionStateStore:
+    """A ConnectionStateStore in this process's memory (tests; sessions opened without a store)."""
+
+    def __init__(self, credentials: Mapping[str, str] | None = None) -> None:
+        self.values: dict[str, JsonValue] = {}
+        self.credentials: dict[str, str] = dict(credentials or {})
+        self.refreshes = 0
+        self._lock = asyncio.Lock()
+
+    async def load(self, key: str) -> JsonValue | None:
+        return self.values.get(key)
+
+    async def save(self, key: str, value: JsonValue | None) -> None:
+        if value is None:
+            self.values.pop(key, None)
+        else:
+            self.values[key] = value
+
+    async def refresh_credentials(self, *, rejected: Mapping[str, str], refresh: CredentialRefresh) -> dict[str, str]:
+        async with self._lock:
+            if self.credentials and self.credentials != dict(rejected):
+                return dict(self.credentials)
+            fresh = dict(await refresh(rejected))
+            self.refreshes += 1
+            self.credentials = fresh
+            return dict(fresh)

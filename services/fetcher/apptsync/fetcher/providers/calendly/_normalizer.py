@@ -1,0 +1,183 @@
+"""Calendly scheduled events and their invitees -> CanonicalAppointments (pure; never raises).
+
+One appointment per invitee (a booking): a group event yields one per invitee. The external id is
+the invitee's UUID (globally unique). A reschedule is represented as Calendly represents it: the old
+invitee becomes canceled (`rescheduled: true`, `new_invitee`) and the new invitee is a new booking
+(`old_invitee`) on a new event; both payloads are kept in `raw_json`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from apptsync.fetcher.providers._json_fields import (
+    canonical_json,
+    last_path_segment,
+    list_field,
+    object_field,
+    parse_instant,
+    text_field,
+)
+from apptsync.fetcher.providers._model import JobWindow, JsonValue, ProviderPage
+from apptsync.fetcher.providers._money import is_currency_code, money_from_amount
+from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, Money, SkippedRecord
+
+OUT_OF_WINDOW = "out_of_window"
+_INVALID = "invalid: "
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedEvent:
+    """A scheduled event and its invitees; `invitees` None when the event was skipped before they
+    were fetched (then the event counts as one skipped record)."""
+
+    event: JsonValue
+    invitees: Sequence[JsonValue] | None
+
+
+def event_uuid(event: JsonValue) -> str:
+    """The UUID of a scheduled event: the last segment of its `uri` ("" when there is none)."""
+    return last_path_segment(text_field(event, "uri"))
+
+
+def event_skip(event: JsonValue, *, window: JobWindow) -> SkippedRecord | None:
+    """Why the event's invitees need not be fetched (not an object, no uri, no readable start, start
+    outside `window`), or None when they must be."""
+    if not isinstance(event, dict):
+        return SkippedRecord(_INVALID + "event is not a JSON object")
+    uuid = event_uuid(event)
+    if not uuid:
+        return SkippedRecord(_INVALID + "event without uri")
+    starts_at = parse_instant(event.get("start_time"))
+    if starts_at is None:
+        return SkippedRecord(_INVALID + "event without a readable start_time", f"event {uuid}")
+    if not window.contains(starts_at.astimezone(UTC)):
+        return SkippedRecord(OUT_OF_WINDOW, f"event {uuid} starts {starts_at.astimezone(UTC).isoformat()}")
+    return None
+
+
+def _status(event: JsonValue, invitee: JsonValue) -> AppointmentStatus:
+    if text_field(invitee, "status") == "canceled" or text_field(event, "status") == "canceled":
+        return AppointmentStatus.CANCELED
+    if object_field(invitee, "no_show"):
+        return AppointmentStatus.NO_SHOW
+    return AppointmentStatus.SCHEDULED
+
+
+def _payment(invitee: JsonValue) -> tuple[Money | None, Money | None]:
+    """(price, amount paid) from `payment {amount, currency, successful}` (amount in major units)."""
+    payment = object_field(invitee, "payment")
+    currency = text_field(payment, "currency").upper()
+    if not payment or not is_currency_code(currency):
+        return None, None
+    price = money_from_amount(payment.get("amount"), currency)
+    if price is None:
+        return None, None
+    return price, price if payment.get("successful") is True else Money(0, currency)
+
+
+def _host(event: JsonValue) -> str:
+    for membership in list_field(event, "event_memberships"):
+        name = text_field(membership, "user_name") or text_field(membership, "user_email")
+        if name:
+            return name
+    return ""
+
+
+def _observed_at(event: JsonValue, invitee: JsonValue, fetched_at: datetime) -> datetime:
+    candidates = (record.get("updated_at") for record in (event, invitee) if isinstance(record, dict))
+    moments = [moment for moment in map(parse_instant, candidates) if moment is not None]
+    return max(moments, key=lambda m: m.astimezone(UTC)) if moments else fetched_at
+
+
+def normalize_calendly_invitee(
+    event: JsonValue, invitee: JsonValue, *, window: JobWindow, fetched_at: datetime
+) -> CanonicalAppointment | SkippedRecord:
+    """One invitee of `event` as a CanonicalAppointment, or why not.
+
+    Times are the event's (UTC); `timezone` is the invitee's; status canceled when the invitee or the
+    event is canceled, else no_show when marked so, else scheduled. `observed_at` is the later
+    `updated_at` of event and invitee (else `fetched_at`). Never raises."""
+    skip = event_skip(event, window=window)
+    if skip is not None:
+        return skip
+    if not isinstance(invitee, dict):
+        return SkippedRecord(_INVALID + "invitee is not a JSON object", f"event {event_uuid(event)}")
+    invitee_uri = text_field(invitee, "uri")
+    external_id = last_path_segment(invitee_uri)
+    if not external_id:
+        return SkippedRecord(_INVALID + "invitee without uri", f"event {event_uuid(event)}")
+    assert isinstance(event, dict)
+    starts_at = parse_instant(event.get("start_time"))
+    assert starts_at is not None
+    ends_at = parse_instant(event.get("end_time")) or starts_at
+    try:
+        starts_utc, ends_utc = starts_at.astimezone(UTC), ends_at.astimezone(UTC)
+        raw_json = canonical_json({"event": event, "invitee": invitee})
+    except (OverflowError, ValueError, TypeError, RecursionError):
+        return SkippedRecord(_INVALID + "unrepresentable times or payload", f"invitee {external_id}")
+    if ends_utc < starts_utc:
+        ends_utc = starts_utc
+    name = text_field(invitee, "name") or " ".join(
+        part for part in (text_field(invitee, "first_name"), text_field(invitee, "last_name")) if part
+    )
+    price, amount_paid = _payment(invitee)
+    title = text_field(event, "name")
+    return CanonicalAppointment(
+        external_id=external_id,
+        starts_at=starts_utc,
+        ends_at=ends_utc,
+        timezone=text_field(invitee, "timezone"),
+        status=_status(event, invitee),
+        observed_at=_observed_at(event, invitee, fetched_at),
+        raw_json=raw_json,
+        title=title,
+        appointment_type=title,
+        calendar=_host(event),
+        contact=Contact(
+            name=name,
+            email=text_field(invitee, "email").lower(),
+            phone=text_field(invitee, "text_reminder_number"),
+            provider_client_id="",  # Calendly has no client records: invitees are keyed by email
+        ),
+        price=price,
+        amount_paid=amount_paid,
+        external_url=invitee_uri,
+    )
+
+
+def calendly_page(fetched: Sequence[FetchedEvent], *, window: JobWindow, fetched_at: datetime) -> ProviderPage:
+    """The page of one `/scheduled_events` answer with each event's invitees.
+
+    Records are invitees; an event skipped before its invitees were fetched counts as one record
+    (skipped out of window or invalid). Never raises."""
+    appointments: list[CanonicalAppointment] = []
+    skipped: list[SkippedRecord] = []
+    out_of_window = invalid = records = 0
+    for item in fetched:
+        results: list[CanonicalAppointment | SkippedRecord]
+        if item.invitees is None:
+            results = [event_skip(item.event, window=window) or SkippedRecord(_INVALID + "event not fetched")]
+        else:
+            results = [
+                normalize_calendly_invitee(item.event, invitee, window=window, fetched_at=fetched_at)
+                for invitee in item.invitees
+            ]
+        for result in results:
+            records += 1
+            if isinstance(result, CanonicalAppointment):
+                appointments.append(result)
+                continue
+            skipped.append(result)
+            if result.reason == OUT_OF_WINDOW:
+                out_of_window += 1
+            else:
+                invalid += 1
+    return ProviderPage(
+        records_fetched=records,
+        appointments=appointments,
+        skipped_out_of_window=out_of_window,
+        skipped_invalid=invalid,
+        skip_details=skipped,
+    )
