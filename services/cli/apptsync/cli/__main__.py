@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import logging
 import os
 import signal
 import socket
@@ -17,19 +16,20 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from apptsync.shared.settings import CliSettings
+from apptsync.shared.settings import CliSettings, CredentialSettings, DatabaseSettings
+from apptsync.shared.telemetry import process_telemetry
+from apptsync.shared.telemetry.logs import configure_logging, dsn_secrets, keyring_secrets, register_secrets
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_OTHER = 0, 1, 2, 3, 4, 5
 
 
-def _configure_logging(level: str) -> None:
-    # httpx logs every request at INFO: the provider calls of a job would drown our own events.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _register_service_secrets(database: DatabaseSettings, credentials: CredentialSettings) -> None:
+    """The process's own secrets never reach a log line, whatever carries them (see telemetry.logs)."""
+    register_secrets(*dsn_secrets(database.url.get_secret_value()))
+    keyring_text = credentials.keyring.get_secret_value()
+    if credentials.keyring_file:
+        keyring_text = Path(credentials.keyring_file).read_text("utf-8").strip()
+    register_secrets(*keyring_secrets(keyring_text))
 
 
 def _run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
@@ -50,48 +50,73 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
     from apptsync.gateway.server import serve_gateway
     from apptsync.shared.credentials import Keyring
     from apptsync.shared.db.pool import create_pool
-    from apptsync.shared.settings import CredentialSettings, DatabaseSettings, GatewaySettings
+    from apptsync.shared.settings import GatewaySettings
+
+    settings, database, credentials = GatewaySettings(), DatabaseSettings(), CredentialSettings()
+    _register_service_secrets(database, credentials)
 
     async def serve(stop: asyncio.Event) -> None:
-        pool = await create_pool(DatabaseSettings(), application_name="apptsync-gateway")
+        pool = await create_pool(database, application_name="apptsync-gateway")
         try:
-            await serve_gateway(pool, Keyring.from_settings(CredentialSettings()), GatewaySettings(), stop=stop)
+            await serve_gateway(pool, Keyring.from_settings(credentials), settings, stop=stop)
         finally:
             await pool.close()
 
-    return _run_until_signalled(serve)
+    with process_telemetry(
+        service_name="apptsync-gateway",
+        host_name=socket.gethostname(),
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+    ):
+        return _run_until_signalled(serve)
 
 
 def _cmd_fetcher(_args: argparse.Namespace) -> int:
     from apptsync.fetcher.runner import new_worker_id
     from apptsync.fetcher.service import run_fetcher
     from apptsync.shared.credentials import Keyring
-    from apptsync.shared.settings import CredentialSettings, DatabaseSettings, FetcherSettings, KafkaSettings
+    from apptsync.shared.settings import FetcherSettings, KafkaSettings
 
-    settings = FetcherSettings()
+    settings, database, credentials = FetcherSettings(), DatabaseSettings(), CredentialSettings()
+    _register_service_secrets(database, credentials)
     worker_id = settings.worker_id or new_worker_id(socket.gethostname(), os.getpid())
 
     async def serve(stop: asyncio.Event) -> None:
         await run_fetcher(
-            DatabaseSettings(),
+            database,
             KafkaSettings(),
             settings,
-            Keyring.from_settings(CredentialSettings()),
+            Keyring.from_settings(credentials),
             worker_id=worker_id,
             stop=stop,
         )
 
-    return _run_until_signalled(serve)
+    with process_telemetry(
+        service_name="apptsync-fetcher",
+        host_name=socket.gethostname(),
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+    ):
+        return _run_until_signalled(serve)
 
 
 def _cmd_writer(_args: argparse.Namespace) -> int:
-    from apptsync.shared.settings import DatabaseSettings, KafkaSettings, WriterSettings
+    from apptsync.shared.settings import KafkaSettings, WriterSettings
     from apptsync.writer import run_writer
 
-    async def serve(stop: asyncio.Event) -> None:
-        await run_writer(DatabaseSettings(), KafkaSettings(), WriterSettings(), stop=stop)
+    settings, database = WriterSettings(), DatabaseSettings()
+    _register_service_secrets(database, CredentialSettings())
 
-    return _run_until_signalled(serve)
+    async def serve(stop: asyncio.Event) -> None:
+        await run_writer(database, KafkaSettings(), settings, stop=stop)
+
+    with process_telemetry(
+        service_name="apptsync-writer",
+        host_name=socket.gethostname(),
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+    ):
+        return _run_until_signalled(serve)
 
 
 def _cmd_simulator(_args: argparse.Namespace) -> int:
@@ -113,7 +138,8 @@ def _cmd_migrate(_args: argparse.Namespace) -> int:
     from apptsync.shared.settings import DatabaseSettings
 
     async def run() -> list[int]:
-        connection = await connect(DatabaseSettings(), application_name="apptsync-migrate")
+        # As the tables' owner (APPTSYNC_DATABASE_MIGRATION_URL); the services connect as apptsync_service.
+        connection = await connect(DatabaseSettings().for_migrations(), application_name="apptsync-migrate")
         try:
             return await migrate(connection)
         finally:
@@ -233,8 +259,9 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     cli_settings = CliSettings()
-    _configure_logging(cli_settings.log_level)
     args = build_parser(cli_settings).parse_args(argv)
+    configure_logging(cli_settings.log_level, service=f"apptsync-{args.command}")
+    register_secrets(cli_settings.token.get_secret_value())
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
 

@@ -12,11 +12,14 @@ import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from opentelemetry import trace
 
 from apptsync.shared.kafka import kafka_errors
+from apptsync.shared.telemetry.propagation import consumer_span
 from apptsync.v1 import pages_pb2
 
 _log = logging.getLogger("apptsync.fetcher.results")
+_tracer = trace.get_tracer("apptsync.fetcher")
 
 
 class ResultRouter:
@@ -73,4 +76,20 @@ class ResultRouter:
                         continue
                     inbox = self._inboxes.get(result.job_id)
                     if inbox is not None:
-                        inbox.put_nowait(result)
+                        # The last hop of a page's trace: fetcher -> writer -> back to this job.
+                        with consumer_span(
+                            _tracer,
+                            topic=record.topic,
+                            headers=record.headers,
+                            partition=record.partition,
+                            offset=record.offset,
+                            attributes={
+                                "apptsync.job_id": result.job_id,
+                                "apptsync.page_no": result.page_no,
+                                "apptsync.inserted": result.inserted,
+                                "apptsync.updated": result.updated,
+                                "apptsync.unchanged": result.unchanged,
+                                "apptsync.redelivered": result.redelivered,
+                            },
+                        ):
+                            inbox.put_nowait(result)

@@ -22,6 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 from apptsync.gateway.auth import ANONYMOUS_DEVELOPER, PermissionDenied, Principal, TokenTable, Unauthenticated
 from apptsync.gateway.translate import (
@@ -42,6 +43,9 @@ from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.errors import ApptsyncError, InvalidArgumentError, NotFoundError, RetriableError
 from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
 from apptsync.shared.settings import GatewaySettings
+from apptsync.shared.telemetry.logs import register_secrets
+from apptsync.shared.telemetry.metrics import METRICS
+from apptsync.shared.telemetry.propagation import current_traceparent, trace_id_hex
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 _log = logging.getLogger("apptsync.gateway")
@@ -114,7 +118,14 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
     ) -> imports_pb2.StartImportResponse:
         async def body(principal: Principal) -> imports_pb2.StartImportResponse:
             now = self._clock()
-            new_job = new_job_from_request(request, settings=self._settings, now=now)
+            # The job row carries this call's trace context: the fetcher's job span continues it.
+            new_job = new_job_from_request(
+                request,
+                settings=self._settings,
+                now=now,
+                trace_id=trace_id_hex(),
+                traceparent=current_traceparent(),
+            )
             principal.require(new_job.tenant_id)
             async with self._pool.acquire() as conn, conn.transaction():
                 known = await connections_db.get_connection(
@@ -123,6 +134,11 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                 if known is None or known.external_source != new_job.external_source:
                     raise NotFoundError(f"connection {new_job.connection_id!r} for this source does not exist")
                 job, already = await jobs_db.create_job(conn, new_job, now=now)
+            span = trace.get_current_span()
+            span.set_attribute("apptsync.tenant_id", job.tenant_id)
+            span.set_attribute("apptsync.job_id", job.job_id)
+            span.set_attribute("apptsync.already_exists", already)
+            METRICS.imports_started.labels(job.external_source, "existing" if already else "created").inc()
             return imports_pb2.StartImportResponse(job=job_to_proto(job), already_exists=already)
 
         return await self._run(context, body)
@@ -221,6 +237,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
     ) -> imports_pb2.Connection:
         async def body(principal: Principal) -> imports_pb2.Connection:
             given = connection_from_request(request)
+            register_secrets(*given.credentials.values())
             principal.require(given.tenant_id)
             async with self._pool.acquire() as conn:
                 record = await connections_db.put_connection(

@@ -161,6 +161,7 @@ def format_address_table(addresses: StackAddresses, *, log_dir: str) -> list[str
         f"  grpcurl -plaintext {addresses.gateway_address} list",
         f"  psql {addresses.database_url}",
         f"  curl {addresses.simulator_health_url}",
+        *[f"  curl {url}" for _what, url in metrics if url is not None],
         "",
         "Press Ctrl-C to stop everything.",
     ]
