@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo dev test test-unit test-integration test-e2e lint protos containers image deploy-validate clean
+.PHONY: install demo dev test test-unit test-integration test-e2e lint protos containers image deploy-validate bench-resync bench-writer bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ containers: install
 
 ## lint: ruff, mypy (strict), import contracts
 lint: install
-	$(BIN)/ruff check services tests protos
+	$(BIN)/ruff check services tests protos benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -56,6 +56,16 @@ image: containers
 ## deploy-validate: render deploy/k8s overlays, schema-validate for Kubernetes 1.31, checkov with zero failures
 deploy-validate:
 	bash deploy/scripts/validate.sh
+
+## bench-resync: StartImport -> SUCCEEDED latency of an up-to-date tenant's re-sync (p50/p95 of 20 runs)
+bench-resync: install
+	mkdir -p bench-results
+	$(BIN)/python benchmarks/bench_resync.py --runs 20 | tee bench-results/resync.txt
+
+## bench-writer: the writer on 100,000 rows against the legacy algorithm and the COPY floor
+bench-writer: install
+	mkdir -p bench-results
+	$(BIN)/python benchmarks/bench_writer.py | tee bench-results/writer.txt
 
 ## protos: regenerate the Python bindings after editing protos/
 protos: install

@@ -10,6 +10,7 @@ import asyncpg
 import grpc
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2
@@ -73,6 +74,28 @@ async def stored_rows(database_url: str) -> list[str]:
     return [row["external_id"] for row in rows]
 
 
+async def job_finished_event(system: RunningSystem, job_id: str) -> imports_pb2.JobFinished:
+    """The JobFinished event of the job on the job-events topic (bounded wait)."""
+    consumer = AIOKafkaConsumer(
+        system.services.service_env["APPTSYNC_KAFKA_JOB_EVENTS_TOPIC"],
+        bootstrap_servers=system.services.addresses.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        for _ in range(40):
+            for records in (await consumer.getmany(timeout_ms=250)).values():
+                for record in records:
+                    event = imports_pb2.JobFinished()
+                    event.ParseFromString(record.value or b"")
+                    if event.job.job_id == job_id:
+                        return event
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"no JobFinished event for job {job_id}")
+
+
 async def test_import_lands_the_source_exactly_and_a_rerun_stops_after_page_one(running_system: RunningSystem) -> None:
     system = running_system
     await put_demo_connection(system)
@@ -102,6 +125,10 @@ async def test_import_lands_the_source_exactly_and_a_rerun_stops_after_page_one(
         + c.skipped_duplicate_in_page
         == c.records_fetched
     )
+
+    event = await job_finished_event(system, first.job_id)
+    assert event.job.state == imports_pb2.JOB_STATE_SUCCEEDED
+    assert event.job.counts == first.counts
 
     second = await run_import(system, window, imports_pb2.ImportOptions(page_size=50))
     assert second.state == imports_pb2.JOB_STATE_SUCCEEDED, second.error

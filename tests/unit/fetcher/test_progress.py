@@ -33,7 +33,7 @@ def result(page_no: int, inserted: int = 0, updated: int = 0, records: int = 10)
 
 
 def test_backpressure_caps_pages_without_a_result() -> None:
-    p = progress(in_flight=2)
+    p = progress(in_flight=2, first_import=True)
     p.page_sent()
     p.page_sent()
     assert not p.may_send()
@@ -43,16 +43,36 @@ def test_backpressure_caps_pages_without_a_result() -> None:
 
 def test_stops_after_first_page_with_nothing_new_but_waits_for_pages_in_flight() -> None:
     p = progress()
-    for _ in range(3):
-        p.page_sent()
-    p.result_received(result(1))
-    assert p.stopped
-    assert p.stop_reason == "page 1 had no new records"
-    assert not p.may_send()
-    assert not p.finished  # pages 2 and 3 are still written and counted
-    p.result_received(result(3))
+    p.page_sent()
+    p.result_received(result(1, inserted=1))  # news: the window grows to 2
+    p.page_sent()
+    p.page_sent()
     p.result_received(result(2))
-    assert p.finished and p.outcome is Outcome.SUCCEEDED
+    assert p.stopped
+    assert p.stop_reason == "page 2 had no new records"
+    assert not p.may_send()
+    assert not p.finished  # page 3 is still written and counted
+    p.result_received(result(3))
+    assert p.finished
+    assert p.outcome is Outcome.SUCCEEDED
+
+
+def test_a_job_that_may_stop_early_starts_with_a_small_window_that_doubles_with_news() -> None:
+    p = progress(stop_after=1, in_flight=8)
+    assert p.window == 1
+    p.page_sent()
+    assert not p.may_send()
+    p.result_received(result(1, inserted=3))
+    assert p.window == 2
+    p.page_sent()
+    p.page_sent()
+    assert not p.may_send()
+    p.result_received(result(2, updated=1, inserted=1))
+    assert p.window == 4
+    p.result_received(result(3, inserted=2))
+    assert p.window == 8
+    assert progress(first_import=True, in_flight=8).window == 8
+    assert progress(StopPolicy.NEVER, in_flight=8).window == 8
 
 
 def test_results_are_judged_in_page_order() -> None:

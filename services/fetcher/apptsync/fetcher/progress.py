@@ -40,6 +40,12 @@ class PageOutcome:
 class JobProgress:
     """Tracks one job from its first page to its terminal state.
 
+    Backpressure starts small and grows (like TCP slow start): while the job may still stop early, only
+    `stop_after_pages` pages are sent ahead of their results, and the window doubles with every page
+    that had news, up to `max_in_flight_pages`. An up-to-date tenant's re-sync thus fetches one page
+    instead of a window full of pages it would then have to write and wait for; a job with news
+    reaches the full window after a few pages. First imports and NEVER jobs start at the full window.
+
     Guarantees: never more than `max_in_flight_pages` pages without a result; pages are judged by the
     stop policy in page order; an empty page neither stops the job nor breaks a streak; a first import
     never stops early; once a stop is decided no further page is sent, but every page already sent is
@@ -59,6 +65,7 @@ class JobProgress:
     _streak: int = 0
     stop_reason: str = ""
     outcome: Outcome | None = None
+    _window: int = 0
     error: str = ""
 
     @property
@@ -73,9 +80,20 @@ class JobProgress:
     def outstanding_pages(self) -> frozenset[int]:
         return frozenset(self._outstanding)
 
+    def __post_init__(self) -> None:
+        if self.first_import or self.policy is StopPolicy.NEVER:
+            self._window = self.max_in_flight_pages
+        else:
+            self._window = min(self.stop_after_pages, self.max_in_flight_pages)
+
+    @property
+    def window(self) -> int:
+        """Pages that may be in flight now (grows from stop_after_pages to max_in_flight_pages)."""
+        return self._window
+
     def may_send(self) -> bool:
         """True when the next page may be fetched and sent now."""
-        return not self.stopped and self.in_flight < self.max_in_flight_pages
+        return not self.stopped and self.in_flight < self._window
 
     @property
     def finished(self) -> bool:
@@ -143,7 +161,11 @@ class JobProgress:
                 continue
             if outcome.records_fetched == 0:
                 continue  # an empty provider page is not evidence of anything
-            self._streak = self._streak + 1 if self._qualifies(outcome) else 0
+            if self._qualifies(outcome):
+                self._streak += 1
+            else:
+                self._streak = 0
+                self._window = min(self._window * 2, self.max_in_flight_pages)
             if self._streak >= self.stop_after_pages:
                 what = "no new records" if self.policy is StopPolicy.NO_NEW_RECORDS else "no changes"
                 if self.stop_after_pages == 1:

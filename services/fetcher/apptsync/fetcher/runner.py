@@ -11,21 +11,26 @@ session, Kafka and PostgreSQL, in the order that keeps the invariants:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
 
+from apptsync.fetcher.connection_state import PostgresConnectionStateStore
 from apptsync.fetcher.progress import JobProgress, Outcome, PageOutcome, StopPolicy
 from apptsync.fetcher.providers import (
     ConnectionConfig,
     JobWindow,
     ProviderHttp,
+    ProviderPage,
     ProviderSession,
     open_session,
 )
@@ -39,12 +44,18 @@ from apptsync.shared.job_messages import job_to_proto
 from apptsync.shared.kafka import kafka_errors
 from apptsync.shared.pages import build_page
 from apptsync.shared.settings import FetcherSettings, KafkaSettings
+from apptsync.shared.telemetry.logs import bound_log_fields, log_event, register_secrets
+from apptsync.shared.telemetry.metrics import METRICS
+from apptsync.shared.telemetry.propagation import context_from_traceparent, mark_error, use_span_safely
 from apptsync.v1 import imports_pb2, pages_pb2
 
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
 
 _log = logging.getLogger("apptsync.fetcher")
+_tracer = trace.get_tracer("apptsync.fetcher")
+# The source of the job the current task runs: labels the provider request metrics (see service.py).
+JOB_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("apptsync_job_source", default="unknown")
 Clock = Callable[[], datetime]
 # How often a job waiting for results also looks in import_job_pages (results it cannot get from
 # Kafka: pages sent by a fetcher that died before their results arrived).
@@ -84,14 +95,31 @@ async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
     )
     inbox = ctx.results.subscribe(job.job_id)
     cancel_requested = asyncio.Event()
+    # The job span continues the trace of the StartImport call that queued the job (its traceparent
+    # is in the job row), whichever fetcher claims it and however late.
+    job_span = _tracer.start_span(
+        "import job",
+        context=context_from_traceparent(job.traceparent),
+        attributes={
+            "apptsync.job_id": job.job_id,
+            "apptsync.tenant_id": job.tenant_id,
+            "apptsync.source": job.external_source,
+            "apptsync.connection_id": job.connection_id,
+            "apptsync.first_page_no": job.next_page_no,
+        },
+    )
+    source_token = JOB_SOURCE.set(job.external_source)
     try:
-        async with asyncio.TaskGroup() as group:
-            renewal = group.create_task(_renew_lease(job.job_id, ctx, cancel_requested))
-            try:
-                await _page_loop(job, ctx, progress, inbox, cancel_requested)
-            finally:
-                renewal.cancel()
+        with use_span_safely(job_span, end_on_exit=True), bound_log_fields(job_id=job.job_id, tenant_id=job.tenant_id):
+            async with asyncio.TaskGroup() as group:
+                renewal = group.create_task(_renew_lease(job.job_id, _lease_owner(job), ctx, cancel_requested))
+                try:
+                    await _page_loop(job, ctx, progress, inbox, cancel_requested)
+                finally:
+                    renewal.cancel()
     finally:
+        JOB_SOURCE.reset(source_token)
+        METRICS.pages_in_flight.forget(job.job_id)
         ctx.results.unsubscribe(job.job_id)
 
 
@@ -113,20 +141,36 @@ async def _page_loop(
         progress.fail(f"connection {job.connection_id!r} no longer exists")
     else:
         record, secrets = loaded
+        register_secrets(*secrets.values())  # redacted by value from every log line of this process
         session = open_session(
             Source(job.external_source),
             http=ctx.http,
-            connection=ConnectionConfig(base_url=record.base_url, credentials=secrets, settings=record.settings),
+            connection=ConnectionConfig(
+                base_url=record.base_url,
+                credentials=secrets,
+                settings=record.settings,
+                scope_key=f"{job.tenant_id}/{job.connection_id}",
+            ),
             window=JobWindow(job.window_start, job.window_end),
             page_size=job.options.page_size,
             cursor=job.cursor,
             clock=ctx.clock,
+            state=PostgresConnectionStateStore(
+                pool=ctx.pool,
+                keyring=ctx.keyring,
+                tenant_id=job.tenant_id,
+                connection_id=job.connection_id,
+                clock=ctx.clock,
+            ),
         )
     pages_fetched = job.counts["pages_fetched"]
     last_progress = asyncio.get_running_loop().time()
-    _log.info("job %s started at page %d", job.job_id, job.next_page_no)
+    log_event(
+        _log, "job started", source=job.external_source, page_no=job.next_page_no, first_import=job.first_import
+    )
 
     while not progress.finished:
+        METRICS.pages_in_flight.set(job.job_id, progress.in_flight)
         while not inbox.empty():
             progress.result_received(outcome_of(inbox.get_nowait()))
             last_progress = asyncio.get_running_loop().time()
@@ -137,47 +181,56 @@ async def _page_loop(
             await _release_after_drain(job, ctx, progress, inbox)
             return
         if session is not None and progress.may_send():
-            try:
-                page = await session.next_page()
-            except PermanentError as exc:
-                progress.fail(str(exc))
-                continue
-            except RetriableError as exc:
-                progress.fail(f"provider unavailable after retries: {exc}")
-                continue
-            if page is None:
-                progress.provider_exhausted()
-                continue
-            message = build_page(
-                job_id=job.job_id,
-                tenant_id=job.tenant_id,
-                external_source=job.external_source,
-                connection_id=job.connection_id,
-                page_no=progress.next_page_no,
-                fetched_at=ctx.clock(),
-                records_fetched=page.records_fetched,
-                appointments=page.appointments,
-                skipped_out_of_window=page.skipped_out_of_window,
-                skipped_invalid=page.skipped_invalid,
-            )
-            async with kafka_errors():
-                await ctx.producer.send_and_wait(
-                    ctx.kafka.pages_topic, message.SerializeToString(), key=job.job_id.encode()
-                )
-            progress.page_sent()
-            pages_fetched += 1
-            async with ctx.pool.acquire() as conn:
-                await jobs_db.save_progress(
-                    conn,
+            with _page_span(job, progress.next_page_no) as page_span:
+                retries_before = session.retries
+                try:
+                    page = await session.next_page()
+                except PermanentError as exc:
+                    mark_error(page_span, exc)
+                    progress.fail(str(exc))
+                    continue
+                except RetriableError as exc:
+                    mark_error(page_span, exc)
+                    progress.fail(f"provider unavailable after retries: {exc}")
+                    continue
+                finally:
+                    _count_retries(job.external_source, session.retries - retries_before, page_span)
+                if page is None:
+                    page_span.set_attribute("apptsync.provider_exhausted", True)
+                    progress.provider_exhausted()
+                    continue
+                message = build_page(
                     job_id=job.job_id,
-                    worker_id=ctx.worker_id,
-                    cursor=session.cursor(),
-                    next_page_no=progress.next_page_no,
-                    pages_fetched=pages_fetched,
-                    now=ctx.clock(),
+                    tenant_id=job.tenant_id,
+                    external_source=job.external_source,
+                    connection_id=job.connection_id,
+                    page_no=progress.next_page_no,
+                    fetched_at=ctx.clock(),
+                    records_fetched=page.records_fetched,
+                    appointments=page.appointments,
+                    skipped_out_of_window=page.skipped_out_of_window,
+                    skipped_invalid=page.skipped_invalid,
                 )
-            last_progress = asyncio.get_running_loop().time()
-            continue
+                async with kafka_errors():
+                    await ctx.producer.send_and_wait(
+                        ctx.kafka.pages_topic, message.SerializeToString(), key=job.job_id.encode()
+                    )
+                page_no = progress.next_page_no
+                progress.page_sent()
+                pages_fetched += 1
+                _page_sent(job, page_no, page, page_span)
+                async with ctx.pool.acquire() as conn:
+                    await jobs_db.save_progress(
+                        conn,
+                        job_id=job.job_id,
+                        lease_owner=_lease_owner(job),
+                        cursor=session.cursor(),
+                        next_page_no=progress.next_page_no,
+                        pages_fetched=pages_fetched,
+                        now=ctx.clock(),
+                    )
+                last_progress = asyncio.get_running_loop().time()
+                continue
         # Backpressure or a decided stop: wait for results of pages in flight.
         if progress.in_flight == 0:
             continue
@@ -220,13 +273,13 @@ async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProg
     finished = await jobs_db.finish_job(
         conn,
         job_id=job.job_id,
-        worker_id=ctx.worker_id,
+        lease_owner=_lease_owner(job),
         state=outcome.value,
         stop_reason=progress.stop_reason,
         error=progress.error,
         now=ctx.clock(),
     )
-    _log.info("job %s %s: %s %s", job.job_id, finished.state, finished.stop_reason, finished.counts)
+    _job_finished(finished)
     event = imports_pb2.JobFinished(job=job_to_proto(finished))
     async with kafka_errors():
         await ctx.producer.send_and_wait(ctx.kafka.job_events_topic, event.SerializeToString(), key=job.job_id.encode())
@@ -244,11 +297,79 @@ async def _release_after_drain(
         except TimeoutError:
             await _recover_results(job.job_id, ctx, progress)
     async with ctx.pool.acquire() as conn:
-        await jobs_db.release_lease(conn, job_id=job.job_id, worker_id=ctx.worker_id, now=ctx.clock())
+        await jobs_db.release_lease(conn, job_id=job.job_id, lease_owner=_lease_owner(job), now=ctx.clock())
     _log.info("job %s released for another fetcher at page %d", job.job_id, progress.next_page_no)
 
 
-async def _renew_lease(job_id: str, ctx: FetcherContext, cancel_requested: asyncio.Event) -> None:
+@contextmanager
+def _page_span(job: jobs_db.JobRecord, page_no: int) -> Iterator[trace.Span]:
+    """The current span of one provider page: HTTP call(s), normalization, the Kafka send, the resume point."""
+    span = _tracer.start_span(
+        "fetch page",
+        attributes={
+            "apptsync.job_id": job.job_id,
+            "apptsync.tenant_id": job.tenant_id,
+            "apptsync.source": job.external_source,
+            "apptsync.page_no": page_no,
+        },
+    )
+    with use_span_safely(span, end_on_exit=True):
+        yield span
+
+
+def _job_finished(finished: jobs_db.JobRecord) -> None:
+    """The job's summary: outcome metrics, attributes of the current (job) span and one log event."""
+    METRICS.jobs_finished.labels(finished.external_source, finished.state).inc()
+    if finished.started_at is not None and finished.finished_at is not None:
+        duration_seconds = (finished.finished_at - finished.started_at).total_seconds()
+        METRICS.job_duration.labels(finished.external_source, finished.state).observe(duration_seconds)
+    span = trace.get_current_span()
+    span.set_attribute("apptsync.job_state", finished.state)
+    span.set_attribute("apptsync.stop_reason", finished.stop_reason)
+    for name, value in finished.counts.items():
+        span.set_attribute(f"apptsync.{name}", value)
+    if finished.state == "FAILED":
+        span.set_status(trace.Status(trace.StatusCode.ERROR, "job failed"))
+    log_event(
+        _log,
+        "job finished",
+        level=logging.WARNING if finished.state == "FAILED" else logging.INFO,
+        state=finished.state,
+        stop_reason=finished.stop_reason,
+        error=finished.error,
+        **finished.counts,
+    )
+
+
+def _count_retries(source: str, retries: int, span: trace.Span) -> None:
+    if retries > 0:
+        METRICS.provider_retries.labels(source).inc(retries)
+        span.set_attribute("apptsync.provider_retries", retries)
+
+
+def _page_sent(job: jobs_db.JobRecord, page_no: int, page: ProviderPage, span: trace.Span) -> None:
+    """Counts, span attributes and the page's log event (counts only: never record content)."""
+    counts = {
+        "records_fetched": page.records_fetched,
+        "appointments": len(page.appointments),
+        "skipped_out_of_window": page.skipped_out_of_window,
+        "skipped_invalid": page.skipped_invalid,
+    }
+    for name, value in counts.items():
+        span.set_attribute(f"apptsync.{name}", value)
+    METRICS.pages_fetched.labels(job.external_source).inc()
+    log_event(_log, "page sent", page_no=page_no, **counts)
+
+
+def _lease_owner(job: jobs_db.JobRecord) -> str:
+    """The token of our claim: every lease-guarded write names it, so a run whose lease was taken over
+    (even by a later claim in this same process) can no longer change the job."""
+    if job.lease_owner is None:
+        raise ValueError(f"job {job.job_id} was not claimed")
+    return job.lease_owner
+
+
+async def _renew_lease(job_id: str, lease_owner: str, ctx: FetcherContext, cancel_requested: asyncio.Event) -> None:
     """Renews the lease every third of its length; raises LeaseLostError if it was taken over."""
     interval_seconds = ctx.settings.lease_seconds / 3
     while True:
@@ -258,7 +379,7 @@ async def _renew_lease(job_id: str, ctx: FetcherContext, cancel_requested: async
                 if await jobs_db.renew_lease(
                     conn,
                     job_id=job_id,
-                    worker_id=ctx.worker_id,
+                    lease_owner=lease_owner,
                     lease_seconds=ctx.settings.lease_seconds,
                     now=ctx.clock(),
                 ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,21 +17,34 @@ from datetime import UTC, datetime
 import asyncpg
 import httpx
 
-from apptsync.fetcher.providers import ProviderHttp
+from apptsync.fetcher.providers import ProviderHttp, RateBudget
 from apptsync.fetcher.results import ResultRouter
-from apptsync.fetcher.runner import FetcherContext, run_job
+from apptsync.fetcher.runner import JOB_SOURCE, FetcherContext, run_job
+from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db.pool import create_pool
 from apptsync.shared.health import HealthEndpoint, health_enabled
 from apptsync.shared.kafka import create_consumer, create_producer, ensure_topics, kafka_errors
 from apptsync.shared.settings import DatabaseSettings, FetcherSettings, KafkaSettings
+from apptsync.shared.telemetry.http_metrics import MeteredTransport
+from apptsync.shared.telemetry.tracing import untraced
 
 _log = logging.getLogger("apptsync.fetcher")
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def benchmark_rate_budgets(requests_per_second: float | None) -> dict[Source, RateBudget]:
+    """Every provider's budget replaced by `requests_per_second` (benchmarks against our own simulator:
+    a real provider's published limit would measure the limit, not apptsync); None: no override."""
+    if requests_per_second is None:
+        return {}
+    # One request per 1/requests_per_second seconds (see RateBudget: a leaky bucket of one request).
+    budget = RateBudget(requests_per_period=1, period_seconds=1.0 / requests_per_second, max_concurrent=20)
+    return dict.fromkeys(Source, budget)
 
 
 async def run_fetcher(
@@ -56,7 +70,15 @@ async def run_fetcher(
         create_consumer(kafka, group_id=None, client_id=f"apptsync-fetcher-results-{worker_id}"),
         kafka.page_results_topic,
     )
-    http = ProviderHttp(timeout_seconds=settings.http_timeout_seconds, transport=http_transport)
+    # Every provider request (each retry too) is metered by the job's source; see runner.JOB_SOURCE.
+    metered = MeteredTransport(
+        http_transport or httpx.AsyncHTTPTransport(), provider_of=lambda _request: JOB_SOURCE.get()
+    )
+    http = ProviderHttp(
+        timeout_seconds=settings.http_timeout_seconds,
+        transport=metered,
+        rate_budget_overrides=benchmark_rate_budgets(settings.benchmark_provider_requests_per_second),
+    )
     async with kafka_errors():
         await producer.start()
     await router.start()
@@ -103,15 +125,26 @@ async def _claim_loop(
 ) -> set[asyncio.Task[None]]:
     """Claims jobs while slots are free until `stop` is set; returns the jobs still running."""
     running: set[asyncio.Task[None]] = set()
+    # Each claim gets its own lease owner token, so two claims of one job in this process stay apart.
+    claims = itertools.count(1)
     slot_freed = asyncio.Event()
     while not stop.is_set():
         job = None
+        # Cleared before claiming, not after: a notification that arrives while we query must wake
+        # the wait below instead of being lost until the next poll.
+        wake.clear()
+        slot_freed.clear()
         if len(running) < ctx.settings.max_concurrent_jobs:
             try:
-                async with ctx.pool.acquire() as conn:
-                    job = await jobs_db.claim_job(
-                        conn, worker_id=ctx.worker_id, lease_seconds=ctx.settings.lease_seconds, now=ctx.clock()
-                    )
+                # Idle polling: a trace per poll would bury the traces of imports.
+                with untraced():
+                    async with ctx.pool.acquire() as conn:
+                        job = await jobs_db.claim_job(
+                            conn,
+                            lease_owner=f"{ctx.worker_id}#{next(claims)}",
+                            lease_seconds=ctx.settings.lease_seconds,
+                            now=ctx.clock(),
+                        )
             except (OSError, asyncpg.PostgresError) as exc:
                 _log.warning("claiming failed (%s); retrying", type(exc).__name__)
         if job is not None:
@@ -120,8 +153,6 @@ async def _claim_loop(
             task.add_done_callback(running.discard)
             task.add_done_callback(lambda _task: slot_freed.set())
             continue
-        wake.clear()
-        slot_freed.clear()
         waiters = [asyncio.ensure_future(e.wait()) for e in (wake, stop, slot_freed)]
         try:
             await asyncio.wait(waiters, timeout=ctx.settings.poll_interval_seconds, return_when=asyncio.FIRST_COMPLETED)

@@ -76,6 +76,7 @@ def consumer_config(settings: KafkaSettings, *, group_id: str | None, client_id:
         "request_timeout_ms": settings.request_timeout_ms,
         "isolation_level": "read_committed",
         "max_partition_fetch_bytes": MAX_REQUEST_BYTES,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
     }
 
 

@@ -28,6 +28,11 @@ class DatabaseSettings(BaseSettings):
     url_file: str = Field(
         "", description="File holding the DSN (overrides URL; e.g. a mounted Secret: no password in the environment)."
     )
+    migration_url: SecretStr = Field(
+        SecretStr(""),
+        description="DSN `apptsync migrate` connects with: the role owning the tables (services connect as a "
+        "member of apptsync_service, which does not); empty = URL.",
+    )
 
     @model_validator(mode="after")
     def _read_url_file(self) -> DatabaseSettings:
@@ -35,6 +40,12 @@ class DatabaseSettings(BaseSettings):
         if self.url_file:
             self.url = SecretStr(Path(self.url_file).read_text("utf-8").strip())
         return self
+
+    def for_migrations(self) -> DatabaseSettings:
+        """These settings with `migration_url` (when set) as the DSN: what `apptsync migrate` uses."""
+        if not self.migration_url.get_secret_value():
+            return self
+        return self.model_copy(update={"url": self.migration_url})
 
 
 class KafkaSettings(BaseSettings):
@@ -58,6 +69,9 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(10_000, ge=500, description="Consumer-group session timeout.")
     heartbeat_interval_ms: int = Field(3_000, ge=100, description="Consumer-group heartbeat interval.")
     request_timeout_ms: int = Field(30_000, ge=1000, description="Broker request timeout.")
+    fetch_max_wait_ms: int = Field(
+        50, ge=0, le=5_000, description="Longest a consumer's fetch waits at the broker for data (latency vs requests)."
+    )
     writer_group_id: str = Field("apptsync-writer", description="Consumer group of the writers.")
 
 
@@ -95,6 +109,8 @@ class GatewaySettings(BaseSettings):
     default_max_in_flight_pages: int = Field(8, ge=1, description="Pages a job may have without a result.")
     default_stop_after_pages: int = Field(1, ge=1, description="Consecutive no-news pages that stop a job.")
     default_deadline_seconds: float = Field(3600.0, gt=0, description="Wall-clock budget of a job.")
+    metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 
 
 class FetcherSettings(BaseSettings):
@@ -108,7 +124,15 @@ class FetcherSettings(BaseSettings):
     result_timeout_seconds: float = Field(
         120.0, gt=0, description="How long a job waits for a page's result before failing."
     )
+    benchmark_provider_requests_per_second: float | None = Field(
+        None,
+        gt=0,
+        description="Benchmarks against the simulator only: replaces every provider's published request "
+        "rate budget (Acuity: 10 per 1.1 s); empty = the providers' own limits.",
+    )
     health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
+    metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 
 
 class WriterSettings(BaseSettings):
@@ -116,6 +140,16 @@ class WriterSettings(BaseSettings):
 
     max_batch_pages: int = Field(8, ge=1, description="Consecutive pages applied in one transaction.")
     health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
+    fault_crash_after_commit_probability: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Crash tests only: chance the writer SIGKILLs itself after a database commit, "
+        "before its results or offsets are committed.",
+    )
+    fault_seed: int | None = Field(None, description="Crash tests only: seed of the fault's random choices.")
+    metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 
 
 class SimulatorSettings(BaseSettings):
@@ -125,10 +159,21 @@ class SimulatorSettings(BaseSettings):
     seed: int = Field(42, description="Seed of the simulator's deterministic data set.")
     appointments_per_tenant: int = Field(250, ge=0, description="Seeded appointments per simulated account.")
     accounts_per_provider: int = Field(
-        3, ge=1, le=9, description="Seeded accounts per simulated provider (Acuity user ids 1001, 1002, ...)."
+        3,
+        ge=1,
+        le=9,
+        description="Seeded accounts per simulated provider (Acuity user ids 1001, 1002, ...; see apptsync.simulator).",
     )
     anchor_date: date | None = Field(
         None, description="Day (YYYY-MM-DD) the seeded appointments are spread around (+-180 days); empty = today, UTC."
+    )
+    seeded_providers: str = Field(
+        "acuity,calendly,google",
+        description="Providers whose accounts are seeded (comma-separated); the others' accounts start empty "
+        "(e.g. a one-provider benchmark of 1,000,000 appointments).",
+    )
+    acuity_spread_days: int = Field(
+        180, ge=0, le=3650, description="Seeded Acuity appointments start within +-N days of the anchor date."
     )
 
 
