@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
 from apptsync.cli.devstack import ServiceSet
 from apptsync.gateway.auth import token_digest
 from apptsync.v1 import imports_pb2_grpc
@@ -52,3 +54,15 @@ def system_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     }
     env.update(overrides)
     return env
+
+
+async def count_job_and_connection_rows(database_url: str) -> tuple[int, int]:
+    """(import_jobs rows, connections rows) of every tenant, read as the owner: a rejected call must
+    leave both unchanged."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        jobs = await connection.fetchval("SELECT count(*) FROM import_jobs")
+        connections = await connection.fetchval("SELECT count(*) FROM connections")
+    finally:
+        await connection.close()
+    return int(jobs), int(connections)

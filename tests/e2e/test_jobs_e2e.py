@@ -25,7 +25,7 @@ from apptsync.gateway.auth import token_digest
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc, pages_pb2
 from tests.containers.fixtures import BrokerContainer
-from tests.e2e.system import RunningSystem, system_env
+from tests.e2e.system import RunningSystem, count_job_and_connection_rows, system_env
 
 pytestmark = pytest.mark.e2e
 ADMIN_TOKEN = "e2e-admin-token"
@@ -34,7 +34,9 @@ ACUITY_SECRET = "canary-acuity-key-7f3e"
 
 
 @pytest.fixture
-async def jobs_system(database_url: str, broker: BrokerContainer, tmp_path: Path) -> AsyncIterator[RunningSystem]:
+async def jobs_system(
+    database_url: str, service_database_url: str, broker: BrokerContainer, tmp_path: Path
+) -> AsyncIterator[RunningSystem]:
     """The system with a token for every tenant, short leases and a provider that answers slowly
     enough (20 ms a request) for a job to be interrupted mid-way."""
     tokens_file = tmp_path / "admin-tokens.json"
@@ -48,8 +50,10 @@ async def jobs_system(database_url: str, broker: BrokerContainer, tmp_path: Path
         APPTSYNC_FETCHER_POLL_INTERVAL_SECONDS="0.3",
         APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT="400",
     )
+    # The services log in as the role row-level security binds; migrations and the tests' checks use the owner.
     services = ServiceSet(
-        database_url=database_url,
+        database_url=service_database_url,
+        migration_database_url=database_url,
         bootstrap_servers=broker.bootstrap_servers,
         log_dir=tmp_path / "logs",
         credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
@@ -344,16 +348,6 @@ async def test_stop_policies_no_changes_and_never(jobs_system: RunningSystem) ->
     assert_honest(stopped)
 
 
-async def count_rows(database_url: str) -> tuple[int, int]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        jobs = await connection.fetchval("SELECT count(*) FROM import_jobs")
-        connections = await connection.fetchval("SELECT count(*) FROM connections")
-    finally:
-        await connection.close()
-    return int(jobs), int(connections)
-
-
 async def test_rejected_calls_write_nothing_and_responses_never_carry_credentials(jobs_system: RunningSystem) -> None:
     system = jobs_system
     tenant = str(uuid.uuid4())
@@ -378,7 +372,7 @@ async def test_rejected_calls_write_nothing_and_responses_never_carry_credential
         assert ACUITY_SECRET.encode() not in message.SerializeToString()
     assert sorted(got.credential_fields) == ["api_key", "user_id"]
 
-    before = await count_rows(system.database_url)
+    before = await count_job_and_connection_rows(system.database_url)
     bad_requests = [
         start_request("not-a-uuid"),
         start_request(tenant, connection_id=""),
@@ -401,7 +395,7 @@ async def test_rejected_calls_write_nothing_and_responses_never_carry_credential
     with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
         await system.stub.StartImport(start_request(tenant), metadata=(("authorization", "Bearer wrong"),), timeout=10)
     assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert await count_rows(system.database_url) == before
+    assert await count_job_and_connection_rows(system.database_url) == before
 
 
 async def test_list_jobs_pages_newest_first(jobs_system: RunningSystem) -> None:
