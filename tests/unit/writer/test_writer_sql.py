@@ -46,6 +46,16 @@ def test_upsert_only_touches_rows_whose_content_changed_and_is_not_older() -> No
     assert "updated_at = now()" in statement
 
 
+def test_contacts_already_stored_as_the_merge_would_leave_them_never_reach_the_upsert() -> None:
+    statement = " ".join(sql.UPSERT_CONTACTS.split())
+
+    assert ("WHERE s.tenant_id = $1::uuid AND s.external_source = r.external_source "
+            "AND s.match_key = r.match_key LIMIT 1 ) AS s ON true") in statement
+    assert ("WHERE s.match_key IS NULL OR (s.name, s.email, s.phone, s.provider_client_id) "
+            "IS DISTINCT FROM ( COALESCE(NULLIF(r.name, ''), s.name),") in statement
+    assert statement.index("LEFT JOIN LATERAL") < statement.index("ON CONFLICT")
+
+
 def test_stored_versions_are_fetched_by_index_lookup_scoped_to_the_tenant() -> None:
     statement = " ".join(sql.SELECT_STORED_VERSIONS.split())
 

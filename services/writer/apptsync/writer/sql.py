@@ -69,12 +69,27 @@ CROSS JOIN LATERAL (
 
 # The contacts of the rows a batch writes (plan_contacts: one per key), before the appointments that
 # link to them. A provider sending an empty field does not erase what another booking told us; an
-# unchanged contact is not updated.
+# unchanged contact is not updated. Contacts stored with exactly what the merge would give are left
+# out before the upsert: ON CONFLICT DO UPDATE ... WHERE locks, and writes WAL for, every conflicting
+# row even when its WHERE is false, and on a first load most of a batch's contacts were stored by an
+# earlier batch (measured, 756 contacts of which 689 stored: WAL per batch 67 KB -> 28-32 KB, the
+# statement 15.6 ms -> 10.5-12.3 ms). One probe of the unique index per contact: LIMIT keeps the
+# planner from the hash join over all the tenant's contacts that it chose for NOT EXISTS.
 UPSERT_CONTACTS = """
 INSERT INTO contacts AS c (tenant_id, external_source, match_key, name, email, phone, provider_client_id)
 SELECT $1::uuid, r.external_source, r.match_key, r.name, r.email, r.phone, r.provider_client_id
 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
     AS r(external_source, match_key, name, email, phone, provider_client_id)
+LEFT JOIN LATERAL (
+    SELECT s.match_key, s.name, s.email, s.phone, s.provider_client_id
+    FROM contacts AS s
+    WHERE s.tenant_id = $1::uuid AND s.external_source = r.external_source AND s.match_key = r.match_key
+    LIMIT 1
+) AS s ON true
+WHERE s.match_key IS NULL
+   OR (s.name, s.email, s.phone, s.provider_client_id) IS DISTINCT FROM (
+       COALESCE(NULLIF(r.name, ''), s.name), COALESCE(NULLIF(r.email, ''), s.email),
+       COALESCE(NULLIF(r.phone, ''), s.phone), COALESCE(NULLIF(r.provider_client_id, ''), s.provider_client_id))
 ON CONFLICT (tenant_id, external_source, match_key) DO UPDATE SET
     name = COALESCE(NULLIF(EXCLUDED.name, ''), c.name),
     email = COALESCE(NULLIF(EXCLUDED.email, ''), c.email),
