@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ WORKLOAD_KINDS = ("Deployment", "Job", "CronJob")
 SERVICES = ("gateway", "fetcher", "writer")
 TMP = "/tmp"  # noqa: S108 - the mount path the manifests must give an emptyDir, not a file we use
 TOPICS = {"apptsync.pages", "apptsync.page-results", "apptsync.dead-letters", "apptsync.job-events"}
+METRICS_PORT = 9464
+# Prometheus runs in this namespace (deploy/README.md, "Observability"); the policies admit it.
+MONITORING_NAMESPACE = "monitoring"
+ALERT_RULES = DEPLOY / "alerts" / "apptsync-rules.yaml"
 
 Doc = dict[str, Any]
 
@@ -255,6 +260,65 @@ def test_network_policies_deny_by_default_and_open_only_what_is_needed(overlay: 
     assert [p["port"] for p in policies["apptsync-gateway"]["ingress"][0]["ports"]] == [50051]
 
 
+def test_services_serve_metrics_to_prometheus_and_export_traces(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    settings = _settings(docs)["data"]
+    assert settings["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert re.fullmatch(r"http://[a-z0-9.-]+:4317", settings["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    scrape_policies = [
+        d["spec"] for d in docs
+        if d["kind"] == "NetworkPolicy" and any(
+            peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+            == MONITORING_NAMESPACE
+            for rule in d["spec"].get("ingress", []) for peer in rule["from"]
+        )
+    ]
+    assert len(scrape_policies) == 1
+    (scrape,) = scrape_policies
+    assert [p["port"] for rule in scrape["ingress"] for p in rule["ports"]] == [METRICS_PORT]
+    (components,) = scrape["podSelector"]["matchExpressions"]
+    assert components["key"] == "app.kubernetes.io/component" and set(components["values"]) == set(SERVICES)
+    for service in SERVICES:
+        template = _one(docs, "Deployment", f"apptsync-{service}")["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", service
+        assert annotations["prometheus.io/port"] == str(METRICS_PORT), service
+        (container,) = template["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == METRICS_PORT, service
+        env = container["env"]
+        values = {v["name"]: v.get("value") for v in env}
+        prefix = f"APPTSYNC_{service.upper()}_METRICS_"
+        assert values[prefix + "HOST"] == "0.0.0.0" and values[prefix + "PORT"] == str(METRICS_PORT), service
+        assert values["OTEL_SERVICE_NAME"] == f"apptsync-{service}"
+        # $(VAR) expands only variables defined earlier in the list; a later one stays literal.
+        names = [v["name"] for v in env]
+        attributes = values["OTEL_RESOURCE_ATTRIBUTES"]
+        assert attributes is not None and "k8s.pod.name=$(POD_NAME)" in attributes, service
+        referenced = re.findall(r"\$\((\w+)\)", attributes)
+        assert set(referenced) == {"POD_NAME", "POD_NAMESPACE"}, service
+        for name in referenced:
+            assert names.index(name) < names.index("OTEL_RESOURCE_ATTRIBUTES"), (service, name)
+        downward = {v["name"]: v["valueFrom"]["fieldRef"]["fieldPath"] for v in env if "valueFrom" in v}
+        assert downward["POD_NAME"] == "metadata.name" and downward["POD_NAMESPACE"] == "metadata.namespace"
+
+
+def test_prometheus_rule_carries_exactly_the_alert_rule_file(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    # deploy/.venv has PyYAML (the validation tools need it); the app's .venv does not.
+    loaded = subprocess.run(
+        [str(DEPLOY / ".venv" / "bin" / "python"), "-c",
+         "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1], encoding='utf-8'))))",
+         str(ALERT_RULES)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    groups = json.loads(loaded.stdout)["groups"]
+    rule = _one(docs, "PrometheusRule", "apptsync")
+    assert rule["spec"]["groups"] == groups, "edit deploy/alerts/apptsync-rules.yaml and copy its groups"
+    alerts = [r for group in groups for r in group["rules"]]
+    assert len(alerts) >= 5 and all(r["annotations"]["runbook_url"].startswith("deploy/RUNBOOK.md#") for r in alerts)
+
+
 def test_no_real_secret_is_committed(overlay: tuple[str, list[Doc]]) -> None:
     name, docs = overlay
     secrets = [d for d in docs if d["kind"] == "Secret"]
@@ -280,6 +344,9 @@ def test_schema_validation_rejects_typos_and_unknown_custom_resources(
         "---\napiVersion: kafka.strimzi.io/v1beta2\nkind: KafkaTopic\nmetadata:\n  name: t\n"
         "  labels: {strimzi.io/cluster: c}\nspec:\n  partitions: 0\n"
         "---\napiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n"
+        "---\napiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: r\n"
+        "spec:\n  groups:\n    - name: g\n      rules:\n        - alert: A\n          expr: up == 0\n"
+        "          fro: 5m\n"
     )
     result = subprocess.run(
         [str(DEPLOY / ".venv" / "bin" / "python"), str(DEPLOY / "scripts" / "validate_manifests.py"),
@@ -288,5 +355,6 @@ def test_schema_validation_rejects_typos_and_unknown_custom_resources(
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "3 documents, 3 invalid" in result.stdout, result.stdout
+    assert "4 documents, 4 invalid" in result.stdout, result.stdout
     assert "dataa" in result.stdout and "Widget" in result.stdout and "partitions" in result.stdout
+    assert "'fro' was unexpected" in result.stdout, result.stdout
