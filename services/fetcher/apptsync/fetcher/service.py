@@ -109,9 +109,11 @@ async def run_fetcher(
                 await asyncio.wait(running)
             routing.cancel()
     finally:
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
+        # After a PostgreSQL restart the listening connection is gone (asyncpg: InterfaceError).
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             await listener.reset()
-        await pool.release(listener)
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await pool.release(listener)
         await router.stop()
         await producer.stop()
         await http.aclose()
@@ -145,7 +147,10 @@ async def _claim_loop(
                             lease_seconds=ctx.settings.lease_seconds,
                             now=ctx.clock(),
                         )
-            except (OSError, asyncpg.PostgresError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+                # asyncpg reports a connection PostgreSQL dropped mid-operation (a restart) as an
+                # InterfaceError or InternalClientError: retried like any other lost connection, or
+                # one restart would end the process and leave its interrupted jobs with nobody to resume them.
                 _log.warning("claiming failed (%s); retrying", type(exc).__name__)
         if job is not None:
             task = group.create_task(_guarded(job, ctx))

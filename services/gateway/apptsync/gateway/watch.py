@@ -9,6 +9,7 @@ being re-established is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from typing import Any
@@ -32,12 +33,14 @@ class JobChangeHub:
         await self._listener.add_listener(JOB_CHANGED_CHANNEL, self._on_notification)
 
     async def stop(self) -> None:
+        """Stops listening. Never raises for a listening connection PostgreSQL already dropped (a
+        restart): asyncpg calls that one released (InterfaceError), and there is nothing to undo."""
         if self._listener is not None:
-            try:
-                await self._listener.remove_listener(JOB_CHANGED_CHANNEL, self._on_notification)
-            finally:
-                await self._pool.release(self._listener)
-                self._listener = None
+            listener, self._listener = self._listener, None
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await listener.remove_listener(JOB_CHANGED_CHANNEL, self._on_notification)
+            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self._pool.release(listener)
 
     def _on_notification(self, _connection: object, _pid: int, _channel: str, job_id: str) -> None:
         for event in self._watchers.get(job_id, ()):

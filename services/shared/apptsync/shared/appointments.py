@@ -114,12 +114,14 @@ def content_hash(appointment: CanonicalAppointment) -> bytes:
         a.external_url,
         a.raw_json,
     )
-    digest = hashlib.sha256()
+    # One update of the whole length-prefixed text: the same digest as one update per piece, at a
+    # fraction of the calls (this runs for every record of every page).
+    framed = []
     for part in parts:
         encoded = part.encode("utf-8", "surrogatepass")
-        digest.update(len(encoded).to_bytes(8, "big"))
-        digest.update(encoded)
-    return digest.digest()
+        framed.append(len(encoded).to_bytes(8, "big"))
+        framed.append(encoded)
+    return hashlib.sha256(b"".join(framed)).digest()
 
 
 @dataclass(frozen=True, slots=True)
