@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from apptsync.cli.devstack import (
     DataDirectoryInUseError,
@@ -37,7 +41,7 @@ from apptsync.cli.devstack import (
     pick_free_ports,
     preferred_or_free_port,
 )
-from apptsync.cli.devstack.process import child_environment
+from apptsync.cli.devstack.process import ChildProcess, child_environment, guarded_argv
 from apptsync.shared.credentials import Keyring
 
 pytestmark = pytest.mark.integration
@@ -360,6 +364,47 @@ async def test_children_die_with_a_supervisor_killed_hard(
         if supervisor.returncode is None:
             supervisor.kill()
             await asyncio.wait_for(supervisor.wait(), timeout=10)
+
+
+async def test_children_spawned_while_grpc_is_busy_all_start(tmp_path: Path) -> None:
+    """A forked child of a process running gRPC could abort before exec (grpc/grpc#43055: a service
+    died with SIGABRT and "epoll_wait error: Bad file descriptor" in CI); children are vfork'ed."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    calls_stopped = asyncio.Event()
+
+    async def keep_calling() -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # generated stub: no method types
+            for _ in range(100_000):  # bounded; stopped as soon as the spawning is done
+                if calls_stopped.is_set():
+                    return
+                await stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+
+    callers = [asyncio.create_task(keep_calling()) for _ in range(4)]
+    exit_codes: list[int] = []
+    try:
+        for n in range(60):  # the forking spawn failed ~3 in 60 here
+            child = ChildProcess(ProcessSpec(name=f"true-{n}", argv=("true",), env={}, log_path=tmp_path / "true.log"))
+            await child.start()
+            exit_codes.append(await child.wait(timeout_seconds=10))
+    finally:
+        calls_stopped.set()
+        await asyncio.gather(*callers)
+        await server.stop(None)
+    assert exit_codes == [0] * 60, f"children died before exec: {exit_codes}; log {child.log_tail()}"
+
+
+def test_children_run_as_the_requested_user_with_its_groups() -> None:
+    argv = guarded_argv(("id",), death_signal=signal.SIGTERM, user="nobody")
+    assert argv[-2:] == ("--", "id")
+    output = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout
+    nobody = pwd.getpwnam("nobody")
+    assert f"uid={nobody.pw_uid}(" in output and f"gid={nobody.pw_gid}(" in output
+    with pytest.raises(ProcessStartError, match="unknown user"):
+        guarded_argv(("id",), death_signal=signal.SIGTERM, user="no-such-user-apptsync")
 
 
 # ---------------------------------------------------------------- ServiceSet and DevStack

@@ -4,25 +4,32 @@ Every child runs in its own process group (so a terminal's Ctrl-C reaches only t
 then stops children in order) and, on Linux, with PR_SET_PDEATHSIG, so the kernel kills it when the
 supervisor dies, even by SIGKILL. Output (stdout and stderr) is appended to a log file; readiness
 errors quote the output of the current run.
+
+Children are spawned with vfork, never fork: the supervisor runs gRPC (clients, and tests run servers
+in process), and gRPC's fork handlers restart its poller thread in a forked child, which then aborts
+when the child closes inherited descriptors before exec (grpc/grpc#43055; seen here as a child dying
+with SIGABRT and "epoll_wait error: Bad file descriptor"). Python only uses vfork without preexec_fn
+and without a uid/gid change, so the death signal and the user switch are done by util-linux
+`setpriv` between spawn and exec.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
+import pwd
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
 from apptsync.cli.devstack.errors import DevStackError, ProcessExitError, ProcessStartError
 
-_PR_SET_PDEATHSIG: Final[int] = 1
 LOG_TAIL_LINES: Final[int] = 40
 
 
@@ -54,25 +61,28 @@ def tail_lines(text: str, count: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-count:]) if count > 0 else ""
 
 
-def _die_with_parent_preexec(death_signal: int, parent_pid: int) -> Callable[[], None] | None:
-    """A preexec_fn that makes the child receive `death_signal` when the parent dies (Linux only).
+def guarded_argv(argv: Sequence[str], *, death_signal: int, user: str | None) -> tuple[str, ...]:
+    """`argv` wrapped so the child gets `death_signal` when the supervisor dies and, when `user` is
+    given, runs as that user with its primary group and supplementary groups (Linux: util-linux
+    `setpriv`, which sets the death signal after the credential change that would clear it).
 
-    It runs after subprocess changed the child's uid/gid (a credential change clears the setting,
-    so doing it earlier would not stick). If the parent died before prctl took effect, the child
-    kills itself: nobody would be left to stop it.
-    """
+    Elsewhere `argv` is returned as it is (no death signal; `user` is refused). Raises
+    ProcessStartError when `setpriv` is missing or `user` is unknown."""
     if sys.platform != "linux":
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        if prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(errno)}")
-        if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+        if user is not None:
+            raise ProcessStartError(f"running a child as user {user!r} is supported on Linux only")
+        return tuple(argv)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise ProcessStartError("setpriv (util-linux) is required to supervise children; install util-linux")
+    guard = [setpriv, "--pdeathsig", signal.Signals(death_signal).name]
+    if user is not None:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError as exc:
+            raise ProcessStartError(f"unknown user {user!r}") from exc
+        guard += ["--reuid", str(entry.pw_uid), "--regid", str(entry.pw_gid), "--init-groups"]
+    return (*guard, "--", *argv)
 
 
 class ChildProcess:
@@ -113,21 +123,21 @@ class ChildProcess:
         """Spawns the child. Raises ProcessStartError when already running or the spawn fails."""
         if self.running:
             raise ProcessStartError(f"{self.name} is already running (pid {self.pid})")
+        argv = guarded_argv(self.spec.argv, death_signal=self.spec.death_signal, user=self.spec.user)
         log = self._open_log_for_append()
         with log:
             self._log_offset = log.tell()
             try:
                 # Spawned from the event-loop thread on purpose: PDEATHSIG follows the spawning thread.
+                # No preexec_fn and no user= here: either would make Python fork instead of vfork.
                 self._process = await asyncio.create_subprocess_exec(
-                    *self.spec.argv,
+                    *argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=dict(self.spec.env),
                     cwd=self.spec.cwd,
-                    user=self.spec.user,
                     process_group=0,
-                    preexec_fn=_die_with_parent_preexec(self.spec.death_signal, os.getpid()),
                     close_fds=True,
                 )
             except (OSError, subprocess.SubprocessError) as exc:
