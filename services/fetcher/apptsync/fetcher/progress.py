@@ -121,11 +121,16 @@ class JobProgress:
         return page_no
 
     def result_received(self, outcome: PageOutcome) -> None:
-        """Records a page's result; duplicates (redeliveries) and unknown pages are ignored."""
-        if outcome.page_no in self._results or outcome.page_no >= self.next_page_no:
+        """Records a page's result; unknown pages are ignored, and a duplicate (a redelivery) counts
+        nothing again but still settles its page: a job resumed from a cursor stored before a page
+        whose send timed out at the broker yet landed sends that page again, and the writer answers
+        with the stored result, which must not leave the page outstanding forever."""
+        if outcome.page_no >= self.next_page_no:
+            return
+        self._outstanding.discard(outcome.page_no)
+        if outcome.page_no in self._results:
             return
         self._results[outcome.page_no] = outcome
-        self._outstanding.discard(outcome.page_no)
         self._judge()
 
     def provider_exhausted(self) -> None:

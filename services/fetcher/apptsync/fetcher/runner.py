@@ -253,7 +253,8 @@ async def _page_loop(
 
 
 async def _recover_results(job_id: str, ctx: FetcherContext, progress: JobProgress) -> bool:
-    """Feeds results the writer stored but Kafka did not bring us; True if any was new."""
+    """Feeds results the writer stored but Kafka did not bring us; True if a page was settled by
+    them (only that counts as progress: the result timeout must still fire for pages that stay out)."""
     outstanding = sorted(progress.outstanding_pages)
     if not outstanding:
         return False
@@ -261,7 +262,7 @@ async def _recover_results(job_id: str, ctx: FetcherContext, progress: JobProgre
         stored = await jobs_db.page_results(conn, job_id, page_nos=outstanding)
     for page_no, counts in stored.items():
         progress.result_received(PageOutcome(page_no, *counts))
-    return bool(stored)
+    return progress.in_flight < len(outstanding)
 
 
 async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress, conn: DbConnection) -> None:
