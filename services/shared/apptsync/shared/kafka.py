@@ -45,6 +45,8 @@ PRODUCER_LINGER_MS = 5
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 ENSURE_TOPICS_ATTEMPTS = 5
 ENSURE_TOPICS_BACKOFF_SECONDS = 0.5
+# Longest wait for one offset commit (see commit_offsets).
+COMMIT_TIMEOUT_SECONDS = 30.0
 
 
 def producer_config(settings: KafkaSettings, *, client_id: str) -> dict[str, Any]:
@@ -125,16 +127,26 @@ async def kafka_errors() -> AsyncIterator[None]:
         raise translate_kafka_error(exc) from exc
 
 
-async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> bool:
+async def commit_offsets(
+    consumer: AIOKafkaConsumer,
+    offsets: Mapping[TopicPartition, int],
+    *,
+    timeout_seconds: float = COMMIT_TIMEOUT_SECONDS,
+) -> bool:
     """Commits `offsets` (the next offset to read, per partition) for the consumer's group.
 
     Returns False, committing nothing, when the group rebalanced meanwhile: the partitions' new
     owner reads those messages again, which idempotent consumers tolerate. Raises
-    BrokerUnavailableError / PermanentError for other failures."""
+    BrokerUnavailableError when the commit does not complete within `timeout_seconds` (aiokafka
+    retries a retriable commit error forever, e.g. UnknownTopicOrPartition after a broker lost its
+    topics: unbounded, that would stop the consumer for good), PermanentError for other failures."""
     if not offsets:
         return True
     try:
-        await consumer.commit(dict(offsets))
+        async with asyncio.timeout(timeout_seconds):
+            await consumer.commit(dict(offsets))
+    except TimeoutError as exc:
+        raise BrokerUnavailableError(f"offset commit did not complete within {timeout_seconds:g} s") from exc
     except (
         CommitFailedError,
         IllegalGenerationError,

@@ -201,7 +201,11 @@ class PageWriter:
             if p.retry_offset is not None and p.partition in assigned:
                 self._consumer.seek(p.partition, p.retry_offset)
         offsets = {p.partition: p.commit_offset for p in progress if p.commit_offset is not None}
-        if not await commit_offsets(self._consumer, offsets):
+        # Bounded: a commit the broker keeps refusing must not stop the writer (see commit_offsets).
+        committed = await commit_offsets(
+            self._consumer, offsets, timeout_seconds=self._kafka.request_timeout_ms / 1000
+        )
+        if not committed:
             log.info("writer: group rebalanced before the commit; the new owner replays those pages")
         return [p.failure for p in progress if p.failure is not None]
 
