@@ -57,7 +57,8 @@ def test_consumer_commits_manually_and_groups_start_at_the_earliest_offset() -> 
         (aiokafka.errors.NotLeaderForPartitionError(), True),
         (ConnectionResetError(), True),
         (aiokafka.errors.MessageSizeTooLargeError(), False),
-        (aiokafka.errors.UnknownError(), False),
+        (aiokafka.errors.UnknownError(), True),
+        (aiokafka.errors.UnsupportedVersionError(), False),
     ],
 )
 def test_retriable_kafka_errors_become_broker_unavailable(exc: BaseException, retriable: bool) -> None:

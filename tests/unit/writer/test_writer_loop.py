@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import aiokafka.errors
 import pytest
 from aiokafka.structs import TopicPartition
 
@@ -277,3 +278,35 @@ def test_the_crash_hook_draws_nothing_and_kills_nothing_at_probability_zero() ->
     crash_after_commit_hook(0.0, rng)()  # returns: this process is still here
 
     assert rng.getstate() == state
+
+
+async def test_a_commit_the_broker_refuses_recreates_the_topics_and_is_retried() -> None:
+    """A broker that lost its topics refuses commits on them until they exist again."""
+
+    @dataclass
+    class ConsumerOfALostTopic(FakeConsumer):
+        refusals: int = 1
+
+        async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise aiokafka.errors.KafkaTimeoutError()
+            await super().commit(offsets)
+
+    stop = asyncio.Event()
+    consumer = ConsumerOfALostTopic([page_record(0, 1), page_record(1, 2)], stop, max_records=1)
+    recreated: list[str] = []
+
+    async def recreate_topics() -> None:
+        recreated.append("topics")
+
+    writer = PageWriter(
+        consumer=consumer, producer=FakeProducer(), store=FakeStore(),
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"), writer=WriterSettings(),
+        version="0.0.0-test", rng=random.Random(1), retry_base_seconds=0.001, retry_cap_seconds=0.002,
+        recreate_topics=recreate_topics,
+    )
+    await asyncio.wait_for(writer.run(stop), timeout=10)
+
+    assert recreated == ["topics"]
+    assert consumer.commits == [{PARTITION: 2}]  # offsets are cumulative: the next commit covers page 1

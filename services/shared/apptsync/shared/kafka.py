@@ -29,6 +29,7 @@ from aiokafka.errors import (
     KafkaTimeoutError,
     RebalanceInProgressError,
     TopicAlreadyExistsError,
+    UnknownError,
     UnknownMemberIdError,
     for_code,
 )
@@ -98,8 +99,10 @@ def create_consumer(
 
 
 def is_retriable_kafka_error(exc: BaseException) -> bool:
-    """True when the same Kafka operation may succeed later (broker down, timeout, leader moving)."""
-    if isinstance(exc, KafkaTimeoutError | OSError):
+    """True when the same Kafka operation may succeed later (broker down, timeout, leader moving, or
+    a broker error it did not name: every apptsync produce and commit is safe to repeat, and a
+    broker that just lost and re-created its topics answers UNKNOWN_SERVER_ERROR for a while)."""
+    if isinstance(exc, KafkaTimeoutError | OSError | UnknownError):
         return True
     if isinstance(exc, KafkaError):
         return bool(getattr(exc, "retriable", False))

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,7 +35,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from opentelemetry import trace
 
 from apptsync.shared.db.pool import create_pool
-from apptsync.shared.errors import PoisonMessageError, RetriableError
+from apptsync.shared.errors import BrokerUnavailableError, PoisonMessageError, RetriableError
 from apptsync.shared.health import HealthEndpoint, health_enabled
 from apptsync.shared.kafka import (
     commit_offsets,
@@ -105,6 +106,10 @@ Report = PageOutcome | DeadLetter
 AfterCommitHook = Callable[[], None]
 
 
+async def _nothing_to_recreate() -> None:
+    return None
+
+
 def _no_fault() -> None:
     return None
 
@@ -139,6 +144,7 @@ class PageWriter:
         retry_base_seconds: float = 0.2,
         retry_cap_seconds: float = 10.0,
         after_commit: AfterCommitHook = _no_fault,
+        recreate_topics: Callable[[], Awaitable[None]] = _nothing_to_recreate,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -151,6 +157,7 @@ class PageWriter:
         self._retry_cap_seconds = retry_cap_seconds
         self._consecutive_failures = 0
         self._after_commit = after_commit
+        self._recreate_topics = recreate_topics
 
     async def run(self, stop: asyncio.Event) -> None:
         """Processes polls until `stop` is set; the poll in hand is finished and committed first.
@@ -202,9 +209,15 @@ class PageWriter:
                 self._consumer.seek(p.partition, p.retry_offset)
         offsets = {p.partition: p.commit_offset for p in progress if p.commit_offset is not None}
         # Bounded: a commit the broker keeps refusing must not stop the writer (see commit_offsets).
-        committed = await commit_offsets(
-            self._consumer, offsets, timeout_seconds=self._kafka.request_timeout_ms / 1000
-        )
+        try:
+            committed = await commit_offsets(
+                self._consumer, offsets, timeout_seconds=self._kafka.request_timeout_ms / 1000
+            )
+        except BrokerUnavailableError:
+            # A broker that lost its topics (an in-memory broker restarted, a topic deleted by hand)
+            # refuses commits on them until they exist again; nothing else would ever create them.
+            await self._recreate_topics()
+            raise
         if not committed:
             log.info("writer: group rebalanced before the commit; the new owner replays those pages")
         return [p.failure for p in progress if p.failure is not None]
@@ -445,6 +458,7 @@ async def run_writer(
                         after_commit=crash_after_commit_hook(
                             writer.fault_crash_after_commit_probability, random.Random(writer.fault_seed)
                         ),
+                        recreate_topics=functools.partial(ensure_topics, kafka),
                     )
                     await page_writer.run(stop)
                 finally:
