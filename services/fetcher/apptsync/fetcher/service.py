@@ -8,7 +8,6 @@ On stop (SIGTERM): stop claiming, let each job drain its pages in flight, releas
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from apptsync.fetcher.runner import JOB_SOURCE, FetcherContext, run_job
 from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import jobs as jobs_db
+from apptsync.shared.db.listen import NotificationListener
 from apptsync.shared.db.pool import create_pool
 from apptsync.shared.health import HealthEndpoint, health_enabled
 from apptsync.shared.kafka import create_consumer, create_producer, ensure_topics, kafka_errors
@@ -94,9 +94,13 @@ async def run_fetcher(
         clock=clock,
     )
     wake = asyncio.Event()
-    listener = await pool.acquire()
+    # A re-subscription wakes the claim loop too: a job queued while PostgreSQL was away sent no
+    # notification we could hear.
+    listener = NotificationListener(
+        pool, jobs_db.JOBS_QUEUED_CHANNEL, on_notification=lambda _payload: wake.set(), on_resubscribed=wake.set
+    )
+    await listener.start()
     try:
-        await listener.add_listener(jobs_db.JOBS_QUEUED_CHANNEL, lambda *_args: wake.set())
         if health is not None:
             await health.set_serving(True)
         async with asyncio.TaskGroup() as group:
@@ -109,11 +113,7 @@ async def run_fetcher(
                 await asyncio.wait(running)
             routing.cancel()
     finally:
-        # After a PostgreSQL restart the listening connection is gone (asyncpg: InterfaceError).
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await listener.reset()
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            await pool.release(listener)
+        await listener.stop()
         await router.stop()
         await producer.stop()
         await http.aclose()

@@ -1,50 +1,50 @@
 """Fan-out of job change notifications to WatchJob streams.
 
-One LISTEN connection per gateway process receives `apptsync_job_changed` notifications (a trigger
-fires them on every import_jobs change) and wakes the watchers of that job. Watchers also re-read the
-job on a slow fallback interval, because a notification sent while the listening connection was
-being re-established is lost.
+One LISTEN subscription per gateway process (kept across PostgreSQL restarts) receives
+`apptsync_job_changed` notifications (a trigger fires them on every import_jobs change) and wakes the
+watchers of that job; a re-subscription wakes every watcher, since changes made meanwhile were not
+heard. Watchers also re-read the job on a slow fallback interval.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
-from typing import Any
 
 import asyncpg
 
 from apptsync.shared.db.jobs import JOB_CHANGED_CHANNEL
+from apptsync.shared.db.listen import NotificationListener
 
 _log = logging.getLogger("apptsync.gateway.watch")
 
 
 class JobChangeHub:
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-        self._listener: Any = None
+        self._listener = NotificationListener(
+            pool, JOB_CHANGED_CHANNEL, on_notification=self._job_changed, on_resubscribed=self._wake_all
+        )
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
 
     async def start(self) -> None:
-        """Starts listening. Raises asyncpg/OS errors when PostgreSQL is unreachable."""
-        self._listener = await self._pool.acquire()
-        await self._listener.add_listener(JOB_CHANGED_CHANNEL, self._on_notification)
+        """Starts listening (and keeps listening across PostgreSQL restarts). Raises asyncpg/OS
+        errors when PostgreSQL is unreachable now."""
+        await self._listener.start()
 
     async def stop(self) -> None:
-        """Stops listening. Never raises for a listening connection PostgreSQL already dropped (a
-        restart): asyncpg calls that one released (InterfaceError), and there is nothing to undo."""
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await listener.remove_listener(JOB_CHANGED_CHANNEL, self._on_notification)
-            with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                await self._pool.release(listener)
+        """Stops listening. Never raises."""
+        await self._listener.stop()
 
-    def _on_notification(self, _connection: object, _pid: int, _channel: str, job_id: str) -> None:
+    def _job_changed(self, job_id: str) -> None:
         for event in self._watchers.get(job_id, ()):
             event.set()
+
+    def _wake_all(self) -> None:
+        # Changes made while the subscription was down sent notifications nobody heard.
+        for events in self._watchers.values():
+            for event in events:
+                event.set()
 
     def watch(self, job_id: str) -> asyncio.Event:
         """An event set whenever the job changes; call `unwatch` with it when done."""
