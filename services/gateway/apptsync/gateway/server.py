@@ -333,8 +333,14 @@ async def _abort_for(context: Context, exc: Exception) -> None:
 
 
 def _server_credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
+    """None (plaintext) when no TLS setting is given. Raises InvalidArgumentError for a partial TLS
+    configuration: a key or client CA without a certificate must not fall back to plaintext."""
     if not settings.tls_cert_file:
+        if settings.tls_key_file or settings.tls_client_ca_file:
+            raise InvalidArgumentError("APPTSYNC_GATEWAY_TLS_CERT_FILE", "required when a TLS key or client CA is set")
         return None
+    if not settings.tls_key_file:
+        raise InvalidArgumentError("APPTSYNC_GATEWAY_TLS_KEY_FILE", "required when a TLS certificate is set")
     chain = [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())]
     if settings.tls_client_ca_file:
         return grpc.ssl_server_credentials(
@@ -369,35 +375,41 @@ async def serve_gateway(
 ) -> None:
     """Serves until `stop` is set, then stops intake, lets calls in flight finish (bounded), returns."""
     tokens = load_tokens(settings)
+    # Before anything holds a pooled connection: a bad TLS setting fails startup instead of hanging it.
+    credentials = _server_credentials(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
     hub = JobChangeHub(pool)
     await hub.start()
-    server = grpc.aio.server(options=options)
-    imports_pb2_grpc.add_ImportServiceServicer_to_server(ImportServicer(pool, keyring, settings, hub, tokens), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    import_service = imports_pb2.DESCRIPTOR.services_by_name["ImportService"].full_name
-    reflection.enable_server_reflection((import_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    credentials = _server_credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(settings.listen_address)
-    else:
-        port = server.add_secure_port(settings.listen_address, credentials)
-    if port == 0:
-        raise OSError(f"cannot bind {settings.listen_address}")
-    await server.start()
-    for name in ("", import_service):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _log.info("gateway listening on port %d", port)
-    if ready is not None:
-        ready(port)
+    # The hub holds a pooled connection that pool.close() would wait for forever: it is released
+    # also when serving never began (e.g. the port is taken).
     try:
-        await stop.wait()
-    finally:
+        server = grpc.aio.server(options=options)
+        servicer = ImportServicer(pool, keyring, settings, hub, tokens)
+        imports_pb2_grpc.add_ImportServiceServicer_to_server(servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        import_service = imports_pb2.DESCRIPTOR.services_by_name["ImportService"].full_name
+        reflection.enable_server_reflection((import_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen_address)
+        else:
+            port = server.add_secure_port(settings.listen_address, credentials)
+        if port == 0:
+            raise OSError(f"cannot bind {settings.listen_address}")
+        await server.start()
         for name in ("", import_service):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.stop(grace=10.0)
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _log.info("gateway listening on port %d", port)
+        if ready is not None:
+            ready(port)
+        try:
+            await stop.wait()
+        finally:
+            for name in ("", import_service):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.stop(grace=10.0)
+    finally:
         await hub.stop()
