@@ -57,6 +57,12 @@ image: containers
 deploy-validate:
 	bash deploy/scripts/validate.sh
 
+## bench: end to end on the embedded stack: 100,000 appointments through gateway, fetcher, broker and
+##        writer, re-sync p50/p95, peak RSS per service, a 1,000,000-appointment job, legacy and COPY floor
+bench: install
+	mkdir -p bench-results
+	$(BIN)/python benchmarks/bench_e2e.py --output bench-results/e2e.txt
+
 ## bench-resync: StartImport -> SUCCEEDED latency of an up-to-date tenant's re-sync (p50/p95 of 20 runs)
 bench-resync: install
 	mkdir -p bench-results
