@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Money
+from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Money, content_hash
 from apptsync.v1 import pages_pb2
 
 STATUS_TO_PROTO: dict[AppointmentStatus, pages_pb2.AppointmentStatus.ValueType] = {
@@ -46,37 +47,50 @@ def from_timestamp(message: Timestamp) -> datetime:
     return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
-def _money(money: Money | None, target: pages_pb2.Money) -> None:
-    if money is not None:
-        target.amount_minor = money.amount_minor
-        target.currency = money.currency
+def _timestamp_fields(moment: datetime) -> dict[str, int]:
+    """`timestamp(moment)` as constructor keywords (a protobuf message takes a dict for a message
+    field and builds it in place, cheaper than building a Timestamp and copying it in)."""
+    since_epoch = moment - _EPOCH
+    return {"seconds": since_epoch.days * 86_400 + since_epoch.seconds, "nanos": since_epoch.microseconds * 1000}
+
+
+def _appointment_fields(a: CanonicalAppointment) -> dict[str, Any]:
+    """The keywords of `pages_pb2.Appointment` for `a` (its times are aware: CanonicalAppointment
+    guarantees it). Money is set only when present, as a message it would be sent even when zero."""
+    contact = a.contact
+    fields: dict[str, Any] = {
+        "external_id": a.external_id,
+        "starts_at": _timestamp_fields(a.starts_at),
+        "ends_at": _timestamp_fields(a.ends_at),
+        "timezone": a.timezone,
+        "status": STATUS_TO_PROTO[a.status],
+        "title": a.title,
+        "appointment_type": a.appointment_type,
+        "calendar": a.calendar,
+        "contact": {
+            "name": contact.name,
+            "email": contact.email,
+            "phone": contact.phone,
+            "provider_client_id": contact.provider_client_id,
+        },
+        "external_url": a.external_url,
+        "raw_json": a.raw_json,
+        "content_hash": content_hash(a),
+        "observed_at": _timestamp_fields(a.observed_at),
+    }
+    if a.price is not None:
+        fields["price"] = _money_fields(a.price)
+    if a.amount_paid is not None:
+        fields["amount_paid"] = _money_fields(a.amount_paid)
+    return fields
+
+
+def _money_fields(money: Money) -> dict[str, Any]:
+    return {"amount_minor": money.amount_minor, "currency": money.currency}
 
 
 def appointment_to_proto(appointment: CanonicalAppointment) -> pages_pb2.Appointment:
-    a = appointment
-    message = pages_pb2.Appointment(
-        external_id=a.external_id,
-        starts_at=timestamp(a.starts_at),
-        ends_at=timestamp(a.ends_at),
-        timezone=a.timezone,
-        status=STATUS_TO_PROTO[a.status],
-        title=a.title,
-        appointment_type=a.appointment_type,
-        calendar=a.calendar,
-        contact=pages_pb2.Contact(
-            name=a.contact.name,
-            email=a.contact.email,
-            phone=a.contact.phone,
-            provider_client_id=a.contact.provider_client_id,
-        ),
-        external_url=a.external_url,
-        raw_json=a.raw_json,
-        content_hash=a.content_hash,
-        observed_at=timestamp(a.observed_at),
-    )
-    _money(a.price, message.price)
-    _money(a.amount_paid, message.amount_paid)
-    return message
+    return pages_pb2.Appointment(**_appointment_fields(appointment))
 
 
 def build_page(
@@ -102,9 +116,12 @@ def build_page(
         page_no=page_no,
         fetched_at=timestamp(fetched_at),
         records_fetched=records_fetched,
-        appointments=[appointment_to_proto(a) for a in appointments],
         skipped=pages_pb2.SkipCounts(out_of_window=skipped_out_of_window, invalid=skipped_invalid),
     )
+    # Each appointment is built in place in the page (a list of messages would be copied in).
+    add = page.appointments.add
+    for appointment in appointments:
+        add(**_appointment_fields(appointment))
     if len(page.appointments) + skipped_out_of_window + skipped_invalid != records_fetched:
         raise ValueError("page accounting: appointments + skips must equal records fetched")
     return page

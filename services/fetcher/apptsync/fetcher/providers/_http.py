@@ -18,6 +18,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception
 
+from apptsync.fetcher.providers._json_fields import loads_json
 from apptsync.fetcher.providers._model import JsonValue
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import ProviderAuthError, ProviderRejectedError, ProviderUnavailableError
@@ -396,7 +397,7 @@ class ProviderHttp:
         if error is not None:
             raise error
         try:
-            parsed: JsonValue = json.loads(response.content)
+            parsed = loads_json(response.content)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
             raise _MalformedBodyError(

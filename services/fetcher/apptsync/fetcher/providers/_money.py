@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from apptsync.fetcher.providers._model import JsonValue
@@ -34,6 +35,13 @@ _MINOR_UNIT_DIGITS = {
     **dict.fromkeys(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"), 3),
 }
 _INT64_LIMIT = 2**63
+# An amount that needs no Decimal: sign, at most 15 whole digits, a fraction (ASCII digits only).
+_PLAIN_AMOUNT = re.compile(r"(-?)([0-9]{1,15})(?:\.([0-9]*))?")
+# Results of money_from_amount for text amounts, by (text, currency): a provider's prices repeat
+# page after page (Money is immutable, so one instance serves every record). Bounded: cleared when full.
+_CACHE_LIMIT = 4096
+_CACHED_TEXT_LIMIT = 32
+_cache: dict[tuple[str, str], Money | None] = {}
 
 
 def is_currency_code(text: str) -> bool:
@@ -47,13 +55,37 @@ def money_from_amount(value: JsonValue, currency: str) -> Money | None:
         return None
     if isinstance(value, int | float):
         value = str(value)
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
         return None
+    if len(value) > _CACHED_TEXT_LIMIT:
+        return _money_from_text(value, currency)
+    key = (value, currency)
+    try:
+        return _cache[key]
+    except KeyError:
+        pass
+    money = _money_from_text(value, currency)
+    if len(_cache) >= _CACHE_LIMIT:
+        _cache.clear()
+    _cache[key] = money
+    return money
+
+
+def _money_from_text(value: str, currency: str) -> Money | None:
+    if not value.strip():
+        return None
+    digits = _MINOR_UNIT_DIGITS.get(currency, 2)
+    plain = _PLAIN_AMOUNT.fullmatch(value.strip())
+    if plain is not None and len(plain[3] or "") <= digits:
+        # Fast path, the same result as below: no rounding needed and far inside int64.
+        sign, whole, fraction = plain[1], plain[2], plain[3] or ""
+        minor = int(whole) * 10**digits + int(fraction.ljust(digits, "0") or "0")
+        return Money(amount_minor=-minor if sign else minor, currency=currency)
     try:
         amount = Decimal(value.strip())
         if not amount.is_finite():
             return None
-        scale = Decimal(10) ** _MINOR_UNIT_DIGITS.get(currency, 2)
+        scale = Decimal(10) ** digits
         minor = int((amount * scale).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
     except (InvalidOperation, ArithmeticError, ValueError):
         return None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
+from apptsync.fetcher.providers._json_fields import canonical_json
 from apptsync.fetcher.providers._model import JobWindow, JsonValue, ProviderPage
 from apptsync.fetcher.providers._money import money_from_amount
 from apptsync.fetcher.providers.acuity._paginator import AcuityRequest
@@ -56,6 +56,14 @@ def _duration(value: JsonValue) -> timedelta:
     with an odd duration is still stored (ending when it starts) rather than dropped."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return timedelta(0)
+    # Fast path, same result: whole minutes (ASCII digits, as Acuity sends them, or an int) are exact.
+    whole: int | None = None
+    if isinstance(value, int):
+        whole = value
+    elif isinstance(value, str) and len(digits := value.strip()) < 10 and digits.isascii() and digits.isdigit():
+        whole = int(digits)
+    if whole is not None:
+        return timedelta(minutes=whole) if 0 <= whole <= _MAX_DURATION_MINUTES else timedelta(0)
     try:
         minutes = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
@@ -96,18 +104,24 @@ def normalize_acuity_record(
     SkippedRecord reasons: "out_of_window" (start outside `window`), "invalid: <why>" (not an object,
     no id, no readable start). Details carry the record id and times, never personal data. Never
     raises, whatever JSON it is given. `observed_at` is the fetch time (Acuity has no updated-at)."""
+    return _normalize(record, acuity_start(record), window=window, observed_at=observed_at, currency=currency)
+
+
+def _normalize(
+    record: JsonValue, starts_local: datetime | None, *, window: JobWindow, observed_at: datetime, currency: str
+) -> CanonicalAppointment | SkippedRecord:
+    """normalize_acuity_record, given the record's `acuity_start` (computed once per record per page)."""
     if not isinstance(record, dict):
         return SkippedRecord(_INVALID + "record is not a JSON object")
     external_id = _external_id(record)
     if not external_id:
         return SkippedRecord(_INVALID + "no id")
-    starts_local = parse_acuity_datetime(record.get("datetime"))
     if starts_local is None:
         return SkippedRecord(_INVALID + "no readable start time", f"id {external_id}")
     try:
         starts_at = starts_local.astimezone(UTC)
         ends_at = starts_at + _duration(record.get("duration"))
-        raw_json = json.dumps(record, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        raw_json = canonical_json(record)
     except (OverflowError, ValueError, TypeError, RecursionError):
         return SkippedRecord(_INVALID + "unrepresentable start, duration or payload", f"id {external_id}")
     if not window.contains(starts_at):
@@ -144,17 +158,21 @@ def acuity_page(
     window: JobWindow,
     observed_at: datetime,
     currency: str,
+    starts: Sequence[datetime | None] | None = None,
 ) -> ProviderPage:
     """The page of one complete Acuity response.
 
     A record filed under a day outside the requested days (Acuity ignoring `minDate`) is counted as
     skipped out of window here: the request that covers its day delivers it, so it is stored exactly
-    once. Never raises."""
+    once. `starts`, when given, is `acuity_start` of each record (the session computed it for the
+    pager already). Never raises."""
     appointments: list[CanonicalAppointment] = []
     skipped: list[SkippedRecord] = []
     out_of_window = invalid = 0
-    for record in records:
-        day = acuity_local_day(record)
+    if starts is None or len(starts) != len(records):
+        starts = [acuity_start(record) for record in records]
+    for record, start in zip(records, starts, strict=True):
+        day = None if start is None else start.date()
         if day is not None and not request.covers(day):
             out_of_window += 1
             skipped.append(
@@ -165,7 +183,7 @@ def acuity_page(
                 )
             )
             continue
-        result = normalize_acuity_record(record, window=window, observed_at=observed_at, currency=currency)
+        result = _normalize(record, start, window=window, observed_at=observed_at, currency=currency)
         if isinstance(result, CanonicalAppointment):
             appointments.append(result)
             continue

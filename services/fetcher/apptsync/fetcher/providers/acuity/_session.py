@@ -91,7 +91,8 @@ class AcuitySession:
                     f"acuity /appointments answered a JSON {type(records).__name__}, not a list",
                     status_code=200,
                 )
-            verdict = self._paginator.accept(request, [acuity_start(record) for record in records])
+            starts = [acuity_start(record) for record in records]
+            verdict = self._paginator.accept(request, starts)
             if verdict is WindowVerdict.TRUNCATED or not records:
                 continue
             with _tracer.start_as_current_span("normalize", attributes={"apptsync.records": len(records)}):
@@ -101,6 +102,7 @@ class AcuitySession:
                     window=self._window,
                     observed_at=observed_at,
                     currency=self._currency,
+                    starts=starts,
                 )
         return None
 
