@@ -187,6 +187,68 @@ async def test_concurrent_deliveries_of_one_page_count_once(
     assert await connection.fetchval("SELECT count(*) FROM appointments") == 50
 
 
+async def race_uncommitted(connection: asyncpg.Connection, database_url: str, uncommitted: list[DecodedPage],
+                           racing: list[DecodedPage]) -> tuple[list[PageOutcome], list[PageOutcome]]:
+    """Writes `uncommitted` in a transaction left open on another connection, starts writing `racing`
+    on `connection`, and commits the other transaction once `racing` waits for its rows."""
+    other = await asyncpg.connect(database_url)
+    try:
+        open_transaction = other.transaction()
+        await open_transaction.start()
+        first = await write_pages(other, uncommitted)  # a savepoint of the open transaction
+        racing_task = asyncio.create_task(write_pages(connection, racing))
+        for _ in range(500):
+            if await other.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                                    connection.get_server_pid()):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the racing writer never waited for the uncommitted rows")
+        await open_transaction.commit()
+        return first, await racing_task
+    finally:
+        await other.close()
+
+
+async def test_a_new_key_inserted_by_another_writer_after_the_lookup_is_counted_once(
+    connection: asyncpg.Connection, create_job: CreateJob, database_url: str
+) -> None:
+    """The batch's lookup does not see a row another transaction has not committed yet, so it inserts
+    that key without ON CONFLICT: the unique violation after the other commit must redo the batch with
+    the upsert (the row is then unchanged), not dead-letter records or count the row twice."""
+    rows = [padded(f"appt-{i}") for i in range(20)]
+    first_job, second_job = await create_job(TENANT), await create_job(TENANT)
+
+    first, second = await race_uncommitted(connection, database_url, pages_of(first_job, rows[:1], per_page=1),
+                                           pages_of(second_job, rows, per_page=10))
+
+    assert counts_of(first) == [(1, 0, 0, False)]
+    assert counts_of(second) == [(9, 0, 1, False), (10, 0, 0, False)]
+    assert await connection.fetchval("SELECT count(*) FROM appointments") == 20
+    assert (await job_counters(connection, second_job))["inserted"] == 19
+    assert await connection.fetchval("SELECT count(*) FROM appointments WHERE contact_id IS NULL") == 0
+
+
+async def test_a_contact_inserted_by_another_writer_meanwhile_is_still_linked(
+    connection: asyncpg.Connection, create_job: CreateJob, database_url: str
+) -> None:
+    """The contacts upsert returns no id for a contact another transaction inserted meanwhile (its ON
+    CONFLICT leaves the equal row alone): the appointment insert must find it itself."""
+    shared = Contact(name="Ada", email="ada@example.org")
+    first_job, second_job = await create_job(TENANT), await create_job(TENANT)
+
+    first, second = await race_uncommitted(
+        connection, database_url, pages_of(first_job, [padded("mine", contact=shared)], per_page=1),
+        pages_of(second_job, [padded("yours", contact=shared)], per_page=1))
+
+    assert counts_of(first) == counts_of(second) == [(1, 0, 0, False)]
+    links = await connection.fetch("SELECT external_id, contact_id FROM appointments ORDER BY external_id")
+    assert [r["external_id"] for r in links] == ["mine", "yours"]
+    assert links[0]["contact_id"] is not None
+    assert links[0]["contact_id"] == links[1]["contact_id"]
+    assert await connection.fetchval("SELECT count(*) FROM contacts") == 1
+
+
 async def test_unstorable_pages_are_poison_and_leave_nothing_behind(
     connection: asyncpg.Connection, create_job: CreateJob
 ) -> None:

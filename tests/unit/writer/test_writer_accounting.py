@@ -121,6 +121,19 @@ def test_plan_batch_applies_pages_in_order_and_keeps_one_final_version_per_key()
     assert plan.unchanged_by_page == [1, 0, 1]
 
 
+def test_plan_batch_writes_exactly_what_classify_says_writes() -> None:
+    """plan_batch inlines classify: the two must agree on every stored version."""
+    row = decoded([appointment("a", version=2)]).rows[0]
+    older_hash = appointment("a", version=1).content_hash
+    for stored in (None, StoredVersion(row.content_hash, T0), StoredVersion(older_hash, T0 - timedelta(hours=1)),
+                   StoredVersion(older_hash, T0), StoredVersion(older_hash, T0 + timedelta(hours=1)),
+                   StoredVersion(row.content_hash, T0 + timedelta(hours=1))):
+        plan = plan_batch([decoded([appointment("a", version=2)])], {} if stored is None else {("acuity", "a"): stored})
+
+        assert (("acuity", "a") in plan.writes) is classify(row, stored).writes, stored
+        assert plan.unchanged_by_page == [0 if classify(row, stored).writes else 1]
+
+
 def test_plan_batch_refuses_two_tenants() -> None:
     pages = [decoded([appointment("a")]),
              decoded([appointment("a")], tenant_id=OTHER_TENANT)]

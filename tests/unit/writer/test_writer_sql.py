@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import pytest
 
+from apptsync.shared.db.migrator import load_migrations
 from apptsync.writer import sql
-from apptsync.writer.accounting import PageCounts, SkipCounts, decode_page, job_totals, plan_batch
+from apptsync.writer.accounting import (
+    PageCounts,
+    SkipCounts,
+    decode_page,
+    job_totals,
+    plan_batch,
+    plan_contacts,
+)
 from tests.unit.writer.page_builders import JOB, TENANT, appointment, page
 
 pytestmark = pytest.mark.unit
@@ -18,26 +25,51 @@ def highest_parameter(statement: str) -> int:
     return max(int(n) for n in re.findall(r"\$(\d+)", statement))
 
 
-def test_upsert_arguments_are_one_array_per_column_with_raw_json_as_text() -> None:
+def row_type_fields(type_name: str) -> list[str]:
+    """The field names of a composite type, in order, as its migration declares them."""
+    migration = next(m.sql for m in load_migrations() if f"CREATE TYPE {type_name} AS (" in m.sql)
+    body = migration.split(f"CREATE TYPE {type_name} AS (", 1)[1].split(");", 1)[0]
+    return [line.split()[0] for line in body.splitlines() if line.strip() and not line.strip().startswith("--")]
+
+
+def test_appointment_rows_follow_their_row_type_with_raw_json_as_text_and_known_contacts() -> None:
     decoded = decode_page(page([appointment("a"), appointment("b", version=3)]).SerializeToString())
     plan = plan_batch([decoded], {})
+    writes = list(plan.writes.values())
+    known_contact = ("acuity", writes[0].row.contact_key or "")
 
-    arguments = sql.upsert_arguments(TENANT, list(plan.writes.values()))
+    rows = sql.appointment_rows(writes, {known_contact: 42})
 
-    assert len(arguments) == sql.UPSERT_PARAMETER_COUNT == highest_parameter(sql.UPSERT_APPOINTMENTS)
-    assert arguments[0] == TENANT
-    columns: tuple[list[Any], ...] = arguments[1:]
-    assert {len(column) for column in columns} == {2}
-    assert columns[0] == ["acuity", "acuity"]
-    assert columns[1] == ["a", "b"]
-    assert columns[19] == ['{"id": "a", "version": 0}', '{"id": "b", "version": 3}']  # raw, still text
-    assert columns[22] == [JOB, JOB]  # last_job_id
+    fields = row_type_fields("apptsync_appointment_row")
+    assert {len(row) for row in rows} == {len(fields)}
+    columns = dict(zip(fields, zip(*rows, strict=True), strict=True))
+    assert columns["external_source"] == ("acuity", "acuity")
+    assert columns["external_id"] == ("a", "b")
+    assert columns["raw"] == ('{"id": "a", "version": 0}', '{"id": "b", "version": 3}')  # still text
+    assert columns["last_job_id"] == (JOB, JOB)
+    assert columns["contact_key"] == tuple(w.row.contact_key for w in writes)
+    assert columns["contact_id"] == (42, None)  # b's contact is not known: the insert looks it up
+
+
+def test_contact_arguments_follow_their_row_type() -> None:
+    decoded = decode_page(page([appointment("a")]).SerializeToString())
+    contacts = plan_contacts(plan_batch([decoded], {}).writes.values())
+
+    tenant, rows = sql.contact_arguments(TENANT, contacts)
+
+    assert tenant == TENANT
+    fields = row_type_fields("apptsync_contact_row")
+    assert [dict(zip(fields, row, strict=True)) for row in rows] == [
+        {"external_source": "acuity", "match_key": contacts[0].match_key, "name": contacts[0].name,
+         "email": contacts[0].email, "phone": contacts[0].phone,
+         "provider_client_id": contacts[0].provider_client_id}]
+    assert len(sql.contact_arguments(TENANT, contacts)) == highest_parameter(sql.UPSERT_CONTACTS)
 
 
 def test_upsert_only_touches_rows_whose_content_changed_and_is_not_older() -> None:
     statement = " ".join(sql.UPSERT_APPOINTMENTS.split())
 
-    assert "FROM unnest(" in statement
+    assert "FROM unnest($2::apptsync_appointment_row[]) AS r" in statement
     assert "ON CONFLICT (tenant_id, external_source, external_id) DO UPDATE SET" in statement
     assert ("WHERE a.content_hash IS DISTINCT FROM EXCLUDED.content_hash "
             "AND a.observed_at <= EXCLUDED.observed_at") in statement
@@ -46,14 +78,26 @@ def test_upsert_only_touches_rows_whose_content_changed_and_is_not_older() -> No
     assert "updated_at = now()" in statement
 
 
+def test_the_insert_of_rows_not_stored_is_the_same_statement_without_conflict_handling() -> None:
+    plain = " ".join(sql.INSERT_NEW_APPOINTMENTS.split())
+
+    assert "ON CONFLICT" not in plain
+    assert " ".join(sql.UPSERT_APPOINTMENTS.split()).startswith(plain)
+    assert highest_parameter(plain) == 2
+
+
 def test_contacts_already_stored_as_the_merge_would_leave_them_never_reach_the_upsert() -> None:
     statement = " ".join(sql.UPSERT_CONTACTS.split())
 
     assert ("WHERE s.tenant_id = $1::uuid AND s.external_source = r.external_source "
             "AND s.match_key = r.match_key LIMIT 1 ) AS s ON true") in statement
-    assert ("WHERE s.match_key IS NULL OR (s.name, s.email, s.phone, s.provider_client_id) "
+    assert ("s.match_key IS NULL OR (s.name, s.email, s.phone, s.provider_client_id) "
             "IS DISTINCT FROM ( COALESCE(NULLIF(r.name, ''), s.name),") in statement
+    assert "FROM m WHERE m.needs_write ON CONFLICT" in statement
     assert statement.index("LEFT JOIN LATERAL") < statement.index("ON CONFLICT")
+    # Every contact id it knows goes back to the appointments: the probe's and the upsert's.
+    assert "SELECT m.external_source, m.match_key, m.contact_id FROM m WHERE m.contact_id IS NOT NULL" in statement
+    assert "RETURNING c.external_source, c.match_key, c.contact_id" in statement
 
 
 def test_stored_versions_are_fetched_by_index_lookup_scoped_to_the_tenant() -> None:
@@ -66,8 +110,9 @@ def test_stored_versions_are_fetched_by_index_lookup_scoped_to_the_tenant() -> N
 
 
 def test_every_statement_is_scoped_by_the_tenant_in_its_first_parameter() -> None:
-    for statement in (sql.CLAIM_PAGES, sql.SELECT_PAGE_COUNTS, sql.SELECT_STORED_VERSIONS,
-                      sql.UPSERT_APPOINTMENTS, sql.RECORD_PAGE_COUNTS, sql.ADD_JOB_COUNTERS):
+    for statement in (sql.CLAIM_PAGES, sql.SELECT_PAGE_COUNTS, sql.SELECT_STORED_VERSIONS, sql.UPSERT_CONTACTS,
+                      sql.INSERT_NEW_APPOINTMENTS, sql.UPSERT_APPOINTMENTS, sql.RECORD_PAGE_COUNTS,
+                      sql.ADD_JOB_COUNTERS):
         assert "$1::uuid" in statement
 
 

@@ -407,16 +407,28 @@ def plan_batch(pages: Sequence[DecodedPage], stored: Mapping[RowKey, StoredVersi
     if len({page.tenant_id for page in pages}) > 1:
         raise ValueError("a batch holds pages of one tenant only")
     plan = BatchPlan(pages=tuple(pages), unchanged_by_page=[0] * len(pages))
-    current: dict[RowKey, StoredVersion] = dict(stored)
+    # The latest version per key: stored, or a row of an earlier page that this batch writes.
+    current: dict[RowKey, StoredVersion | AppointmentRow] = dict(stored)
+    writes, writers_by_key, unchanged_by_page = plan.writes, plan.writers_by_key, plan.unchanged_by_page
     for index, page in enumerate(pages):
+        source = page.external_source
         for row in page.rows:
-            key = (page.external_source, row.external_id)
-            if classify(row, current.get(key)).writes:
-                plan.writes[key] = RowWrite(page, row)
-                plan.writers_by_key.setdefault(key, []).append(index)
-                current[key] = StoredVersion(row.content_hash, row.observed_at)
+            key = (source, row.external_id)
+            known = current.get(key)
+            # classify(row, known).writes, inlined (it runs for every row of every batch): new, or
+            # another content not observed earlier than the known version.
+            if known is None or (
+                known.content_hash != row.content_hash and known.observed_at <= row.observed_at
+            ):
+                writes[key] = RowWrite(page, row)
+                writers = writers_by_key.get(key)
+                if writers is None:
+                    writers_by_key[key] = [index]
+                else:
+                    writers.append(index)
+                current[key] = row
             else:
-                plan.unchanged_by_page[index] += 1
+                unchanged_by_page[index] += 1
     return plan
 
 
@@ -559,18 +571,20 @@ def plan_contacts(writes: Iterable[RowWrite]) -> list[ContactWrite]:
     contacts: dict[tuple[str, str], ContactWrite] = {}
     for write in writes:
         row = write.row
-        if row.contact_key is None:
+        match_key = row.contact_key
+        if match_key is None:
             continue
-        key = (write.page.external_source, row.contact_key)
+        source = write.page.external_source
+        key = (source, match_key)
         known = contacts.get(key)
-        contacts[key] = ContactWrite(
-            external_source=write.page.external_source,
-            match_key=row.contact_key,
-            name=row.contact_name or (known.name if known else ""),
-            email=row.contact_email or (known.email if known else ""),
-            phone=row.contact_phone or (known.phone if known else ""),
-            provider_client_id=row.provider_client_id or (known.provider_client_id if known else ""),
-        )
+        if known is None:
+            contacts[key] = ContactWrite(source, match_key, row.contact_name, row.contact_email, row.contact_phone,
+                                         row.provider_client_id)
+        else:
+            contacts[key] = ContactWrite(
+                source, match_key, row.contact_name or known.name, row.contact_email or known.email,
+                row.contact_phone or known.phone, row.provider_client_id or known.provider_client_id,
+            )
     return list(contacts.values())
 
 

@@ -93,12 +93,24 @@ async def write_pages(connection: Connection, pages: Sequence[DecodedPage]) -> l
         raise ValueError("write_pages takes pages of one tenant")
     try:
         try:
-            async with tenant_transaction(connection, tenant_id):
-                return await _write_pages_in_transaction(connection, tenant_id, pages, isolate_refused=False)
+            try:
+                async with tenant_transaction(connection, tenant_id):
+                    return await _write_pages_in_transaction(
+                        connection, tenant_id, pages, isolate_refused=False, plain_inserts=True
+                    )
+            except _ConcurrentInsertError:
+                # Rare: another writer inserted some of the batch's new keys after our lookup; redo
+                # the batch with the upsert, which counts those rows as it finds them.
+                async with tenant_transaction(connection, tenant_id):
+                    return await _write_pages_in_transaction(
+                        connection, tenant_id, pages, isolate_refused=False, plain_inserts=False
+                    )
         except _RowsRefusedError:
             # Rare: redo the batch, this time pinning the refusal on records (savepoints, bisection).
             async with tenant_transaction(connection, tenant_id):
-                return await _write_pages_in_transaction(connection, tenant_id, pages, isolate_refused=True)
+                return await _write_pages_in_transaction(
+                    connection, tenant_id, pages, isolate_refused=True, plain_inserts=False
+                )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise translate_store_error(exc) from exc
 
@@ -121,16 +133,36 @@ def _is_data_error(exc: BaseException) -> bool:
     return str(getattr(exc, "sqlstate", "") or "")[:2] in _PAGE_DATA_SQLSTATE_CLASSES
 
 
-async def _upsert(connection: Connection, tenant_id: str, writes: Sequence[RowWrite]) -> dict[RowKey, bool]:
+class _ConcurrentInsertError(Exception):
+    """A plain insert of keys the batch's lookup did not find met a row another writer inserted since
+    (internal signal: redo the batch with the upsert)."""
+
+
+async def _upsert(
+    connection: Connection, tenant_id: str, writes: Sequence[RowWrite], *, plain_insert: bool = False
+) -> dict[RowKey, bool]:
     """Upserts the contacts of `writes`, then `writes` linked to them; which keys were written and
-    whether as inserts (True) or updates (False)."""
+    whether as inserts (True) or updates (False). `plain_insert`: no key of `writes` was stored when
+    the batch looked them up, so they are inserted without ON CONFLICT; raises _ConcurrentInsertError
+    when one was inserted since."""
     written: dict[RowKey, bool] = {}
     if not writes:
         return written
     contacts = plan_contacts(writes)
+    contact_ids: dict[tuple[str, str], int] = {}
     if contacts:
-        await connection.execute(sql.UPSERT_CONTACTS, *sql.contact_arguments(tenant_id, contacts))
-    for record in await connection.fetch(sql.UPSERT_APPOINTMENTS, *sql.upsert_arguments(tenant_id, writes)):
+        for record in await connection.fetch(sql.UPSERT_CONTACTS, *sql.contact_arguments(tenant_id, contacts)):
+            contact_ids[(record["external_source"], record["match_key"])] = record["contact_id"]
+    rows = sql.appointment_rows(writes, contact_ids)
+    if plain_insert:
+        try:
+            status = await connection.execute(sql.INSERT_NEW_APPOINTMENTS, tenant_id, rows)
+        except asyncpg.UniqueViolationError as exc:
+            raise _ConcurrentInsertError(str(exc)) from exc
+        if status != f"INSERT 0 {len(writes)}":
+            raise PermanentError(f"inserting {len(writes)} new appointments reported {status!r}")
+        return {write.key: True for write in writes}
+    for record in await connection.fetch(sql.UPSERT_APPOINTMENTS, tenant_id, rows):
         written[(record["external_source"], record["external_id"])] = record["inserted"]
     return written
 
@@ -196,7 +228,8 @@ async def _upsert_isolating_refused(
 
 
 async def _write_pages_in_transaction(
-    connection: Connection, tenant_id: str, pages: Sequence[DecodedPage], *, isolate_refused: bool
+    connection: Connection, tenant_id: str, pages: Sequence[DecodedPage], *, isolate_refused: bool,
+    plain_inserts: bool,
 ) -> list[PageOutcome]:
     unique_pages = first_deliveries(pages)
     claimed = await connection.fetch(
@@ -219,8 +252,12 @@ async def _write_pages_in_transaction(
             fresh, plan, written, refused = await _upsert_isolating_refused(connection, tenant_id, fresh, stored)
         else:
             plan = plan_batch(fresh, stored)
+            writes = list(plan.writes.values())
             try:
-                written = await _upsert(connection, tenant_id, list(plan.writes.values()))
+                written = await _upsert(
+                    connection, tenant_id, writes,
+                    plain_insert=plain_inserts and stored.keys().isdisjoint(plan.writes),
+                )
             except asyncpg.PostgresError as exc:
                 if _is_data_error(exc):
                     raise _RowsRefusedError(str(exc)) from exc
