@@ -24,6 +24,9 @@ pytestmark = pytest.mark.unit
         asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
         asyncpg.exceptions.TooManyConnectionsError("too many clients"),
         asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed"),
+        # The protocol of a connection PostgreSQL dropped while a statement started (a fault test
+        # saw it crash the writer when PostgreSQL shut down under load).
+        asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
     ],
 )
 def test_transient_failures_mean_retry(exc: BaseException) -> None:

@@ -20,7 +20,7 @@ import asyncpg
 
 from apptsync.fetcher.providers import CredentialRefresh, JsonValue
 from apptsync.shared.credentials import Keyring
-from apptsync.shared.db.pool import tenant_transaction, translate_database_error
+from apptsync.shared.db.pool import DATABASE_ERRORS, tenant_transaction, translate_database_error
 from apptsync.shared.errors import ProviderAuthError
 
 
@@ -55,7 +55,7 @@ class PostgresConnectionStateStore:
                     self._connection_id,
                     key,
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             raise translate_database_error(exc) from exc
         if text is None:
             return None
@@ -87,7 +87,7 @@ class PostgresConnectionStateStore:
                     json.dumps(value),
                     self._clock(),
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             raise translate_database_error(exc) from exc
 
     async def refresh_credentials(self, *, rejected: Mapping[str, str], refresh: CredentialRefresh) -> dict[str, str]:
@@ -121,5 +121,5 @@ class PostgresConnectionStateStore:
                     self._clock(),
                 )
                 return fresh
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             raise translate_database_error(exc) from exc

@@ -324,7 +324,12 @@ async def _abort_for(context: Context, exc: Exception) -> None:
     elif isinstance(exc, NotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     elif isinstance(
-        exc, RetriableError | asyncpg.exceptions.PostgresConnectionError | asyncpg.InterfaceError | OSError
+        exc,
+        RetriableError
+        | asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.InternalClientError
+        | OSError,
     ):
         _log.warning("transient failure: %s", type(exc).__name__)
         await context.abort(grpc.StatusCode.UNAVAILABLE, "temporarily unavailable, try again")

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from apptsync.shared.db.pool import is_transient_database_error
+from apptsync.shared.db.pool import DATABASE_ERRORS, is_transient_database_error
 from apptsync.shared.errors import (
     ApptsyncError,
     PermanentError,
@@ -111,7 +111,7 @@ async def write_pages(connection: Connection, pages: Sequence[DecodedPage]) -> l
                 return await _write_pages_in_transaction(
                     connection, tenant_id, pages, isolate_refused=True, plain_inserts=False
                 )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         raise translate_store_error(exc) from exc
 
 
@@ -305,7 +305,7 @@ class PageStore:
         try:
             async with self._pool.acquire() as connection:
                 return await write_pages(connection, pages)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             raise translate_store_error(exc) from exc
 
     async def record_refused(self, page: DecodedPage) -> PageOutcome:
@@ -313,5 +313,5 @@ class PageStore:
         try:
             async with self._pool.acquire() as connection:
                 return await record_refused_page(connection, page)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             raise translate_store_error(exc) from exc

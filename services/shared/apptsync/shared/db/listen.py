@@ -19,8 +19,9 @@ from typing import Any
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from apptsync.shared.db.pool import DATABASE_ERRORS
+
 _log = logging.getLogger("apptsync.db.listen")
-_CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class NotificationListener:
@@ -75,7 +76,7 @@ class NotificationListener:
             connection.add_termination_listener(self._terminated)
             await connection.add_listener(self._channel, self._notified)
         except BaseException:
-            with contextlib.suppress(*_CONNECTION_ERRORS):
+            with contextlib.suppress(*DATABASE_ERRORS):
                 await self._pool.release(connection)
             raise
         self._connection = connection
@@ -86,7 +87,7 @@ class NotificationListener:
             _log.warning("the LISTEN connection for %s was dropped; subscribing again", self._channel)
             await self._release()
             retrying = AsyncRetrying(
-                retry=retry_if_exception_type(_CONNECTION_ERRORS),
+                retry=retry_if_exception_type(DATABASE_ERRORS),
                 wait=wait_random_exponential(multiplier=self._retry_base_seconds, max=self._retry_cap_seconds),
                 reraise=True,
             )
@@ -103,11 +104,11 @@ class NotificationListener:
             return
         # A connection PostgreSQL dropped is already closed and detached from its pool: asyncpg
         # refuses these calls (InterfaceError), and there is nothing left to undo.
-        with contextlib.suppress(*_CONNECTION_ERRORS):
+        with contextlib.suppress(*DATABASE_ERRORS):
             connection.remove_termination_listener(self._terminated)
-        with contextlib.suppress(*_CONNECTION_ERRORS):
+        with contextlib.suppress(*DATABASE_ERRORS):
             await connection.remove_listener(self._channel, self._notified)
-        with contextlib.suppress(*_CONNECTION_ERRORS):
+        with contextlib.suppress(*DATABASE_ERRORS):
             await self._pool.release(connection)
 
     def _terminated(self, _connection: object) -> None:

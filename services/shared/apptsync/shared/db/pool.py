@@ -29,13 +29,22 @@ SET_TENANT = "SELECT set_config('app.tenant_id', $1, true)"
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
 # SQLSTATE classes: 08 connection exception, 53 insufficient resources (e.g. too many connections).
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53"})
+# What a database call can raise: socket errors, server errors, use of a closed connection, and
+# asyncpg's protocol losing track of a connection the server dropped mid-operation ("cannot switch
+# to state ...; another operation is in progress", seen when PostgreSQL shuts down under load).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def is_transient_database_error(exc: BaseException) -> bool:
     """True when `exc` (from asyncpg or the socket below it) may not happen again on a retry.
 
-    Covers lost or refused connections (OSError, including timeouts), a closed connection, server
-    shutdown or start-up, serialization failures, deadlocks, lock and statement timeouts, and too
+    Covers lost or refused connections (OSError, including timeouts), a closed or broken connection,
+    server shutdown or start-up, serialization failures, deadlocks, lock and statement timeouts, and too
     many connections. Everything else (constraint violations, data errors, SQL errors) is permanent.
     """
     if isinstance(exc, OSError):  # includes ConnectionRefusedError and TimeoutError
@@ -46,7 +55,8 @@ def is_transient_database_error(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError):
         # asyncpg reports use of a connection the server dropped as an InterfaceError.
         return "connection is closed" in str(exc) or "connection was closed" in str(exc)
-    return False
+    # A connection whose protocol state broke when the server went away; the pool discards it.
+    return isinstance(exc, asyncpg.InternalClientError)
 
 
 def translate_database_error(exc: BaseException) -> ApptsyncError:
@@ -74,7 +84,7 @@ async def create_pool(settings: DatabaseSettings, *, application_name: str = "ap
             command_timeout=settings.command_timeout_seconds,
             server_settings={"application_name": application_name},
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         raise translate_database_error(exc) from exc
     assert pool is not None  # asyncpg's stub allows None only for a pool that was never awaited
     return pool
@@ -91,7 +101,7 @@ async def connect(settings: DatabaseSettings, *, application_name: str = "apptsy
             command_timeout=settings.command_timeout_seconds,
             server_settings={"application_name": application_name},
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except DATABASE_ERRORS as exc:
         raise translate_database_error(exc) from exc
 
 
