@@ -13,7 +13,7 @@ then each stage of the fetcher's page path runs over those bytes and is timed in
   build      build_page (AppointmentPage protobuf, content hashes included)
   serialize  AppointmentPage.SerializeToString
   batch      aiokafka's record batch of the page, zstd-compressed (what the producer does)
-  telemetry  the page span and the per-page counts, metrics and log event (runner._page_sent)
+  telemetry  the page span and the per-page counts, metrics and log event (runner.page_sent)
 `--online` also runs AcuitySession over real HTTP against the simulator in a child process (httpx,
 the metered transport, the whole session loop) and reports its CPU per record.
 `--profile FILE` writes a cProfile of the offline stages (read it with `python -m pstats FILE`).
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import inspect
 import json
 import logging
 import os
@@ -33,10 +32,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import httpx
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -49,32 +46,20 @@ from apptsync.fetcher.providers import (
     RateBudget,
     open_session,
 )
+from apptsync.fetcher.providers._json_fields import loads_json
 from apptsync.fetcher.providers.acuity import AcuityPaginator, AcuityRequest, WindowVerdict, acuity_page, acuity_start
 from apptsync.fetcher.providers.acuity._session import DEFAULT_CURRENCY
+from apptsync.fetcher.runner import page_sent
 from apptsync.shared.appointments import Source
 from apptsync.shared.pages import build_page
 from apptsync.shared.telemetry.http_metrics import MeteredTransport
-from apptsync.shared.telemetry.logs import log_event
-from apptsync.shared.telemetry.metrics import METRICS
 from apptsync.simulator._acuity_data import AcuityStore, select_appointments
 
-# What ProviderHttp decodes a body with, and whether acuity_page takes the session's starts (both
-# looked up, so that the harness also measures the code before these existed: run it with an older
-# checkout's service roots first on PYTHONPATH).
-decode_body: Callable[[bytes], Any] = json.loads
-try:
-    from apptsync.fetcher.providers._json_fields import loads_json
-
-    decode_body = loads_json
-except ImportError:  # pragma: no cover (older code)
-    pass
-_PAGE_TAKES_STARTS = "starts" in inspect.signature(acuity_page).parameters
 ANCHOR = date(2026, 1, 15)
 USER_ID = 1001
 SEED = 42
 # zstd is the producer's default compression (KafkaSettings.compression_type); 2 = CODEC_ZSTD magic v2.
 _ZSTD = 0x04
-_log = logging.getLogger("apptsync.fetcher")
 
 
 def job_window() -> JobWindow:
@@ -129,7 +114,7 @@ def run_stages(captured: list[Capture], page_size: int) -> StageTimes:
     records_total = pages = 0
     for item in captured:
         t0 = clock()
-        records = decode_body(item.body)
+        records = loads_json(item.body)
         assert isinstance(records, list)
         t1 = clock()
         starts = [acuity_start(r) for r in records]
@@ -143,7 +128,7 @@ def run_stages(captured: list[Capture], page_size: int) -> StageTimes:
         t3 = clock()
         page: ProviderPage = acuity_page(
             records, request=item.request, window=window, observed_at=observed_at, currency=DEFAULT_CURRENCY,
-            **({"starts": starts} if _PAGE_TAKES_STARTS else {}),
+            starts=starts,
         )  # fmt: skip
         t4 = clock()
         message = build_page(
@@ -166,16 +151,7 @@ def run_stages(captured: list[Capture], page_size: int) -> StageTimes:
         builder.build()
         t7 = clock()
         with tracer.start_as_current_span("fetch page", attributes={"apptsync.page_no": pages}) as span:
-            counts = {
-                "records_fetched": page.records_fetched,
-                "appointments": len(page.appointments),
-                "skipped_out_of_window": page.skipped_out_of_window,
-                "skipped_invalid": page.skipped_invalid,
-            }
-            for name, value in counts.items():
-                span.set_attribute(f"apptsync.{name}", value)
-            METRICS.pages_fetched.labels("acuity").inc()
-            log_event(_log, "page sent", page_no=pages, **counts)
+            page_sent("acuity", pages, page, span)
         t8 = clock()
         seconds["normalize"] += t4 - t3
         seconds["build"] += t5 - t4

@@ -218,7 +218,7 @@ async def _page_loop(
                 page_no = progress.next_page_no
                 progress.page_sent()
                 pages_fetched += 1
-                _page_sent(job, page_no, page, page_span)
+                page_sent(job.external_source, page_no, page, page_span)
                 async with ctx.pool.acquire() as conn:
                     await jobs_db.save_progress(
                         conn,
@@ -348,7 +348,7 @@ def _count_retries(source: str, retries: int, span: trace.Span) -> None:
         span.set_attribute("apptsync.provider_retries", retries)
 
 
-def _page_sent(job: jobs_db.JobRecord, page_no: int, page: ProviderPage, span: trace.Span) -> None:
+def page_sent(source: str, page_no: int, page: ProviderPage, span: trace.Span) -> None:
     """Counts, span attributes and the page's log event (counts only: never record content)."""
     counts = {
         "records_fetched": page.records_fetched,
@@ -358,7 +358,7 @@ def _page_sent(job: jobs_db.JobRecord, page_no: int, page: ProviderPage, span: t
     }
     for name, value in counts.items():
         span.set_attribute(f"apptsync.{name}", value)
-    METRICS.pages_fetched.labels(job.external_source).inc()
+    METRICS.pages_fetched.labels(source).inc()
     log_event(_log, "page sent", page_no=page_no, **counts)
 
 
