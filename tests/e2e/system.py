@@ -3,20 +3,25 @@ the testcontainers PostgreSQL and broker. Each test gets its own database, topic
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import asyncpg
+import grpc
 
 from apptsync.cli.devstack import ServiceSet
 from apptsync.gateway.auth import token_digest
-from apptsync.v1 import imports_pb2_grpc
+from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 TENANT_ID = "3f2a9c1e-6b7d-4e8f-9a0b-1c2d3e4f5a6b"
 OTHER_TENANT_ID = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a"
 TENANT_TOKEN = "e2e-tenant-token"
+TERMINAL = frozenset({imports_pb2.JOB_STATE_SUCCEEDED, imports_pb2.JOB_STATE_FAILED, imports_pb2.JOB_STATE_CANCELED})
 
 
 @dataclass
@@ -66,3 +71,66 @@ async def count_job_and_connection_rows(database_url: str) -> tuple[int, int]:
     finally:
         await connection.close()
     return int(jobs), int(connections)
+
+
+class GatewayClient(Protocol):
+    """What the job helpers below need of a running system (RunningSystem, the fault tests' system)."""
+
+    @property
+    def stub(self) -> imports_pb2_grpc.ImportServiceAsyncStub: ...
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]: ...
+
+
+async def get_job(system: GatewayClient, tenant_id: str, job_id: str) -> imports_pb2.Job:
+    """GetJob; while the gateway cannot reach PostgreSQL it answers UNAVAILABLE: asked again (bounded)."""
+    for _attempt in range(60):
+        try:
+            return await system.stub.GetJob(
+                imports_pb2.GetJobRequest(tenant_id=tenant_id, job_id=job_id), metadata=system.metadata, timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"GetJob of {job_id} kept failing")
+
+
+async def wait_for_job(
+    system: GatewayClient,
+    tenant_id: str,
+    job_id: str,
+    done: Callable[[imports_pb2.Job], bool],
+    *,
+    timeout_seconds: float = 60.0,
+    poll_seconds: float = 0.05,
+) -> imports_pb2.Job:
+    """Polls GetJob until `done(job)`; fails after `timeout_seconds` (bounded in time and count)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_seconds
+    for _poll in range(int(timeout_seconds / poll_seconds) + 1):
+        job = await get_job(system, tenant_id, job_id)
+        if done(job):
+            return job
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(poll_seconds)
+    raise AssertionError(f"job {job_id} did not reach the expected state within {timeout_seconds} s: {job}")
+
+
+async def stored_external_ids(database_url: str, tenant_id: str) -> list[str]:
+    """Every stored row's external id of the tenant, read as the owner (a duplicate appears twice)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch("SELECT external_id FROM appointments WHERE tenant_id = $1", uuid.UUID(tenant_id))
+    finally:
+        await connection.close()
+    return [row["external_id"] for row in rows]
+
+
+def assert_counts_add_up(job: imports_pb2.Job) -> None:
+    """Every fetched record is inserted, updated, unchanged or skipped for a counted reason."""
+    c = job.counts
+    skipped = c.skipped_out_of_window + c.skipped_invalid + c.skipped_dead_letter + c.skipped_duplicate_in_page
+    assert c.inserted + c.updated + c.unchanged + skipped == c.records_fetched, f"counts do not add up: {c}"

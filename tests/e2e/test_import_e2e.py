@@ -14,10 +14,9 @@ from aiokafka import AIOKafkaConsumer
 
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2
-from tests.e2e.system import OTHER_TENANT_ID, TENANT_ID, RunningSystem
+from tests.e2e.system import OTHER_TENANT_ID, TENANT_ID, TERMINAL, RunningSystem
 
 pytestmark = pytest.mark.e2e
-TERMINAL = {imports_pb2.JOB_STATE_SUCCEEDED, imports_pb2.JOB_STATE_FAILED, imports_pb2.JOB_STATE_CANCELED}
 CONNECTION_ID = "acuity-main"
 
 

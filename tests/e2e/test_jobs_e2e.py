@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import grpc
 import httpx
 import pytest
@@ -25,11 +24,19 @@ from apptsync.gateway.auth import token_digest
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc, pages_pb2
 from tests.containers.fixtures import BrokerContainer
-from tests.e2e.system import RunningSystem, count_job_and_connection_rows, system_env
+from tests.e2e.system import (
+    TERMINAL,
+    RunningSystem,
+    assert_counts_add_up,
+    count_job_and_connection_rows,
+    get_job,
+    stored_external_ids,
+    system_env,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.e2e
 ADMIN_TOKEN = "e2e-admin-token"
-TERMINAL = {imports_pb2.JOB_STATE_SUCCEEDED, imports_pb2.JOB_STATE_FAILED, imports_pb2.JOB_STATE_CANCELED}
 ACUITY_SECRET = "canary-acuity-key-7f3e"
 
 
@@ -99,37 +106,8 @@ def start_request(tenant_id: str, connection_id: str = "acuity", **options: obje
     )
 
 
-async def get_job(system: RunningSystem, tenant_id: str, job_id: str) -> imports_pb2.Job:
-    return await system.stub.GetJob(
-        imports_pb2.GetJobRequest(tenant_id=tenant_id, job_id=job_id), metadata=system.metadata, timeout=10
-    )
-
-
-async def wait_until(
-    system: RunningSystem, tenant_id: str, job_id: str, done: object, *, timeout_seconds: float = 60.0
-) -> imports_pb2.Job:
-    """Polls GetJob until `done(job)` holds; fails after the timeout (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_seconds
-    while True:
-        job = await get_job(system, tenant_id, job_id)
-        if done(job):  # type: ignore[operator]
-            return job
-        assert loop.time() < deadline, f"job never reached the expected state: {job}"
-        await asyncio.sleep(0.05)
-
-
 async def finished(system: RunningSystem, tenant_id: str, job_id: str) -> imports_pb2.Job:
-    return await wait_until(system, tenant_id, job_id, lambda j: j.state in TERMINAL, timeout_seconds=90)
-
-
-async def tenant_rows(database_url: str, tenant_id: str) -> list[str]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        rows = await connection.fetch("SELECT external_id FROM appointments WHERE tenant_id = $1", uuid.UUID(tenant_id))
-    finally:
-        await connection.close()
-    return [r["external_id"] for r in rows]
+    return await wait_for_job(system, tenant_id, job_id, lambda j: j.state in TERMINAL, timeout_seconds=90)
 
 
 async def source_ids(system: RunningSystem, job: imports_pb2.Job) -> set[str]:
@@ -140,18 +118,8 @@ async def source_ids(system: RunningSystem, job: imports_pb2.Job) -> set[str]:
 
 
 def assert_honest(job: imports_pb2.Job) -> None:
-    c = job.counts
-    assert (
-        c.inserted
-        + c.updated
-        + c.unchanged
-        + c.skipped_out_of_window
-        + c.skipped_invalid
-        + c.skipped_dead_letter
-        + c.skipped_duplicate_in_page
-        == c.records_fetched
-    )
-    assert c.pages_written == c.pages_fetched
+    assert_counts_add_up(job)
+    assert job.counts.pages_written == job.counts.pages_fetched
 
 
 async def test_twenty_concurrent_start_imports_make_one_job(jobs_system: RunningSystem) -> None:
@@ -223,19 +191,18 @@ async def test_a_fetcher_killed_mid_job_is_replaced_and_the_job_resumes_exactly(
         )
         kill_after_pages = rng.randint(1, 12)
         job_id = response.job.job_id
-        await wait_until(
-            jobs_system,
-            tenant,
-            job_id,
-            lambda j, n=kill_after_pages: j.counts.pages_fetched >= n or j.state in TERMINAL,
-        )
+
+        def fetched_enough(job: imports_pb2.Job, pages: int = kill_after_pages) -> bool:
+            return job.counts.pages_fetched >= pages or job.state in TERMINAL
+
+        await wait_for_job(jobs_system, tenant, job_id, fetched_enough)
         jobs_system.services.process("fetcher").kill()
         await jobs_system.services.restart("fetcher")
 
         job = await finished(jobs_system, tenant, job_id)
 
         assert job.state == imports_pb2.JOB_STATE_SUCCEEDED, (seed, job.error)
-        stored = await tenant_rows(jobs_system.database_url, tenant)
+        stored = await stored_external_ids(jobs_system.database_url, tenant)
         assert len(stored) == len(set(stored)), seed
         assert set(stored) == await source_ids(jobs_system, job), seed
         assert job.counts.inserted == len(stored), seed
@@ -255,7 +222,7 @@ async def test_a_paused_fetcher_loses_its_lease_and_cannot_corrupt_the_job(
         start_request(tenant, page_size=10), metadata=jobs_system.metadata, timeout=20
     )
     job_id = response.job.job_id
-    await wait_until(jobs_system, tenant, job_id, lambda j: j.counts.pages_fetched >= 3)
+    await wait_for_job(jobs_system, tenant, job_id, lambda j: j.counts.pages_fetched >= 3)
     first_fetcher.pause()
     health_address = f"127.0.0.1:{pick_free_port()}"
     second = ServiceProcess.apptsync(
@@ -277,7 +244,7 @@ async def test_a_paused_fetcher_loses_its_lease_and_cannot_corrupt_the_job(
     await asyncio.sleep(1.0)  # the resumed fetcher notices it lost the lease
     await second.stop()
     assert job.state == imports_pb2.JOB_STATE_SUCCEEDED, job.error
-    stored = await tenant_rows(jobs_system.database_url, tenant)
+    stored = await stored_external_ids(jobs_system.database_url, tenant)
     assert len(stored) == len(set(stored))
     assert set(stored) == await source_ids(jobs_system, job)
     final = await get_job(jobs_system, tenant, job_id)
@@ -292,7 +259,7 @@ async def test_cancel_stops_at_a_page_boundary_and_writes_what_was_sent(jobs_sys
         start_request(tenant, page_size=10, max_in_flight_pages=2), metadata=jobs_system.metadata, timeout=20
     )
     job_id = response.job.job_id
-    await wait_until(jobs_system, tenant, job_id, lambda j: j.counts.pages_written >= 2)
+    await wait_for_job(jobs_system, tenant, job_id, lambda j: j.counts.pages_written >= 2)
     await jobs_system.stub.CancelJob(
         imports_pb2.CancelJobRequest(tenant_id=tenant, job_id=job_id), metadata=jobs_system.metadata, timeout=10
     )
@@ -300,7 +267,7 @@ async def test_cancel_stops_at_a_page_boundary_and_writes_what_was_sent(jobs_sys
     assert job.state == imports_pb2.JOB_STATE_CANCELED
     assert job.stop_reason == "canceled by request"
     assert_honest(job)
-    assert job.counts.inserted == len(await tenant_rows(jobs_system.database_url, tenant))
+    assert job.counts.inserted == len(await stored_external_ids(jobs_system.database_url, tenant))
     assert job.counts.inserted < len(await source_ids(jobs_system, job))
 
 

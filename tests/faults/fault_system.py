@@ -9,17 +9,15 @@ seconds, not minutes), fast consumer-group rejoins, and a lifted provider rate b
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 import httpx
 from google.protobuf.duration_pb2 import Duration
@@ -29,9 +27,14 @@ from apptsync.cli.devstack.services import CommandFactory
 from apptsync.gateway.auth import token_digest
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
-from tests.e2e.system import system_env
+from tests.e2e.system import (
+    TERMINAL,
+    assert_counts_add_up,
+    stored_external_ids,
+    system_env,
+    wait_for_job,
+)
 
-TERMINAL = frozenset({imports_pb2.JOB_STATE_SUCCEEDED, imports_pb2.JOB_STATE_FAILED, imports_pb2.JOB_STATE_CANCELED})
 ACUITY_USER_ID = "1001"
 ACUITY_API_KEY = "demo-acuity-key"
 RESULT_TIMEOUT_SECONDS = 15
@@ -174,41 +177,6 @@ async def start_import(
     return response.job.job_id
 
 
-async def get_job(system: FaultSystem, tenant_id: str, job_id: str) -> imports_pb2.Job:
-    """GetJob; while the gateway cannot reach PostgreSQL it answers UNAVAILABLE: asked again (bounded)."""
-    for _attempt in range(60):
-        try:
-            return await system.stub.GetJob(
-                imports_pb2.GetJobRequest(tenant_id=tenant_id, job_id=job_id), metadata=system.metadata, timeout=10
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"GetJob of {job_id} kept failing")
-
-
-async def wait_for_job(
-    system: FaultSystem,
-    tenant_id: str,
-    job_id: str,
-    done: Callable[[imports_pb2.Job], bool],
-    *,
-    timeout_seconds: float,
-) -> imports_pb2.Job:
-    """Polls GetJob until `done(job)`; fails after `timeout_seconds` (bounded in time and count)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_seconds
-    for _poll in range(int(timeout_seconds / 0.1) + 1):
-        job = await get_job(system, tenant_id, job_id)
-        if done(job):
-            return job
-        if loop.time() > deadline:
-            break
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not reach the expected state within {timeout_seconds} s: {job}")
-
-
 async def finished_job(
     system: FaultSystem, tenant_id: str, job_id: str, *, timeout_seconds: float = 120.0
 ) -> imports_pb2.Job:
@@ -230,26 +198,10 @@ async def acuity_source_ids(system: FaultSystem) -> set[str]:
     }
 
 
-async def stored_external_ids(system: FaultSystem, tenant_id: str) -> list[str]:
-    """Every stored row's external id of the tenant (a duplicate would appear twice)."""
-    connection = await asyncpg.connect(system.owner_database_url)
-    try:
-        rows = await connection.fetch("SELECT external_id FROM appointments WHERE tenant_id = $1", uuid.UUID(tenant_id))
-    finally:
-        await connection.close()
-    return [row["external_id"] for row in rows]
-
-
-def assert_counts_add_up(job: imports_pb2.Job) -> None:
-    c = job.counts
-    skipped = c.skipped_out_of_window + c.skipped_invalid + c.skipped_dead_letter + c.skipped_duplicate_in_page
-    assert c.inserted + c.updated + c.unchanged + skipped == c.records_fetched, f"counts do not add up: {c}"
-
-
 async def assert_landed_exactly(system: FaultSystem, job: imports_pb2.Job, source_ids: set[str]) -> None:
     """A SUCCEEDED first import: every source record stored once, nothing else, counts exact."""
     assert job.state == imports_pb2.JOB_STATE_SUCCEEDED, f"{imports_pb2.JobState.Name(job.state)}: {job.error}"
-    stored = await stored_external_ids(system, job.tenant_id)
+    stored = await stored_external_ids(system.owner_database_url, job.tenant_id)
     assert len(stored) == len(set(stored)), "duplicate rows"
     missing, extra = source_ids - set(stored), set(stored) - source_ids
     assert not missing and not extra, f"{len(missing)} source records missing, {len(extra)} rows not in the source"
@@ -266,7 +218,7 @@ async def assert_failed_loudly(
     counts of the pages it got results for add up."""
     assert job.state == imports_pb2.JOB_STATE_FAILED, f"{imports_pb2.JobState.Name(job.state)}: {job.counts}"
     assert error_contains in job.error, job.error
-    stored = await stored_external_ids(system, job.tenant_id)
+    stored = await stored_external_ids(system.owner_database_url, job.tenant_id)
     assert len(stored) == len(set(stored)), "duplicate rows"
     assert set(stored) <= source_ids
     assert_counts_add_up(job)

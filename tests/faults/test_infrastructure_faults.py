@@ -27,8 +27,8 @@ import pytest
 
 from apptsync.v1 import imports_pb2
 from tests.containers.fixtures import BrokerContainer, PostgresServerContainer
+from tests.e2e.system import TERMINAL, get_job, wait_for_job
 from tests.faults.fault_system import (
-    TERMINAL,
     FaultSystem,
     acuity_source_ids,
     assert_failed_loudly,
@@ -36,11 +36,9 @@ from tests.faults.fault_system import (
     fault_env,
     fault_system,
     finished_job,
-    get_job,
     new_tenant,
     put_acuity_connection,
     start_import,
-    wait_for_job,
 )
 
 pytestmark = pytest.mark.e2e
