@@ -352,6 +352,9 @@ class JobCounts(_message.Message):
     SKIPPED_DEAD_LETTER_FIELD_NUMBER: _builtins.int
     SKIPPED_DUPLICATE_IN_PAGE_FIELD_NUMBER: _builtins.int
     CONTACTS_UNMATCHED_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    SKIPPED_UNKNOWN_DELETION_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
     pages_fetched: _builtins.int
     pages_written: _builtins.int
     records_fetched: _builtins.int
@@ -363,6 +366,15 @@ class JobCounts(_message.Message):
     skipped_dead_letter: _builtins.int
     skipped_duplicate_in_page: _builtins.int
     contacts_unmatched: _builtins.int
+    stale: _builtins.int
+    """Records not written because the stored row was observed later (see PageResult.stale)."""
+    skipped_unknown_deletion: _builtins.int
+    """Cancellation stubs for keys never stored (see SkipCounts.unknown_deletion)."""
+    deleted: _builtins.int
+    """Stored rows of the connection inside the job's window that the job's complete walk of the
+    provider's listing did not find: marked deleted (deleted_at) when the job succeeded. Not part of
+    records_fetched: inserted + updated + unchanged + stale + skipped_* == records_fetched.
+    """
     def __init__(
         self,
         *,
@@ -377,10 +389,13 @@ class JobCounts(_message.Message):
         skipped_dead_letter: _builtins.int = ...,
         skipped_duplicate_in_page: _builtins.int = ...,
         contacts_unmatched: _builtins.int = ...,
+        stale: _builtins.int = ...,
+        skipped_unknown_deletion: _builtins.int = ...,
+        deleted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts_unmatched", b"contacts_unmatched", "inserted", b"inserted", "pages_fetched", b"pages_fetched", "pages_written", b"pages_written", "records_fetched", b"records_fetched", "skipped_dead_letter", b"skipped_dead_letter", "skipped_duplicate_in_page", b"skipped_duplicate_in_page", "skipped_invalid", b"skipped_invalid", "skipped_out_of_window", b"skipped_out_of_window", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts_unmatched", b"contacts_unmatched", "deleted", b"deleted", "inserted", b"inserted", "pages_fetched", b"pages_fetched", "pages_written", b"pages_written", "records_fetched", b"records_fetched", "skipped_dead_letter", b"skipped_dead_letter", "skipped_duplicate_in_page", b"skipped_duplicate_in_page", "skipped_invalid", b"skipped_invalid", "skipped_out_of_window", b"skipped_out_of_window", "skipped_unknown_deletion", b"skipped_unknown_deletion", "stale", b"stale", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,6 +120,9 @@ class Appointment(_message.Message):
     RAW_JSON_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    STUB_FIELD_NUMBER: _builtins.int
+    RESCHEDULED_TO_EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    RESCHEDULED_FROM_EXTERNAL_ID_FIELD_NUMBER: _builtins.int
     external_id: _builtins.str
     timezone: _builtins.str
     """IANA time zone name as the provider gave it."""
@@ -132,6 +135,19 @@ class Appointment(_message.Message):
     """The provider's record, verbatim JSON text (stored as jsonb)."""
     content_hash: _builtins.bytes
     """SHA-256 of the canonical content (see apptsync.shared.appointments.content_hash)."""
+    stub: _builtins.bool
+    """A cancellation or deletion notice that carries no times (Google Calendar returns a deleted event
+    as `{"id", "status": "cancelled"}`, at most with `recurringEventId` and `originalStartTime`).
+    Only external_id, status (CANCELED), raw_json, content_hash and observed_at are set; starts_at
+    and ends_at are absent. The writer cancels the stored row of that key whatever the job's window,
+    and never inserts one: a stub for a key it never stored is counted as skipped.unknown_deletion.
+    """
+    rescheduled_to_external_id: _builtins.str
+    """A rescheduled booking (Calendly cancels the old invitee and books a new one): the external id of
+    the booking that replaced this one, on the old booking...
+    """
+    rescheduled_from_external_id: _builtins.str
+    """...and the external id of the booking this one replaced, on the new booking. Empty: none known."""
     @_builtins.property
     def starts_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -166,10 +182,13 @@ class Appointment(_message.Message):
         raw_json: _builtins.str = ...,
         content_hash: _builtins.bytes = ...,
         observed_at: _timestamp_pb2.Timestamp | None = ...,
+        stub: _builtins.bool = ...,
+        rescheduled_to_external_id: _builtins.str = ...,
+        rescheduled_from_external_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount_paid", b"amount_paid", "contact", b"contact", "ends_at", b"ends_at", "observed_at", b"observed_at", "price", b"price", "starts_at", b"starts_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_paid", b"amount_paid", "appointment_type", b"appointment_type", "calendar", b"calendar", "contact", b"contact", "content_hash", b"content_hash", "ends_at", b"ends_at", "external_id", b"external_id", "external_url", b"external_url", "observed_at", b"observed_at", "price", b"price", "raw_json", b"raw_json", "starts_at", b"starts_at", "status", b"status", "timezone", b"timezone", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_paid", b"amount_paid", "appointment_type", b"appointment_type", "calendar", b"calendar", "contact", b"contact", "content_hash", b"content_hash", "ends_at", b"ends_at", "external_id", b"external_id", "external_url", b"external_url", "observed_at", b"observed_at", "price", b"price", "raw_json", b"raw_json", "rescheduled_from_external_id", b"rescheduled_from_external_id", "rescheduled_to_external_id", b"rescheduled_to_external_id", "starts_at", b"starts_at", "status", b"status", "stub", b"stub", "timezone", b"timezone", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -183,6 +202,7 @@ class SkipCounts(_message.Message):
     INVALID_FIELD_NUMBER: _builtins.int
     DEAD_LETTER_FIELD_NUMBER: _builtins.int
     DUPLICATE_IN_PAGE_FIELD_NUMBER: _builtins.int
+    UNKNOWN_DELETION_FIELD_NUMBER: _builtins.int
     out_of_window: _builtins.int
     """Records the provider returned outside the job's window (Acuity ignores minDate)."""
     invalid: _builtins.int
@@ -191,6 +211,8 @@ class SkipCounts(_message.Message):
     """Records the writer could not store (constraint violation); sent to the dead-letter topic."""
     duplicate_in_page: _builtins.int
     """The same external id appeared twice in one page; the later copy wins."""
+    unknown_deletion: _builtins.int
+    """Cancellation stubs (Appointment.stub) for a key that was never stored: nothing to cancel."""
     def __init__(
         self,
         *,
@@ -198,10 +220,11 @@ class SkipCounts(_message.Message):
         invalid: _builtins.int = ...,
         dead_letter: _builtins.int = ...,
         duplicate_in_page: _builtins.int = ...,
+        unknown_deletion: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter", b"dead_letter", "duplicate_in_page", b"duplicate_in_page", "invalid", b"invalid", "out_of_window", b"out_of_window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter", b"dead_letter", "duplicate_in_page", b"duplicate_in_page", "invalid", b"invalid", "out_of_window", b"out_of_window", "unknown_deletion", b"unknown_deletion"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,6 +293,7 @@ class PageResult(_message.Message):
     SKIPPED_FIELD_NUMBER: _builtins.int
     CONTACTS_UNMATCHED_FIELD_NUMBER: _builtins.int
     REDELIVERED_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     page_no: _builtins.int
     records_fetched: _builtins.int
@@ -280,6 +304,11 @@ class PageResult(_message.Message):
     """Appointments stored without a matching contact."""
     redelivered: _builtins.bool
     """True when the page had already been written and this result was replayed from storage."""
+    stale: _builtins.int
+    """Records older than the stored row (the provider's updated-at, else the fetch time, is earlier):
+    newer wins, so they were not written. Not counted as unchanged: the stored row differs.
+    inserted + updated + unchanged + stale + skipped (all kinds) == records_fetched.
+    """
     @_builtins.property
     def skipped(self) -> Global___SkipCounts: ...
     def __init__(
@@ -294,10 +323,11 @@ class PageResult(_message.Message):
         skipped: Global___SkipCounts | None = ...,
         contacts_unmatched: _builtins.int = ...,
         redelivered: _builtins.bool = ...,
+        stale: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["skipped", b"skipped"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts_unmatched", b"contacts_unmatched", "inserted", b"inserted", "job_id", b"job_id", "page_no", b"page_no", "records_fetched", b"records_fetched", "redelivered", b"redelivered", "skipped", b"skipped", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts_unmatched", b"contacts_unmatched", "inserted", b"inserted", "job_id", b"job_id", "page_no", b"page_no", "records_fetched", b"records_fetched", "redelivered", b"redelivered", "skipped", b"skipped", "stale", b"stale", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
