@@ -58,6 +58,7 @@ import grpc
 import httpx
 
 from apptsync.cli.devstack import DevStack
+from apptsync.shared.counts import counts_add_up
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
@@ -239,8 +240,7 @@ def check_import(job: imports_pb2.Job, appointments: int, rows: int, distinct: i
     problems = []
     if job.state != imports_pb2.JOB_STATE_SUCCEEDED:
         problems.append(f"job ended {imports_pb2.JobState.Name(job.state)}: {job.error or job.stop_reason}")
-    skipped = c.skipped_out_of_window + c.skipped_invalid + c.skipped_dead_letter + c.skipped_duplicate_in_page
-    if c.inserted + c.updated + c.unchanged + skipped != c.records_fetched:
+    if not counts_add_up(c):
         problems.append(f"counts do not add up: {c}")
     if c.pages_written != c.pages_fetched:
         problems.append(f"pages_written {c.pages_written} != pages_fetched {c.pages_fetched}")

@@ -61,21 +61,25 @@ class Truth:
     """What the database must hold after the run: an independent model of the pages in order."""
 
     stored: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # external id -> (hash, version)
-    per_page: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # page -> (ins, upd, unch)
+    # page -> (inserted, updated, unchanged, stale)
+    per_page: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
 
     def apply(self, page_no: int, rows: Sequence[tuple[CanonicalAppointment, int]]) -> None:
-        inserted = updated = unchanged = 0
+        inserted = updated = unchanged = stale = 0
         for appointment, version in rows:
             known = self.stored.get(appointment.external_id)
             if known is None:
                 inserted += 1
-            elif known[0] == appointment.content_hash or known[1] > version:
-                unchanged += 1  # identical, or stale (observed earlier than what is stored)
+            elif known[0] == appointment.content_hash:
+                unchanged += 1
+                continue
+            elif known[1] > version:
+                stale += 1  # observed earlier than what is stored: newer wins
                 continue
             else:
                 updated += 1
             self.stored[appointment.external_id] = (appointment.content_hash, version)
-        self.per_page[page_no] = (inserted, updated, unchanged)
+        self.per_page[page_no] = (inserted, updated, unchanged, stale)
 
 
 def seeded_import(rng: random.Random, job_id: str, tenant_id: str) -> tuple[list[bytes], Truth]:
@@ -275,22 +279,23 @@ async def _crash_run(run: int, owner: asyncpg.Connection, service_url: str, brok
         {external_id: stored[0] for external_id, stored in truth.stored.items()}, f"run {run}: rows differ"
     # Every page counted once, exactly as the truth says; the job's counters are their sums.
     ledger = await owner.fetch(
-        "SELECT page_no, inserted, updated, unchanged FROM import_job_pages WHERE job_id = $1", job_id)
-    assert {r["page_no"]: (r["inserted"], r["updated"], r["unchanged"]) for r in ledger} == truth.per_page, \
+        "SELECT page_no, inserted, updated, unchanged, stale FROM import_job_pages WHERE job_id = $1",
+        job_id)
+    ledger_counts = {r["page_no"]: (r["inserted"], r["updated"], r["unchanged"], r["stale"]) for r in ledger}
+    assert ledger_counts == truth.per_page, \
         f"run {run}: page counts differ"
     job = await owner.fetchrow(
-        "SELECT pages_written, records_fetched, inserted, updated, unchanged FROM import_jobs WHERE job_id = $1",
+        "SELECT pages_written, records_fetched, inserted, updated, unchanged, stale FROM import_jobs WHERE job_id = $1",
         job_id)
     assert job is not None
     assert tuple(job) == (
         PAGES_PER_RUN, PAGES_PER_RUN * ROWS_PER_PAGE,
-        sum(c[0] for c in truth.per_page.values()), sum(c[1] for c in truth.per_page.values()),
-        sum(c[2] for c in truth.per_page.values())), f"run {run}: job counters differ"
+        *(sum(c[i] for c in truth.per_page.values()) for i in range(4))), f"run {run}: job counters differ"
     assert job["inserted"] == len(truth.stored)
     # Every page has a result; a replayed result repeats the recorded counts.
     assert {r.page_no for r in results} == set(truth.per_page), f"run {run}: pages without a result"
     for result in results:
-        assert (result.inserted, result.updated, result.unchanged) == truth.per_page[result.page_no]
+        assert (result.inserted, result.updated, result.unchanged, result.stale) == truth.per_page[result.page_no]
     assert returncode == 0, f"run {run}: the last writer did not drain cleanly (exit {returncode})"
     return report
 

@@ -119,7 +119,10 @@ async def test_a_stale_copy_never_overwrites_newer_data(
 
     outcomes = await write_pages(connection, pages_of(job, [older], per_page=1, first_page_no=2))
 
-    assert counts_of(outcomes) == [(0, 0, 1, False)]
+    assert counts_of(outcomes) == [(0, 0, 0, False)]
+    assert outcomes[0].counts.stale == 1  # refused, and counted as such, not as unchanged
+    assert [(r.external_id, r.stored_observed_at, r.offered_observed_at) for r in outcomes[0].stale] == [
+        ("appt-1", T0 + timedelta(hours=1), T0)]
     assert await connection.fetchval("SELECT raw->>'version' FROM appointments") == "2"
 
 

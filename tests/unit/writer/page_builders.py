@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -61,3 +62,22 @@ def page(
 
 
 OTHER_TENANT = "5e4d3c2b-1a09-4f8e-8d7c-6b5a49382716"
+
+
+def with_stubs(
+    base: pages_pb2.AppointmentPage, external_ids: Sequence[str], *, observed_at: datetime = T0
+) -> pages_pb2.AppointmentPage:
+    """`base` plus a cancellation stub per id (as a Google deleted event arrives: no times)."""
+    extended = pages_pb2.AppointmentPage()
+    extended.CopyFrom(base)
+    for external_id in external_ids:
+        stub = extended.appointments.add(
+            external_id=external_id,
+            status=pages_pb2.APPOINTMENT_STATUS_CANCELED,
+            raw_json=f'{{"id": "{external_id}", "status": "cancelled"}}',
+            content_hash=hashlib.sha256(f"stub:{external_id}".encode()).digest(),
+            stub=True,
+        )
+        stub.observed_at.FromDatetime(observed_at)
+        extended.records_fetched += 1
+    return extended

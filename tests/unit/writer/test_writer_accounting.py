@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from apptsync.shared.appointments import CanonicalAppointment, Contact
 from apptsync.shared.errors import PoisonMessageError
+from apptsync.v1 import pages_pb2
 from apptsync.writer.accounting import (
     AccountingError,
     Decision,
@@ -24,9 +25,11 @@ from apptsync.writer.accounting import (
     decode_page,
     first_deliveries,
     job_totals,
+    outcome_by_key,
     plan_batch,
+    recount_rewrite,
 )
-from tests.unit.writer.page_builders import JOB, OTHER_TENANT, T0, TENANT, appointment, page
+from tests.unit.writer.page_builders import JOB, OTHER_TENANT, T0, TENANT, appointment, page, with_stubs
 
 pytestmark = pytest.mark.unit
 
@@ -102,7 +105,7 @@ def test_classify_new_changed_unchanged_stale() -> None:
     assert classify(row, StoredVersion(older_hash, T0 - timedelta(hours=1))) is Decision.CHANGED
     assert classify(row, StoredVersion(older_hash, T0)) is Decision.CHANGED  # same instant: ours wins
     assert classify(row, StoredVersion(older_hash, T0 + timedelta(hours=1))) is Decision.STALE
-    assert [d.writes for d in Decision] == [True, True, False, False]
+    assert [d.writes for d in Decision] == [True, True, False, False, True, False]
 
 
 def test_plan_batch_applies_pages_in_order_and_keeps_one_final_version_per_key() -> None:
@@ -118,7 +121,8 @@ def test_plan_batch_applies_pages_in_order_and_keeps_one_final_version_per_key()
     assert list(plan.writes) == [("acuity", "a")]
     assert plan.writes[("acuity", "a")].page.page_no == 2
     assert plan.writers_by_key == {("acuity", "a"): [0, 1]}
-    assert plan.unchanged_by_page == [1, 0, 1]
+    assert plan.unchanged_by_page == [1, 0, 0]
+    assert plan.stale_by_page == [0, 0, 1]
 
 
 def test_plan_batch_writes_exactly_what_classify_says_writes() -> None:
@@ -131,7 +135,9 @@ def test_plan_batch_writes_exactly_what_classify_says_writes() -> None:
         plan = plan_batch([decoded([appointment("a", version=2)])], {} if stored is None else {("acuity", "a"): stored})
 
         assert (("acuity", "a") in plan.writes) is classify(row, stored).writes, stored
-        assert plan.unchanged_by_page == [0 if classify(row, stored).writes else 1]
+        not_written = plan.unchanged_by_page[0] + plan.stale_by_page[0]
+        assert not_written == (0 if classify(row, stored).writes else 1)
+        assert plan.stale_by_page[0] == (1 if classify(row, stored) is Decision.STALE else 0)
 
 
 def test_plan_batch_refuses_two_tenants() -> None:
@@ -215,3 +221,114 @@ def test_assemble_outcomes_replays_repeats_and_stored_pages_in_delivery_order() 
     assert first_deliveries(delivered) == [first, stored]
     with pytest.raises(PoisonMessageError, match="another tenant"):
         assemble_outcomes([first], {}, {PageKey(JOB, 9): fresh_counts[first.key]})
+
+
+# --------------------------------------------------------------------------- stubs, stale, revival, rewrites
+
+
+def stub_page(external_ids: list[str], *, observed_at: datetime = T0, page_no: int = 1) -> DecodedPage:
+    return decode_page(with_stubs(page([], page_no=page_no), external_ids, observed_at=observed_at).SerializeToString())
+
+
+def test_a_stub_decodes_without_times_and_without_a_contact() -> None:
+    row = stub_page(["cal/ev1"]).rows[0]
+
+    assert row.stub and row.starts_at is None and row.ends_at is None
+    assert row.status == "canceled" and row.contact_key is None
+    assert stub_page(["cal/ev1"]).contacts_unmatched == 0  # a stub is not a booking without a contact
+
+
+def test_a_stub_that_is_not_canceled_is_poison() -> None:
+    message = with_stubs(page([]), ["cal/ev1"])
+    message.appointments[0].status = pages_pb2.APPOINTMENT_STATUS_SCHEDULED
+
+    with pytest.raises(PoisonMessageError, match="stub"):
+        decode_page(message.SerializeToString())
+
+
+def test_classify_stubs_cancel_stored_rows_and_count_unknown_keys() -> None:
+    stub = stub_page(["a"]).rows[0]
+    full = decoded([appointment("a")]).rows[0]
+
+    assert classify(stub, None) is Decision.UNKNOWN_STUB
+    assert classify(stub, StoredVersion(full.content_hash, T0 - timedelta(hours=1))) is Decision.CANCEL
+    assert classify(stub, StoredVersion(full.content_hash, T0, "canceled")) is Decision.UNCHANGED
+    assert classify(stub, StoredVersion(full.content_hash, T0, "canceled", deleted=True)) is Decision.CANCEL
+    assert classify(stub, StoredVersion(full.content_hash, T0 + timedelta(hours=1))) is Decision.STALE
+
+
+def test_a_row_marked_deleted_is_revived_even_with_the_same_content() -> None:
+    row = decoded([appointment("a")]).rows[0]
+
+    assert classify(row, StoredVersion(row.content_hash, T0, deleted=True)) is Decision.CHANGED
+    deleted = StoredVersion(row.content_hash, T0, deleted=True)
+    plan = plan_batch([decoded([appointment("a")])], {("acuity", "a"): deleted})
+    assert list(plan.writes) == [("acuity", "a")]
+
+
+def test_plan_batch_cancels_stored_keys_and_counts_stubs_for_unknown_keys() -> None:
+    stored_row = decoded([appointment("known")]).rows[0]
+    stubs = stub_page(["known", "never-stored"], observed_at=T0 + timedelta(minutes=5))
+
+    plan = plan_batch([stubs], {("acuity", "known"): StoredVersion(stored_row.content_hash, T0)})
+    counts = count_pages(plan, {}, {("acuity", "known")})
+
+    assert list(plan.cancels) == [("acuity", "known")] and not plan.writes
+    assert (counts[0].updated, counts[0].skipped.unknown_deletion, counts[0].records_fetched) == (1, 1, 2)
+
+
+def test_a_stub_after_a_full_record_in_the_same_batch_inserts_then_cancels() -> None:
+    pages = [decoded([appointment("a")], page_no=1), stub_page(["a"], page_no=2, observed_at=T0 + timedelta(minutes=1))]
+
+    plan = plan_batch(pages, {})
+    counts = count_pages(plan, {("acuity", "a"): True}, {("acuity", "a")})
+
+    assert list(plan.writes) == [("acuity", "a")] and list(plan.cancels) == [("acuity", "a")]
+    assert [(c.inserted, c.updated) for c in counts] == [(1, 0), (0, 1)]
+
+
+def test_stale_records_are_counted_on_their_own_with_both_times() -> None:
+    newer = T0 + timedelta(hours=2)
+    stored = StoredVersion(decoded([appointment("a", version=5)]).rows[0].content_hash, newer)
+
+    plan = plan_batch([decoded([appointment("a", version=1)])], {("acuity", "a"): stored})
+    counts = count_pages(plan, {})
+
+    assert (counts[0].stale, counts[0].unchanged) == (1, 0)
+    assert [(r.external_id, r.stored_observed_at, r.offered_observed_at) for r in plan.stale] == [("a", newer, T0)]
+    assert counts[0].to_proto(redelivered=False).stale == 1
+
+
+def test_the_content_digest_ignores_fetch_time_and_follows_content() -> None:
+    same = decoded([appointment("a")]).content_digest
+
+    assert decoded([appointment("a", observed_at=T0 + timedelta(days=1))]).content_digest == same
+    assert decoded([appointment("a", version=2)]).content_digest != same
+    assert decoded([appointment("a"), appointment("b")]).content_digest != same
+
+
+def test_a_rewritten_page_keeps_crediting_what_its_earlier_version_inserted() -> None:
+    # Version 1 of page 1 inserted a and b; after a resume the provider shows a changed, b as it was, c new.
+    first = decoded([appointment("a"), appointment("b")])
+    stored = {("acuity", row.external_id): StoredVersion(row.content_hash, T0) for row in first.rows}
+    again = decoded([appointment("a", version=2), appointment("b"), appointment("c")])
+
+    plan = plan_batch([again], stored)
+    written = {("acuity", "a"): False, ("acuity", "c"): True}
+    counts = count_pages(plan, written)[0]
+    recounted, credited = recount_rewrite(counts, outcome_by_key(plan, 0, written), frozenset({"a", "b"}))
+
+    assert (counts.inserted, counts.updated, counts.unchanged) == (1, 1, 1)
+    assert (recounted.inserted, recounted.updated, recounted.unchanged) == (3, 0, 0)
+    assert sorted(credited) == ["a", "b", "c"]
+
+
+def test_job_totals_replace_the_earlier_counts_of_a_rewritten_page() -> None:
+    earlier = PageCounts(job_id=JOB, page_no=1, records_fetched=2, inserted=2, updated=0, unchanged=0,
+                         skipped=SkipCounts(), contacts_unmatched=0)
+    now = PageCounts(job_id=JOB, page_no=1, records_fetched=3, inserted=3, updated=0, unchanged=0,
+                     skipped=SkipCounts(), contacts_unmatched=0)
+
+    (totals,) = job_totals([now], {PageKey(JOB, 1): earlier})
+
+    assert (totals.pages_written, totals.records_fetched, totals.inserted) == (0, 1, 1)

@@ -26,10 +26,18 @@ def highest_parameter(statement: str) -> int:
 
 
 def row_type_fields(type_name: str) -> list[str]:
-    """The field names of a composite type, in order, as its migration declares them."""
-    migration = next(m.sql for m in load_migrations() if f"CREATE TYPE {type_name} AS (" in m.sql)
-    body = migration.split(f"CREATE TYPE {type_name} AS (", 1)[1].split(");", 1)[0]
-    return [line.split()[0] for line in body.splitlines() if line.strip() and not line.strip().startswith("--")]
+    """The field names of a composite type, in order, as its migrations declare them (CREATE TYPE,
+    then every ALTER TYPE ... ADD ATTRIBUTE in migration order)."""
+    fields: list[str] = []
+    for migration in load_migrations():
+        if f"CREATE TYPE {type_name} AS (" in migration.sql:
+            body = migration.sql.split(f"CREATE TYPE {type_name} AS (", 1)[1].split(");", 1)[0]
+            fields += [line.split()[0] for line in body.splitlines()
+                       if line.strip() and not line.strip().startswith("--")]
+        if f"ALTER TYPE {type_name}" in migration.sql:
+            body = migration.sql.split(f"ALTER TYPE {type_name}", 1)[1].split(";", 1)[0]
+            fields += [line.split()[2] for line in body.splitlines() if line.strip().startswith("ADD ATTRIBUTE")]
+    return fields
 
 
 def test_appointment_rows_follow_their_row_type_with_raw_json_as_text_and_known_contacts() -> None:
@@ -71,8 +79,9 @@ def test_upsert_only_touches_rows_whose_content_changed_and_is_not_older() -> No
 
     assert "FROM unnest($2::apptsync_appointment_row[]) AS r" in statement
     assert "ON CONFLICT (tenant_id, external_source, external_id) DO UPDATE SET" in statement
-    assert ("WHERE a.content_hash IS DISTINCT FROM EXCLUDED.content_hash "
+    assert ("WHERE (a.content_hash IS DISTINCT FROM EXCLUDED.content_hash OR a.deleted_at IS NOT NULL) "
             "AND a.observed_at <= EXCLUDED.observed_at") in statement
+    assert "deleted_at = NULL" in statement  # a row seen again is revived
     assert "RETURNING a.external_source, a.external_id, (a.xmax = 0) AS inserted" in statement
     assert "r.raw::jsonb" in statement
     assert "updated_at = now()" in statement
@@ -112,7 +121,7 @@ def test_stored_versions_are_fetched_by_index_lookup_scoped_to_the_tenant() -> N
 def test_every_statement_is_scoped_by_the_tenant_in_its_first_parameter() -> None:
     for statement in (sql.CLAIM_PAGES, sql.SELECT_PAGE_COUNTS, sql.SELECT_STORED_VERSIONS, sql.UPSERT_CONTACTS,
                       sql.INSERT_NEW_APPOINTMENTS, sql.UPSERT_APPOINTMENTS, sql.RECORD_PAGE_COUNTS,
-                      sql.ADD_JOB_COUNTERS):
+                      sql.ADD_JOB_COUNTERS, sql.CANCEL_APPOINTMENTS):
         assert "$1::uuid" in statement
 
 
@@ -120,11 +129,13 @@ def test_page_and_job_count_arguments_line_up_with_their_statements() -> None:
     counts = [PageCounts(job_id=JOB, page_no=n, records_fetched=4, inserted=1, updated=1, unchanged=1,
                          skipped=SkipCounts(invalid=1), contacts_unmatched=0) for n in (1, 2)]
 
-    page_arguments = sql.record_page_counts_arguments(TENANT, counts)
+    entries = [sql.LedgerEntry(c, ["a", "b"], ["a"], b"digest") for c in counts]
+    page_arguments = sql.record_page_counts_arguments(TENANT, entries)
     job_arguments = sql.job_counter_arguments(TENANT, job_totals(counts))
 
     assert len(page_arguments) == highest_parameter(sql.RECORD_PAGE_COUNTS)
     assert page_arguments[2] == [1, 2]
+    assert page_arguments[-3:] == (['["a", "b"]', '["a", "b"]'], ['["a"]', '["a"]'], [b"digest", b"digest"])
     assert len(job_arguments) == highest_parameter(sql.ADD_JOB_COUNTERS)
     assert job_arguments[1:5] == ([JOB], [2], [8], [2])
 
@@ -134,6 +145,6 @@ def test_page_counts_round_trip_through_a_stored_row() -> None:
                         skipped=SkipCounts(1, 1, 0, 1), contacts_unmatched=1)
     row = {"job_id": JOB, "page_no": 3, "records_fetched": 6, "inserted": 1, "updated": 1, "unchanged": 1,
            "skipped_out_of_window": 1, "skipped_invalid": 1, "skipped_dead_letter": 0,
-           "skipped_duplicate_in_page": 1, "contacts_unmatched": 1}
+           "skipped_duplicate_in_page": 1, "contacts_unmatched": 1, "stale": 0, "skipped_unknown_deletion": 0}
 
     assert sql.page_counts_from_record(row) == counts

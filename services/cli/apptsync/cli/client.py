@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from apptsync.shared.counts import skipped_total
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_OTHER = 0, 1, 2, 3, 4, 5
@@ -41,13 +42,13 @@ def message_dict(message: Message) -> dict[str, object]:
 
 def job_summary_lines(job: imports_pb2.Job) -> list[str]:
     c = job.counts
-    skipped = c.skipped_out_of_window + c.skipped_invalid + c.skipped_dead_letter + c.skipped_duplicate_in_page
+    skipped = skipped_total(c)
     return [
         f"job        {job.job_id}",
         f"state      {imports_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_')}",
         f"pages      {c.pages_fetched} fetched, {c.pages_written} written",
         f"records    {c.records_fetched} fetched: {c.inserted} inserted, {c.updated} updated, "
-        f"{c.unchanged} unchanged, {skipped} skipped",
+        f"{c.unchanged} unchanged, {c.stale} stale, {skipped} skipped",
         f"stopped    {job.stop_reason or '-'}" + (f" (error: {job.error})" if job.error else ""),
         f"trace id   {job.trace_id or '-'}",
     ]

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from apptsync.cli.client import message_dict
 from apptsync.cli.devstack import DevStack
+from apptsync.shared.counts import counts_add_up, skipped_total
 from apptsync.shared.db.pool import tenant_transaction
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
@@ -179,12 +180,7 @@ def _print_jobs(console: Console, *jobs: imports_pb2.Job) -> None:
         (
             "skipped",
             [
-                str(
-                    j.counts.skipped_out_of_window
-                    + j.counts.skipped_invalid
-                    + j.counts.skipped_dead_letter
-                    + j.counts.skipped_duplicate_in_page
-                )
+                str(skipped_total(j.counts))
                 for j in jobs
             ],
         ),
@@ -211,14 +207,7 @@ def _print_checks(console: Console, first: imports_pb2.Job, second: imports_pb2.
         ),
         (
             "first import's counts add up to the records fetched",
-            c1.inserted
-            + c1.updated
-            + c1.unchanged
-            + c1.skipped_out_of_window
-            + c1.skipped_invalid
-            + c1.skipped_dead_letter
-            + c1.skipped_duplicate_in_page
-            == c1.records_fetched,
+            counts_add_up(c1),
         ),
         (
             "second import SUCCEEDED with 0 inserted",

@@ -5,10 +5,14 @@ Nothing here does I/O. The store (`apptsync.writer.store`) runs the statements t
 1. `decode_page` turns Kafka bytes into a `DecodedPage` (or raises PoisonMessageError), collapsing an
    external id repeated inside the page (the later copy wins, counted as `duplicate_in_page`).
 2. `plan_batch` classifies every row of one or more consecutive pages against the stored versions
-   (new / changed / unchanged / stale), pages applied in order, and keeps one final version per key.
-3. `count_pages` turns the upsert's outcome (inserted / updated / not written) back into per-page
+   (new / changed / unchanged / stale; a cancellation stub cancels a stored row or, for a key never
+   stored, is counted as `unknown_deletion`), pages applied in order, and keeps one final version
+   per key. A stored row marked deleted that is seen again is revived (a change).
+3. `count_pages` turns the statements' outcome (inserted / updated / not written) back into per-page
    counts; `PageCounts` guarantees the accounting identity
-   `inserted + updated + unchanged + skipped == records_fetched`.
+   `inserted + updated + unchanged + stale + skipped == records_fetched`. A page that comes again
+   with the same content (`content_digest`) replays its stored counts; with other content it is
+   written again and `recount_rewrite` credits the keys its earlier version inserted.
 4. `plan_contacts` collapses the written rows' contacts to one per match key (`contact_match_key`:
    normalized email, else phone, else provider client id); `drop_refused_records` takes records
    PostgreSQL refused out of their pages, counted as dead letters, so the rest of the page lands.
@@ -18,16 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
 from google.protobuf.message import DecodeError
 
-from apptsync.shared.appointments import Source
+from apptsync.shared.appointments import AppointmentStatus, Source
 from apptsync.shared.errors import PermanentError, PoisonMessageError
 from apptsync.shared.pages import STATUS_FROM_PROTO, from_timestamp
 from apptsync.v1 import pages_pb2
@@ -46,8 +51,9 @@ class AppointmentRow:
     """One appointment as the `appointments` columns store it (raw JSON still text)."""
 
     external_id: str
-    starts_at: datetime
-    ends_at: datetime
+    # None only for a cancellation stub (`stub`), which carries no times.
+    starts_at: datetime | None
+    ends_at: datetime | None
     timezone: str
     status: str
     title: str
@@ -67,6 +73,10 @@ class AppointmentRow:
     observed_at: datetime
     # See contact_match_key; None: the appointment is stored with a null contact.
     contact_key: str | None = None
+    # A cancellation notice without times: cancels the stored row of its key, never inserted.
+    stub: bool = False
+    rescheduled_to_external_id: str = ""
+    rescheduled_from_external_id: str = ""
 
     @property
     def contact_unmatched(self) -> bool:
@@ -102,10 +112,15 @@ class SkipCounts:
     invalid: int = 0
     dead_letter: int = 0
     duplicate_in_page: int = 0
+    # Cancellation stubs for keys never stored.
+    unknown_deletion: int = 0
 
     @property
     def total(self) -> int:
-        return self.out_of_window + self.invalid + self.dead_letter + self.duplicate_in_page
+        return self.out_of_window + self.invalid + self.dead_letter + self.duplicate_in_page + self.unknown_deletion
+
+    def as_tuple(self) -> tuple[int, int, int, int, int]:
+        return (self.out_of_window, self.invalid, self.dead_letter, self.duplicate_in_page, self.unknown_deletion)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +152,25 @@ class DecodedPage:
 
     @property
     def contacts_unmatched(self) -> int:
-        return sum(1 for row in self.rows if row.contact_unmatched)
+        return sum(1 for row in self.rows if row.contact_unmatched and not row.stub)
+
+    @property
+    def external_ids(self) -> list[str]:
+        """The keys this page carried (a complete walk marks the rest of its window deleted)."""
+        return [row.external_id for row in self.rows]
+
+    @property
+    def content_digest(self) -> bytes:
+        """What the page says, independent of when it was fetched: equal digests mean a redelivery
+        of the same content (replayed), different ones a page fetched again after the provider
+        changed (written again)."""
+        digest = hashlib.sha256(b"apptsync.page.v1")
+        digest.update(repr((self.records_fetched, self.skipped.as_tuple())).encode())
+        for row in self.rows:
+            digest.update(row.external_id.encode())
+            digest.update(b"\x00")
+            digest.update(row.content_hash)
+        return digest.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,18 +188,18 @@ class PageCounts:
     unchanged: int
     skipped: SkipCounts
     contacts_unmatched: int
+    stale: int = 0
 
     def __post_init__(self) -> None:
-        counts = (self.inserted, self.updated, self.unchanged, self.skipped.out_of_window,
-                  self.skipped.invalid, self.skipped.dead_letter, self.skipped.duplicate_in_page,
+        counts = (self.inserted, self.updated, self.unchanged, self.stale, *self.skipped.as_tuple(),
                   self.contacts_unmatched)
         if min(counts) < 0:
             raise AccountingError(f"page {self.job_id}/{self.page_no}: negative count in {counts}")
-        accounted = self.inserted + self.updated + self.unchanged + self.skipped.total
+        accounted = self.inserted + self.updated + self.unchanged + self.stale + self.skipped.total
         if accounted != self.records_fetched:
             raise AccountingError(
                 f"page {self.job_id}/{self.page_no}: inserted {self.inserted} + updated {self.updated} + "
-                f"unchanged {self.unchanged} + skipped {self.skipped.total} = {accounted} "
+                f"unchanged {self.unchanged} + stale {self.stale} + skipped {self.skipped.total} = {accounted} "
                 f"!= records fetched {self.records_fetched}"
             )
 
@@ -183,9 +216,11 @@ class PageCounts:
                 invalid=self.skipped.invalid,
                 dead_letter=self.skipped.dead_letter,
                 duplicate_in_page=self.skipped.duplicate_in_page,
+                unknown_deletion=self.skipped.unknown_deletion,
             ),
             contacts_unmatched=self.contacts_unmatched,
             redelivered=redelivered,
+            stale=self.stale,
         )
 
 
@@ -206,6 +241,12 @@ class PageOutcome:
     counts: PageCounts
     redelivered: bool
     refused: tuple[RefusedRecord, ...] = ()
+    # Records of this page refused because the stored row was observed later (logged by the service).
+    stale: tuple[StaleRecord, ...] = ()
+
+    @property
+    def key(self) -> PageKey:
+        return PageKey(self.counts.job_id, self.counts.page_no)
 
     def to_proto(self) -> pages_pb2.PageResult:
         return self.counts.to_proto(redelivered=self.redelivered)
@@ -234,12 +275,15 @@ def _row(message: pages_pb2.Appointment, index: int) -> AppointmentRow:
     where = f"appointment {index} ({message.external_id!r})"
     if not message.external_id:
         raise PoisonMessageError(f"appointment {index} has no external_id")
-    for name in ("starts_at", "ends_at", "observed_at"):
-        if not message.HasField(name):
-            raise PoisonMessageError(f"{where} has no {name}")
+    if not message.HasField("observed_at"):
+        raise PoisonMessageError(f"{where} has no observed_at")
+    if not message.stub and not (message.HasField("starts_at") and message.HasField("ends_at")):
+        raise PoisonMessageError(f"{where} has no starts_at or ends_at")
     status = STATUS_FROM_PROTO.get(message.status)
     if status is None:
         raise PoisonMessageError(f"{where} has status {message.status}")
+    if message.stub and status is not AppointmentStatus.CANCELED:
+        raise PoisonMessageError(f"{where} is a stub with status {status.value}: a stub only cancels")
     if len(message.content_hash) != CONTENT_HASH_BYTES:
         raise PoisonMessageError(f"{where} has a content hash of {len(message.content_hash)} bytes")
     price_minor, price_currency = _money(message, "price")
@@ -247,8 +291,8 @@ def _row(message: pages_pb2.Appointment, index: int) -> AppointmentRow:
     contact = message.contact
     return AppointmentRow(
         external_id=message.external_id,
-        starts_at=from_timestamp(message.starts_at),
-        ends_at=from_timestamp(message.ends_at),
+        starts_at=from_timestamp(message.starts_at) if message.HasField("starts_at") else None,
+        ends_at=from_timestamp(message.ends_at) if message.HasField("ends_at") else None,
         timezone=message.timezone,
         status=status.value,
         title=message.title,
@@ -266,7 +310,11 @@ def _row(message: pages_pb2.Appointment, index: int) -> AppointmentRow:
         raw_json=message.raw_json,
         content_hash=message.content_hash,
         observed_at=from_timestamp(message.observed_at),
-        contact_key=contact_match_key(contact.email, contact.phone, contact.provider_client_id),
+        contact_key=None if message.stub else contact_match_key(contact.email, contact.phone,
+                                                                 contact.provider_client_id),
+        stub=message.stub,
+        rescheduled_to_external_id=message.rescheduled_to_external_id,
+        rescheduled_from_external_id=message.rescheduled_from_external_id,
     )
 
 
@@ -304,8 +352,9 @@ def decode_page(value: bytes | None) -> DecodedPage:
         invalid=incoming.invalid,
         dead_letter=incoming.dead_letter,
         duplicate_in_page=incoming.duplicate_in_page,
+        unknown_deletion=incoming.unknown_deletion,
     )
-    if min(incoming.out_of_window, incoming.invalid, incoming.dead_letter, incoming.duplicate_in_page) < 0:
+    if min(incoming_skips.as_tuple()) < 0:
         raise PoisonMessageError("negative skip count")
     if len(page.appointments) + incoming_skips.total != page.records_fetched:
         raise PoisonMessageError(
@@ -321,12 +370,7 @@ def decode_page(value: bytes | None) -> DecodedPage:
         page_no=page.page_no,
         records_fetched=page.records_fetched,
         rows=rows,
-        skipped=SkipCounts(
-            out_of_window=incoming_skips.out_of_window,
-            invalid=incoming_skips.invalid,
-            dead_letter=incoming_skips.dead_letter,
-            duplicate_in_page=incoming_skips.duplicate_in_page + duplicates,
-        ),
+        skipped=dataclasses.replace(incoming_skips, duplicate_in_page=incoming_skips.duplicate_in_page + duplicates),
     )
 
 
@@ -335,30 +379,45 @@ def decode_page(value: bytes | None) -> DecodedPage:
 
 class Decision(enum.Enum):
     NEW = "new"              # no stored row: insert
-    CHANGED = "changed"      # stored row older with another hash: update
+    CHANGED = "changed"      # stored row older with another hash (or marked deleted): update
     UNCHANGED = "unchanged"  # stored row has the same content: write nothing
     STALE = "stale"          # stored row observed later than this copy: newer wins, write nothing
+    CANCEL = "cancel"        # a stub for a stored row that is not canceled yet: cancel it
+    UNKNOWN_STUB = "unknown_stub"  # a stub for a key never stored: nothing to cancel, count it
 
     @property
     def writes(self) -> bool:
-        return self in (Decision.NEW, Decision.CHANGED)
+        return self in (Decision.NEW, Decision.CHANGED, Decision.CANCEL)
+
+
+_CANCELED = AppointmentStatus.CANCELED.value
 
 
 @dataclass(frozen=True, slots=True)
 class StoredVersion:
+    """What the writer compares a record with: the stored row, or the batch's own latest version."""
+
     content_hash: bytes
     observed_at: datetime
+    status: str = "scheduled"
+    deleted: bool = False
 
 
 def classify(row: AppointmentRow, stored: StoredVersion | None) -> Decision:
-    """What writing `row` over `stored` means; mirrors the upsert's WHERE clause."""
+    """What writing `row` over `stored` means; mirrors the statements' WHERE clauses.
+
+    Same content is unchanged (even if observed earlier); otherwise an earlier observation is stale
+    (newer wins). A row marked deleted that is seen again is a change (revived). A stub cancels a
+    stored row unless it is canceled already."""
     if stored is None:
-        return Decision.NEW
-    if stored.content_hash == row.content_hash:
+        return Decision.UNKNOWN_STUB if row.stub else Decision.NEW
+    if not stored.deleted and stored.content_hash == row.content_hash:
         return Decision.UNCHANGED
     if stored.observed_at > row.observed_at:
         return Decision.STALE
-    return Decision.CHANGED
+    if row.stub and stored.status == _CANCELED and not stored.deleted:
+        return Decision.UNCHANGED
+    return Decision.CANCEL if row.stub else Decision.CHANGED
 
 
 RowKey = tuple[str, str]  # (external_source, external_id) within one tenant
@@ -376,18 +435,33 @@ class RowWrite:
         return (self.page.external_source, self.row.external_id)
 
 
+@dataclass(frozen=True, slots=True)
+class StaleRecord:
+    """A record refused because the stored row was observed later (newer wins): logged with both times."""
+
+    page: PageKey
+    external_id: str
+    stored_observed_at: datetime
+    offered_observed_at: datetime
+
+
 @dataclass(slots=True)
 class BatchPlan:
     """What one transaction writes for consecutive pages of one tenant.
 
-    `writes` holds one final version per key (pages applied in order); `writers_by_key` lists, per
-    key, the indexes of the pages that changed it, in order; `unchanged_by_page` counts each page's
-    unchanged and stale rows."""
+    `writes` holds one final full version per key to upsert (pages applied in order); `cancels` the
+    keys whose final version is a stub (applied after the upsert); `writers_by_key` lists, per key,
+    the indexes of the pages that changed it, in order; `unchanged_by_page`, `stale_by_page` and
+    `unknown_stubs_by_page` count the rest of each page."""
 
     pages: tuple[DecodedPage, ...]
     writes: dict[RowKey, RowWrite] = field(default_factory=dict)
+    cancels: dict[RowKey, RowWrite] = field(default_factory=dict)
     writers_by_key: dict[RowKey, list[int]] = field(default_factory=dict)
     unchanged_by_page: list[int] = field(default_factory=list)
+    stale: list[StaleRecord] = field(default_factory=list)
+    stale_by_page: list[int] = field(default_factory=list)
+    unknown_stubs_by_page: list[int] = field(default_factory=list)
 
 
 def keys_by_source(pages: Sequence[DecodedPage]) -> dict[str, list[str]]:
@@ -406,44 +480,74 @@ def plan_batch(pages: Sequence[DecodedPage], stored: Mapping[RowKey, StoredVersi
     Raises ValueError when the pages belong to more than one tenant (one transaction, one tenant)."""
     if len({page.tenant_id for page in pages}) > 1:
         raise ValueError("a batch holds pages of one tenant only")
-    plan = BatchPlan(pages=tuple(pages), unchanged_by_page=[0] * len(pages))
+    count = len(pages)
+    plan = BatchPlan(pages=tuple(pages), unchanged_by_page=[0] * count, stale_by_page=[0] * count,
+                     unknown_stubs_by_page=[0] * count)
     # The latest version per key: stored, or a row of an earlier page that this batch writes.
     current: dict[RowKey, StoredVersion | AppointmentRow] = dict(stored)
-    writes, writers_by_key, unchanged_by_page = plan.writes, plan.writers_by_key, plan.unchanged_by_page
+    writes, cancels, writers_by_key = plan.writes, plan.cancels, plan.writers_by_key
+    unchanged_by_page = plan.unchanged_by_page
     for index, page in enumerate(pages):
         source = page.external_source
         for row in page.rows:
             key = (source, row.external_id)
             known = current.get(key)
-            # classify(row, known).writes, inlined (it runs for every row of every batch): new, or
-            # another content not observed earlier than the known version.
-            if known is None or (
+            # The common case inlined (it runs for every row of every batch): a full record, new, or
+            # another content not observed earlier than a version that is not marked deleted.
+            if not row.stub and (known is None or (
                 known.content_hash != row.content_hash and known.observed_at <= row.observed_at
-            ):
-                writes[key] = RowWrite(page, row)
+                and not getattr(known, "deleted", False)
+            )):
+                decision = Decision.NEW if known is None else Decision.CHANGED
+            else:
+                decision = classify(row, _version(known))
+            if decision.writes:
+                if row.stub:
+                    cancels[key] = RowWrite(page, row)
+                    current[key] = StoredVersion(row.content_hash, row.observed_at, _CANCELED)
+                else:
+                    writes[key] = RowWrite(page, row)
+                    cancels.pop(key, None)
+                    current[key] = row
                 writers = writers_by_key.get(key)
                 if writers is None:
                     writers_by_key[key] = [index]
                 else:
                     writers.append(index)
-                current[key] = row
+            elif decision is Decision.STALE:
+                assert known is not None
+                plan.stale_by_page[index] += 1
+                plan.stale.append(StaleRecord(page.key, row.external_id, known.observed_at, row.observed_at))
+            elif decision is Decision.UNKNOWN_STUB:
+                plan.unknown_stubs_by_page[index] += 1
             else:
                 unchanged_by_page[index] += 1
     return plan
 
 
-def count_pages(plan: BatchPlan, written: Mapping[RowKey, bool]) -> list[PageCounts]:
-    """Per-page counts once the upsert ran. `written` maps each key the statement wrote to True
-    (inserted) or False (updated); a key it left out lost a race to an equal or newer row.
+def _version(known: StoredVersion | AppointmentRow | None) -> StoredVersion | None:
+    if known is None or isinstance(known, StoredVersion):
+        return known
+    return StoredVersion(known.content_hash, known.observed_at, known.status)
+
+
+def count_pages(
+    plan: BatchPlan, written: Mapping[RowKey, bool], canceled: Set[RowKey] = frozenset()
+) -> list[PageCounts]:
+    """Per-page counts once the statements ran. `written` maps each key the upsert wrote to True
+    (inserted) or False (updated); `canceled` holds the keys the stub statement canceled; a key
+    missing from both lost a race to an equal or newer row.
 
     Per key, the batch's first writer is credited with the insert, every later writer with an
-    update; when the statement wrote nothing, every writer counts the row as unchanged.
+    update; when the statements wrote nothing, every writer counts the row as unchanged.
     Raises AccountingError if the identity breaks."""
     inserted = [0] * len(plan.pages)
     updated = [0] * len(plan.pages)
     unchanged = list(plan.unchanged_by_page)
     for key, writers in plan.writers_by_key.items():
         outcome = written.get(key)
+        if outcome is None and key in canceled:
+            outcome = False
         for position, index in enumerate(writers):
             if outcome is None:
                 unchanged[index] += 1
@@ -459,11 +563,83 @@ def count_pages(plan: BatchPlan, written: Mapping[RowKey, bool]) -> list[PageCou
             inserted=inserted[i],
             updated=updated[i],
             unchanged=unchanged[i],
-            skipped=page.skipped,
+            stale=plan.stale_by_page[i],
+            skipped=(
+                dataclasses.replace(page.skipped, unknown_deletion=page.skipped.unknown_deletion
+                                    + plan.unknown_stubs_by_page[i])
+                if plan.unknown_stubs_by_page[i] else page.skipped
+            ),
             contacts_unmatched=page.contacts_unmatched,
         )
         for i, page in enumerate(plan.pages)
     ]
+
+
+def inserted_keys(plan: BatchPlan, written: Mapping[RowKey, bool]) -> dict[PageKey, list[str]]:
+    """Per page, the external ids it inserted (the first writer of a key the upsert inserted)."""
+    by_page: dict[PageKey, list[str]] = {}
+    for key, writers in plan.writers_by_key.items():
+        if written.get(key):
+            by_page.setdefault(plan.pages[writers[0]].key, []).append(key[1])
+    return by_page
+
+
+def outcome_by_key(
+    plan: BatchPlan, index: int, written: Mapping[RowKey, bool], canceled: Set[RowKey] = frozenset()
+) -> dict[str, str]:
+    """For the page at `index` of `plan`, what happened to each external id it carries: "inserted",
+    "updated", "unchanged", "stale" or "skipped" (a stub for a key never stored), as count_pages
+    counted it."""
+    page = plan.pages[index]
+    stale_ids = {record.external_id for record in plan.stale if record.page == page.key}
+    outcomes: dict[str, str] = {}
+    for row in page.rows:
+        key = (page.external_source, row.external_id)
+        writers = plan.writers_by_key.get(key, [])
+        if index in writers:
+            outcome = written.get(key)
+            if outcome is None and key in canceled:
+                outcome = False
+            if outcome is None:
+                outcomes[row.external_id] = "unchanged"
+            elif outcome and writers[0] == index:
+                outcomes[row.external_id] = "inserted"
+            else:
+                outcomes[row.external_id] = "updated"
+        elif row.external_id in stale_ids:
+            outcomes[row.external_id] = "stale"
+        elif row.stub and plan.unknown_stubs_by_page[index] and key not in plan.writers_by_key:
+            outcomes[row.external_id] = "skipped"
+        else:
+            outcomes[row.external_id] = "unchanged"
+    return outcomes
+
+
+def recount_rewrite(
+    counts: PageCounts, outcomes: Mapping[str, str], inserted_before: Set[str]
+) -> tuple[PageCounts, list[str]]:
+    """The counts of a page written again with other content than its earlier version, given each
+    key's outcome in this version (`outcome_by_key`).
+
+    Keys the earlier version inserted did not exist before the job, so they stay counted as inserted
+    (moved from updated, unchanged or stale, wherever this version found them); returns the counts
+    and the keys credited as inserted. A key the earlier version inserted that this version no longer
+    carries is not counted again: a page's records are what it carries now."""
+    moved = {"updated": 0, "unchanged": 0, "stale": 0}
+    credited = []
+    for external_id, outcome in outcomes.items():
+        if outcome == "inserted":
+            credited.append(external_id)
+        elif outcome in moved and external_id in inserted_before:
+            moved[outcome] += 1
+            credited.append(external_id)
+    return dataclasses.replace(
+        counts,
+        inserted=counts.inserted + sum(moved.values()),
+        updated=counts.updated - moved["updated"],
+        unchanged=counts.unchanged - moved["unchanged"],
+        stale=counts.stale - moved["stale"],
+    ), credited
 
 
 # --------------------------------------------------------------------------- batch bookkeeping
@@ -471,7 +647,8 @@ def count_pages(plan: BatchPlan, written: Mapping[RowKey, bool]) -> list[PageCou
 
 @dataclass(frozen=True, slots=True)
 class JobTotals:
-    """The increments one transaction applies to an import_jobs row."""
+    """The increments one transaction applies to an import_jobs row (negative for a page written
+    again whose earlier version counted more)."""
 
     job_id: str
     pages_written: int
@@ -479,32 +656,34 @@ class JobTotals:
     inserted: int
     updated: int
     unchanged: int
+    stale: int
     skipped: SkipCounts
     contacts_unmatched: int
 
 
-def job_totals(counts: Sequence[PageCounts]) -> list[JobTotals]:
-    """The per-job sums of `counts`, jobs in order of first appearance."""
-    grouped: dict[str, list[PageCounts]] = {}
+def job_totals(counts: Sequence[PageCounts], replaced: Mapping[PageKey, PageCounts] | None = None) -> list[JobTotals]:
+    """The per-job sums of `counts`, jobs in order of first appearance. A page in `replaced` was
+    counted before: its earlier counts are subtracted and it adds no written page."""
+    replaced = replaced or {}
+    grouped: dict[str, list[int]] = {}
     for page in counts:
-        grouped.setdefault(page.job_id, []).append(page)
+        sign_page = 0 if PageKey(page.job_id, page.page_no) in replaced else 1
+        vector = [sign_page, page.records_fetched, page.inserted, page.updated, page.unchanged, page.stale,
+                  *page.skipped.as_tuple(), page.contacts_unmatched]
+        earlier = replaced.get(PageKey(page.job_id, page.page_no))
+        if earlier is not None:
+            before = [0, earlier.records_fetched, earlier.inserted, earlier.updated, earlier.unchanged, earlier.stale,
+                      *earlier.skipped.as_tuple(), earlier.contacts_unmatched]
+            vector = [a - b for a, b in zip(vector, before, strict=True)]
+        total = grouped.setdefault(page.job_id, [0] * len(vector))
+        for i, value in enumerate(vector):
+            total[i] += value
     return [
         JobTotals(
-            job_id=job_id,
-            pages_written=len(pages),
-            records_fetched=sum(p.records_fetched for p in pages),
-            inserted=sum(p.inserted for p in pages),
-            updated=sum(p.updated for p in pages),
-            unchanged=sum(p.unchanged for p in pages),
-            skipped=SkipCounts(
-                out_of_window=sum(p.skipped.out_of_window for p in pages),
-                invalid=sum(p.skipped.invalid for p in pages),
-                dead_letter=sum(p.skipped.dead_letter for p in pages),
-                duplicate_in_page=sum(p.skipped.duplicate_in_page for p in pages),
-            ),
-            contacts_unmatched=sum(p.contacts_unmatched for p in pages),
+            job_id=job_id, pages_written=t[0], records_fetched=t[1], inserted=t[2], updated=t[3],
+            unchanged=t[4], stale=t[5], skipped=SkipCounts(*t[6:11]), contacts_unmatched=t[11],
         )
-        for job_id, pages in grouped.items()
+        for job_id, t in grouped.items()
     ]
 
 
@@ -572,7 +751,7 @@ def plan_contacts(writes: Iterable[RowWrite]) -> list[ContactWrite]:
     for write in writes:
         row = write.row
         match_key = row.contact_key
-        if match_key is None:
+        if match_key is None:  # no contact (stubs never have one)
             continue
         source = write.page.external_source
         key = (source, match_key)

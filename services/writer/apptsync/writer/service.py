@@ -383,17 +383,32 @@ def _report_span(spans: ConsumerSpans | None, report: Report) -> Iterator[None]:
         yield
 
 
+# One warning per refused record up to this many per page, then one line with the number.
+_STALE_RECORDS_LOGGED_PER_PAGE = 20
+
+
 def _page_written(outcome: PageOutcome, span: trace.Span) -> None:
     counts = outcome.counts
+    skipped = counts.skipped
     by_outcome = {
         "inserted": counts.inserted,
         "updated": counts.updated,
         "unchanged": counts.unchanged,
-        "skipped_out_of_window": counts.skipped.out_of_window,
-        "skipped_invalid": counts.skipped.invalid,
-        "skipped_dead_letter": counts.skipped.dead_letter,
-        "skipped_duplicate_in_page": counts.skipped.duplicate_in_page,
+        "stale": counts.stale,
+        "skipped_out_of_window": skipped.out_of_window,
+        "skipped_invalid": skipped.invalid,
+        "skipped_dead_letter": skipped.dead_letter,
+        "skipped_duplicate_in_page": skipped.duplicate_in_page,
+        "skipped_unknown_deletion": skipped.unknown_deletion,
     }
+    # Newer wins: a refused older copy is visible, with the key and both times, never silent.
+    for record in outcome.stale[:_STALE_RECORDS_LOGGED_PER_PAGE]:
+        log_event(log, "stale record refused", level=logging.WARNING, job_id=counts.job_id, page_no=counts.page_no,
+                  external_id=record.external_id, stored_observed_at=record.stored_observed_at.isoformat(),
+                  offered_observed_at=record.offered_observed_at.isoformat())
+    if len(outcome.stale) > _STALE_RECORDS_LOGGED_PER_PAGE:
+        log_event(log, "stale records refused", level=logging.WARNING, job_id=counts.job_id,
+                  page_no=counts.page_no, stale=len(outcome.stale))
     METRICS.pages_written.labels(str(outcome.redelivered).lower()).inc()
     if not outcome.redelivered:
         for name in RECORD_OUTCOMES:

@@ -6,7 +6,9 @@ security (`app.tenant_id`, set by `store.tenant_transaction`) will take over.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from apptsync.writer.accounting import (
@@ -39,12 +41,13 @@ ON CONFLICT (job_id, page_no) DO NOTHING
 RETURNING p.job_id::text AS job_id, p.page_no
 """
 
-PAGE_COUNT_COLUMNS = """records_fetched, inserted, updated, unchanged, skipped_out_of_window, skipped_invalid,
-    skipped_dead_letter, skipped_duplicate_in_page, contacts_unmatched"""
+PAGE_COUNT_COLUMNS = """records_fetched, inserted, updated, unchanged, stale, skipped_out_of_window, skipped_invalid,
+    skipped_dead_letter, skipped_duplicate_in_page, skipped_unknown_deletion, contacts_unmatched"""
 
-# The stored results of redelivered pages.
+# The stored results of redelivered pages, with what tells a redelivery of the same content (same
+# digest: replay) from a page fetched again with other content (written again).
 SELECT_PAGE_COUNTS = f"""
-SELECT p.job_id::text AS job_id, p.page_no, {PAGE_COUNT_COLUMNS}
+SELECT p.job_id::text AS job_id, p.page_no, {PAGE_COUNT_COLUMNS}, p.content_digest, p.inserted_ids
 FROM import_job_pages AS p
 JOIN unnest($2::uuid[], $3::integer[]) AS c(job_id, page_no)
   ON p.job_id = c.job_id AND p.page_no = c.page_no
@@ -56,10 +59,10 @@ WHERE p.tenant_id = $1::uuid
 # index scan on (tenant_id, external_source) filtering every row of the tenant: 10 ms per page at
 # 20,000 rows and growing, against a flat 0.5 ms here.
 SELECT_STORED_VERSIONS = """
-SELECT k.external_id, s.content_hash, s.observed_at
+SELECT k.external_id, s.content_hash, s.observed_at, s.status, s.deleted_at IS NOT NULL AS deleted
 FROM unnest($3::text[]) AS k(external_id)
 CROSS JOIN LATERAL (
-    SELECT a.content_hash, a.observed_at
+    SELECT a.content_hash, a.observed_at, a.status, a.deleted_at
     FROM appointments AS a
     WHERE a.tenant_id = $1::uuid AND a.external_source = $2 AND a.external_id = k.external_id
     LIMIT 1
@@ -143,8 +146,11 @@ ON CONFLICT (tenant_id, external_source, external_id) DO UPDATE SET
     content_hash = EXCLUDED.content_hash,
     observed_at = EXCLUDED.observed_at,
     last_job_id = EXCLUDED.last_job_id,
+    rescheduled_to_external_id = EXCLUDED.rescheduled_to_external_id,
+    rescheduled_from_external_id = EXCLUDED.rescheduled_from_external_id,
+    deleted_at = NULL,
     updated_at = now()
-WHERE a.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+WHERE (a.content_hash IS DISTINCT FROM EXCLUDED.content_hash OR a.deleted_at IS NOT NULL)
   AND a.observed_at <= EXCLUDED.observed_at
 RETURNING a.external_source, a.external_id, (a.xmax = 0) AS inserted
 """
@@ -161,11 +167,12 @@ INSERT INTO appointments AS a (
     tenant_id, external_source, external_id, connection_id, starts_at, ends_at, timezone, status,
     title, appointment_type, calendar, contact_name, contact_email, contact_phone, provider_client_id,
     price_minor, price_currency, amount_paid_minor, amount_paid_currency, external_url, raw,
-    content_hash, observed_at, last_job_id, contact_id)
+    content_hash, observed_at, last_job_id, rescheduled_to_external_id, rescheduled_from_external_id, contact_id)
 SELECT $1::uuid, r.external_source, r.external_id, r.connection_id, r.starts_at, r.ends_at, r.timezone,
     r.status, r.title, r.appointment_type, r.calendar, r.contact_name, r.contact_email, r.contact_phone,
     r.provider_client_id, r.price_minor, r.price_currency, r.amount_paid_minor, r.amount_paid_currency,
     r.external_url, r.raw::jsonb, r.content_hash, r.observed_at, r.last_job_id,
+    r.rescheduled_to_external_id, r.rescheduled_from_external_id,
     CASE WHEN r.contact_id IS NOT NULL THEN r.contact_id
          WHEN r.contact_key IS NOT NULL THEN (
              SELECT ct.contact_id FROM contacts AS ct
@@ -182,6 +189,26 @@ INSERT_NEW_APPOINTMENTS = _INSERT_ROWS
 
 # Any mix of new and changed rows; RETURNING tells inserted from updated.
 UPSERT_APPOINTMENTS = _INSERT_ROWS + _ON_CONFLICT_NEWER_WINS
+
+# Cancellation stubs (a provider's notice that a record was cancelled or deleted, without times):
+# cancel the stored row of the key, keep its times and payload, and revive it if it was marked
+# deleted (the provider still knows it, as cancelled). Newer wins as for the upsert; a key never
+# stored is not here (plan_batch counted it). Runs after the upsert of the same batch.
+CANCEL_APPOINTMENTS = """
+UPDATE appointments AS a SET
+    status = 'canceled',
+    content_hash = c.content_hash,
+    observed_at = c.observed_at,
+    last_job_id = c.last_job_id,
+    deleted_at = NULL,
+    updated_at = now()
+FROM unnest($2::text[], $3::text[], $4::bytea[], $5::timestamptz[], $6::uuid[])
+    AS c(external_source, external_id, content_hash, observed_at, last_job_id)
+WHERE a.tenant_id = $1::uuid AND a.external_source = c.external_source AND a.external_id = c.external_id
+  AND (a.status <> 'canceled' OR a.deleted_at IS NOT NULL)
+  AND a.observed_at <= c.observed_at
+RETURNING a.external_source, a.external_id
+"""
 
 # The refused records of freshly written pages; a redelivered page reads them back.
 RECORD_DEAD_LETTERS = """
@@ -200,39 +227,60 @@ WHERE d.tenant_id = $1::uuid
 ORDER BY d.job_id, d.page_no, d.external_id
 """
 
+# The page's keys travel as JSON array text: unnest() of a two-dimensional array would flatten it.
 RECORD_PAGE_COUNTS = """
 UPDATE import_job_pages AS p SET
     records_fetched = c.records_fetched, inserted = c.inserted, updated = c.updated,
-    unchanged = c.unchanged, skipped_out_of_window = c.skipped_out_of_window,
+    unchanged = c.unchanged, stale = c.stale, skipped_out_of_window = c.skipped_out_of_window,
     skipped_invalid = c.skipped_invalid, skipped_dead_letter = c.skipped_dead_letter,
-    skipped_duplicate_in_page = c.skipped_duplicate_in_page, contacts_unmatched = c.contacts_unmatched
+    skipped_duplicate_in_page = c.skipped_duplicate_in_page,
+    skipped_unknown_deletion = c.skipped_unknown_deletion, contacts_unmatched = c.contacts_unmatched,
+    external_ids = ARRAY(SELECT jsonb_array_elements_text(c.external_ids::jsonb)),
+    inserted_ids = ARRAY(SELECT jsonb_array_elements_text(c.inserted_ids::jsonb)),
+    content_digest = c.content_digest, written_at = now()
 FROM unnest($2::uuid[], $3::integer[], $4::integer[], $5::integer[], $6::integer[], $7::integer[],
-            $8::integer[], $9::integer[], $10::integer[], $11::integer[], $12::integer[])
-    AS c(job_id, page_no, records_fetched, inserted, updated, unchanged, skipped_out_of_window,
-         skipped_invalid, skipped_dead_letter, skipped_duplicate_in_page, contacts_unmatched)
+            $8::integer[], $9::integer[], $10::integer[], $11::integer[], $12::integer[], $13::integer[],
+            $14::integer[], $15::text[], $16::text[], $17::bytea[])
+    AS c(job_id, page_no, records_fetched, inserted, updated, unchanged, stale, skipped_out_of_window,
+         skipped_invalid, skipped_dead_letter, skipped_duplicate_in_page, skipped_unknown_deletion,
+         contacts_unmatched, external_ids, inserted_ids, content_digest)
 WHERE p.job_id = c.job_id AND p.page_no = c.page_no AND p.tenant_id = $1::uuid
 """
 
-# Only the transaction that records pages changes these counters (see 0001_initial.sql).
+# Only the transaction that records pages changes these counters (see 0001_initial.sql), and only
+# while the job runs: a page result that arrives after the job ended (it failed waiting for it) is
+# kept in the ledger but leaves the ended job's counts, and its JobFinished event, as they were.
+# Returns every job of the tenant named, with whether it was still active.
 ADD_JOB_COUNTERS = """
-UPDATE import_jobs AS j SET
-    pages_written = j.pages_written + c.pages_written,
-    records_fetched = j.records_fetched + c.records_fetched,
-    inserted = j.inserted + c.inserted,
-    updated = j.updated + c.updated,
-    unchanged = j.unchanged + c.unchanged,
-    skipped_out_of_window = j.skipped_out_of_window + c.skipped_out_of_window,
-    skipped_invalid = j.skipped_invalid + c.skipped_invalid,
-    skipped_dead_letter = j.skipped_dead_letter + c.skipped_dead_letter,
-    skipped_duplicate_in_page = j.skipped_duplicate_in_page + c.skipped_duplicate_in_page,
-    contacts_unmatched = j.contacts_unmatched + c.contacts_unmatched,
-    updated_at = now()
-FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
-            $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[])
-    AS c(job_id, pages_written, records_fetched, inserted, updated, unchanged, skipped_out_of_window,
-         skipped_invalid, skipped_dead_letter, skipped_duplicate_in_page, contacts_unmatched)
-WHERE j.job_id = c.job_id AND j.tenant_id = $1::uuid
-RETURNING j.job_id::text AS job_id
+WITH c AS (
+    SELECT * FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+                         $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
+                         $14::bigint[])
+        AS c(job_id, pages_written, records_fetched, inserted, updated, unchanged, stale, skipped_out_of_window,
+             skipped_invalid, skipped_dead_letter, skipped_duplicate_in_page, skipped_unknown_deletion,
+             contacts_unmatched)
+), added AS (
+    UPDATE import_jobs AS j SET
+        pages_written = j.pages_written + c.pages_written,
+        records_fetched = j.records_fetched + c.records_fetched,
+        inserted = j.inserted + c.inserted,
+        updated = j.updated + c.updated,
+        unchanged = j.unchanged + c.unchanged,
+        stale = j.stale + c.stale,
+        skipped_out_of_window = j.skipped_out_of_window + c.skipped_out_of_window,
+        skipped_invalid = j.skipped_invalid + c.skipped_invalid,
+        skipped_dead_letter = j.skipped_dead_letter + c.skipped_dead_letter,
+        skipped_duplicate_in_page = j.skipped_duplicate_in_page + c.skipped_duplicate_in_page,
+        skipped_unknown_deletion = j.skipped_unknown_deletion + c.skipped_unknown_deletion,
+        contacts_unmatched = j.contacts_unmatched + c.contacts_unmatched,
+        updated_at = now()
+    FROM c
+    WHERE j.job_id = c.job_id AND j.tenant_id = $1::uuid AND j.state IN ('QUEUED', 'RUNNING')
+    RETURNING j.job_id
+)
+SELECT j.job_id::text AS job_id, j.job_id IN (SELECT job_id FROM added) AS active
+FROM import_jobs AS j JOIN c ON j.job_id = c.job_id
+WHERE j.tenant_id = $1::uuid
 """
 
 
@@ -257,8 +305,21 @@ def appointment_rows(writes: Sequence[RowWrite], contact_ids: Mapping[tuple[str,
             row.amount_paid_minor, row.amount_paid_currency, row.external_url, row.raw_json, row.content_hash,
             row.observed_at, page.job_id, contact_key,
             None if contact_key is None else contact_ids.get((source, contact_key)),
+            row.rescheduled_to_external_id, row.rescheduled_from_external_id,
         ))
     return rows
+
+
+def cancel_arguments(tenant_id: str, cancels: Sequence[RowWrite]) -> tuple[Any, ...]:
+    """The CANCEL_APPOINTMENTS arguments for the batch's final stubs."""
+    return (
+        tenant_id,
+        [write.page.external_source for write in cancels],
+        [write.row.external_id for write in cancels],
+        [write.row.content_hash for write in cancels],
+        [write.row.observed_at for write in cancels],
+        [write.page.job_id for write in cancels],
+    )
 
 
 def contact_arguments(tenant_id: str, contacts: Sequence[ContactWrite]) -> tuple[Any, ...]:
@@ -283,8 +344,19 @@ def dead_letter_arguments(
     )
 
 
-def record_page_counts_arguments(tenant_id: str, counts: Sequence[PageCounts]) -> tuple[Any, ...]:
-    """The RECORD_PAGE_COUNTS arguments for `counts`."""
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One page as the ledger records it: its counts, the keys it carried and inserted, its digest."""
+
+    counts: PageCounts
+    external_ids: Sequence[str]
+    inserted_ids: Sequence[str]
+    content_digest: bytes
+
+
+def record_page_counts_arguments(tenant_id: str, entries: Sequence[LedgerEntry]) -> tuple[Any, ...]:
+    """The RECORD_PAGE_COUNTS arguments for `entries`."""
+    counts = [entry.counts for entry in entries]
     return (
         tenant_id,
         [c.job_id for c in counts],
@@ -293,11 +365,16 @@ def record_page_counts_arguments(tenant_id: str, counts: Sequence[PageCounts]) -
         [c.inserted for c in counts],
         [c.updated for c in counts],
         [c.unchanged for c in counts],
+        [c.stale for c in counts],
         [c.skipped.out_of_window for c in counts],
         [c.skipped.invalid for c in counts],
         [c.skipped.dead_letter for c in counts],
         [c.skipped.duplicate_in_page for c in counts],
+        [c.skipped.unknown_deletion for c in counts],
         [c.contacts_unmatched for c in counts],
+        [json.dumps(list(entry.external_ids)) for entry in entries],
+        [json.dumps(list(entry.inserted_ids)) for entry in entries],
+        [entry.content_digest for entry in entries],
     )
 
 
@@ -311,10 +388,8 @@ def job_counter_arguments(tenant_id: str, totals: Sequence[JobTotals]) -> tuple[
         [t.inserted for t in totals],
         [t.updated for t in totals],
         [t.unchanged for t in totals],
-        [t.skipped.out_of_window for t in totals],
-        [t.skipped.invalid for t in totals],
-        [t.skipped.dead_letter for t in totals],
-        [t.skipped.duplicate_in_page for t in totals],
+        [t.stale for t in totals],
+        *([t.skipped.as_tuple()[i] for t in totals] for i in range(5)),
         [t.contacts_unmatched for t in totals],
     )
 
@@ -328,11 +403,13 @@ def page_counts_from_record(record: Any) -> PageCounts:
         inserted=record["inserted"],
         updated=record["updated"],
         unchanged=record["unchanged"],
+        stale=record["stale"],
         skipped=SkipCounts(
             out_of_window=record["skipped_out_of_window"],
             invalid=record["skipped_invalid"],
             dead_letter=record["skipped_dead_letter"],
             duplicate_in_page=record["skipped_duplicate_in_page"],
+            unknown_deletion=record["skipped_unknown_deletion"],
         ),
         contacts_unmatched=record["contacts_unmatched"],
     )

@@ -31,15 +31,19 @@ from apptsync.writer.accounting import (
     RefusedRecord,
     RowKey,
     RowWrite,
+    StaleRecord,
     StoredVersion,
     assemble_outcomes,
     count_pages,
     drop_refused_records,
     first_deliveries,
+    inserted_keys,
     job_totals,
     keys_by_source,
+    outcome_by_key,
     plan_batch,
     plan_contacts,
+    recount_rewrite,
     refused_page_counts,
 )
 
@@ -136,6 +140,15 @@ def _is_data_error(exc: BaseException) -> bool:
 class _ConcurrentInsertError(Exception):
     """A plain insert of keys the batch's lookup did not find met a row another writer inserted since
     (internal signal: redo the batch with the upsert)."""
+
+
+async def _cancel(connection: Connection, tenant_id: str, plan: BatchPlan) -> set[RowKey]:
+    """Applies the batch's final cancellation stubs; the keys it canceled."""
+    if not plan.cancels:
+        return set()
+    arguments = sql.cancel_arguments(tenant_id, list(plan.cancels.values()))
+    records = await connection.fetch(sql.CANCEL_APPOINTMENTS, *arguments)
+    return {(record["external_source"], record["external_id"]) for record in records}
 
 
 async def _upsert(
@@ -237,21 +250,48 @@ async def _write_pages_in_transaction(
     )
     claimed_keys = {PageKey(record["job_id"], record["page_no"]) for record in claimed}
     fresh = [page for page in unique_pages if page.key in claimed_keys]
-    replayed = [page for page in unique_pages if page.key not in claimed_keys]
+    recorded = [page for page in unique_pages if page.key not in claimed_keys]
+
+    # Pages recorded before: the same content replays the stored result; other content (fetched
+    # again after a resume, the provider changed meanwhile) is written again.
+    stored_counts: dict[PageKey, PageCounts] = {}
+    inserted_before: dict[PageKey, frozenset[str]] = {}
+    rewrites: list[DecodedPage] = []
+    replayed: list[DecodedPage] = []
+    if recorded:
+        digests: dict[PageKey, bytes | None] = {}
+        for record in await connection.fetch(
+            sql.SELECT_PAGE_COUNTS, tenant_id, *sql.page_key_arguments([page.key for page in recorded])
+        ):
+            counts_of_page = sql.page_counts_from_record(record)
+            key = PageKey(counts_of_page.job_id, counts_of_page.page_no)
+            stored_counts[key] = counts_of_page
+            digests[key] = record["content_digest"]
+            inserted_before[key] = frozenset(record["inserted_ids"])
+        for page in recorded:
+            digest = digests.get(page.key)
+            if digest is not None and digest != page.content_digest:
+                rewrites.append(page)
+            else:
+                replayed.append(page)
 
     fresh_counts: dict[PageKey, PageCounts] = {}
     refused_by_page: dict[PageKey, list[RefusedRecord]] = {}
-    if fresh:
+    stale: list[StaleRecord] = []
+    to_write = fresh + rewrites
+    if to_write:
+        # As delivered: refused records taken out below were still carried (and seen) by the page.
+        delivered = {page.key: (page.content_digest, page.external_ids) for page in to_write}
         stored: dict[RowKey, StoredVersion] = {}
-        for source, external_ids in keys_by_source(fresh).items():
+        for source, external_ids in keys_by_source(to_write).items():
             for record in await connection.fetch(sql.SELECT_STORED_VERSIONS, tenant_id, source, external_ids):
                 stored[(source, record["external_id"])] = StoredVersion(
-                    record["content_hash"], record["observed_at"]
+                    record["content_hash"], record["observed_at"], record["status"], record["deleted"]
                 )
         if isolate_refused:
-            fresh, plan, written, refused = await _upsert_isolating_refused(connection, tenant_id, fresh, stored)
+            to_write, plan, written, refused = await _upsert_isolating_refused(connection, tenant_id, to_write, stored)
         else:
-            plan = plan_batch(fresh, stored)
+            plan = plan_batch(to_write, stored)
             writes = list(plan.writes.values())
             try:
                 written = await _upsert(
@@ -263,34 +303,52 @@ async def _write_pages_in_transaction(
                     raise _RowsRefusedError(str(exc)) from exc
                 raise
             refused = {}
-        counts = count_pages(plan, written)
-        await connection.execute(sql.RECORD_PAGE_COUNTS, *sql.record_page_counts_arguments(tenant_id, counts))
+        canceled = await _cancel(connection, tenant_id, plan)
+        counts = count_pages(plan, written, canceled)
+        inserted_by_page = inserted_keys(plan, written)
+        rewritten = {page.key for page in rewrites}
+        entries = []
+        for index, (page, page_counts) in enumerate(zip(plan.pages, counts, strict=True)):
+            inserted_ids: list[str] = inserted_by_page.get(page.key, [])
+            if page.key in rewritten:
+                page_counts, inserted_ids = recount_rewrite(
+                    page_counts, outcome_by_key(plan, index, written, canceled), inserted_before[page.key]
+                )
+            digest, external_ids = delivered[page.key]
+            entries.append(sql.LedgerEntry(page_counts, external_ids, inserted_ids, digest))
+        counts = [entry.counts for entry in entries]
+        await connection.execute(sql.RECORD_PAGE_COUNTS, *sql.record_page_counts_arguments(tenant_id, entries))
         if refused:
             records = [(key, RefusedRecord(external_id, error)) for (key, external_id), error in refused.items()]
             await connection.execute(sql.RECORD_DEAD_LETTERS, *sql.dead_letter_arguments(tenant_id, records))
             for key, refused_record in records:
                 refused_by_page.setdefault(key, []).append(refused_record)
-        totals = job_totals(counts)
-        updated_jobs = await connection.fetch(
-            sql.ADD_JOB_COUNTERS, *sql.job_counter_arguments(tenant_id, totals)
-        )
-        missing_jobs = {t.job_id for t in totals} - {record["job_id"] for record in updated_jobs}
+        totals = job_totals(counts, {key: stored_counts[key] for key in rewritten})
+        known_jobs = await connection.fetch(sql.ADD_JOB_COUNTERS, *sql.job_counter_arguments(tenant_id, totals))
+        missing_jobs = {t.job_id for t in totals} - {record["job_id"] for record in known_jobs}
         if missing_jobs:
             raise PoisonMessageError(f"job(s) {sorted(missing_jobs)} do not belong to tenant {tenant_id}")
         fresh_counts = {PageKey(c.job_id, c.page_no): c for c in counts}
+        stale = plan.stale
 
-    stored_counts: dict[PageKey, PageCounts] = {}
-    if replayed:
+    replayed_counts = {page.key: stored_counts[page.key] for page in replayed if page.key in stored_counts}
+    if any(c.skipped.dead_letter for c in replayed_counts.values()):
         replayed_keys = sql.page_key_arguments([page.key for page in replayed])
-        for record in await connection.fetch(sql.SELECT_PAGE_COUNTS, tenant_id, *replayed_keys):
-            counts_of_page = sql.page_counts_from_record(record)
-            stored_counts[PageKey(counts_of_page.job_id, counts_of_page.page_no)] = counts_of_page
-        if any(c.skipped.dead_letter for c in stored_counts.values()):
-            for record in await connection.fetch(sql.SELECT_DEAD_LETTERS, tenant_id, *replayed_keys):
-                refused_by_page.setdefault(PageKey(record["job_id"], record["page_no"]), []).append(
-                    RefusedRecord(record["external_id"], record["error"])
-                )
-    return assemble_outcomes(pages, fresh_counts, stored_counts, refused_by_page)
+        for record in await connection.fetch(sql.SELECT_DEAD_LETTERS, tenant_id, *replayed_keys):
+            refused_by_page.setdefault(PageKey(record["job_id"], record["page_no"]), []).append(
+                RefusedRecord(record["external_id"], record["error"])
+            )
+    outcomes = assemble_outcomes(pages, fresh_counts, replayed_counts, refused_by_page)
+    if stale:
+        stale_by_page: dict[PageKey, list[StaleRecord]] = {}
+        for stale_record in stale:
+            stale_by_page.setdefault(stale_record.page, []).append(stale_record)
+        outcomes = [
+            dataclasses.replace(outcome, stale=tuple(stale_by_page.get(outcome.key, ())))
+            if not outcome.redelivered else outcome
+            for outcome in outcomes
+        ]
+    return outcomes
 
 
 class PageStore:

@@ -21,6 +21,7 @@ import asyncpg
 
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
+from apptsync.shared.counts import JOB_COUNTERS
 from apptsync.shared.db.pool import tenant_transaction
 from apptsync.shared.errors import PermanentError
 
@@ -29,19 +30,8 @@ JOBS_QUEUED_CHANNEL = "apptsync_jobs_queued"
 JOB_CHANGED_CHANNEL = "apptsync_job_changed"
 ACTIVE_STATES = ("QUEUED", "RUNNING")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")
-COUNTER_COLUMNS = (
-    "pages_fetched",
-    "pages_written",
-    "records_fetched",
-    "inserted",
-    "updated",
-    "unchanged",
-    "skipped_out_of_window",
-    "skipped_invalid",
-    "skipped_dead_letter",
-    "skipped_duplicate_in_page",
-    "contacts_unmatched",
-)
+# The import_jobs counter columns are named like the counters (apptsync.shared.counts).
+COUNTER_COLUMNS = JOB_COUNTERS
 
 
 class LeaseLostError(PermanentError):

@@ -23,6 +23,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from apptsync.shared import counts
+
 # `*_created` series double the series count and no rule or dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -33,15 +35,7 @@ UPSERT_LATENCY_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # Jobs run from under a second (an early stop) to the one-hour default deadline.
 JOB_DURATION_BUCKETS_SECONDS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
 # The record outcomes a page result reports (`apptsync_writer_records_total{outcome}`).
-RECORD_OUTCOMES = (
-    "inserted",
-    "updated",
-    "unchanged",
-    "skipped_out_of_window",
-    "skipped_invalid",
-    "skipped_dead_letter",
-    "skipped_duplicate_in_page",
-)
+RECORD_OUTCOMES = counts.RECORD_OUTCOMES
 
 
 class InFlightPages:
