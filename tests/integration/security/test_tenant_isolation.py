@@ -177,7 +177,7 @@ async def test_the_fetchers_cross_tenant_functions_work_for_the_services_role(da
         await jobs_db.renew_lease(service, job_id=job_b, lease_owner="intruder", lease_seconds=30, now=NOW)
     await jobs_db.save_progress(service, job_id=job_b, lease_owner="w1", cursor={"page": 2}, next_page_no=2,
                                 pages_fetched=1, now=NOW)
-    assert await jobs_db.page_results(service, job_b) == {1: (3, 3, 0)}
+    assert await jobs_db.page_results(service, job_b) == {1: (3, 3, 0, 0)}
     finished = await jobs_db.finish_job(service, job_id=job_b, lease_owner="w1", state="SUCCEEDED",
                                         stop_reason="provider exhausted", error="", now=NOW)
     assert (finished.state, finished.counts["inserted"], finished.next_page_no) == ("SUCCEEDED", 3, 2)

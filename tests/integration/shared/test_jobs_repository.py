@@ -144,3 +144,47 @@ async def test_the_same_idempotency_key_returns_the_finished_job(pool: asyncpg.P
         fresh, existed = await jobs_db.create_job(conn, new_job(tenant), now=NOW)
         assert not existed
         assert not fresh.first_import
+
+
+async def insert_appointment(conn: asyncpg.Connection, tenant: str, external_id: str, *, starts_at: datetime,
+                             connection_id: str = "main", source: str = "acuity") -> None:
+    await conn.execute(
+        """INSERT INTO appointments (tenant_id, external_source, external_id, connection_id, starts_at, ends_at,
+               timezone, status, title, appointment_type, calendar, contact_name, contact_email, contact_phone,
+               provider_client_id, external_url, raw, content_hash, observed_at, last_job_id)
+           VALUES ($1::uuid, $2, $3, $4, $5::timestamptz, $5::timestamptz + interval '30 minutes', 'UTC',
+                   'scheduled', '', '', '', '', '', '', '', '', '{}', '\\x00', $5::timestamptz, gen_random_uuid())""",
+        tenant, source, external_id, connection_id, starts_at,
+    )
+
+
+async def test_reconciliation_marks_unseen_rows_of_the_connection_inside_the_window_once(pool: asyncpg.Pool) -> None:
+    tenant = str(uuid.uuid4())
+    async with pool.acquire() as conn:
+        created, _ = await jobs_db.create_job(conn, new_job(tenant), now=NOW)
+        claimed = await jobs_db.claim_job(conn, lease_owner="w#1", lease_seconds=30, now=NOW)
+        assert claimed is not None and claimed.job_id == created.job_id
+        inside = NOW + timedelta(hours=1)
+        for external_id in ("seen", "gone"):
+            await insert_appointment(conn, tenant, external_id, starts_at=inside)
+        await insert_appointment(conn, tenant, "outside-window", starts_at=NOW + timedelta(days=3))
+        await insert_appointment(conn, tenant, "other-connection", starts_at=inside, connection_id="other")
+        await insert_appointment(conn, tenant, "other-source", starts_at=inside, source="calendly")
+        await conn.execute(
+            """INSERT INTO import_job_pages (job_id, page_no, tenant_id, records_fetched, inserted, updated,
+                   unchanged, skipped_out_of_window, skipped_invalid, skipped_dead_letter,
+                   skipped_duplicate_in_page, contacts_unmatched, external_ids)
+               VALUES ($1::uuid, 1, $2::uuid, 1, 0, 0, 1, 0, 0, 0, 0, 0, ARRAY['seen'])""",
+            created.job_id, tenant,
+        )
+
+        with pytest.raises(jobs_db.LeaseLostError):
+            await jobs_db.reconcile_deletions(conn, job_id=created.job_id, lease_owner="intruder", now=NOW)
+        assert await jobs_db.reconcile_deletions(conn, job_id=created.job_id, lease_owner="w#1", now=NOW) == 1
+        assert await jobs_db.reconcile_deletions(conn, job_id=created.job_id, lease_owner="w#1", now=NOW) == 0
+
+        deleted = await conn.fetch("SELECT external_id FROM appointments WHERE deleted_at IS NOT NULL")
+        assert [row["external_id"] for row in deleted] == ["gone"]
+        finished = await jobs_db.finish_job(conn, job_id=created.job_id, lease_owner="w#1", state="SUCCEEDED",
+                                            stop_reason="provider exhausted", error="", now=NOW)
+        assert finished.counts["deleted"] == 1

@@ -176,3 +176,54 @@ def test_resume_awaits_pages_sent_before_the_crash() -> None:
     p.result_received(result(2))
     assert p.stopped
     assert p.stop_reason == "page 2 had no new records"
+
+
+# --------------------------------------------------------------------------- a walk of the whole window
+
+
+def walked(policy: StopPolicy, *, results: list[PageOutcome], end: str = "exhausted") -> JobProgress:
+    p = progress(policy, in_flight=10)
+    for _ in results:
+        p.page_sent()
+    for outcome in results:
+        p.result_received(outcome)
+    if end == "exhausted":
+        p.provider_exhausted()
+    elif end == "cancel":
+        p.cancel()
+    elif end == "fail":
+        p.fail("provider said no")
+    elif end == "deadline":
+        p.check_deadline(NOW + timedelta(hours=2))
+    return p
+
+
+def test_only_a_never_job_exhausting_the_provider_with_every_record_read_walked_its_whole_window() -> None:
+    pages = [result(1, inserted=3), result(2)]
+
+    assert walked(StopPolicy.NEVER, results=pages).walked_whole_window
+    for end in ("cancel", "fail", "deadline"):
+        assert not walked(StopPolicy.NEVER, results=pages, end=end).walked_whole_window, end
+    assert not walked(StopPolicy.NO_NEW_RECORDS, results=pages).walked_whole_window
+    unreadable = [result(1, inserted=3), PageOutcome(2, 10, 0, 0, unreadable=1)]
+    assert not walked(StopPolicy.NEVER, results=unreadable).walked_whole_window
+
+
+def test_a_job_still_waiting_for_results_or_ended_by_max_pages_has_not_walked_its_window() -> None:
+    waiting = progress(StopPolicy.NEVER, in_flight=5)
+    waiting.page_sent()
+    waiting.provider_exhausted()
+    assert not waiting.walked_whole_window
+
+    capped = progress(StopPolicy.NEVER, max_pages=1, in_flight=5)
+    capped.page_sent()  # max_pages reached: stopped before the provider was exhausted
+    capped.result_received(result(1))
+    capped.provider_exhausted()
+    assert capped.finished and not capped.walked_whole_window
+
+
+def test_a_resumed_job_counts_unreadable_records_of_pages_written_before_it() -> None:
+    p = progress(StopPolicy.NEVER, in_flight=5)
+    p.resume(3, {1: PageOutcome(1, 10, 10, 0), 2: PageOutcome(2, 10, 9, 0, unreadable=1)})
+    p.provider_exhausted()
+    assert p.finished and not p.walked_whole_window

@@ -34,6 +34,8 @@ class PageOutcome:
     records_fetched: int
     inserted: int
     updated: int
+    # Records the page could not store (invalid or refused): their keys may be stored rows.
+    unreadable: int = 0
 
 
 @dataclass
@@ -67,6 +69,8 @@ class JobProgress:
     outcome: Outcome | None = None
     _window: int = 0
     error: str = ""
+    _exhausted: bool = False
+    _unreadable: int = 0
 
     @property
     def stopped(self) -> bool:
@@ -107,6 +111,7 @@ class JobProgress:
         self._outstanding = set(range(1, next_page_no)) - set(written)
         for outcome in written.values():
             self._results[outcome.page_no] = outcome
+            self._unreadable += outcome.unreadable
         self._judge()
 
     def page_sent(self) -> int:
@@ -131,10 +136,28 @@ class JobProgress:
         if outcome.page_no in self._results:
             return
         self._results[outcome.page_no] = outcome
+        self._unreadable += outcome.unreadable
         self._judge()
 
     def provider_exhausted(self) -> None:
+        if self.outcome is None:
+            self._exhausted = True
         self._stop(Outcome.SUCCEEDED, "provider exhausted")
+
+    @property
+    def walked_whole_window(self) -> bool:
+        """True when the job saw every record of its window: a NEVER job that ended SUCCEEDED because
+        the provider was exhausted, with every page's result in and no record left unreadable or
+        refused. Only such a job may mark the stored rows it did not see as deleted; a partial,
+        failed, canceled, deadline-ended, max_pages-ended or early-stopped job never may."""
+        return (
+            self.policy is StopPolicy.NEVER
+            and self._exhausted
+            and self.outcome is Outcome.SUCCEEDED
+            and self.finished
+            and len(self._results) == self.next_page_no - 1
+            and self._unreadable == 0
+        )
 
     def cancel(self) -> None:
         self._stop(Outcome.CANCELED, "canceled by request")

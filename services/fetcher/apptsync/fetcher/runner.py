@@ -34,6 +34,7 @@ from apptsync.fetcher.providers import (
     ProviderSession,
     open_session,
 )
+from apptsync.fetcher.reconciliation import reconciles
 from apptsync.fetcher.results import ResultRouter
 from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
@@ -79,7 +80,10 @@ class FetcherContext:
 
 
 def outcome_of(result: pages_pb2.PageResult) -> PageOutcome:
-    return PageOutcome(result.page_no, result.records_fetched, result.inserted, result.updated)
+    return PageOutcome(
+        result.page_no, result.records_fetched, result.inserted, result.updated,
+        unreadable=result.skipped.invalid + result.skipped.dead_letter,
+    )
 
 
 async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
@@ -266,20 +270,27 @@ async def _recover_results(job_id: str, ctx: FetcherContext, progress: JobProgre
 
 
 async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress, conn: DbConnection) -> None:
-    """Stores the terminal state, then announces it on the job-events topic.
+    """Stores the terminal state (after marking the rows a complete walk did not see as deleted, in
+    the same transaction), then announces it on the job-events topic.
 
     The event follows the commit: a crash in between loses the event, never the job's state (the
     job row is the record; the event is a notification for downstream consumers)."""
     outcome = progress.outcome or Outcome.FAILED
-    finished = await jobs_db.finish_job(
-        conn,
-        job_id=job.job_id,
-        lease_owner=_lease_owner(job),
-        state=outcome.value,
-        stop_reason=progress.stop_reason,
-        error=progress.error,
-        now=ctx.clock(),
-    )
+    async with conn.transaction():
+        if reconciles(Source(job.external_source), progress):
+            deleted = await jobs_db.reconcile_deletions(
+                conn, job_id=job.job_id, lease_owner=_lease_owner(job), now=ctx.clock()
+            )
+            log_event(_log, "window reconciled", deleted=deleted)
+        finished = await jobs_db.finish_job(
+            conn,
+            job_id=job.job_id,
+            lease_owner=_lease_owner(job),
+            state=outcome.value,
+            stop_reason=progress.stop_reason,
+            error=progress.error,
+            now=ctx.clock(),
+        )
     _job_finished(finished)
     event = imports_pb2.JobFinished(job=job_to_proto(finished))
     async with kafka_errors():

@@ -344,11 +344,28 @@ async def release_lease(connection: DbConnection, *, job_id: str, lease_owner: s
 
 async def page_results(
     connection: DbConnection, job_id: str, page_nos: list[int] | None = None
-) -> dict[int, tuple[int, int, int]]:
-    """(records_fetched, inserted, updated) of the job's recorded pages (all, or those in page_nos)."""
+) -> dict[int, tuple[int, int, int, int]]:
+    """(records_fetched, inserted, updated, unreadable) of the job's recorded pages (all, or those in
+    page_nos); `unreadable` counts records the page could not store (invalid or refused)."""
     rows = await connection.fetch(
-        "SELECT page_no, records_fetched, inserted, updated FROM apptsync_job_page_results($1, $2::integer[])",
+        "SELECT page_no, records_fetched, inserted, updated, unreadable"
+        " FROM apptsync_job_page_results($1, $2::integer[])",
         uuid.UUID(job_id),
         page_nos,
     )
-    return {row["page_no"]: (row["records_fetched"], row["inserted"], row["updated"]) for row in rows}
+    return {
+        row["page_no"]: (row["records_fetched"], row["inserted"], row["updated"], row["unreadable"]) for row in rows
+    }
+
+
+async def reconcile_deletions(connection: DbConnection, *, job_id: str, lease_owner: str, now: datetime) -> int:
+    """Marks deleted the rows of our running job's connection, inside its window, that none of its
+    pages carried; how many it marked (the job's `deleted` counter grows by as many). Call it only
+    for a job that walked its whole window (apptsync.fetcher.progress.JobProgress.walked_whole_window),
+    in the transaction that finishes the job. Raises LeaseLostError if the job is not ours any more."""
+    marked: int | None = await connection.fetchval(
+        "SELECT apptsync_reconcile_job($1, $2, $3::timestamptz)", uuid.UUID(job_id), lease_owner, now
+    )
+    if marked is None:
+        raise LeaseLostError(f"lease on job {job_id} was lost")
+    return marked

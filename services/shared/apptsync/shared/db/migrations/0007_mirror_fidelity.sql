@@ -71,3 +71,20 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION apptsync_reconcile_job(uuid, text, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION apptsync_reconcile_job(uuid, text, timestamptz) TO apptsync_service;
+
+-- The recorded results of a job's pages, now with the records no page could store (unreadable or
+-- refused): a job that left any of them behind did not see its whole window and must not mark
+-- anything deleted.
+DROP FUNCTION apptsync_job_page_results(uuid, integer[]);
+CREATE FUNCTION apptsync_job_page_results(p_job_id uuid, p_page_nos integer[])
+    RETURNS TABLE (page_no integer, records_fetched integer, inserted integer, updated integer,
+                   unreadable integer)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp
+    AS $$
+        SELECT p.page_no, p.records_fetched, p.inserted, p.updated,
+            p.skipped_invalid + p.skipped_dead_letter
+        FROM import_job_pages AS p
+        WHERE p.job_id = p_job_id AND (p_page_nos IS NULL OR p.page_no = ANY(p_page_nos))
+    $$;
+REVOKE EXECUTE ON FUNCTION apptsync_job_page_results(uuid, integer[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apptsync_job_page_results(uuid, integer[]) TO apptsync_service;
