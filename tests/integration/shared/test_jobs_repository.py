@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from apptsync.shared.db import DbConnection
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db.migrator import migrate
 
@@ -146,7 +147,7 @@ async def test_the_same_idempotency_key_returns_the_finished_job(pool: asyncpg.P
         assert not fresh.first_import
 
 
-async def insert_appointment(conn: asyncpg.Connection, tenant: str, external_id: str, *, starts_at: datetime,
+async def insert_appointment(conn: DbConnection, tenant: str, external_id: str, *, starts_at: datetime,
                              connection_id: str = "main", source: str = "acuity") -> None:
     await conn.execute(
         """INSERT INTO appointments (tenant_id, external_source, external_id, connection_id, starts_at, ends_at,
