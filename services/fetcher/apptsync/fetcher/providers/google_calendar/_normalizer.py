@@ -147,7 +147,9 @@ def normalize_google_event(
     )
 
 
-def _deletion(event: dict[str, JsonValue], external_id: str, *, fetched_at: datetime) -> PageRecord | SkippedRecord:
+def _deletion(
+    event: dict[str, JsonValue], external_id: str, *, fetched_at: datetime
+) -> CancellationStub | SkippedRecord:
     """The CancellationStub of a cancelled event that carries no start."""
     try:
         raw_json = canonical_json(event)
