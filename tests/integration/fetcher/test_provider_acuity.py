@@ -127,7 +127,9 @@ def inside(data_set: dict[str, dict[str, object]], window: JobWindow) -> dict[st
 
 
 def imported(pages: list[ProviderPage]) -> dict[str, CanonicalAppointment]:
-    appointments = [a for page in pages for a in page.appointments]
+    records = [a for page in pages for a in page.appointments]
+    appointments = [a for a in records if isinstance(a, CanonicalAppointment)]
+    assert len(appointments) == len(records), "Acuity lists no record without its times"
     by_id = {a.external_id: a for a in appointments}
     assert len(by_id) == len(appointments), "an appointment came in two pages"
     return by_id

@@ -137,7 +137,9 @@ async def drain(session: ProviderSession) -> list[ProviderPage]:
 
 
 def imported(pages: list[ProviderPage]) -> dict[str, CanonicalAppointment]:
-    appointments = [a for page in pages for a in page.appointments]
+    records = [a for page in pages for a in page.appointments]
+    appointments = [a for a in records if isinstance(a, CanonicalAppointment)]
+    assert len(appointments) == len(records), "Calendly lists no record without its times"
     by_id = {a.external_id: a for a in appointments}
     assert len(by_id) == len(appointments), "an invitee came in two pages"
     for page in pages:
@@ -162,6 +164,9 @@ def assert_matches(appointment: CanonicalAppointment, booking: dict[str, dict[st
         else AppointmentStatus.SCHEDULED
     )  # fmt: skip
     assert appointment.status is expected
+    for link, uri in (("rescheduled_to_external_id", invitee["new_invitee"]),
+                      ("rescheduled_from_external_id", invitee["old_invitee"])):  # fmt: skip
+        assert getattr(appointment, link) == (str(uri).rsplit("/", 1)[1] if uri else "")
     payment = invitee["payment"]
     if isinstance(payment, dict):
         digits = 0 if payment["currency"] == "JPY" else 2
@@ -247,6 +252,7 @@ async def test_additions_cancellations_and_reschedules_show_up_in_the_next_full_
         assert after[old].status is AppointmentStatus.CANCELED and old_invitee["rescheduled"] is True
         assert old_invitee["new_invitee"] == new_invitee["uri"] and new_invitee["old_invitee"] == old_invitee["uri"]
         assert after[new].status is AppointmentStatus.SCHEDULED
+        assert (after[old].rescheduled_to_external_id, after[new].rescheduled_from_external_id) == (new, old)
         assert after[new].starts_at.day == int(list(moved).index(old)) + 1 and after[new].starts_at.month == 8
     changed = {k for k in after if k not in before or after[k].content_hash != before[k].content_hash}
     touched = set(added) | set(to_cancel) | set(moved) | set(moved.values())

@@ -2,8 +2,9 @@
 
 A 5,000-event import across two calendars with quirks on (empty pages mid-listing, all-day events in
 DST zones, cancelled events) lands exactly the simulator's set; the next import is incremental by
-sync token; admin changes show up; an expired sync token (410) falls back to a full sync; a burst of
-429 / 403 rateLimitExceeded / 5xx is retried and counted; and the sync state persists in PostgreSQL."""
+sync token; admin changes show up, deleted events as cancellation stubs of their keys; an expired
+sync token (410) falls back to a full sync; a burst of 429 / 403 rateLimitExceeded / 5xx is retried
+and counted; and the sync state persists in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from apptsync.fetcher.providers import (
     open_session,
 )
 from apptsync.fetcher.providers.google_calendar import GoogleCalendarSession, SyncState, sync_state_key
-from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Source
+from apptsync.shared.appointments import AppointmentStatus, CancellationStub, CanonicalAppointment, PageRecord, Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db.migrator import migrate
@@ -74,10 +75,12 @@ class Simulator:
         return statuses
 
     async def data_set(self) -> dict[str, dict[str, object]]:
-        """`{calendarId}/{eventId}` -> the simulator's record, for every event starting in the window."""
+        """`{calendarId}/{eventId}` -> the simulator's record, for every event starting in the window
+        (a deleted event has no start: it is not part of the set)."""
         data = await self.call("GET", "/_admin/google/accounts/1/events")
         assert isinstance(data, list)
-        return {f"{r['calendar_id']}/{r['event']['id']}": r for r in data if EVERYTHING.contains(start_of(r))}
+        return {f"{r['calendar_id']}/{r['event']['id']}": r for r in data
+                if "start" in r["event"] and EVERYTHING.contains(start_of(r))}  # fmt: skip
 
 
 def start_of(record: dict[str, object]) -> datetime:
@@ -146,13 +149,29 @@ async def drain(session: GoogleCalendarSession) -> list[ProviderPage]:
     raise AssertionError(f"no end after {MAX_PAGES} pages")
 
 
-def imported(pages: list[ProviderPage]) -> dict[str, CanonicalAppointment]:
-    appointments = [a for page in pages for a in page.appointments]
-    by_id = {a.external_id: a for a in appointments}
-    assert len(by_id) == len(appointments), "an event came in two pages"
+def records(pages: list[ProviderPage]) -> dict[str, PageRecord]:
+    """Every appointment and cancellation stub of the pages, by external id."""
+    listed = [a for page in pages for a in page.appointments]
+    by_id = {a.external_id: a for a in listed}
+    assert len(by_id) == len(listed), "an event came in two pages"
     for page in pages:
         assert page.records_fetched == len(page.appointments) + page.skipped_out_of_window + page.skipped_invalid
     return by_id
+
+
+def imported(pages: list[ProviderPage]) -> dict[str, CanonicalAppointment]:
+    """The appointments of a listing in which no event was deleted (so it holds no stub)."""
+    by_id = records(pages)
+    appointments = {k: a for k, a in by_id.items() if isinstance(a, CanonicalAppointment)}
+    assert appointments.keys() == by_id.keys(), "no event was deleted: no stub expected"
+    return appointments
+
+
+def split(by_id: dict[str, PageRecord]) -> tuple[dict[str, CanonicalAppointment], dict[str, CancellationStub]]:
+    return (
+        {k: a for k, a in by_id.items() if isinstance(a, CanonicalAppointment)},
+        {k: a for k, a in by_id.items() if isinstance(a, CancellationStub)},
+    )
 
 
 def assert_matches(appointment: CanonicalAppointment, record: dict[str, object]) -> None:
@@ -212,7 +231,7 @@ async def test_changes_reach_the_incremental_sync_and_a_full_sync(small_simulato
     try:
         before = imported(await drain(open_google(http, connection(simulator, account), state)))
         confirmed = sorted(k for k, a in before.items() if a.status is AppointmentStatus.SCHEDULED)
-        to_cancel, to_move = confirmed[:5], confirmed[5:10]
+        to_cancel, to_move, to_delete = confirmed[:5], confirmed[5:10], confirmed[10:13]
         calendar = str(to_cancel[0]).split("/")[0]
         added = []
         for n in range(5):
@@ -226,6 +245,11 @@ async def test_changes_reach_the_incremental_sync_and_a_full_sync(small_simulato
         for key in to_cancel:
             cal, event_id = key.split("/")
             await simulator.call("POST", f"/_admin/google/accounts/1/calendars/{cal}/events/{event_id}/cancel")
+        for key in to_delete:
+            cal, event_id = key.split("/")
+            await simulator.call(
+                "POST", f"/_admin/google/accounts/1/calendars/{cal}/events/{event_id}/cancel", {"delete": True}
+            )
         for n, key in enumerate(to_move):
             cal, event_id = key.split("/")
             await simulator.call(
@@ -233,15 +257,22 @@ async def test_changes_reach_the_incremental_sync_and_a_full_sync(small_simulato
                 {"start": f"2024-09-1{n}T16:00:00Z"},
             )  # fmt: skip
         incremental_session = open_google(http, connection(simulator, account), state)
-        incremental = imported(await drain(incremental_session))
-        full = imported(await drain(open_google(http, connection(simulator, account), InMemoryConnectionStateStore())))
+        incremental, deleted = split(records(await drain(incremental_session)))
+        full_listing = open_google(http, connection(simulator, account), InMemoryConnectionStateStore())
+        full, deleted_in_full = split(records(await drain(full_listing)))
     finally:
         await http.aclose()
 
     changed = set(added) | set(to_cancel) | set(to_move)
     assert incremental.keys() == changed  # exactly the 15 changes, nothing else
+    # Deleted events come as stubs of the keys they were stored under: id and status only.
+    assert deleted.keys() == deleted_in_full.keys() == set(to_delete)
+    for key, stub in deleted.items():
+        assert stub.status is AppointmentStatus.CANCELED
+        assert set(json.loads(stub.raw_json)) == {"kind", "etag", "id", "status"}
+        assert stub.content_hash == deleted_in_full[key].content_hash
     expected = await simulator.data_set()
-    assert full.keys() == expected.keys() == before.keys() | set(added)
+    assert full.keys() == expected.keys() == (before.keys() | set(added)) - set(to_delete)
     for key, appointment in full.items():
         assert_matches(appointment, expected[key])
         assert incremental.get(key, appointment).content_hash == appointment.content_hash

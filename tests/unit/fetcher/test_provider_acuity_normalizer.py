@@ -106,6 +106,8 @@ def test_raw_json_is_the_record_in_canonical_json_text() -> None:
     assert "Zoë" in a.raw_json
 
 
+# Acuity's cancel endpoint: "Once canceled, appointments will have a `noShow` attribute"; canceling as
+# an admin may set it. A canceled appointment marked noShow is a no-show, the more specific of the two.
 @pytest.mark.parametrize(
     ("changes", "status"),
     [

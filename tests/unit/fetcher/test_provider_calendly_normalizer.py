@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,8 +118,9 @@ def test_a_group_event_yields_one_appointment_per_invitee_with_the_events_fields
     invitees = [variant(INVITEE, uri=f"{EVENT['uri']}/invitees/I{n}", email=f"p{n}@example.com") for n in range(3)]
     page = calendly_page([FetchedEvent(group, invitees)], window=WINDOW, fetched_at=FETCHED_AT)
     assert page.records_fetched == 3
-    assert [a.external_id for a in page.appointments] == ["I0", "I1", "I2"]
-    assert {(a.title, a.starts_at) for a in page.appointments} == {("Group Yoga", normalized().starts_at)}
+    appointments = [a for a in page.appointments if isinstance(a, CanonicalAppointment)]
+    assert [a.external_id for a in appointments] == ["I0", "I1", "I2"]
+    assert {(a.title, a.starts_at) for a in appointments} == {("Group Yoga", normalized().starts_at)}
 
 
 def test_a_canceled_invitee_or_event_is_canceled_and_no_show_is_kept() -> None:
@@ -130,23 +132,55 @@ def test_a_canceled_invitee_or_event_is_canceled_and_no_show_is_kept() -> None:
     assert normalized(event=variant(EVENT, status="canceled", cancellation=canceled)).status is (
         AppointmentStatus.CANCELED
     )
-    no_show = {"uri": "https://api.calendly.com/invitee_no_shows/6ee96ed4", "created_at": "2019-08-24T15:00:00Z"}
+    # The InviteeNoShow resource: "Information about an invitees no show" ({uri, created_at}).
+    no_show = {"uri": "https://api.calendly.com/invitee_no_shows/6ee96ed4-83a3-4966-a278-cd19b3c02e09",
+               "created_at": "2019-01-02T03:04:05.678123Z"}  # fmt: skip
     assert normalized(invitee=variant(INVITEE, no_show=no_show)).status is AppointmentStatus.NO_SHOW
+    # Canceled is the stronger statement: the booking is off, whatever was marked before.
+    assert normalized(invitee=variant(INVITEE, status="canceled", no_show=no_show)).status is (
+        AppointmentStatus.CANCELED
+    )
 
 
-def test_a_reschedule_is_the_old_invitee_canceled_and_a_new_booking() -> None:
-    old_uri, new_uri = INVITEE["uri"], f"{EVENT['uri']}X/invitees/NEWNEWNEWNEWNEW1"
-    old = variant(INVITEE, status="canceled", rescheduled=True, new_invitee=new_uri,
-                  cancellation={"canceled_by": "John Doe", "reason": "Rescheduled", "canceler_type": "invitee",
-                                "created_at": "2019-08-20T00:00:00Z"})  # fmt: skip
-    new_event = variant(EVENT, uri=f"{EVENT['uri']}X", start_time="2019-08-28T09:00:00.000000Z",
-                        end_time="2019-08-28T09:15:00.000000Z")  # fmt: skip
-    new = variant(INVITEE, uri=new_uri, old_invitee=old_uri)
-    before, after = normalized(invitee=old), normalized(event=new_event, invitee=new)
+# A reschedule, on the documented invitee: the Invitee resource documents `rescheduled` ("Indicates if
+# this invitee has rescheduled"), `new_invitee` ("Link to new invitee, after reschedule") and
+# `old_invitee` ("Reference to old Invitee instance that got rescheduled"), both invitee URIs or null.
+# The old invitee is canceled with `rescheduled: true` and `new_invitee`; the new one, on a new event,
+# is active with `old_invitee`.
+NEW_EVENT_URI = "https://api.calendly.com/scheduled_events/HNGBJIPBFZVZHKAX"
+NEW_INVITEE_URI = f"{NEW_EVENT_URI}/invitees/AJGW3Q4KER5NTOCW"
+RESCHEDULED_OLD = variant(
+    INVITEE, status="canceled", rescheduled=True, new_invitee=NEW_INVITEE_URI, updated_at="2019-08-20T10:00:00.000000Z",
+    cancellation={"canceled_by": "John Doe", "reason": None, "canceler_type": "invitee",
+                  "created_at": "2019-08-20T10:00:00.000000Z"},
+)  # fmt: skip
+RESCHEDULED_NEW_EVENT = variant(EVENT, uri=NEW_EVENT_URI, start_time="2019-08-28T09:00:00.000000Z",
+                                end_time="2019-08-28T09:15:00.000000Z")  # fmt: skip
+RESCHEDULED_NEW = variant(
+    INVITEE, uri=NEW_INVITEE_URI, event=NEW_EVENT_URI, old_invitee=INVITEE["uri"],
+    created_at="2019-08-20T10:00:00.000000Z", updated_at="2019-08-20T10:00:00.000000Z",
+    cancel_url="https://calendly.com/cancellations/AJGW3Q4KER5NTOCW",
+    reschedule_url="https://calendly.com/reschedulings/AJGW3Q4KER5NTOCW",
+)  # fmt: skip
+
+
+def test_a_reschedule_is_the_old_invitee_canceled_and_a_new_booking_linked_both_ways() -> None:
+    before = normalized(invitee=RESCHEDULED_OLD)
+    after = normalized(event=RESCHEDULED_NEW_EVENT, invitee=RESCHEDULED_NEW)
     assert (before.external_id, before.status) == ("ABCDABCDABCDABCD", AppointmentStatus.CANCELED)
-    assert (after.external_id, after.status) == ("NEWNEWNEWNEWNEW1", AppointmentStatus.SCHEDULED)
+    assert (after.external_id, after.status) == ("AJGW3Q4KER5NTOCW", AppointmentStatus.SCHEDULED)
     assert after.starts_at == datetime(2019, 8, 28, 9, tzinfo=UTC)
-    assert json.loads(after.raw_json)["invitee"]["old_invitee"] == old_uri
+    # Linked by external id, the rule of the invitee's own id: the last segment of its URI.
+    assert (before.rescheduled_to_external_id, before.rescheduled_from_external_id) == (after.external_id, "")
+    assert (after.rescheduled_to_external_id, after.rescheduled_from_external_id) == ("", before.external_id)
+    assert json.loads(after.raw_json)["invitee"]["old_invitee"] == INVITEE["uri"]
+
+
+def test_a_booking_never_rescheduled_has_no_links_and_a_link_is_content() -> None:
+    plain = normalized()  # the documented invitee: rescheduled false, old_invitee and new_invitee null
+    assert (plain.rescheduled_to_external_id, plain.rescheduled_from_external_id) == ("", "")
+    linked = normalized(invitee=RESCHEDULED_OLD)
+    assert replace(linked, rescheduled_to_external_id="").content_hash != linked.content_hash
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from apptsync.fetcher.providers.google_calendar import (
     calendar_ids,
     sync_state_key,
 )
-from apptsync.shared.appointments import Source
+from apptsync.shared.appointments import AppointmentStatus, CancellationStub, Source
 from apptsync.shared.errors import (
     InvalidArgumentError,
     PaginationLoopError,
@@ -210,6 +210,22 @@ async def test_the_next_import_is_incremental_and_brings_only_changes() -> None:
     assert ids(pages) == ["a@x/ev7", "b@x/ev11"]
     assert [p.appointments[0].status.value for p in pages] == ["scheduled", "canceled"]
     assert SyncState.from_json(store.values[sync_state_key("b@x")]) == SyncState("sync-b@x-3", WINDOW.start, WINDOW.end)
+
+
+async def test_an_event_deleted_since_the_last_import_comes_as_a_stub_of_its_key() -> None:
+    fake, store = FakeGoogle(), InMemoryConnectionStateStore()
+    http = make_http(fake)
+    try:
+        await drain(session(http, store))
+        # Incremental sync always includes deletions, as the id and status only.
+        fake.change("b@x", {"kind": "calendar#event", "etag": '"318116178471"', "id": "ev11", "status": "cancelled"})
+        pages = await drain(session(http, store))
+    finally:
+        await http.aclose()
+    [deleted] = [a for p in pages for a in p.appointments]
+    assert isinstance(deleted, CancellationStub)
+    assert (deleted.external_id, deleted.status, deleted.observed_at) == ("b@x/ev11", AppointmentStatus.CANCELED, NOW)
+    assert all(r.url.params["showDeleted"] == "true" for r in fake.requests if "syncToken" in r.url.params)
 
 
 async def test_a_token_covering_part_of_the_window_is_used_and_the_rest_listed_in_full() -> None:

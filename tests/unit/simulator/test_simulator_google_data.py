@@ -95,6 +95,28 @@ def test_sync_tokens_bring_changes_only_and_expire_with_410() -> None:
     assert (gone.value.status, gone.value.reason) == (410, "fullSyncRequired")
 
 
+def test_incremental_sync_lists_cancellations_with_details_only_when_show_deleted_is_true() -> None:
+    s = store()
+    account = s.accounts[1]
+    calendar = account.calendars[0].id
+    _, _, sync_token = listing(s, account, calendar, {"showDeleted": "true", "singleEvents": "true"})
+    cancelled, deleted = [e for e in s.events[1].values() if e.calendar_id == calendar and e.status == "confirmed"][:2]
+    s.cancel(1, calendar, cancelled.id, now=NOW)
+    s.cancel(1, calendar, deleted.id, now=NOW, delete=True)
+    stub_keys = {"kind", "etag", "id", "status"}
+    plain, _, _ = listing(s, account, calendar, {"syncToken": sync_token, "singleEvents": "true"})
+    assert [(e["id"], set(e)) for e in plain] == [(cancelled.id, stub_keys), (deleted.id, stub_keys)]
+    assert {e["status"] for e in plain} == {"cancelled"}
+    with_deleted = {"syncToken": sync_token, "singleEvents": "true", "showDeleted": "true"}
+    shown, _, _ = listing(s, account, calendar, with_deleted)
+    assert [e["id"] for e in shown] == [cancelled.id, deleted.id]
+    assert shown[0]["status"] == "cancelled" and "start" in shown[0]  # the organizer's calendar keeps details
+    assert set(shown[1]) == stub_keys
+    # A full listing shows cancelled events only when asked to.
+    hidden, _, _ = listing(s, account, calendar, {"maxResults": "2500"})
+    assert {cancelled.id, deleted.id}.isdisjoint(e["id"] for e in hidden)
+
+
 def test_a_deleted_event_renders_as_id_and_status_only() -> None:
     s = store()
     victim = next(iter(s.events[1].values()))

@@ -1,6 +1,7 @@
 """The canonical appointment: one shape for every provider, and its content hash.
 
-Normalizers (in the fetcher) produce `CanonicalAppointment`s; `apptsync.shared.pages` turns them into
+Normalizers (in the fetcher) produce `CanonicalAppointment`s, and `CancellationStub`s for records the
+provider reports canceled or deleted without their times; `apptsync.shared.pages` turns both into
 the Kafka `AppointmentPage`; the writer stores them. Everything here is pure.
 """
 
@@ -10,6 +11,7 @@ import enum
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import ClassVar, TypeAlias
 
 # Bump when the hashed content changes shape: every stored row then counts as updated once.
 CONTENT_HASH_VERSION = b"apptsync.content.v1"
@@ -58,6 +60,8 @@ class CanonicalAppointment:
 
     Guarantees: `starts_at` and `ends_at` are timezone-aware; `raw_json` is the provider's record as
     JSON text. `observed_at` is when this version was seen (provider updated-at, else fetch time).
+    A rescheduled booking names the booking that replaced it (`rescheduled_to_external_id`, on the
+    old one) and the one it replaced (`rescheduled_from_external_id`, on the new one); "" when none.
     """
 
     external_id: str
@@ -74,6 +78,8 @@ class CanonicalAppointment:
     price: Money | None = None
     amount_paid: Money | None = None
     external_url: str = ""
+    rescheduled_to_external_id: str = ""
+    rescheduled_from_external_id: str = ""
 
     def __post_init__(self) -> None:
         if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None or self.observed_at.tzinfo is None:
@@ -84,6 +90,37 @@ class CanonicalAppointment:
         return content_hash(self)
 
 
+@dataclass(frozen=True, slots=True)
+class CancellationStub:
+    """A provider's notice that a record is canceled or deleted, carrying no times (Google Calendar
+    lists a deleted event as `{"kind", "etag", "id", "status": "cancelled"}`).
+
+    Guarantees: `observed_at` is timezone-aware; the status is always canceled. It is not subject to
+    any job window (it has no time): the writer cancels the stored row of `external_id` wherever it
+    lies, and never inserts one. A separate type rather than an appointment with optional times, so
+    that every `CanonicalAppointment` keeps its times and no code has to ask whether it has them.
+    """
+
+    status: ClassVar[AppointmentStatus] = AppointmentStatus.CANCELED
+
+    external_id: str
+    observed_at: datetime
+    raw_json: str
+
+    def __post_init__(self) -> None:
+        if self.observed_at.tzinfo is None:
+            raise ValueError("observed_at must be timezone-aware")
+
+    @property
+    def content_hash(self) -> bytes:
+        return stub_content_hash(self)
+
+
+# What a provider page carries: full records and cancellation stubs, in the provider's order (the
+# order matters: of two copies of a key in one page the later wins).
+PageRecord: TypeAlias = CanonicalAppointment | CancellationStub
+
+
 def _money_text(money: Money | None) -> str:
     return "" if money is None else f"{money.amount_minor}:{money.currency}"
 
@@ -92,10 +129,12 @@ def content_hash(appointment: CanonicalAppointment) -> bytes:
     """SHA-256 over everything stored except the observation time.
 
     Two observations of the same provider record hash equal, so a re-import writes nothing
-    (DESIGN.md invariant 4). Fields are joined with a separator that cannot occur in them unescaped.
+    (DESIGN.md invariant 4). Fields are length-prefixed, so no two field lists frame alike. The
+    reschedule links are appended only when set: a record without them hashes exactly as it did
+    before they existed, so stored rows do not all count as updated once.
     """
     a = appointment
-    parts = (
+    parts: tuple[str, ...] = (
         CONTENT_HASH_VERSION.decode(),
         a.external_id,
         a.starts_at.astimezone(UTC).isoformat(),
@@ -114,6 +153,23 @@ def content_hash(appointment: CanonicalAppointment) -> bytes:
         a.external_url,
         a.raw_json,
     )
+    if a.rescheduled_to_external_id:
+        parts += ("rescheduled_to", a.rescheduled_to_external_id)
+    if a.rescheduled_from_external_id:
+        parts += ("rescheduled_from", a.rescheduled_from_external_id)
+    return _framed_sha256(parts)
+
+
+def stub_content_hash(stub: CancellationStub) -> bytes:
+    """SHA-256 over what a cancellation stub carries except its observation time. Its field list is
+    shorter than an appointment's and starts with its own tag, so no stub hashes like an appointment."""
+    return _framed_sha256(
+        (CONTENT_HASH_VERSION.decode(), "stub", stub.external_id, stub.status.value, stub.raw_json)
+    )
+
+
+def _framed_sha256(parts: tuple[str, ...]) -> bytes:
+    """SHA-256 of the parts, each prefixed by its UTF-8 length (8 bytes, big-endian)."""
     # One update of the whole length-prefixed text: the same digest as one update per piece, at a
     # fraction of the calls (this runs for every record of every page).
     framed = []

@@ -8,7 +8,14 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Money, content_hash
+from apptsync.shared.appointments import (
+    AppointmentStatus,
+    CancellationStub,
+    Money,
+    PageRecord,
+    content_hash,
+    stub_content_hash,
+)
 from apptsync.v1 import pages_pb2
 
 STATUS_TO_PROTO: dict[AppointmentStatus, pages_pb2.AppointmentStatus.ValueType] = {
@@ -54,9 +61,14 @@ def _timestamp_fields(moment: datetime) -> dict[str, int]:
     return {"seconds": since_epoch.days * 86_400 + since_epoch.seconds, "nanos": since_epoch.microseconds * 1000}
 
 
-def _appointment_fields(a: CanonicalAppointment) -> dict[str, Any]:
-    """The keywords of `pages_pb2.Appointment` for `a` (its times are aware: CanonicalAppointment
-    guarantees it). Money is set only when present, as a message it would be sent even when zero."""
+def _appointment_fields(record: PageRecord) -> dict[str, Any]:
+    """The keywords of `pages_pb2.Appointment` for `record` (its times are aware: CanonicalAppointment
+    and CancellationStub guarantee it). Money is set only when present, as a message it would be sent
+    even when zero. A stub sets `stub` and no times (the contract: only external_id, status, raw_json,
+    content_hash and observed_at)."""
+    if isinstance(record, CancellationStub):
+        return _stub_fields(record)
+    a = record
     contact = a.contact
     fields: dict[str, Any] = {
         "external_id": a.external_id,
@@ -82,15 +94,31 @@ def _appointment_fields(a: CanonicalAppointment) -> dict[str, Any]:
         fields["price"] = _money_fields(a.price)
     if a.amount_paid is not None:
         fields["amount_paid"] = _money_fields(a.amount_paid)
+    # Empty is the proto default: set only when known, which keeps the keywords of most records short.
+    if a.rescheduled_to_external_id:
+        fields["rescheduled_to_external_id"] = a.rescheduled_to_external_id
+    if a.rescheduled_from_external_id:
+        fields["rescheduled_from_external_id"] = a.rescheduled_from_external_id
     return fields
+
+
+def _stub_fields(stub: CancellationStub) -> dict[str, Any]:
+    return {
+        "external_id": stub.external_id,
+        "status": STATUS_TO_PROTO[stub.status],
+        "raw_json": stub.raw_json,
+        "content_hash": stub_content_hash(stub),
+        "observed_at": _timestamp_fields(stub.observed_at),
+        "stub": True,
+    }
 
 
 def _money_fields(money: Money) -> dict[str, Any]:
     return {"amount_minor": money.amount_minor, "currency": money.currency}
 
 
-def appointment_to_proto(appointment: CanonicalAppointment) -> pages_pb2.Appointment:
-    return pages_pb2.Appointment(**_appointment_fields(appointment))
+def appointment_to_proto(record: PageRecord) -> pages_pb2.Appointment:
+    return pages_pb2.Appointment(**_appointment_fields(record))
 
 
 def build_page(
@@ -102,12 +130,13 @@ def build_page(
     page_no: int,
     fetched_at: datetime,
     records_fetched: int,
-    appointments: Iterable[CanonicalAppointment],
+    appointments: Iterable[PageRecord],
     skipped_out_of_window: int,
     skipped_invalid: int,
 ) -> pages_pb2.AppointmentPage:
-    """The AppointmentPage for one provider page. Guarantees records_fetched equals the
-    appointments plus the skips decided here, or raises ValueError."""
+    """The AppointmentPage for one provider page, its records (appointments and cancellation stubs)
+    in the given order. Guarantees records_fetched equals the records plus the skips decided here,
+    or raises ValueError."""
     page = pages_pb2.AppointmentPage(
         job_id=job_id,
         tenant_id=tenant_id,

@@ -34,7 +34,9 @@ invalid grants, rate-limited requests).
 Google Calendar lives under `/google/calendar/v3` (`GET /calendars/{calendarId}/events`: `timeMin`,
 `timeMax`, `showDeleted`, `singleEvents`, `maxResults` <= 2500, `pageToken`, `syncToken`), tokens at
 `/google/oauth2/token` (the `token_url` connection setting). Account n has two calendars in different
-zones and the tokens `google-access-<n>-0` / `google-refresh-<n>-0`. Quirks: knob `empty_page_every`
+zones and the tokens `google-access-<n>-0` / `google-refresh-<n>-0`. Cancelled events are listed
+only with `showDeleted=true` in a full listing, and always in an incremental one: there as id and
+status only unless `showDeleted=true` (deleted events always so). Quirks: knob `empty_page_every`
 (empty pages mid-listing), sync tokens that expire (410 `fullSyncRequired`), 403 `rateLimitExceeded`
 (knob `fail_next_403_rate_limit`). Admin: `GET /_admin/google/accounts`, `GET
 .../accounts/{n}/events`, `POST .../accounts/{n}/calendars/{calendarId}/events` `{"start" | "date"}`,

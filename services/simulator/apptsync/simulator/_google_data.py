@@ -292,7 +292,10 @@ class GoogleStore:
                                              "o": offset, "p": page_number + 1, "e": serve_empty})  # fmt: skip
         else:
             body["nextSyncToken"] = _encode({"c": calendar_id, "g": self.generation, "v": snapshot})
-        body["items"] = [e.to_json() for e in items]
+        # Incremental sync without showDeleted=true lists a cancelled event as a deletion notice (id and
+        # status only): Google withholds the details the organizer's calendar keeps for undeleting.
+        withheld = since is not None and params.get("showDeleted", "false").lower() != "true"
+        body["items"] = [_listed(e, details=not withheld) for e in items]
         return body
 
     def _full_listing(
@@ -382,6 +385,13 @@ class GoogleStore:
         """Every sync and page token issued so far answers 410 from now on; returns the new generation."""
         self.generation += 1
         return self.generation
+
+
+def _listed(event: GoogleEvent, *, details: bool) -> dict[str, object]:
+    """The event as `events.list` renders it; a cancelled one as a deletion notice unless `details`."""
+    if event.status == "cancelled" and not details:
+        return replace(event, deleted=True).to_json()
+    return event.to_json()
 
 
 def _with_start(event: GoogleEvent, fields: Mapping[str, object], minutes: int) -> GoogleEvent:

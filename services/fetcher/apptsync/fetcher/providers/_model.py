@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeAlias, Union
 
-from apptsync.shared.appointments import CanonicalAppointment, SkippedRecord
+from apptsync.shared.appointments import PageRecord, SkippedRecord
 
 # What `json.loads` produces (and `json.dumps` accepts): provider payloads and resume cursors.
 JsonValue: TypeAlias = Union[bool, int, float, str, list["JsonValue"], dict[str, "JsonValue"], None]  # noqa: UP007
@@ -53,10 +53,12 @@ class ProviderPage:
     """One provider response that is worth a page.
 
     Guarantees: `records_fetched == len(appointments) + skipped_out_of_window + skipped_invalid`, and
-    `skip_details` has one entry per skipped record (reasons and record ids, no personal data)."""
+    `skip_details` has one entry per skipped record (reasons and record ids, no personal data).
+    `appointments` holds, in the provider's order, full records and cancellation stubs (a record
+    the provider reports canceled or deleted without its times)."""
 
     records_fetched: int
-    appointments: list[CanonicalAppointment]
+    appointments: Sequence[PageRecord]
     skipped_out_of_window: int
     skipped_invalid: int
     skip_details: list[SkippedRecord]

@@ -1,9 +1,13 @@
 """Calendly scheduled events and their invitees -> CanonicalAppointments (pure; never raises).
 
 One appointment per invitee (a booking): a group event yields one per invitee. The external id is
-the invitee's UUID (globally unique). A reschedule is represented as Calendly represents it: the old
-invitee becomes canceled (`rescheduled: true`, `new_invitee`) and the new invitee is a new booking
-(`old_invitee`) on a new event; both payloads are kept in `raw_json`."""
+the invitee's UUID (globally unique): the last segment of its `uri`. A reschedule is represented as
+Calendly represents it: the old invitee becomes canceled (`rescheduled: true`, `new_invitee`) and the
+new invitee is a new booking (`old_invitee`) on a new event. The two are linked by external id, by
+the same rule as the invitee's own: `new_invitee` -> `rescheduled_to_external_id` on the old booking,
+`old_invitee` -> `rescheduled_from_external_id` on the new one; both payloads are kept in `raw_json`.
+Status: canceled when the invitee (`status: canceled`) or the event (`status: canceled`) is; else
+no_show when the invitee carries a `no_show` object; else scheduled."""
 
 from __future__ import annotations
 
@@ -85,6 +89,12 @@ def _host(event: JsonValue) -> str:
     return ""
 
 
+def invitee_external_id(uri: str) -> str:
+    """The external id of the invitee at `uri` (`.../scheduled_events/{uuid}/invitees/{uuid}`): its
+    last path segment; "" for an empty URI."""
+    return last_path_segment(uri)
+
+
 def _observed_at(event: JsonValue, invitee: JsonValue, fetched_at: datetime) -> datetime:
     candidates = (record.get("updated_at") for record in (event, invitee) if isinstance(record, dict))
     moments = [moment for moment in map(parse_instant, candidates) if moment is not None]
@@ -98,14 +108,15 @@ def normalize_calendly_invitee(
 
     Times are the event's (UTC); `timezone` is the invitee's; status canceled when the invitee or the
     event is canceled, else no_show when marked so, else scheduled. `observed_at` is the later
-    `updated_at` of event and invitee (else `fetched_at`). Never raises."""
+    `updated_at` of event and invitee (else `fetched_at`). `new_invitee` / `old_invitee` become the
+    reschedule links (external ids; "" when null). Never raises."""
     skip = event_skip(event, window=window)
     if skip is not None:
         return skip
     if not isinstance(invitee, dict):
         return SkippedRecord(_INVALID + "invitee is not a JSON object", f"event {event_uuid(event)}")
     invitee_uri = text_field(invitee, "uri")
-    external_id = last_path_segment(invitee_uri)
+    external_id = invitee_external_id(invitee_uri)
     if not external_id:
         return SkippedRecord(_INVALID + "invitee without uri", f"event {event_uuid(event)}")
     assert isinstance(event, dict)
@@ -144,6 +155,8 @@ def normalize_calendly_invitee(
         price=price,
         amount_paid=amount_paid,
         external_url=invitee_uri,
+        rescheduled_to_external_id=invitee_external_id(text_field(invitee, "new_invitee")),
+        rescheduled_from_external_id=invitee_external_id(text_field(invitee, "old_invitee")),
     )
 
 

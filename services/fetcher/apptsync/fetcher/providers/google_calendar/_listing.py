@@ -124,6 +124,11 @@ class GoogleRequest:
     time_max: str
 
     def query_params(self) -> dict[str, str]:
+        # showDeleted=true on every pass: a full listing then returns cancelled events (as cancelled,
+        # rather than leaving them out, which would leave their rows scheduled), and with a syncToken
+        # Google always includes deletions and does not allow showDeleted=false; its other parameters
+        # must match the full listing that issued the token. singleEvents=true lists the instances of
+        # recurring events, so a cancelled instance comes as itself, under its own id.
         params = {"singleEvents": "true", "showDeleted": "true", "maxResults": str(self.max_results)}
         if self.sync_token is not None:
             params["syncToken"] = self.sync_token

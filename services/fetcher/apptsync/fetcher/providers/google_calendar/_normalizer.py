@@ -5,8 +5,15 @@
   timezone (the listing's `timeZone`) and ends at midnight of its exclusive `end.date`: the moments
   a person looking at that calendar sees the day begin and end. Its `timezone` is the calendar's.
 - `status: cancelled` -> canceled; `confirmed` and `tentative` -> scheduled. Google has no no-show.
-- `updated` is the observation time. The contact is the first attendee that is neither the organizer
-  nor the calendar's own account (nor a resource such as a room).
+- A cancelled event without a start is a deletion notice: Google's incremental sync lists a deleted
+  event as `{"kind", "etag", "id", "status": "cancelled"}` (a cancelled instance of a recurring event
+  also has `recurringEventId` and `originalStartTime`). It becomes a CancellationStub of the same
+  external id, outside any window filter (it has no time): the stored row is canceled, not left
+  scheduled. A cancelled event that still has its start (a full listing with `showDeleted=true`
+  returns the organizer's cancelled events with their details) is an ordinary canceled record.
+- `updated` is the observation time (of stubs too, when they carry it). The contact is the first
+  attendee that is neither the organizer nor the calendar's own account (nor a resource such as a
+  room).
 """
 
 from __future__ import annotations
@@ -18,7 +25,14 @@ from zoneinfo import ZoneInfo
 
 from apptsync.fetcher.providers._json_fields import canonical_json, list_field, object_field, parse_instant, text_field
 from apptsync.fetcher.providers._model import JobWindow, JsonValue, ProviderPage
-from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, SkippedRecord
+from apptsync.shared.appointments import (
+    AppointmentStatus,
+    CancellationStub,
+    CanonicalAppointment,
+    Contact,
+    PageRecord,
+    SkippedRecord,
+)
 
 OUT_OF_WINDOW = "out_of_window"
 _INVALID = "invalid: "
@@ -82,12 +96,16 @@ def _status(event: JsonValue) -> AppointmentStatus:
     return AppointmentStatus.CANCELED if text_field(event, "status") == "cancelled" else AppointmentStatus.SCHEDULED
 
 
+def _has_start(start: dict[str, JsonValue]) -> bool:
+    return "dateTime" in start or "date" in start
+
+
 def normalize_google_event(
     event: JsonValue, *, listing: CalendarListing, window: JobWindow, fetched_at: datetime
-) -> CanonicalAppointment | SkippedRecord:
-    """One event as a CanonicalAppointment, or why not ("out_of_window"; "invalid: ..." for no id or
-    no readable start, which includes a deleted event that carries nothing but its id). Never
-    raises."""
+) -> PageRecord | SkippedRecord:
+    """One event as a CanonicalAppointment, a cancelled event without a start as a CancellationStub
+    (never filtered by the window), or why not ("out_of_window"; "invalid: ..." for no id, no start
+    on an event that is not cancelled, or a start that cannot be read). Never raises."""
     if not isinstance(event, dict):
         return SkippedRecord(_INVALID + "event is not a JSON object")
     event_id = text_field(event, "id")
@@ -95,10 +113,11 @@ def normalize_google_event(
         return SkippedRecord(_INVALID + "event without id")
     external_id = f"{listing.calendar_id}/{event_id}"
     start, end = object_field(event, "start"), object_field(event, "end")
+    if not _has_start(start) and text_field(event, "status") == "cancelled":
+        return _deletion(event, external_id, fetched_at=fetched_at)
     starts_at = google_moment(start, calendar_timezone=listing.timezone)
     if starts_at is None:
-        why = "deleted event without start time" if text_field(event, "status") == "cancelled" else "no start time"
-        return SkippedRecord(_INVALID + why, f"event {external_id}")
+        return SkippedRecord(_INVALID + "no start time", f"event {external_id}")
     ends_at = google_moment(end, calendar_timezone=listing.timezone) or starts_at
     try:
         starts_utc, ends_utc = starts_at.astimezone(UTC), ends_at.astimezone(UTC)
@@ -128,16 +147,30 @@ def normalize_google_event(
     )
 
 
+def _deletion(
+    event: dict[str, JsonValue], external_id: str, *, fetched_at: datetime
+) -> CancellationStub | SkippedRecord:
+    """The CancellationStub of a cancelled event that carries no start."""
+    try:
+        raw_json = canonical_json(event)
+    except (ValueError, TypeError, RecursionError):
+        return SkippedRecord(_INVALID + "unrepresentable payload", f"event {external_id}")
+    updated = parse_instant(event.get("updated"))
+    return CancellationStub(
+        external_id=external_id, observed_at=updated if updated is not None else fetched_at, raw_json=raw_json
+    )
+
+
 def google_page(
     items: Sequence[JsonValue], *, listing: CalendarListing, window: JobWindow, fetched_at: datetime
 ) -> ProviderPage:
     """The page of one `events.list` answer. Never raises."""
-    appointments: list[CanonicalAppointment] = []
+    appointments: list[PageRecord] = []
     skipped: list[SkippedRecord] = []
     out_of_window = invalid = 0
     for item in items:
         result = normalize_google_event(item, listing=listing, window=window, fetched_at=fetched_at)
-        if isinstance(result, CanonicalAppointment):
+        if not isinstance(result, SkippedRecord):
             appointments.append(result)
             continue
         skipped.append(result)
