@@ -26,7 +26,12 @@ OPTIONS = jobs_db.JobOptions(
 )
 
 
-def new_job(tenant_id: str, connection_id: str = "main", idempotency_key: str | None = None) -> jobs_db.NewJob:
+def new_job(
+    tenant_id: str,
+    connection_id: str = "main",
+    idempotency_key: str | None = None,
+    fingerprint: dict[str, jobs_db.FingerprintValue] | None = None,
+) -> jobs_db.NewJob:
     return jobs_db.NewJob(
         tenant_id=tenant_id,
         external_source="acuity",
@@ -35,7 +40,13 @@ def new_job(tenant_id: str, connection_id: str = "main", idempotency_key: str | 
         window_end=NOW + timedelta(days=1),
         options=OPTIONS,
         idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint,
     )
+
+
+async def job_count(pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM import_jobs"))
 
 
 @pytest.fixture
@@ -189,3 +200,68 @@ async def test_reconciliation_marks_unseen_rows_of_the_connection_inside_the_win
         finished = await jobs_db.finish_job(conn, job_id=created.job_id, lease_owner="w#1", state="SUCCEEDED",
                                             stop_reason="provider exhausted", error="", now=NOW)
         assert finished.counts["deleted"] == 1
+
+
+async def test_a_key_reused_by_another_connection_is_refused_and_writes_nothing(pool: asyncpg.Pool) -> None:
+    tenant = str(uuid.uuid4())
+    fingerprint: dict[str, jobs_db.FingerprintValue] = {"window.start": None, "options.page_size": 0}
+    async with pool.acquire() as conn:
+        first, _ = await jobs_db.create_job(conn, new_job(tenant, "one", "k", fingerprint), now=NOW)
+        before = await job_count(pool)
+        with pytest.raises(jobs_db.IdempotencyKeyReusedError) as caught:
+            await jobs_db.create_job(conn, new_job(tenant, "two", "k", fingerprint), now=NOW)
+        assert caught.value.job_id == first.job_id
+        assert caught.value.differences == ["connection_id"]
+        other_options = new_job(tenant, "one", "k", {**fingerprint, "options.page_size": 5})
+        with pytest.raises(jobs_db.IdempotencyKeyReusedError) as caught:
+            await jobs_db.create_job(conn, other_options, now=NOW)
+        assert caught.value.differences == ["options.page_size"]
+        assert await job_count(pool) == before
+        again, existed = await jobs_db.create_job(conn, new_job(tenant, "one", "k", dict(fingerprint)), now=NOW)
+        assert existed
+        assert again.job_id == first.job_id
+        # The key is the tenant's: another tenant's request with it is a request of its own.
+        elsewhere, existed = await jobs_db.create_job(conn, new_job(str(uuid.uuid4()), "two", "k"), now=NOW)
+        assert not existed
+        assert elsewhere.job_id != first.job_id
+
+
+async def test_a_job_keyed_before_fingerprints_were_stored_is_compared_on_source_and_connection(
+    pool: asyncpg.Pool,
+) -> None:
+    tenant = str(uuid.uuid4())
+    async with pool.acquire() as conn:
+        legacy, _ = await jobs_db.create_job(conn, new_job(tenant, "one", "k"), now=NOW)
+        stored = await conn.fetchval(
+            "SELECT request_fingerprint FROM import_jobs WHERE job_id = $1", uuid.UUID(legacy.job_id)
+        )
+        assert stored is None
+        fingerprint: dict[str, jobs_db.FingerprintValue] = {"options.page_size": 0}
+        again, existed = await jobs_db.create_job(conn, new_job(tenant, "one", "k", fingerprint), now=NOW)
+        assert existed
+        assert again.job_id == legacy.job_id
+        with pytest.raises(jobs_db.IdempotencyKeyReusedError):
+            await jobs_db.create_job(conn, new_job(tenant, "two", "k", fingerprint), now=NOW)
+
+
+async def test_concurrent_uses_of_one_key_by_two_connections_make_one_job_and_refuse_the_rest(
+    pool: asyncpg.Pool,
+) -> None:
+    tenant = str(uuid.uuid4())
+
+    async def create(connection_id: str) -> tuple[jobs_db.JobRecord, bool] | jobs_db.IdempotencyKeyReusedError:
+        async with pool.acquire() as conn:
+            try:
+                return await jobs_db.create_job(conn, new_job(tenant, connection_id, "k", {}), now=NOW)
+            except jobs_db.IdempotencyKeyReusedError as exc:
+                return exc
+
+    results = await asyncio.gather(*(create(("one", "two")[i % 2]) for i in range(20)))
+    jobs = [r for r in results if not isinstance(r, jobs_db.IdempotencyKeyReusedError)]
+    refusals = [r for r in results if isinstance(r, jobs_db.IdempotencyKeyReusedError)]
+    assert len({job.job_id for job, _ in jobs}) == 1
+    assert sum(not existed for _, existed in jobs) == 1
+    winner = jobs[0][0].connection_id
+    assert len(jobs) == 10 and all(job.connection_id == winner for job, _ in jobs)
+    assert len(refusals) == 10 and all(r.job_id == jobs[0][0].job_id for r in refusals)
+    assert await job_count(pool) == 1

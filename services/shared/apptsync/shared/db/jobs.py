@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,29 @@ class LeaseLostError(PermanentError):
     """Another fetcher owns the job now (our lease expired): stop working on it at once."""
 
 
+class IdempotencyKeyReusedError(PermanentError):
+    """The idempotency key already names a job of the tenant that a different request started.
+
+    Nothing was written. `job_id` is the job that holds the key, `differences` the request fields
+    (proto field paths) in which the two requests differ."""
+
+    def __init__(
+        self, *, idempotency_key: str, job_id: str, source: str, connection_id: str, differences: list[str]
+    ) -> None:
+        super().__init__(
+            f"idempotency key {idempotency_key!r} is held by job {job_id} ({source} connection "
+            f"{connection_id!r}), started by a request that differs in {', '.join(differences)}; "
+            "nothing was started: use another key for another request"
+        )
+        self.idempotency_key = idempotency_key
+        self.job_id = job_id
+        self.differences = differences
+
+
+# One recorded request field: a proto field path maps to a JSON scalar.
+FingerprintValue = str | int | None
+
+
 @dataclass(frozen=True)
 class JobOptions:
     page_size: int
@@ -59,6 +83,9 @@ class NewJob:
     idempotency_key: str | None
     trace_id: str = ""
     traceparent: str = ""
+    # What the request asked for beyond source and connection, as sent (see request_differences);
+    # stored with the key so that a later call with the same key can be compared.
+    request_fingerprint: Mapping[str, FingerprintValue] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,13 +158,38 @@ def record_from_row(row: asyncpg.Record) -> JobRecord:
     )
 
 
+def request_differences(held: Mapping[str, FingerprintValue], asked: Mapping[str, FingerprintValue]) -> list[str]:
+    """The fields, sorted, in which the request that took an idempotency key (`held`) and a later
+    request with the same key (`asked`) differ; empty when they are the same request.
+
+    Only fields both sides recorded are compared: a job started before fingerprints were stored is
+    compared on source and connection alone, which every job records (see `held_request`)."""
+    return sorted(name for name in held.keys() & asked.keys() if held[name] != asked[name])
+
+
+def held_request(
+    external_source: str, connection_id: str, stored_fingerprint: Mapping[str, FingerprintValue] | None
+) -> dict[str, FingerprintValue]:
+    """The request a key's job was started by, for `request_differences`: its source and connection
+    (the job's columns) and whatever fingerprint was stored with it."""
+    return {**(stored_fingerprint or {}), "source": external_source, "connection_id": connection_id}
+
+
+def asked_request(job: NewJob) -> dict[str, FingerprintValue]:
+    """The request of a new job, for `request_differences`."""
+    return held_request(job.external_source, job.connection_id, job.request_fingerprint)
+
+
 async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) -> tuple[JobRecord, bool]:
     """Stores a QUEUED job, or returns the job that makes it a duplicate.
 
-    Returns (job, already_exists). A job with the same idempotency key, or an active job of the same
-    (tenant, source, connection), is returned instead of a second one; both checks are enforced by
-    unique indexes, so concurrent callers race safely. The duplicate may finish between our insert
-    and our read; then we try again (bounded).
+    Returns (job, already_exists). The job of the same idempotency key (in any state), or else an
+    active job of the same (tenant, source, connection), is returned instead of a second one; both
+    checks are enforced by unique indexes, so concurrent callers race safely. The duplicate may
+    finish between our insert and our read; then we try again (bounded).
+
+    Raises IdempotencyKeyReusedError, writing nothing, when the key's job was started by a different
+    request (`request_differences`): a key never returns another request's job.
     """
     async with tenant_transaction(connection, job.tenant_id):
         for _attempt in range(5):
@@ -151,8 +203,10 @@ async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) ->
             row = await connection.fetchrow(
                 """INSERT INTO import_jobs (job_id, tenant_id, external_source, connection_id, window_start,
                        window_end, page_size, max_pages, max_in_flight_pages, stop_policy, stop_after_pages,
-                       deadline_at, first_import, idempotency_key, trace_id, traceparent, created_at, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)
+                       deadline_at, first_import, idempotency_key, trace_id, traceparent, created_at, updated_at,
+                       request_fingerprint)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17,
+                           $18::jsonb)
                    ON CONFLICT DO NOTHING
                    RETURNING *""",
                 uuid.uuid4(),
@@ -172,6 +226,7 @@ async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) ->
                 job.trace_id,
                 job.traceparent,
                 now,
+                None if job.request_fingerprint is None else json.dumps(job.request_fingerprint, sort_keys=True),
             )
             if row is not None:
                 await connection.execute("SELECT pg_notify($1, $2)", JOBS_QUEUED_CHANNEL, str(row["job_id"]))
@@ -183,6 +238,19 @@ async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) ->
                     uuid.UUID(job.tenant_id),
                     job.idempotency_key,
                 )
+            if existing is not None:
+                stored = existing["request_fingerprint"]
+                fingerprint = None if stored is None else json.loads(stored)
+                held = held_request(existing["external_source"], existing["connection_id"], fingerprint)
+                differences = request_differences(held, asked_request(job))
+                if differences:
+                    raise IdempotencyKeyReusedError(
+                        idempotency_key=job.idempotency_key or "",
+                        job_id=str(existing["job_id"]),
+                        source=existing["external_source"],
+                        connection_id=existing["connection_id"],
+                        differences=differences,
+                    )
             if existing is None:
                 existing = await connection.fetchrow(
                     """SELECT * FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
