@@ -3,9 +3,16 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from apptsync.gateway.translate import RequestInvalid, connection_from_request, new_job_from_request
+from apptsync.gateway.translate import (
+    RequestInvalid,
+    connection_from_request,
+    new_job_from_request,
+    request_fingerprint,
+)
+from apptsync.shared.db.jobs import asked_request, request_differences
 from apptsync.shared.settings import GatewaySettings
 from apptsync.v1 import imports_pb2
 
@@ -64,3 +71,68 @@ def test_put_connection_requires_credentials_and_a_valid_url() -> None:
     with pytest.raises(RequestInvalid) as caught:
         connection_from_request(bad)
     assert {v.field for v in caught.value.violations} == {"base_url", "credentials"}
+
+
+def differences(first: imports_pb2.StartImportRequest, later: imports_pb2.StartImportRequest) -> list[str]:
+    """What the gateway decides when `later` reuses the key `first` took: the same request (no
+    differences) gets the same job; any difference is refused."""
+    held = new_job_from_request(first, settings=GatewaySettings(), now=NOW)
+    asked = new_job_from_request(later, settings=GatewaySettings(), now=NOW + timedelta(minutes=4))
+    return request_differences(asked_request(held), asked_request(asked))
+
+
+def test_a_request_without_a_key_records_no_fingerprint() -> None:
+    assert new_job_from_request(request(), settings=GatewaySettings(), now=NOW).request_fingerprint is None
+    keyed = new_job_from_request(request(idempotency_key="k"), settings=GatewaySettings(), now=NOW)
+    assert keyed.request_fingerprint == request_fingerprint(request(idempotency_key="k"))
+
+
+def test_the_fingerprint_is_the_request_as_sent() -> None:
+    window = imports_pb2.TimeWindow(start=ts(NOW))
+    options = imports_pb2.ImportOptions(
+        page_size=50, stop_policy=imports_pb2.STOP_POLICY_NEVER, deadline=Duration(seconds=90)
+    )
+    assert request_fingerprint(request(window=window, options=options)) == {
+        "window.start": "2026-06-01T00:00:00Z",
+        "window.end": None,
+        "options.page_size": 50,
+        "options.max_pages": 0,
+        "options.max_in_flight_pages": 0,
+        "options.stop_policy": "STOP_POLICY_NEVER",
+        "options.stop_after_pages": 0,
+        "options.deadline": "90s",
+    }
+
+
+def test_a_retry_without_a_window_is_the_same_request_although_the_default_window_moved() -> None:
+    first = request(idempotency_key="sync-all.never.1.acuity.main")
+    held = new_job_from_request(first, settings=GatewaySettings(), now=NOW)
+    retry = new_job_from_request(first, settings=GatewaySettings(), now=NOW + timedelta(minutes=4))
+    assert retry.window_start != held.window_start
+    assert differences(first, first) == []
+
+
+def test_a_key_reused_for_another_connection_source_window_or_option_is_another_request() -> None:
+    first = request(idempotency_key="k")
+    assert differences(first, request(idempotency_key="k", connection_id="second")) == ["connection_id"]
+    assert differences(first, request(idempotency_key="k", source=imports_pb2.SOURCE_CALENDLY)) == ["source"]
+    window = imports_pb2.TimeWindow(start=ts(NOW - timedelta(days=1)), end=ts(NOW + timedelta(days=1)))
+    assert differences(first, request(idempotency_key="k", window=window)) == ["window.end", "window.start"]
+    policy = imports_pb2.ImportOptions(stop_policy=imports_pb2.STOP_POLICY_NEVER)
+    assert differences(first, request(idempotency_key="k", options=policy)) == ["options.stop_policy"]
+
+
+def test_an_explicit_window_must_match_to_the_nanosecond() -> None:
+    window = imports_pb2.TimeWindow(start=ts(NOW), end=ts(NOW + timedelta(days=1)))
+    later = imports_pb2.TimeWindow()
+    later.CopyFrom(window)
+    later.end.nanos = 1
+    assert differences(request(idempotency_key="k", window=window), request(idempotency_key="k", window=window)) == []
+    assert differences(request(idempotency_key="k", window=window), request(idempotency_key="k", window=later)) == [
+        "window.end"
+    ]
+
+
+def test_spelling_out_a_default_is_a_different_request() -> None:
+    explicit = request(idempotency_key="k", options=imports_pb2.ImportOptions(page_size=100))
+    assert differences(request(idempotency_key="k"), explicit) == ["options.page_size"]

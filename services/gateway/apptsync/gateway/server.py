@@ -61,6 +61,34 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# google.rpc.ErrorInfo of a refused idempotency key: clients tell it apart by reason, not by text.
+IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+ERROR_DOMAIN = "apptsync.v1"
+
+
+async def _abort_key_reused(context: Context, error: jobs_db.IdempotencyKeyReusedError) -> None:
+    """ALREADY_EXISTS: the key (a name the client gave one request) is taken by another request's job.
+
+    Why not FAILED_PRECONDITION: this gateway answers that for every other permanent refusal, and a
+    caller such as sync-all must tell "this key is taken" apart by the code alone; ALREADY_EXISTS is
+    what gRPC names "the entity a client attempted to create already exists", and no other StartImport
+    answer uses it. Like FAILED_PRECONDITION it says: sending the same call again cannot succeed.
+    The message and the ErrorInfo name the job that holds the key."""
+    info = error_details_pb2.ErrorInfo(
+        reason=IDEMPOTENCY_KEY_REUSED,
+        domain=ERROR_DOMAIN,
+        metadata={
+            "idempotency_key": error.idempotency_key,
+            "job_id": error.job_id,
+            "differences": ",".join(error.differences),
+        },
+    )
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    status = status_pb2.Status(code=code_pb2.ALREADY_EXISTS, message=str(error), details=[packed])
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
 async def _abort_invalid(context: Context, error: RequestInvalid) -> None:
     details = error_details_pb2.BadRequest(
         field_violations=[
@@ -116,6 +144,11 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
     async def StartImport(
         self, request: imports_pb2.StartImportRequest, context: Context
     ) -> imports_pb2.StartImportResponse:
+        """Queues an import, or returns the job that makes it a duplicate (`already_exists`): the job
+        of the same idempotency key when this is the same request (`translate.request_fingerprint`,
+        any state), else the connection's active job. A key held by a job another request started:
+        ALREADY_EXISTS naming that job, nothing written (`_abort_key_reused`)."""
+
         async def body(principal: Principal) -> imports_pb2.StartImportResponse:
             now = self._clock()
             # The job row carries this call's trace context: the fetcher's job span continues it.
@@ -323,6 +356,8 @@ async def _abort_for(context: Context, exc: Exception) -> None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
     elif isinstance(exc, NotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    elif isinstance(exc, jobs_db.IdempotencyKeyReusedError):
+        await _abort_key_reused(context, exc)
     elif isinstance(
         exc,
         RetriableError

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from apptsync.shared.db.connections import ConnectionRecord
-from apptsync.shared.db.jobs import JobOptions, NewJob
+from apptsync.shared.db.jobs import FingerprintValue, JobOptions, NewJob
 from apptsync.shared.errors import PermanentError
 from apptsync.shared.job_messages import POLICY_FROM_PROTO, SOURCE_FROM_PROTO, SOURCE_TO_PROTO
 from apptsync.shared.pages import from_timestamp, timestamp
@@ -30,6 +30,7 @@ _MAX_PAGE_SIZE = 1000
 _MAX_IN_FLIGHT_PAGES = 64
 _MAX_STOP_AFTER_PAGES = 1000
 _MAX_DEADLINE = timedelta(days=1)
+_KNOWN_POLICIES = frozenset(imports_pb2.StopPolicy.values())
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,35 @@ def new_job_from_request(
         idempotency_key=request.idempotency_key or None,
         trace_id=trace_id,
         traceparent=traceparent,
+        request_fingerprint=request_fingerprint(request) if request.idempotency_key else None,
     )
+
+
+def request_fingerprint(request: imports_pb2.StartImportRequest) -> dict[str, FingerprintValue]:
+    """What a StartImport asks for beyond tenant, source and connection, keyed by proto field path:
+    each window bound it gives (None where it leaves the server to choose) and each option as sent
+    (0 / UNSPECIFIED where it leaves the default). Stored with an idempotency key; a later call with
+    that key gets the key's job only if this and its source and connection are the same (the tenant
+    is the key's scope, so it always is).
+
+    As sent, not as resolved, for two reasons. A request without a window asks for "the default
+    window as of when the job is created": its retry minutes later is the same request, although
+    the window the server would compute has moved (sync-all sends no window and relies on this).
+    And a retry stays the same request when the gateway's defaults change between the two calls.
+    The price: a request that spells out a default (page_size 100) differs from one that leaves
+    it (0), and is refused under the other's key."""
+    window, options = request.window, request.options
+    policy = options.stop_policy
+    return {
+        "window.start": window.start.ToJsonString() if window.HasField("start") else None,
+        "window.end": window.end.ToJsonString() if window.HasField("end") else None,
+        "options.page_size": options.page_size,
+        "options.max_pages": options.max_pages,
+        "options.max_in_flight_pages": options.max_in_flight_pages,
+        "options.stop_policy": imports_pb2.StopPolicy.Name(policy) if policy in _KNOWN_POLICIES else policy,
+        "options.stop_after_pages": options.stop_after_pages,
+        "options.deadline": options.deadline.ToJsonString() if options.HasField("deadline") else None,
+    }
 
 
 def connection_to_proto(record: ConnectionRecord) -> imports_pb2.Connection:
