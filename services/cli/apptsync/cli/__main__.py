@@ -1,7 +1,9 @@
 """`apptsync`: one command for every process and task. Wiring only: parse, build settings, run.
 
 Exit codes (for scripts): 0 success; 1 the job ended FAILED or CANCELED, or the demo's checks
-failed; 2 invalid arguments; 3 not found; 4 unavailable (retry later); 5 other errors.
+failed; 2 invalid arguments; 3 not found; 4 unavailable (retry later); 5 other errors; 6 refused:
+the idempotency key is held by a job another request started. sync-all exits 0 when every
+connection has its job, else with the highest code among its connections.
 """
 
 from __future__ import annotations
@@ -236,10 +238,15 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
     watch = client_command("watch-job", "follow a job with a live progress bar until it ends")
     watch.add_argument("--job", required=True, help="job id")
 
-    sync = client_command("sync-all", "start an import for every connection (safe when a CronJob fires twice)")
+    sync = client_command(
+        "sync-all", "start an import for every connection, one job per connection per slot (safe to fire twice)"
+    )
     sync.add_argument("--policy", required=True, choices=["no-new-records", "no-changes", "never"])
     sync.add_argument(
-        "--idempotency-window-seconds", type=int, default=300, help="calls within one window share an idempotency key"
+        "--idempotency-window-seconds",
+        type=int,
+        default=300,
+        help="slot length: calls within one slot get each connection's same job",
     )
 
     put = client_command("put-connection", "create or replace a provider connection")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import enum
+import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +24,15 @@ from apptsync.shared.counts import skipped_total
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_OTHER = 0, 1, 2, 3, 4, 5
+# The idempotency key is held by a job another request started (ALREADY_EXISTS): nothing was started.
+EXIT_REFUSED = 6
+_EXIT_FOR_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+    grpc.StatusCode.ALREADY_EXISTS: EXIT_REFUSED,
+}
 _SOURCES = {
     "acuity": imports_pb2.SOURCE_ACUITY,
     "calendly": imports_pb2.SOURCE_CALENDLY,
@@ -31,7 +43,12 @@ _POLICIES = {
     "no-changes": imports_pb2.STOP_POLICY_NO_CHANGES,
     "never": imports_pb2.STOP_POLICY_NEVER,
 }
+_SOURCE_NAMES = {value: name for name, value in _SOURCES.items()}
 _TERMINAL = {imports_pb2.JOB_STATE_SUCCEEDED, imports_pb2.JOB_STATE_FAILED, imports_pb2.JOB_STATE_CANCELED}
+# The gateway's bound on idempotency keys (1-128 letters, digits or . _ : @ -).
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+# A connection id too long for its sync-all key is replaced by this many hex digits of its SHA-256.
+_CONNECTION_DIGEST_HEX_CHARS = 32
 _R = TypeVar("_R")
 
 
@@ -66,15 +83,15 @@ def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
+def exit_code_for(code: grpc.StatusCode) -> int:
+    """The exit code of a command that failed with this gRPC status."""
+    return _EXIT_FOR_STATUS.get(code, EXIT_OTHER)
+
+
 def _exit_code(exc: grpc.RpcError) -> int:
     code = exc.code()
     print(f"error: {code.name}: {exc.details() or ''}", file=sys.stderr)
-    return {
-        grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
-        grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
-        grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
-    }.get(code, EXIT_OTHER)
+    return exit_code_for(code)
 
 
 def _call(args: argparse.Namespace, call: Callable[[imports_pb2_grpc.ImportServiceStub], _R]) -> _R | int:
@@ -250,17 +267,153 @@ def watch_job(args: argparse.Namespace) -> int:
     return EXIT_OK if last.state == imports_pb2.JOB_STATE_SUCCEEDED else EXIT_JOB_FAILED
 
 
-def sync_all(args: argparse.Namespace) -> int:
-    """Starts an import for every connection the token may act for.
+def sync_slot(now_seconds: float, slot_seconds: int) -> int:
+    """The number of the `slot_seconds`-long slot, counted from the Unix epoch, that `now_seconds`
+    falls in. Raises ValueError unless slot_seconds >= 1."""
+    if slot_seconds < 1:
+        raise ValueError(f"a slot lasts at least 1 second, not {slot_seconds}")
+    return int(now_seconds // slot_seconds)
 
-    Safe when a CronJob fires twice: an active job is returned instead of a duplicate, and calls in the
-    same `--idempotency-window-seconds` slot share an idempotency key, so they return the same job."""
-    slot = int(time.time() // args.idempotency_window_seconds)
-    failures = 0
+
+def sync_all_key(policy: str, slot: int, source: str, connection_id: str) -> str:
+    """The idempotency key of one connection's sync-all job in one slot:
+    `sync-all.<policy>.<slot>.<source>.<connection_id>`.
+
+    Keys are unique per tenant, so the connection (with its source) must be in the key: without it
+    a tenant's second connection would get the first one's job. A connection id may be 128
+    characters, which would take the key past the gateway's 128; such an id is replaced by 32 hex
+    digits (128 bits) of its SHA-256 after an `@`: `sync-all.<policy>.<slot>.<source>@<digest>`.
+    Policies, slots and sources hold no `.` or `@`, so the `@` tells the two forms apart: no
+    connection's id, however it is spelled, yields another connection's key."""
+    key = f"sync-all.{policy}.{slot}.{source}.{connection_id}"
+    if len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        return key
+    digest = hashlib.sha256(connection_id.encode()).hexdigest()[:_CONNECTION_DIGEST_HEX_CHARS]
+    return f"sync-all.{policy}.{slot}.{source}@{digest}"
+
+
+class SyncResult(enum.StrEnum):
+    """What sync-all did for one connection."""
+
+    STARTED = "started"  # a new job was queued
+    ALREADY_RUNNING = "already running"  # this slot's job, or an earlier one still active
+    ALREADY_FINISHED = "already finished"  # this slot's job ran already (in any terminal state)
+    REFUSED = "refused"  # the key is held by another request's job (ALREADY_EXISTS)
+    FAILED = "failed"  # any other error; the message says which
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    tenant_id: str
+    source: str
+    connection_id: str
+    idempotency_key: str
+    result: SyncResult
+    job: imports_pb2.Job | None = None
+    already_exists: bool = False
+    status: str = ""  # the gRPC status name of a refusal or failure
+    detail: str = ""
+    exit_code: int = EXIT_OK
+
+
+def sync_outcome(
+    connection: imports_pb2.Connection,
+    key: str,
+    response: imports_pb2.StartImportResponse | None = None,
+    error: tuple[grpc.StatusCode, str] | None = None,
+) -> SyncOutcome:
+    """The outcome of one connection's StartImport: its response, or the (status, details) it failed with."""
+    source = _SOURCE_NAMES.get(connection.source, str(connection.source))
+    if response is None:
+        code, detail = error or (grpc.StatusCode.UNKNOWN, "no response")
+        return SyncOutcome(
+            tenant_id=connection.tenant_id,
+            source=source,
+            connection_id=connection.connection_id,
+            idempotency_key=key,
+            result=SyncResult.REFUSED if code == grpc.StatusCode.ALREADY_EXISTS else SyncResult.FAILED,
+            status=code.name,
+            detail=detail,
+            exit_code=exit_code_for(code),
+        )
+    if not response.already_exists:
+        result = SyncResult.STARTED
+    elif response.job.state in _TERMINAL:
+        result = SyncResult.ALREADY_FINISHED
+    else:
+        result = SyncResult.ALREADY_RUNNING
+    return SyncOutcome(
+        tenant_id=connection.tenant_id,
+        source=source,
+        connection_id=connection.connection_id,
+        idempotency_key=key,
+        result=result,
+        job=response.job,
+        already_exists=response.already_exists,
+    )
+
+
+def sync_outcome_line(outcome: SyncOutcome) -> str:
+    """One line of sync-all's report: `<tenant>/<connection>: job <id> <result>` or `... <result> (<status>): <why>`."""
+    head = f"{outcome.tenant_id}/{outcome.connection_id}:"
+    if outcome.job is None:
+        return f"{head} {outcome.result} ({outcome.status}): {outcome.detail}"
+    line = f"{head} job {outcome.job.job_id} {outcome.result}"
+    if outcome.result == SyncResult.ALREADY_FINISHED:
+        line += f" ({imports_pb2.JobState.Name(outcome.job.state).removeprefix('JOB_STATE_')})"
+    return line
+
+
+def sync_summary_line(outcomes: list[SyncOutcome], slot: int, slot_seconds: int) -> str:
+    counts = ", ".join(f"{sum(o.result == r for o in outcomes)} {r}" for r in SyncResult)
+    return f"sync-all slot {slot} ({slot_seconds} s): {len(outcomes)} connections: {counts}"
+
+
+def sync_outcome_dict(outcome: SyncOutcome) -> dict[str, object]:
+    """sync-all's JSON for one connection (the job, when there is one, as get-job --json prints it)."""
+    return {
+        "tenant_id": outcome.tenant_id,
+        "source": outcome.source,
+        "connection_id": outcome.connection_id,
+        "idempotency_key": outcome.idempotency_key,
+        "result": outcome.result.value,
+        "already_exists": outcome.already_exists,
+        "job": None if outcome.job is None else message_dict(outcome.job),
+        "status": outcome.status,
+        "detail": outcome.detail,
+    }
+
+
+def sync_all_exit_code(outcomes: Iterable[SyncOutcome]) -> int:
+    """0 when every connection has its job (started, already running or already finished); otherwise
+    the highest of the failed connections' codes, so a refusal (6) outranks other errors (5),
+    unavailability (4) and a connection deleted meanwhile (3)."""
+    return max((outcome.exit_code for outcome in outcomes), default=EXIT_OK)
+
+
+def sync_all(args: argparse.Namespace, *, clock: Callable[[], float] = time.time) -> int:
+    """Starts an import for every connection the token may act for: one job per connection per slot.
+
+    The slot is the `--idempotency-window-seconds`-long stretch of time the call falls in. Each
+    connection's StartImport carries the key `sync_all_key(policy, slot, source, connection)` and no
+    window (the server's default as of when the job is created: the gateway compares requests as
+    sent, so a retry later in the slot is the same request). So a second call in the same slot (a
+    CronJob fired twice, or retried after a failure) starts nothing and gets each connection's job
+    back, whatever its state; a connection whose job of an earlier slot still runs gets that job.
+
+    Prints one line per connection (or, with --json, a list of objects) and a summary; the exit code
+    is `sync_all_exit_code`, or the code of a failed ListConnections."""
+    try:
+        slot = sync_slot(clock(), args.idempotency_window_seconds)
+    except ValueError as exc:
+        print(f"error: --idempotency-window-seconds: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    outcomes: list[SyncOutcome] = []
+    listing_code = EXIT_OK
     token = ""
-    started = []
     with grpc.insecure_channel(args.address) as channel:
         stub = imports_pb2_grpc.ImportServiceStub(channel)
+        # Bounded by the gateway's paging: each page moves the keyset forward, the last has no token.
         while True:
             try:
                 page = stub.ListConnections(
@@ -269,31 +422,31 @@ def sync_all(args: argparse.Namespace) -> int:
                     metadata=_metadata(args),
                 )
             except grpc.RpcError as exc:
-                return _exit_code(exc)
+                listing_code = _exit_code(exc)
+                break
             for connection in page.connections:
+                source = _SOURCE_NAMES.get(connection.source, str(connection.source))
+                key = sync_all_key(args.policy, slot, source, connection.connection_id)
                 request = imports_pb2.StartImportRequest(
                     tenant_id=connection.tenant_id,
                     source=connection.source,
                     connection_id=connection.connection_id,
                     options=imports_pb2.ImportOptions(stop_policy=_POLICIES[args.policy]),
-                    idempotency_key=f"sync-all.{args.policy}.{slot}",
+                    idempotency_key=key,
                 )
                 try:
                     response = stub.StartImport(request, timeout=args.timeout_seconds, metadata=_metadata(args))
+                    outcome = sync_outcome(connection, key, response=response)
                 except grpc.RpcError as exc:
-                    failures += 1
-                    print(
-                        f"{connection.tenant_id}/{connection.connection_id}: {exc.code().name}: {exc.details()}",
-                        file=sys.stderr,
-                    )
-                    continue
-                started.append(response)
-                note = "already running" if response.already_exists else "started"
+                    outcome = sync_outcome(connection, key, error=(exc.code(), exc.details() or ""))
+                outcomes.append(outcome)
                 if not args.json:
-                    print(f"{connection.tenant_id}/{connection.connection_id}: job {response.job.job_id} {note}")
+                    print(sync_outcome_line(outcome), flush=True)
             token = page.next_page_token
             if not token:
                 break
     if args.json:
-        print(json.dumps([message_dict(r) for r in started], indent=2, sort_keys=True))
-    return EXIT_OTHER if failures else EXIT_OK
+        print(json.dumps([sync_outcome_dict(o) for o in outcomes], indent=2, sort_keys=True))
+    else:
+        print(sync_summary_line(outcomes, slot, args.idempotency_window_seconds))
+    return max(listing_code, sync_all_exit_code(outcomes))
