@@ -1,8 +1,8 @@
 """Property-based fuzzing of every gateway RPC against the real gateway process (hypothesis).
 
-Whatever the request, the answer is success, INVALID_ARGUMENT, NOT_FOUND or PERMISSION_DENIED, never
-INTERNAL or UNKNOWN, and a rejected call writes nothing (job and connection rows are counted around
-every rejected call).
+Whatever the request, the answer is success, INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED or
+ALREADY_EXISTS (an idempotency key reused with another request), never INTERNAL or UNKNOWN, and a
+rejected call writes nothing (job and connection rows are counted around every rejected call).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ ALLOWED = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.ALREADY_EXISTS,
 }
 
 ids = st.one_of(st.just(TENANT_ID), st.just(OTHER_TENANT_ID), st.uuids().map(str), st.text(max_size=40))
