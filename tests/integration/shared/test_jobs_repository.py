@@ -6,13 +6,17 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
 
-from apptsync.shared.db import DbConnection
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db.migrator import migrate
+
+if TYPE_CHECKING:
+    # Defined for type checking only (apptsync.shared.db): importing it at run time fails.
+    from apptsync.shared.db import DbConnection
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
