@@ -121,6 +121,10 @@ def test_report_lines_name_the_connection_the_job_and_what_happened() -> None:
     assert sync_summary_line([refused], 1, 300) == (
         "sync-all slot 1 (300 s): 1 connections: 0 started, 0 already running, 0 already finished, 1 refused, 0 failed"
     )
+    assert sync_summary_line([], 1, 300, listed_all=False).endswith(
+        "0 connections: 0 started, 0 already running, 0 already finished, 0 refused, 0 failed"
+        " (listing the connections failed: others were not tried)"
+    )
 
 
 def test_the_json_of_an_outcome() -> None:

@@ -364,9 +364,11 @@ def sync_outcome_line(outcome: SyncOutcome) -> str:
     return line
 
 
-def sync_summary_line(outcomes: list[SyncOutcome], slot: int, slot_seconds: int) -> str:
+def sync_summary_line(outcomes: list[SyncOutcome], slot: int, slot_seconds: int, *, listed_all: bool = True) -> str:
+    """The last line of sync-all's report: how many connections ended how."""
     counts = ", ".join(f"{sum(o.result == r for o in outcomes)} {r}" for r in SyncResult)
-    return f"sync-all slot {slot} ({slot_seconds} s): {len(outcomes)} connections: {counts}"
+    tail = "" if listed_all else " (listing the connections failed: others were not tried)"
+    return f"sync-all slot {slot} ({slot_seconds} s): {len(outcomes)} connections: {counts}{tail}"
 
 
 def sync_outcome_dict(outcome: SyncOutcome) -> dict[str, object]:
@@ -448,5 +450,6 @@ def sync_all(args: argparse.Namespace, *, clock: Callable[[], float] = time.time
     if args.json:
         print(json.dumps([sync_outcome_dict(o) for o in outcomes], indent=2, sort_keys=True))
     else:
-        print(sync_summary_line(outcomes, slot, args.idempotency_window_seconds))
+        listed_all = listing_code == EXIT_OK
+        print(sync_summary_line(outcomes, slot, args.idempotency_window_seconds, listed_all=listed_all))
     return max(listing_code, sync_all_exit_code(outcomes))
