@@ -2,7 +2,7 @@
 faster than the plain stdlib code it replaced: same values, same errors, same content hashes.
 
 The pinned hashes and page digest were computed with the code before the fast paths existed; a
-change of either means every stored row would look changed on the next sync (DESIGN.md invariant 4)."""
+change of either means every stored row would look changed on the next sync (docs/design.md invariant 4)."""
 
 from __future__ import annotations
 

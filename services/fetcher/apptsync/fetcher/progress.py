@@ -2,7 +2,7 @@
 
 `JobProgress` is told what happened (a page was sent, a result arrived, the provider is exhausted,
 the clock moved, cancellation was asked) and answers what to do next. It performs no I/O, so every
-rule of DESIGN.md sections 4 and 5 is unit-tested here in milliseconds.
+rule of docs/design.md sections 4 and 5 (early stop, job lifecycle) is unit-tested here in milliseconds.
 """
 
 from __future__ import annotations

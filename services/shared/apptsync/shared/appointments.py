@@ -129,7 +129,7 @@ def content_hash(appointment: CanonicalAppointment) -> bytes:
     """SHA-256 over everything stored except the observation time.
 
     Two observations of the same provider record hash equal, so a re-import writes nothing
-    (DESIGN.md invariant 4). Fields are length-prefixed, so no two field lists frame alike. The
+    (docs/design.md invariant 4). Fields are length-prefixed, so no two field lists frame alike. The
     reschedule links are appended only when set: a record without them hashes exactly as it did
     before they existed, so stored rows do not all count as updated once.
     """

@@ -46,7 +46,7 @@ Global___AppointmentStatus: _TypeAlias = AppointmentStatus  # noqa: Y015
 @_typing.final
 class Contact(_message.Message):
     """The person an appointment is for, as the provider described them. Every field may be empty:
-    an appointment without a contact is still stored (DESIGN.md invariant 8).
+    an appointment without a contact is still stored (docs/design.md invariant 8).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

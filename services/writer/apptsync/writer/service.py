@@ -1,6 +1,6 @@
 """The writer process: consume pages, store them, report each page's result, then commit offsets.
 
-Order of effects for every consumed batch (DESIGN.md invariants 1 and 3):
+Order of effects for every consumed batch (docs/design.md invariants 1 and 3):
 PostgreSQL commit -> PageResults (and dead letters) acknowledged by the broker -> Kafka offsets
 committed. A crash between any two steps redelivers the messages; the page ledger then replays the
 stored results instead of counting twice.
