@@ -227,3 +227,86 @@ def test_a_resumed_job_counts_unreadable_records_of_pages_written_before_it() ->
     p.resume(3, {1: PageOutcome(1, 10, 10, 0), 2: PageOutcome(2, 10, 9, 0, unreadable=1)})
     p.provider_exhausted()
     assert p.finished and not p.walked_whole_window
+
+
+# --- Near-term pages: always fetched, never evidence for a stop -----------------------------------
+
+
+def test_near_term_pages_never_stop_a_job_the_first_page_beyond_them_may() -> None:
+    p = progress(stop_after=1, in_flight=8)
+    for _ in range(3):
+        p.page_sent(near_term=True)
+    for page_no in (1, 2, 3):
+        p.result_received(result(page_no))  # nothing new, nothing changed
+    assert not p.stopped
+    p.page_sent()
+    p.result_received(result(4))
+    assert p.stopped and p.stop_reason == "page 4 had no new records"
+
+
+def test_near_term_updates_are_not_news_for_no_changes_either() -> None:
+    p = progress(StopPolicy.NO_CHANGES, stop_after=2, in_flight=8)
+    p.page_sent(near_term=True)
+    p.page_sent(near_term=True)
+    p.result_received(result(1, updated=4))
+    p.result_received(result(2))
+    assert not p.stopped and p.window == 2  # neither a streak nor a bigger window
+    p.page_sent()
+    p.page_sent()
+    p.result_received(result(3))
+    p.result_received(result(4))
+    assert p.stop_reason == "pages 3-4 had no changes"
+
+
+def test_while_in_the_near_term_the_full_window_may_be_in_flight() -> None:
+    p = progress(stop_after=1, in_flight=4)
+    assert p.window == 1
+    p.page_sent(near_term=True)
+    for _ in range(3):
+        assert p.may_send()
+        p.page_sent(near_term=True)
+    assert not p.may_send()  # never more than max_in_flight_pages
+    p.result_received(result(1))
+    assert p.may_send()
+    p.page_sent()  # the first page beyond the near term: back to the small window
+    assert not p.may_send()
+    for page_no in (2, 3, 4):
+        p.result_received(result(page_no))
+    assert not p.may_send() and not p.stopped  # page 5 is still out
+    p.result_received(result(5))
+    assert p.stopped and p.stop_reason == "page 5 had no new records"
+
+
+def test_resume_knows_which_pages_were_near_term() -> None:
+    """A job taken over after page 3 of a 2-page near term: pages 1-2 still never count."""
+    p = progress(stop_after=1, in_flight=8)
+    p.resume(4, {}, near_term_pages=2)
+    assert p.outstanding_pages == {1, 2, 3}
+    p.result_received(result(2))
+    p.result_received(result(1))
+    assert not p.stopped
+    assert not p.may_send()  # page 3 was beyond the near term: the small window is full
+    p.result_received(result(3))
+    assert p.stop_reason == "page 3 had no new records"
+
+
+def test_resume_inside_the_near_term_keeps_the_full_window() -> None:
+    p = progress(stop_after=1, in_flight=3)
+    p.resume(3, {1: result(1)}, near_term_pages=2)
+    assert p.outstanding_pages == {2}
+    assert p.may_send()  # the small window (1) is full, but the session is still in its near term
+    p.page_sent(near_term=True)
+    p.page_sent(near_term=True)
+    assert not p.may_send()  # pages 2-4 out: the full window
+    for page_no in (2, 3, 4):
+        p.result_received(result(page_no))
+    assert not p.stopped
+
+
+def test_resume_never_marks_pages_not_yet_sent() -> None:
+    p = progress(stop_after=1, in_flight=8)
+    p.resume(2, {}, near_term_pages=5)  # a count beyond the pages sent is capped
+    p.page_sent()
+    p.result_received(result(1))
+    p.result_received(result(2))
+    assert p.stop_reason == "page 2 had no new records"

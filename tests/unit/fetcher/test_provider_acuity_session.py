@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +23,7 @@ from apptsync.fetcher.providers import (
 )
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import InvalidArgumentError, ProviderAuthError, ProviderRejectedError
+from tests.unit.fetcher.test_provider_acuity_normalizer import DOCUMENTED
 
 pytestmark = pytest.mark.unit
 
@@ -82,7 +84,13 @@ def make_http(handler: Callable[[httpx.Request], httpx.Response]) -> ProviderHtt
     )
 
 
-def session(http: ProviderHttp, *, connection: ConnectionConfig = BASIC, cursor: object = None) -> ProviderSession:
+def session(
+    http: ProviderHttp,
+    *,
+    connection: ConnectionConfig = BASIC,
+    cursor: object = None,
+    near_term: JobWindow | None = None,
+) -> ProviderSession:
     return open_session(
         Source.ACUITY,
         http=http,
@@ -91,6 +99,7 @@ def session(http: ProviderHttp, *, connection: ConnectionConfig = BASIC, cursor:
         page_size=10,
         cursor=cursor,  # type: ignore[arg-type]
         clock=lambda: FETCHED_AT,
+        near_term=near_term,
     )
 
 
@@ -200,3 +209,34 @@ def test_unknown_sources_and_bad_settings_are_invalid_arguments() -> None:
     bad_currency = ConnectionConfig(base_url="", credentials=BASIC.credentials, settings={"currency": "dollars"})
     with pytest.raises(InvalidArgumentError, match="currency"):
         session(http, connection=bad_currency)
+
+
+def documented(number: int, day: date) -> dict[str, object]:
+    """The API reference's appointment (offset +0800 and all) on another day."""
+    record: dict[str, object] = dict(copy.deepcopy(DOCUMENTED))
+    record.update(id=number, datetime=f"{day.isoformat()}T14:00:00+0800")
+    return record
+
+
+async def test_the_near_term_comes_first_flagged_and_is_counted_across_a_resume() -> None:
+    near_term = JobWindow(datetime(2024, 3, 12, tzinfo=UTC), datetime(2024, 3, 19, tzinfo=UTC))
+    records = [documented(n, date(2024, 3, 1) + timedelta(days=n % 28)) for n in range(1, 141)]  # 5 a day
+    http = make_http(FakeAcuity(records))
+    try:
+        whole = await drain(session(http, near_term=near_term))
+        first = session(http, near_term=near_term)
+        head = [await first.next_page() for _ in range(2)]
+        resumed = session(http, cursor=json.loads(json.dumps(first.cursor())))
+        tail = await drain(resumed)
+    finally:
+        await http.aclose()
+    flags = [page.near_term for page in whole]
+    assert flags[0] and flags == sorted(flags, reverse=True)
+    near_ids = {a.external_id for page in whole if page.near_term for a in page.appointments}
+    expected_near = {str(r["id"]) for r in records if near_term.contains(datetime.fromisoformat(str(r["datetime"])))}
+    assert expected_near <= near_ids
+    imported = [a.external_id for page in whole for a in page.appointments]
+    in_window = [str(r["id"]) for r in records if WINDOW.contains(datetime.fromisoformat(str(r["datetime"])))]
+    assert sorted(imported) == sorted(in_window)  # each exactly once
+    assert [a.external_id for page in [*head, *tail] if page for a in page.appointments] == imported
+    assert resumed.near_term_pages == sum(flags)

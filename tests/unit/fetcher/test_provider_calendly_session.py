@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from apptsync.shared.errors import (
     ProviderRejectedError,
     ProviderUnavailableError,
 )
+from tests.unit.fetcher.test_provider_calendly_normalizer import EVENT, INVITEE
 
 pytestmark = pytest.mark.unit
 
@@ -167,7 +169,13 @@ def test_the_paginator_asks_for_the_window_and_follows_tokens_until_none() -> No
         "max_start_time": "2024-07-01T00:00:00.000000Z", "sort": "start_time:desc",
     }  # fmt: skip
     paginator.accept(first, "tok-2")
-    assert paginator.cursor() == {"v": 1, "page_token": "tok-2", "done": False}
+    assert paginator.cursor() == {
+        "v": 2,
+        "listings": [{"start": "2024-06-01T00:00:00+00:00", "end": "2024-07-01T00:00:00+00:00",
+                      "order": "descending", "near_term": False}],
+        "page_token": "tok-2",
+        "near_term_pages": 0,
+    }  # fmt: skip
     resumed = CalendlyPaginator(window=WINDOW, page_size=100, cursor=paginator.cursor())
     second = resumed.next_request()
     assert second is not None and second.page_token == "tok-2"
@@ -187,7 +195,24 @@ def test_a_token_seen_before_is_a_pagination_loop() -> None:
         paginator.accept(request, "a")
 
 
-@pytest.mark.parametrize("cursor", [{"v": 2}, {"v": 1, "page_token": 3, "done": False}, "x", {"v": 1}])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        {"v": 2},
+        {"v": 3, "listings": [], "page_token": None, "near_term_pages": 0},
+        {"v": 1, "page_token": 3, "done": False},
+        "x",
+        {"v": 1},
+        {"v": 2, "listings": [{"start": "2024-06-01T00:00:00+00:00", "end": "2024-07-01T00:00:00+00:00",
+                               "order": "sideways", "near_term": False}], "page_token": None, "near_term_pages": 0},
+        {"v": 2, "listings": [{"start": "2024-06-01T00:00:00", "end": "2024-07-01T00:00:00",
+                               "order": "ascending", "near_term": False}], "page_token": None, "near_term_pages": 0},
+        {"v": 2, "listings": [{"start": "June", "end": "July", "order": "ascending", "near_term": False}],
+         "page_token": None, "near_term_pages": 0},
+        {"v": 2, "listings": ["x"], "page_token": None, "near_term_pages": 0},
+        {"v": 2, "listings": [], "page_token": None},
+    ],
+)  # fmt: skip
 def test_unreadable_cursors_are_invalid_arguments(cursor: JsonValue) -> None:
     with pytest.raises(InvalidArgumentError):
         CalendlyPaginator(window=WINDOW, page_size=10, cursor=cursor)
@@ -347,3 +372,50 @@ async def test_token_requests_are_not_retried_after_a_reset() -> None:
     finally:
         await http.aclose()
     assert len(calls) == 1
+
+
+# --- The near term first, on Calendly's reference payloads ----------------------------------------
+
+
+def documented_event(n: int, start: str) -> dict[str, object]:
+    """The reference's `GET /scheduled_events` item (microsecond start times and all), renamed."""
+    record = copy.deepcopy(EVENT)
+    record["uri"] = f"https://api.calendly.com/scheduled_events/DOC{n}"
+    record["start_time"] = start
+    record["end_time"] = start
+    return record
+
+
+def documented_invitee(n: int) -> dict[str, object]:
+    record = copy.deepcopy(INVITEE)
+    record["uri"] = f"https://api.calendly.com/scheduled_events/DOC{n}/invitees/INV{n}"
+    return record
+
+
+async def test_the_near_term_is_paged_first_and_flagged_and_each_booking_comes_once() -> None:
+    """A fake that ignores the time bounds altogether answers every listing with every event: the
+    session keeps each event in the one listing whose range holds it."""
+    near_term = JobWindow(datetime(2024, 6, 9, 12, tzinfo=UTC), datetime(2024, 6, 15, 12, tzinfo=UTC))
+    starts = {1: "2024-06-10T14:15:22.123456Z", 2: "2024-06-15T12:00:00.000000Z", 3: "2024-06-02T09:00:00.000000Z",
+              4: "2024-06-15T11:59:59.999999Z"}  # fmt: skip
+    fake = FakeCalendly(
+        [documented_event(n, start) for n, start in starts.items()],
+        {f"DOC{n}": [documented_invitee(n)] for n in starts},
+    )
+    fake.per_page = 100
+    http = make_http(fake)
+    config = ConnectionConfig(base_url="https://calendly.test", credentials=CREDENTIALS, settings={"organization": ORG})
+    opened = open_session(Source.CALENDLY, http=http, connection=config, window=WINDOW, page_size=100, cursor=None,
+                          clock=lambda: NOW, near_term=near_term)  # fmt: skip
+    try:
+        pages = await drain(opened)  # type: ignore[arg-type]
+    finally:
+        await http.aclose()
+    assert [(p.near_term, sorted(a.external_id for a in p.appointments)) for p in pages] == [
+        (True, ["INV1", "INV4"]),
+        (False, ["INV2"]),
+        (False, ["INV3"]),
+    ]
+    assert opened.near_term_pages == 1
+    event_requests = [r for r in fake.requests if r.url.path == "/scheduled_events"]
+    assert [r.url.params["sort"] for r in event_requests] == ["start_time:asc", "start_time:asc", "start_time:desc"]

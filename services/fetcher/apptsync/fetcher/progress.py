@@ -48,10 +48,17 @@ class JobProgress:
     instead of a window full of pages it would then have to write and wait for; a job with news
     reaches the full window after a few pages. First imports and NEVER jobs start at the full window.
 
+    Near-term pages (the session's walk of the coming days, always walked completely and first: see
+    apptsync.fetcher.providers.near_term_window) are judged like empty pages: they neither stop the
+    job, nor extend or break a streak, nor grow the window. They are fetched whatever their results
+    say, so while the session is in its near term (the last page sent was a near-term page) the full
+    `max_in_flight_pages` may be in flight.
+
     Guarantees: never more than `max_in_flight_pages` pages without a result; pages are judged by the
-    stop policy in page order; an empty page neither stops the job nor breaks a streak; a first import
-    never stops early; once a stop is decided no further page is sent, but every page already sent is
-    still awaited (its rows are written and counted).
+    stop policy in page order; an empty page neither stops the job nor breaks a streak; a near-term
+    page never counts toward a stop; a first import never stops early; once a stop is decided no
+    further page is sent, but every page already sent is still awaited (its rows are written and
+    counted).
     """
 
     policy: StopPolicy
@@ -71,6 +78,8 @@ class JobProgress:
     error: str = ""
     _exhausted: bool = False
     _unreadable: int = 0
+    _near_term: set[int] = field(default_factory=set)
+    _sending_near_term: bool = False
 
     @property
     def stopped(self) -> bool:
@@ -97,28 +106,36 @@ class JobProgress:
 
     def may_send(self) -> bool:
         """True when the next page may be fetched and sent now."""
-        return not self.stopped and self.in_flight < self._window
+        window = self.max_in_flight_pages if self._sending_near_term else self._window
+        return not self.stopped and self.in_flight < window
 
     @property
     def finished(self) -> bool:
         """True when a stop is decided and every sent page has its result."""
         return self.stopped and not self._outstanding
 
-    def resume(self, next_page_no: int, written: dict[int, PageOutcome]) -> None:
+    def resume(self, next_page_no: int, written: dict[int, PageOutcome], *, near_term_pages: int = 0) -> None:
         """Restores state after another fetcher died: pages below next_page_no were sent; those in
-        `written` have results, the rest are awaited."""
+        `written` have results, the rest are awaited; pages 1..near_term_pages were near-term pages
+        (the session's count, kept in its cursor)."""
         self.next_page_no = next_page_no
+        self._near_term = set(range(1, min(near_term_pages, next_page_no - 1) + 1))
+        self._sending_near_term = (next_page_no - 1) in self._near_term
         self._outstanding = set(range(1, next_page_no)) - set(written)
         for outcome in written.values():
             self._results[outcome.page_no] = outcome
             self._unreadable += outcome.unreadable
         self._judge()
 
-    def page_sent(self) -> int:
-        """Records that page `next_page_no` was handed to Kafka; returns its number."""
+    def page_sent(self, *, near_term: bool = False) -> int:
+        """Records that page `next_page_no` (a near-term page when `near_term`) was handed to Kafka;
+        returns its number."""
         if self.stopped:
             raise RuntimeError("no page may be sent after the job stopped")
         page_no = self.next_page_no
+        if near_term:
+            self._near_term.add(page_no)
+        self._sending_near_term = near_term
         self._outstanding.add(page_no)
         self.next_page_no += 1
         if page_no >= self.max_pages:
@@ -189,6 +206,8 @@ class JobProgress:
                 continue
             if outcome.records_fetched == 0:
                 continue  # an empty provider page is not evidence of anything
+            if outcome.page_no in self._near_term:
+                continue  # fetched whatever it holds: no evidence about the pages beyond the near term
             if self._qualifies(outcome):
                 self._streak += 1
             else:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -32,6 +32,7 @@ from apptsync.fetcher.providers import (
     ProviderHttp,
     ProviderPage,
     ProviderSession,
+    near_term_window,
     open_session,
 )
 from apptsync.fetcher.reconciliation import reconciles
@@ -139,13 +140,11 @@ async def _page_loop(
         loaded = await connections_db.load_connection_secrets(
             conn, keyring=ctx.keyring, tenant_id=job.tenant_id, connection_id=job.connection_id
         )
-    progress.resume(job.next_page_no, {n: PageOutcome(n, *r) for n, r in written.items()})
     session: ProviderSession | None = None
-    if loaded is None:
-        progress.fail(f"connection {job.connection_id!r} no longer exists")
-    else:
+    if loaded is not None:
         record, secrets = loaded
         register_secrets(*secrets.values())  # redacted by value from every log line of this process
+        window = JobWindow(job.window_start, job.window_end)
         session = open_session(
             Source(job.external_source),
             http=ctx.http,
@@ -155,7 +154,7 @@ async def _page_loop(
                 settings=record.settings,
                 scope_key=f"{job.tenant_id}/{job.connection_id}",
             ),
-            window=JobWindow(job.window_start, job.window_end),
+            window=window,
             page_size=job.options.page_size,
             cursor=job.cursor,
             clock=ctx.clock,
@@ -166,7 +165,18 @@ async def _page_loop(
                 connection_id=job.connection_id,
                 clock=ctx.clock,
             ),
+            # Every job walks the coming days first (a resumed one keeps its cursor's order); only
+            # an early-stopping job depends on it, the order never changes what a full walk covers.
+            near_term=near_term_window(
+                now=ctx.clock(), horizon=timedelta(days=ctx.settings.freshness_horizon_days), window=window
+            ),
         )
+    near_term_pages = 0 if session is None else session.near_term_pages
+    progress.resume(
+        job.next_page_no, {n: PageOutcome(n, *r) for n, r in written.items()}, near_term_pages=near_term_pages
+    )
+    if session is None:
+        progress.fail(f"connection {job.connection_id!r} no longer exists")
     pages_fetched = job.counts["pages_fetched"]
     last_progress = asyncio.get_running_loop().time()
     log_event(
@@ -220,7 +230,7 @@ async def _page_loop(
                         ctx.kafka.pages_topic, message.SerializeToString(), key=job.job_id.encode()
                     )
                 page_no = progress.next_page_no
-                progress.page_sent()
+                progress.page_sent(near_term=page.near_term)
                 pages_fetched += 1
                 page_sent(job.external_source, page_no, page, page_span)
                 async with ctx.pool.acquire() as conn:
@@ -369,6 +379,7 @@ def page_sent(source: str, page_no: int, page: ProviderPage, span: trace.Span) -
     }
     for name, value in counts.items():
         span.set_attribute(f"apptsync.{name}", value)
+    span.set_attribute("apptsync.near_term", page.near_term)
     METRICS.pages_fetched.labels(source).inc()
     log_event(_log, "page sent", page_no=page_no, **counts)
 

@@ -124,6 +124,14 @@ class FetcherSettings(BaseSettings):
     result_timeout_seconds: float = Field(
         120.0, gt=0, description="How long a job waits for a page's result before failing."
     )
+    freshness_horizon_days: int = Field(
+        14,
+        ge=0,
+        le=366,
+        description="Days ahead (from a day ago) every Acuity or Calendly job walks first and completely, "
+        "whatever its stop policy: an early-stopping sync never misses a new booking, reschedule or "
+        "cancellation there. 0 = no near term (newest first).",
+    )
     benchmark_provider_requests_per_second: float | None = Field(
         None,
         gt=0,

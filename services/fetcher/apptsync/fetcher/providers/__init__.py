@@ -26,10 +26,12 @@ from apptsync.fetcher.providers._model import (
     ProviderPage,
     ProviderSession,
 )
+from apptsync.fetcher.providers._near_term import NEAR_TERM_LOOKBACK, near_term_window
 from apptsync.fetcher.providers._registry import SessionFactory, open_session, supported_sources
 from apptsync.fetcher.providers._state import ConnectionStateStore, CredentialRefresh, InMemoryConnectionStateStore
 
 __all__ = [
+    "NEAR_TERM_LOOKBACK",
     "RATE_LIMIT_REASONS",
     "ConnectionConfig",
     "ConnectionStateStore",
@@ -46,6 +48,7 @@ __all__ = [
     "SessionFactory",
     "UnauthorizedError",
     "backoff_seconds",
+    "near_term_window",
     "open_session",
     "provider_error_reasons",
     "rate_limit_pause_seconds",

@@ -31,6 +31,11 @@ class JobWindow:
     def contains(self, moment: datetime) -> bool:
         return self.start <= moment < self.end
 
+    def intersection(self, other: JobWindow) -> JobWindow | None:
+        """The moments in both windows; None when they do not overlap."""
+        start, end = max(self.start, other.start), min(self.end, other.end)
+        return JobWindow(start, end) if start < end else None
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionConfig:
@@ -55,13 +60,16 @@ class ProviderPage:
     Guarantees: `records_fetched == len(appointments) + skipped_out_of_window + skipped_invalid`, and
     `skip_details` has one entry per skipped record (reasons and record ids, no personal data).
     `appointments` holds, in the provider's order, full records and cancellation stubs (a record
-    the provider reports canceled or deleted without its times)."""
+    the provider reports canceled or deleted without its times). `near_term` is True when the page
+    belongs to the session's near-term walk (see `near_term_window`): such pages are always fetched,
+    so they never count toward an early stop."""
 
     records_fetched: int
     appointments: Sequence[PageRecord]
     skipped_out_of_window: int
     skipped_invalid: int
     skip_details: list[SkippedRecord]
+    near_term: bool = False
 
 
 class ProviderSession(Protocol):
@@ -78,6 +86,13 @@ class ProviderSession(Protocol):
     def cursor(self) -> JsonValue:
         """A JSON-serializable resume point after the last page returned; opening a session with it
         continues with the following page."""
+        ...
+
+    @property
+    def near_term_pages(self) -> int:
+        """How many pages of this job's walk, counting those returned before the session was resumed
+        from its cursor, were near-term pages. The near term is walked first, so they are the job's
+        pages 1..near_term_pages (0: the session walks no near term, or has not returned a page of it)."""
         ...
 
     @property

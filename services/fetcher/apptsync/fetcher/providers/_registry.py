@@ -27,6 +27,7 @@ class SessionFactory(Protocol):
         cursor: JsonValue | None,
         clock: Callable[[], datetime],
         state: ConnectionStateStore | None = None,
+        near_term: JobWindow | None = None,
     ) -> ProviderSession: ...
 
 
@@ -51,6 +52,7 @@ def open_session(
     cursor: JsonValue | None,
     clock: Callable[[], datetime],
     state: ConnectionStateStore | None = None,
+    near_term: JobWindow | None = None,
 ) -> ProviderSession:
     """A session paging `connection`'s appointments inside `window`, `page_size` records per request,
     resuming after `cursor` (None: from the start). No I/O happens until `next_page()`.
@@ -58,11 +60,23 @@ def open_session(
     `state` keeps what a provider needs between jobs (Google sync tokens) and stores refreshed OAuth
     credentials, serialized per connection; None keeps both in the session's memory only.
 
+    `near_term` (see `near_term_window`) is walked first and completely by providers that page by
+    start time (Acuity, Calendly), its pages marked `near_term`; None walks as before. It shapes a new
+    walk only: a session resumed from a cursor keeps the order that cursor holds. Google Calendar's
+    incremental sync sees every change anyway and ignores it.
+
     Raises InvalidArgumentError for an unsupported source, a page size below 1, an unreadable cursor
     or bad connection settings."""
     factory = _FACTORIES.get(source)
     if factory is None:
         raise InvalidArgumentError("source", f"{source.value} is not supported yet")
     return factory(
-        http=http, connection=connection, window=window, page_size=page_size, cursor=cursor, clock=clock, state=state
+        http=http,
+        connection=connection,
+        window=window,
+        page_size=page_size,
+        cursor=cursor,
+        clock=clock,
+        state=state,
+        near_term=near_term,
     )

@@ -165,7 +165,7 @@ def acuity_page(
     A record filed under a day outside the requested days (Acuity ignoring `minDate`) is counted as
     skipped out of window here: the request that covers its day delivers it, so it is stored exactly
     once. `starts`, when given, is `acuity_start` of each record (the session computed it for the
-    pager already). Never raises."""
+    pager already). The page is a near-term page when the request is. Never raises."""
     appointments: list[CanonicalAppointment] = []
     skipped: list[SkippedRecord] = []
     out_of_window = invalid = 0
@@ -198,6 +198,7 @@ def acuity_page(
         skipped_out_of_window=out_of_window,
         skipped_invalid=invalid,
         skip_details=skipped,
+        near_term=request.near_term,
     )
 
 

@@ -52,11 +52,12 @@ class AcuitySession:
         page_size: int,
         cursor: JsonValue | None,
         clock: Callable[[], datetime],
+        near_term: JobWindow | None = None,
     ) -> None:
         currency = connection.settings.get("currency", DEFAULT_CURRENCY).strip().upper()
         if not is_currency_code(currency):
             raise InvalidArgumentError("currency", f"not an ISO 4217 code: {currency!r}")
-        self._paginator = AcuityPaginator(window=window, page_size=page_size, cursor=cursor)
+        self._paginator = AcuityPaginator(window=window, page_size=page_size, cursor=cursor, near_term=near_term)
         self._http = http
         self._credentials = connection.credentials
         self._url = (connection.base_url or ACUITY_PUBLIC_API).rstrip("/") + "/appointments"
@@ -71,6 +72,10 @@ class AcuitySession:
 
     def cursor(self) -> JsonValue:
         return self._paginator.cursor()
+
+    @property
+    def near_term_pages(self) -> int:
+        return self._paginator.near_term_pages
 
     async def next_page(self) -> ProviderPage | None:
         """See ProviderSession.next_page. Windows that come back empty are walked past, not returned."""
@@ -116,10 +121,17 @@ def open_acuity_session(
     cursor: JsonValue | None,
     clock: Callable[[], datetime],
     state: ConnectionStateStore | None = None,
+    near_term: JobWindow | None = None,
 ) -> AcuitySession:
     """Raises InvalidArgumentError (bad currency, cursor or page size). Acuity keeps no state between
-    jobs, so `state` is not used."""
+    jobs, so `state` is not used. `near_term` is walked first (see AcuityPaginator)."""
     del state
     return AcuitySession(
-        http=http, connection=connection, window=window, page_size=page_size, cursor=cursor, clock=clock
+        http=http,
+        connection=connection,
+        window=window,
+        page_size=page_size,
+        cursor=cursor,
+        clock=clock,
+        near_term=near_term,
     )

@@ -45,6 +45,11 @@ def event_uuid(event: JsonValue) -> str:
     return last_path_segment(text_field(event, "uri"))
 
 
+def event_start(event: JsonValue) -> datetime | None:
+    """The event's `start_time` (aware); None when it has none or it is unreadable."""
+    return parse_instant(event.get("start_time")) if isinstance(event, dict) else None
+
+
 def event_skip(event: JsonValue, *, window: JobWindow) -> SkippedRecord | None:
     """Why the event's invitees need not be fetched (not an object, no uri, no readable start, start
     outside `window`), or None when they must be."""
@@ -160,8 +165,11 @@ def normalize_calendly_invitee(
     )
 
 
-def calendly_page(fetched: Sequence[FetchedEvent], *, window: JobWindow, fetched_at: datetime) -> ProviderPage:
-    """The page of one `/scheduled_events` answer with each event's invitees.
+def calendly_page(
+    fetched: Sequence[FetchedEvent], *, window: JobWindow, fetched_at: datetime, near_term: bool = False
+) -> ProviderPage:
+    """The page of one `/scheduled_events` answer with each event's invitees (`near_term`: an answer
+    of the near-term listing).
 
     Records are invitees; an event skipped before its invitees were fetched counts as one record
     (skipped out of window or invalid). Never raises."""
@@ -193,4 +201,5 @@ def calendly_page(fetched: Sequence[FetchedEvent], *, window: JobWindow, fetched
         skipped_out_of_window=out_of_window,
         skipped_invalid=invalid,
         skip_details=skipped,
+        near_term=near_term,
     )

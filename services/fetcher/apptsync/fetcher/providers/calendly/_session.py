@@ -11,7 +11,13 @@ from apptsync.fetcher.providers._model import ConnectionConfig, JobWindow, JsonV
 from apptsync.fetcher.providers._oauth import OAuthBearer
 from apptsync.fetcher.providers._page_tokens import PageTokenTrail
 from apptsync.fetcher.providers._state import ConnectionStateStore, InMemoryConnectionStateStore
-from apptsync.fetcher.providers.calendly._normalizer import FetchedEvent, calendly_page, event_skip, event_uuid
+from apptsync.fetcher.providers.calendly._normalizer import (
+    FetchedEvent,
+    calendly_page,
+    event_skip,
+    event_start,
+    event_uuid,
+)
 from apptsync.fetcher.providers.calendly._paginator import MAX_COUNT, CalendlyPaginator, calendly_scope
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import ProviderRejectedError
@@ -50,9 +56,10 @@ class CalendlySession:
         cursor: JsonValue | None,
         clock: Callable[[], datetime],
         state: ConnectionStateStore,
+        near_term: JobWindow | None = None,
     ) -> None:
         self._scope = calendly_scope(connection.settings)
-        self._paginator = CalendlyPaginator(window=window, page_size=page_size, cursor=cursor)
+        self._paginator = CalendlyPaginator(window=window, page_size=page_size, cursor=cursor, near_term=near_term)
         self._http = http
         base_url = (connection.base_url or CALENDLY_PUBLIC_API).rstrip("/")
         self._events_url = base_url + "/scheduled_events"
@@ -83,15 +90,23 @@ class CalendlySession:
     def cursor(self) -> JsonValue:
         return self._paginator.cursor()
 
+    @property
+    def near_term_pages(self) -> int:
+        return self._paginator.near_term_pages
+
     async def next_page(self) -> ProviderPage | None:
-        """See ProviderSession.next_page. Empty event pages are walked past, not returned."""
+        """See ProviderSession.next_page. Empty event pages are walked past, not returned; an event
+        another listing of the walk lists (at a shared boundary) is left to that listing."""
         while (request := self._paginator.next_request()) is not None:
             body = await self._get(self._events_url, request.query_params(self._scope))
-            events, next_token = collection_and_next_token(body, path="/scheduled_events")
+            listed, next_token = collection_and_next_token(body, path="/scheduled_events")
+            events = [event for event in listed if not self._paginator.listed_elsewhere(event_start(event))]
             fetched = await self._with_invitees(events)
-            self._paginator.accept(request, next_token)
+            self._paginator.accept(request, next_token, listed=len(fetched))
             if fetched:
-                return calendly_page(fetched, window=self._window, fetched_at=self._clock())
+                return calendly_page(
+                    fetched, window=self._window, fetched_at=self._clock(), near_term=request.near_term
+                )
         return None
 
     async def _with_invitees(self, events: list[JsonValue]) -> list[FetchedEvent]:
@@ -150,9 +165,11 @@ def open_calendly_session(
     cursor: JsonValue | None,
     clock: Callable[[], datetime],
     state: ConnectionStateStore | None = None,
+    near_term: JobWindow | None = None,
 ) -> CalendlySession:
     """Raises InvalidArgumentError (no organization/user setting, bad cursor or page size). Without a
-    `state` store, refreshed tokens live only as long as the session."""
+    `state` store, refreshed tokens live only as long as the session. `near_term` is listed first
+    (see CalendlyPaginator)."""
     return CalendlySession(
         http=http,
         connection=connection,
@@ -161,4 +178,5 @@ def open_calendly_session(
         cursor=cursor,
         clock=clock,
         state=state if state is not None else InMemoryConnectionStateStore(connection.credentials),
+        near_term=near_term,
     )

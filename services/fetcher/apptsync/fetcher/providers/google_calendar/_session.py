@@ -90,6 +90,11 @@ class GoogleCalendarSession:
     def cursor(self) -> JsonValue:
         return self._listing.cursor()
 
+    @property
+    def near_term_pages(self) -> int:
+        """Always 0: this session walks no near term (see open_google_calendar_session)."""
+        return 0
+
     async def next_page(self) -> ProviderPage | None:
         """See ProviderSession.next_page. Empty pages are walked past (never taken as the end); a
         sync token is stored once its listing's pages were all handed out and this call asks for
@@ -155,9 +160,12 @@ def open_google_calendar_session(
     cursor: JsonValue | None,
     clock: Callable[[], datetime],
     state: ConnectionStateStore | None = None,
+    near_term: JobWindow | None = None,
 ) -> GoogleCalendarSession:
     """Raises InvalidArgumentError (bad cursor or page size). Without a `state` store, sync tokens and
-    refreshed tokens live only as long as the session (every import is then a full sync)."""
+    refreshed tokens live only as long as the session (every import is then a full sync).
+    `near_term` is ignored: an incremental sync lists every change whatever its start time."""
+    del near_term
     return GoogleCalendarSession(
         http=http,
         connection=connection,
