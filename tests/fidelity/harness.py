@@ -226,6 +226,9 @@ async def stored_rows(database_url: str, tenant_id: str) -> tuple[list[Stored], 
     `rescheduled_to_external_id`: read only when present)."""
     connection = await asyncpg.connect(database_url)
     try:
+        # Row-level security binds the tables' owner too (FORCE): act as the tenant (a superuser
+        # would see every row anyway).
+        await connection.execute("SELECT set_config('app.tenant_id', $1, false)", tenant_id)
         columns = {
             row["column_name"]
             for row in await connection.fetch(
