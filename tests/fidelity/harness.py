@@ -23,7 +23,8 @@ import secrets
 import statistics
 import sys
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +61,10 @@ class FidelityConfig:
     frequent_per_round: int = 3
     mutations_per_batch: int = 6
     near_term_days: int = 14
+    # Diagnosis only: each connection on a tenant of its own (the specified run is one tenant with
+    # all three connections); it shows each provider's divergences when a tenant-wide problem of
+    # sync-all would hide them.
+    tenant_per_connection: bool = False
     job_timeout_seconds: float = 180.0
     sync_all_timeout_seconds: float = 60.0
 
@@ -119,6 +124,7 @@ class SeedReport:
         for number, found in enumerate(self.divergences_after_full_sync):
             if found:
                 lines.append(f"full sync {number}: {len(found)} divergences, first: {found[0].line()}")
+                lines += [f"  {line}" for line in by_provider(found)]
         if self.near_term_caught < self.near_term_changes:
             first = self.near_term_missed[0].line() if self.near_term_missed else "-"
             lines.append(f"near-term changes caught by the next frequent sync: {self.near_term_caught}/"
@@ -130,8 +136,23 @@ class SeedReport:
         return lines
 
 
-def tenant_for(seed: int) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"apptsync-fidelity:{seed}"))
+def by_provider(found: Sequence[Divergence]) -> list[str]:
+    """Per provider: how many divergences, by field, and the first one."""
+    lines = []
+    for provider in sorted({d.provider for d in found}):
+        mine = [d for d in found if d.provider == provider]
+        fields = Counter(d.field for d in mine)
+        counts = ", ".join(f"{name} {n}" for name, n in sorted(fields.items()))
+        lines.append(f"{provider}: {len(mine)} ({counts}); first: {mine[0].line()}")
+    return lines
+
+
+def tenants_for(seed: int, *, per_connection: bool = False) -> dict[str, str]:
+    """The tenant of each provider's connection: one tenant per seed, or one per connection."""
+    return {
+        p: str(uuid.uuid5(uuid.NAMESPACE_URL, f"apptsync-fidelity:{seed}" + (f":{p}" if per_connection else "")))
+        for p in PROVIDERS
+    }
 
 
 def simulator_env(seed: int, appointments_per_account: int) -> dict[str, str]:
@@ -191,7 +212,7 @@ async def put_connections(
     metadata: tuple[tuple[str, str], ...],
     simulator: Simulator,
     *,
-    tenant_id: str,
+    tenants: Mapping[str, str],
     simulator_url: str,
 ) -> None:
     """One connection per provider to the simulator's first account: ids `acuity`, `calendly`, `google`."""
@@ -202,16 +223,16 @@ async def put_connections(
     oauth = ("access_token", "refresh_token", "client_id", "client_secret")
     requests = [
         imports_pb2.PutConnectionRequest(
-            tenant_id=tenant_id, connection_id="acuity", source=SOURCES["acuity"],
+            tenant_id=tenants["acuity"], connection_id="acuity", source=SOURCES["acuity"],
             base_url=f"{simulator_url}/acuity/api/v1", credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
         ),
         imports_pb2.PutConnectionRequest(
-            tenant_id=tenant_id, connection_id="calendly", source=SOURCES["calendly"],
+            tenant_id=tenants["calendly"], connection_id="calendly", source=SOURCES["calendly"],
             base_url=f"{simulator_url}/calendly", credentials={k: str(calendly[k]) for k in oauth},
             settings={"organization": str(calendly["organization"])},
         ),
         imports_pb2.PutConnectionRequest(
-            tenant_id=tenant_id, connection_id="google", source=SOURCES["google"],
+            tenant_id=tenants["google"], connection_id="google", source=SOURCES["google"],
             base_url=f"{simulator_url}/google/calendar/v3", credentials={k: str(google[k]) for k in oauth},
             settings={"calendar_ids": ",".join(str(c["id"]) for c in google["calendars"]),
                       "token_url": f"{simulator_url}/google/oauth2/token"},
@@ -221,9 +242,18 @@ async def put_connections(
         await stub.PutConnection(request, metadata=metadata, timeout=30)
 
 
-async def stored_rows(database_url: str, tenant_id: str) -> tuple[list[Stored], list[str]]:
-    """The tenant's rows, and the judged columns the schema lacks (`deleted_at`,
+async def stored_rows(database_url: str, tenant_ids: Iterable[str]) -> tuple[list[Stored], list[str]]:
+    """The tenants' rows, and the judged columns the schema lacks (`deleted_at`,
     `rescheduled_to_external_id`: read only when present)."""
+    stored: list[Stored] = []
+    missing: list[str] = []
+    for tenant_id in dict.fromkeys(tenant_ids):
+        rows, missing = await _tenant_rows(database_url, tenant_id)
+        stored += rows
+    return stored, missing
+
+
+async def _tenant_rows(database_url: str, tenant_id: str) -> tuple[list[Stored], list[str]]:
     connection = await asyncpg.connect(database_url)
     try:
         # Row-level security binds the tables' owner too (FORCE): act as the tenant (a superuser
@@ -283,7 +313,7 @@ class SyncAll:
         self._config = config
         self._last_started = 0.0
 
-    async def run(self, cron: CronSync, tenant_id: str) -> SyncRun:
+    async def run(self, cron: CronSync, tenant_ids: Iterable[str]) -> SyncRun:
         loop = asyncio.get_running_loop()
         # A new idempotency slot for every run, as CronJob runs minutes apart always are.
         await asyncio.sleep(max(0.0, self._last_started + IDEMPOTENCY_WINDOW_SECONDS + 0.05 - loop.time()))
@@ -304,17 +334,17 @@ class SyncAll:
         if process.returncode != 0:
             raise AssertionError(f"{cron.name}: sync-all exited {process.returncode}: {err.decode()[-2000:]}")
         responses = json.loads(out)
-        mine = [r for r in responses if r["job"]["tenant_id"] == tenant_id]
-        job_ids = list(dict.fromkeys(r["job"]["job_id"] for r in mine))
-        jobs = [await self._wait(tenant_id, job_id) for job_id in job_ids]
-        by_job = {job.job_id: job.connection_id for job in jobs}
-        # sync-all answers in connection order; a response whose job belongs to another connection
-        # means that connection was not synced by this run.
-        listed = await self._stub.ListConnections(
-            imports_pb2.ListConnectionsRequest(tenant_id=tenant_id), metadata=self._metadata, timeout=30
-        )
-        names = [c.connection_id for c in listed.connections]
-        synced = {by_job[j] for j in job_ids}
+        tenants = set(tenant_ids)
+        mine = {r["job"]["job_id"]: r["job"]["tenant_id"] for r in responses if r["job"]["tenant_id"] in tenants}
+        jobs = [await self._wait(tenant_id, job_id) for job_id, tenant_id in mine.items()]
+        # A connection none of whose answers is a job of its own was not synced by this run.
+        names = []
+        for tenant_id in sorted(tenants):
+            listed = await self._stub.ListConnections(
+                imports_pb2.ListConnectionsRequest(tenant_id=tenant_id), metadata=self._metadata, timeout=30
+            )
+            names += [c.connection_id for c in listed.connections]
+        synced = {job.connection_id for job in jobs}
         return SyncRun(cron=cron.name, connections=len(names), jobs=jobs,
                        shared_job_connections=[n for n in names if n not in synced])  # fmt: skip
 
@@ -344,7 +374,7 @@ async def run_seed(
     seeded with `config.seed` (see simulator_env). `clock` is now (the window judged is derived from
     it). Raises AssertionError when the system misbehaves outright (sync-all fails, a job hangs)."""
     report = SeedReport(seed=config.seed)
-    tenant_id = tenant_for(config.seed)
+    tenants = tenants_for(config.seed, per_connection=config.tenant_per_connection)
     token = system.token_file.read_text("utf-8").strip()
     metadata = (("authorization", f"Bearer {token}"),)
     async with (
@@ -354,11 +384,11 @@ async def run_seed(
         simulator = Simulator(client)
         stub = imports_pb2_grpc.ImportServiceStub(channel)
         sync_all = SyncAll(system, stub, metadata, config)
-        await put_connections(stub, metadata, simulator, tenant_id=tenant_id, simulator_url=system.simulator_url)
+        await put_connections(stub, metadata, simulator, tenants=tenants, simulator_url=system.simulator_url)
 
         async def sync(crons: Sequence[CronSync]) -> None:
             for cron in crons:
-                run = await sync_all.run(cron, tenant_id)
+                run = await sync_all.run(cron, tenants.values())
                 report.syncs.append(run)
                 report.failed_jobs += [
                     f"{cron.name} {j.connection_id} {imports_pb2.JobState.Name(j.state)}: {j.error}"
@@ -370,7 +400,7 @@ async def run_seed(
             await sync(schedule.full)
             now = clock()
             window = Window(now - SYNC_WINDOW_HALF + WINDOW_MARGIN, now + SYNC_WINDOW_HALF - WINDOW_MARGIN)
-            stored, missing_columns = await stored_rows(system.owner_database_url, tenant_id)
+            stored, missing_columns = await stored_rows(system.owner_database_url, tenants.values())
             found = compare((await simulator.truth()).values(), stored, window)
             report.divergences_after_full_sync.append(found)
             note = f" (schema lacks {', '.join(missing_columns)})" if missing_columns else ""
@@ -388,7 +418,7 @@ async def run_seed(
                 await simulator.reset_counters()
                 await sync(schedule.frequent)
                 report.requests_per_frequent_sync.append(await simulator.requests())
-                stored, _ = await stored_rows(system.owner_database_url, tenant_id)
+                stored, _ = await stored_rows(system.owner_database_url, tenants.values())
                 by_key = {(row.provider, row.external_id): row for row in stored}
                 missed = missed_changes(changed, await simulator.truth(), by_key)
                 report.near_term_changes += len(changed)

@@ -106,6 +106,7 @@ async def main(args: argparse.Namespace) -> int:
                     rounds=args.rounds,
                     frequent_per_round=args.frequent_per_round,
                     mutations_per_batch=args.mutations,
+                    tenant_per_connection=args.tenant_per_connection,
                 )
                 print(f"seed {seed}: starting", flush=True)
                 report = await one_seed(postgres, broker, state_dir, config, args.appointments)
@@ -128,6 +129,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frequent-per-round", type=int, default=3, help="mutation batches + frequent syncs per round")
     parser.add_argument("--mutations", type=int, default=6, help="mutations per batch")
     parser.add_argument("--appointments", type=int, default=60, help="seeded records per provider account")
+    parser.add_argument(
+        "--tenant-per-connection",
+        action="store_true",
+        help="diagnosis: each connection on a tenant of its own (shows every provider's divergences when a "
+        "tenant-wide sync-all problem hides them)",
+    )
     parser.add_argument("--state-dir", default="", help="where data and logs go (default: a temporary directory)")
     return parser.parse_args(argv)
 

@@ -14,7 +14,7 @@ MANIFESTS = REPO_ROOT / "deploy" / "k8s" / "base"
 _FULL_POLICY = "never"
 _NAME = re.compile(r"^  name:\s*(\S+)\s*$", re.MULTILINE)
 _SCHEDULE = re.compile(r"^  schedule:\s*\"?([^\"\n]+?)\"?\s*$", re.MULTILINE)
-_ARGS = re.compile(r"^\s+args:\s*(\[.*\])\s*$", re.MULTILINE)
+_ARGS = re.compile(r"^\s+(?:-\s+)?args:\s*(\[.*\])\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
