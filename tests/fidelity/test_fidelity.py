@@ -19,6 +19,7 @@ from tests.fidelity.harness import (
     FidelityConfig,
     FidelitySystem,
     cli_environment,
+    replay_command,
     run_seed,
     simulator_env,
     table,
@@ -61,11 +62,12 @@ async def test_the_mirror_equals_the_provider_through_the_shipped_schedule(
             cli_env=cli_environment(os.environ),
         )
         report = await run_seed(
-            system, shipped_schedule(), FidelityConfig(seed=seed, rounds=1, frequent_per_round=3), clock=utc_now
+            system, shipped_schedule(), FidelityConfig(seed=seed, rounds=2, frequent_per_round=3), clock=utc_now
         )
     print("\n".join(table([report])))
-    problems = "\n".join(report.problems())
-    assert report.divergences == 0, f"seed {seed}:\n{problems}"
-    assert report.near_term_changes > 0
-    assert report.near_term_caught >= MIN_NEAR_TERM_CAUGHT_SHARE * report.near_term_changes, f"seed {seed}:\n{problems}"
-    assert not report.failed_jobs, f"seed {seed}:\n{problems}"
+    problems = f"seed {seed} (replay: {replay_command(seed)}):\n" + "\n".join(report.problems())
+    divergences, changes, caught = report.divergences, report.near_term_changes, report.near_term_caught
+    assert divergences == 0, problems
+    assert changes > 0
+    assert caught >= MIN_NEAR_TERM_CAUGHT_SHARE * changes, problems
+    assert not report.failed_jobs, problems

@@ -340,7 +340,9 @@ class GoogleStore:
                 return False
             return time_max is None or event.start_instant(calendar.timezone) < time_max
 
-        # Google's default order is unspecified: the simulator lists by event id.
+        # Google's default order is unspecified: the simulator lists by event id. A recurring series
+        # is stored as its instances and always listed so (what `singleEvents=true` gives; series
+        # masters with `recurrence` rules, what `singleEvents=false` would list, are not simulated).
         return sorted((e for e in self.events[account.number].values() if wanted(e)), key=lambda e: e.id)
 
     # -- admin mutations -------------------------------------------------------------------------
