@@ -129,6 +129,7 @@ class SeedReport:
             first = self.near_term_missed[0].line() if self.near_term_missed else "-"
             lines.append(f"near-term changes caught by the next frequent sync: {self.near_term_caught}/"
                          f"{self.near_term_changes}, first missed: {first}")  # fmt: skip
+            lines += [f"  {line}" for line in by_provider(self.near_term_missed)]
         lines += [f"job not SUCCEEDED: {text}" for text in self.failed_jobs]
         shared = sorted({c for s in self.syncs for c in s.shared_job_connections})
         if shared:
