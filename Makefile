@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo dev test test-unit test-integration test-e2e lint protos containers image deploy-validate bench-resync bench-writer bench clean
+.PHONY: install demo dev test test-unit test-integration test-e2e test-fidelity fidelity lint protos containers image deploy-validate bench-resync bench-writer bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,16 @@ test-integration: install containers
 
 test-e2e: install containers
 	$(BIN)/pytest -p no:cacheprovider -m e2e $(PYTEST_ARGS)
+
+test-fidelity: install containers
+	$(BIN)/pytest -p no:cacheprovider -m fidelity $(PYTEST_ARGS)
+
+## fidelity: the mirror-fidelity harness, 20 seeds on the embedded stack (no Docker): the shipped sync
+##           schedule through every service, the mirror compared with the simulator's truth; a table,
+##           then one JSON line. One seed: make fidelity FIDELITY_ARGS='--seeds 7'
+FIDELITY_ARGS ?=
+fidelity: install
+	$(BIN)/python tests/fidelity/run.py $(FIDELITY_ARGS)
 
 ## image: the container image apptsync:dev (builds its local base with debootstrap when needed)
 image: containers

@@ -42,7 +42,16 @@ status only unless `showDeleted=true` (deleted events always so). Quirks: knob `
 .../accounts/{n}/events`, `POST .../accounts/{n}/calendars/{calendarId}/events` `{"start" | "date"}`,
 `POST .../events/{eventId}/cancel` (`{"delete": true}`: rendered as a deleted event) and
 `.../reschedule` `{"start" | "date"}`, `POST /_admin/google/sync-tokens/expire`,
-`POST /_admin/google/oauth/expire-access-tokens`, `GET /_admin/google/oauth`.
+`POST /_admin/google/oauth/expire-access-tokens`, `GET /_admin/google/oauth`. Google events may be
+instances of a recurring series (`recurringEventId`, `originalStartTime`, ids
+`<series>_<YYYYMMDDTHHMMSSZ>`); a deleted instance is a cancelled stub that still names both.
+
+Mirror fidelity (see _mutations and _truth): `POST /_admin/mutations` `{"seed", "count",
+"near_term_days", "providers", "accounts"}` applies seeded new bookings, reschedules, cancellations,
+deletions, no-shows, payment changes (and Google series / instance deletions) at the simulator's
+clock and answers what it applied; `GET /_admin/{provider}/truth/{account}` answers, per record the
+account has or had, the fields a mirror must hold. No record is ever stamped later than the
+simulator's clock (real time when served).
 """
 
 from apptsync.simulator._acuity_data import (

@@ -1,5 +1,5 @@
 """Acuity-shaped data of the simulator: seeded accounts and appointments, and the query semantics of
-`GET /appointments` (pure: no I/O, no clock, no global randomness)."""
+`GET /appointments` (pure: no I/O, no global randomness; now is the store's injected clock)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+from apptsync.simulator._clock import Clock, anchor_clock, not_after
 
 DEMO_USER_ID = 1001
 DEMO_API_KEY = "demo-acuity-key"
@@ -180,20 +182,28 @@ def account_for(user_id: int) -> AcuityAccount:
 
 
 def seeded_appointments(
-    *, seed: int, user_id: int, count: int, anchor: date, spread_days: int = DATA_SPREAD_DAYS
+    *,
+    seed: int,
+    user_id: int,
+    count: int,
+    anchor: date,
+    spread_days: int = DATA_SPREAD_DAYS,
+    now: datetime | None = None,
 ) -> list[AcuityAppointment]:
-    """`count` appointments of account `user_id`, starting within +-`spread_days` days of `anchor`.
+    """`count` appointments of account `user_id`, starting within +-`spread_days` days of `anchor`;
+    none created after `now` (default: noon UTC of `anchor`).
 
     Same arguments, same data: all randomness comes from a Random seeded with (seed, user_id)."""
     rng = random.Random(f"apptsync-simulator:{seed}:acuity:{user_id}")
+    moment = now if now is not None else anchor_clock(anchor)()
     return [
-        _seeded_appointment(rng, user_id=user_id, number=n, anchor=anchor, spread_days=spread_days)
+        _seeded_appointment(rng, user_id=user_id, number=n, anchor=anchor, spread_days=spread_days, now=moment)
         for n in range(1, count + 1)
     ]
 
 
 def _seeded_appointment(
-    rng: random.Random, *, user_id: int, number: int, anchor: date, spread_days: int
+    rng: random.Random, *, user_id: int, number: int, anchor: date, spread_days: int, now: datetime
 ) -> AcuityAppointment:
     zone_name = rng.choice(CLIENT_TIMEZONES)
     day = anchor + timedelta(days=rng.randint(-spread_days, spread_days))
@@ -233,7 +243,8 @@ def _seeded_appointment(
         canceled=canceled,
         no_show=canceled and rng.random() < 0.3,
         labels=labels,
-        created_at=(starts_at - timedelta(days=rng.randint(1, 60), minutes=rng.randint(0, 600))),
+        # Booked 1-60 days ahead, but never in the future: a future booking was made before now.
+        created_at=not_after(starts_at - timedelta(days=rng.randint(1, 60), minutes=rng.randint(0, 600)), now),
         notes=rng.choice(("", "", "Parking at the back 🚗", "Bitte pünktlich", "First visit")),
         owner=user_id,
     )
@@ -305,18 +316,28 @@ class AcuityStore:
         appointments_per_account: int,
         anchor: date,
         spread_days: int = DATA_SPREAD_DAYS,
+        clock: Clock | None = None,
     ) -> None:
         self.accounts: dict[int, AcuityAccount] = {}
         self.appointments: dict[int, dict[int, AcuityAppointment]] = {}
+        # Appointments deleted at the provider (gone from every answer), kept for the truth.
+        self.removed: dict[int, dict[int, AcuityAppointment]] = {}
+        self.clock = clock or anchor_clock(anchor)
         self._anchor = anchor
         self._day_index: dict[int, tuple[list[date], list[AcuityAppointment]]] = {}
         self._rendered: dict[tuple[int, bool], bytes] = {}
         for user_id in range(FIRST_USER_ID, FIRST_USER_ID + accounts):
             self.accounts[user_id] = account_for(user_id)
             seeded = seeded_appointments(
-                seed=seed, user_id=user_id, count=appointments_per_account, anchor=anchor, spread_days=spread_days
+                seed=seed,
+                user_id=user_id,
+                count=appointments_per_account,
+                anchor=anchor,
+                spread_days=spread_days,
+                now=self.clock(),
             )
             self.appointments[user_id] = {a.id: a for a in seeded}
+            self.removed[user_id] = {}
 
     def authenticate_basic(self, user_id: str, api_key: str) -> AcuityAccount | None:
         account = self.accounts.get(int(user_id)) if user_id.isdigit() else None
@@ -369,7 +390,7 @@ class AcuityStore:
         `email`, `phone`, `price`, `timezone` optional). Raises KeyError, QueryError."""
         book = self.of(user_id)
         starts_at = _aware_datetime(fields.get("datetime"))
-        next_id = max(book, default=user_id * 1_000_000) + 1
+        next_id = max([*book, *self.removed[user_id]], default=user_id * 1_000_000) + 1
         template = AcuityAppointment(
             id=next_id,
             starts_at=starts_at,
@@ -386,11 +407,11 @@ class AcuityStore:
             email=_str_field(fields, "email", f"new{next_id}@example.com"),
             phone=_str_field(fields, "phone", ""),
             price=_str_field(fields, "price", "45.00"),
-            amount_paid="0.00",
+            amount_paid=_str_field(fields, "amountPaid", "0.00"),
             canceled=False,
             no_show=False,
             labels=None,
-            created_at=starts_at - timedelta(days=1),
+            created_at=self.clock(),
             notes="",
             owner=user_id,
         )
@@ -413,6 +434,22 @@ class AcuityStore:
         book[appointment_id] = updated
         self._changed(user_id, appointment_id)
         return updated
+
+    def set_amount_paid(self, user_id: int, appointment_id: int, amount_paid: str) -> AcuityAppointment:
+        """A payment recorded (or refunded): `amountPaid` becomes `amount_paid`. Raises KeyError."""
+        book = self.of(user_id)
+        updated = replace(book[appointment_id], amount_paid=amount_paid)
+        book[appointment_id] = updated
+        self._changed(user_id, appointment_id)
+        return updated
+
+    def delete(self, user_id: int, appointment_id: int) -> AcuityAppointment:
+        """The appointment is deleted at the provider: no listing or GET returns it any more (it is
+        kept in `removed`). Raises KeyError."""
+        gone = self.of(user_id).pop(appointment_id)
+        self.removed[user_id][appointment_id] = gone
+        self._changed(user_id, appointment_id)
+        return gone
 
 
 def _aware_datetime(value: object) -> datetime:

@@ -1,6 +1,7 @@
 """Calendly-shaped data of the simulator: seeded accounts, scheduled events and invitees, the query
 semantics of `GET /scheduled_events` and `GET /scheduled_events/{uuid}/invitees`, and the admin
-mutations (pure: no I/O, no clock, no global randomness; times come in as arguments)."""
+mutations (pure: no I/O, no global randomness; times come in as arguments or from the store's injected
+clock, and no record is stamped later than that clock)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from apptsync.simulator._acuity_data import CLIENT_TIMEZONES, DATA_SPREAD_DAYS, FIRST_NAMES, LAST_NAMES, QueryError
+from apptsync.simulator._clock import Clock, anchor_clock, not_after
 from apptsync.simulator._oauth_tokens import OAuthTokenBook
 
 API = "https://api.calendly.com"
@@ -219,28 +221,37 @@ def _cancellation(by: str, reason: str, canceler_type: str, at: datetime) -> tup
 class CalendlyStore:
     """The simulated Calendly accounts with their events and invitees (mutable through the admin API)."""
 
-    def __init__(self, *, seed: int, accounts: int, invitees_per_account: int, anchor: date) -> None:
+    def __init__(
+        self, *, seed: int, accounts: int, invitees_per_account: int, anchor: date, clock: Clock | None = None
+    ) -> None:
         self.accounts: dict[int, CalendlyAccount] = {}
         self.events: dict[int, dict[str, CalendlyEvent]] = {}
         self.invitees: dict[int, dict[str, CalendlyInvitee]] = {}
+        # Invitees deleted at the provider (with their events when none was left), kept for the truth.
+        self.removed: dict[int, dict[str, tuple[CalendlyEvent, CalendlyInvitee]]] = {}
+        self.clock = clock or anchor_clock(anchor)
         self._by_event: dict[int, dict[str, list[str]]] = {}
+        self._sequences: dict[int, int] = {}
         self.tokens = OAuthTokenBook("calendly")
         for number in range(FIRST_ACCOUNT, FIRST_ACCOUNT + accounts):
             account = account_for(number)
             self.accounts[number] = account
             self.events[number], self.invitees[number], self._by_event[number] = {}, {}, {}
+            self.removed[number] = {}
             self.tokens.issue(number)
-            self._seed(account, seed=seed, count=invitees_per_account, anchor=anchor)
+            self._seed(account, seed=seed, count=invitees_per_account, anchor=anchor, now=self.clock())
 
     # -- seeding ---------------------------------------------------------------------------------
 
-    def _seed(self, account: CalendlyAccount, *, seed: int, count: int, anchor: date) -> None:
+    def _seed(self, account: CalendlyAccount, *, seed: int, count: int, anchor: date, now: datetime) -> None:
         rng = random.Random(f"apptsync-simulator:{seed}:calendly:{account.number}")
         made = 0
         while made < count:
-            made += self._seed_event(rng, account, anchor=anchor, room=count - made)
+            made += self._seed_event(rng, account, anchor=anchor, room=count - made, now=now)
 
-    def _seed_event(self, rng: random.Random, account: CalendlyAccount, *, anchor: date, room: int) -> int:
+    def _seed_event(
+        self, rng: random.Random, account: CalendlyAccount, *, anchor: date, room: int, now: datetime
+    ) -> int:
         name, minutes, limit = rng.choice(EVENT_TYPES)
         zone = rng.choice(CLIENT_TIMEZONES)
         day = anchor + timedelta(days=rng.randint(-DATA_SPREAD_DAYS, DATA_SPREAD_DAYS))
@@ -248,6 +259,9 @@ class CalendlyStore:
         starts_at = wall.astimezone(UTC)
         host, host_key = rng.choice(HOSTS)
         number = len(self.events[account.number]) + 1
+        # Booked 1-40 days ahead and last touched the day before, but never stamped in the future:
+        # a later real change must be newer than what the seed says.
+        created_at = not_after(starts_at - timedelta(days=rng.randint(1, 40), minutes=rng.randint(0, 600)), now)
         event = CalendlyEvent(
             uuid=_uuid(rng),
             number=number,
@@ -260,8 +274,8 @@ class CalendlyStore:
             host_email=f"{host_key}@clinic{account.number}.example",
             user_uri=account.user_uri,
             invitee_limit=limit,
-            created_at=starts_at - timedelta(days=rng.randint(1, 40), minutes=rng.randint(0, 600)),
-            updated_at=starts_at - timedelta(days=1),
+            created_at=created_at,
+            updated_at=max(created_at, not_after(starts_at - timedelta(days=1), now)),
             cancellation=None,
             location=rng.choice(LOCATIONS),
         )
@@ -272,13 +286,15 @@ class CalendlyStore:
                             cancellation=_cancellation(host, "Host unavailable", "host", event.updated_at))  # fmt: skip
         self.events[account.number][event.uuid] = event
         for _ in range(size):
-            self._put_invitee(account.number, self._seed_invitee(rng, event, anchor=anchor))
+            self._put_invitee(account.number, self._seed_invitee(rng, event, anchor=anchor, now=now))
         return size
 
-    def _seed_invitee(self, rng: random.Random, event: CalendlyEvent, *, anchor: date) -> CalendlyInvitee:
+    def _seed_invitee(
+        self, rng: random.Random, event: CalendlyEvent, *, anchor: date, now: datetime
+    ) -> CalendlyInvitee:
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         uuid = _uuid(rng)
-        created_at = event.created_at + timedelta(minutes=rng.randint(0, 60))
+        created_at = max(event.created_at, not_after(event.created_at + timedelta(minutes=rng.randint(0, 60)), now))
         past = event.starts_at.date() < anchor
         invitee = CalendlyInvitee(
             uuid=uuid,
@@ -301,9 +317,15 @@ class CalendlyStore:
         if rng.random() < 0.3:
             amount, currency = rng.choice(PAYMENTS)
             invitee = replace(invitee, payment=(amount, currency, rng.random() < 0.9))
-        if invitee.status == "canceled":
-            invitee = replace(invitee, no_show_at=None)
+        if invitee.status == "canceled" or (invitee.no_show_at is not None and invitee.no_show_at > now):
+            invitee = replace(invitee, no_show_at=None)  # no no-show is marked before the meeting ended
         return invitee
+
+    def _next_sequence(self, number: int) -> int:
+        """A new event number of the account: never reused, also after deletions (uuids derive from it)."""
+        sequence = max(len(self.events[number]), self._sequences.get(number, 0)) + 1
+        self._sequences[number] = sequence
+        return sequence
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -412,7 +434,7 @@ class CalendlyStore:
         minutes = _int(fields.get("duration_minutes"), 30)
         size = max(1, _int(fields.get("invitees"), 1))
         name = fields.get("name") if isinstance(fields.get("name"), str) else "Added by admin"
-        sequence = len(self.events[number]) + 1
+        sequence = self._next_sequence(number)
         event = CalendlyEvent(
             uuid=_derived_uuid("added-event", number, sequence),
             number=sequence,
@@ -477,7 +499,7 @@ class CalendlyStore:
             raise QueryError("invalid_argument", "start_time is required")
         starts_at = parse_calendly_time(start_text, "start_time")
         old_event = self.events[number][old.event_uuid]
-        sequence = len(self.events[number]) + 1
+        sequence = self._next_sequence(number)
         new_event = replace(
             old_event,
             uuid=_derived_uuid("rescheduled-event", number, invitee_uuid, sequence),
@@ -515,6 +537,28 @@ class CalendlyStore:
         """Raises KeyError."""
         invitee = replace(self.invitees[number][invitee_uuid], no_show_at=now, updated_at=now)
         self.invitees[number][invitee_uuid] = invitee
+        return invitee
+
+    def set_payment(
+        self, number: int, invitee_uuid: str, payment: tuple[float, str, bool] | None, *, now: datetime
+    ) -> CalendlyInvitee:
+        """The invitee's `payment` becomes (amount in major units, currency, successful), or none.
+        Raises KeyError."""
+        invitee = replace(self.invitees[number][invitee_uuid], payment=payment, updated_at=now)
+        self.invitees[number][invitee_uuid] = invitee
+        return invitee
+
+    def delete(self, number: int, invitee_uuid: str) -> CalendlyInvitee:
+        """The invitee's data is deleted at the provider: no listing shows it any more, and its event
+        goes too when no invitee is left (both kept in `removed`). Raises KeyError."""
+        invitee = self.invitees[number].pop(invitee_uuid)
+        event = self.events[number][invitee.event_uuid]
+        self.removed[number][invitee_uuid] = (event, invitee)
+        siblings = self._by_event[number][invitee.event_uuid]
+        siblings.remove(invitee_uuid)
+        if not siblings:
+            del self._by_event[number][invitee.event_uuid]
+            del self.events[number][invitee.event_uuid]
         return invitee
 
     def _settle_event(

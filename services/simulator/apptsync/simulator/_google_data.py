@@ -1,6 +1,7 @@
 """Google-Calendar-shaped data of the simulator: seeded accounts with calendars and events, the query
 semantics of `events.list` (full and incremental by sync token, empty pages mid-listing, token
-expiry) and the admin mutations (pure: no I/O, no clock, no global randomness)."""
+expiry), recurring series expanded into instances, and the admin mutations (pure: no I/O, no global
+randomness; now comes from the store's injected clock or as an argument)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from apptsync.simulator._acuity_data import CLIENT_TIMEZONES, DATA_SPREAD_DAYS, FIRST_NAMES, LAST_NAMES
+from apptsync.simulator._clock import Clock, anchor_clock, not_after
 from apptsync.simulator._oauth_tokens import OAuthTokenBook
 
 FIRST_ACCOUNT = 1
@@ -86,6 +88,18 @@ class GoogleEvent:
     updated: datetime
     version: int
     deleted: bool = False  # deleted: rendered as Google renders a deleted event (id and status only)
+    # An instance of a recurring series (as `singleEvents=true` lists them): the series' id and the
+    # instance's start by the recurrence rule (aware, in `timezone`), which a reschedule keeps.
+    recurring_event_id: str | None = None
+    original_start: datetime | None = None
+
+    def _recurrence_fields(self) -> dict[str, object]:
+        if self.recurring_event_id is None or self.original_start is None:
+            return {}
+        return {
+            "recurringEventId": self.recurring_event_id,
+            "originalStartTime": {"dateTime": self.original_start.isoformat(), "timeZone": self.timezone},
+        }
 
     def start_instant(self, calendar_timezone: str) -> datetime:
         if self.all_day is not None:
@@ -104,7 +118,9 @@ class GoogleEvent:
         """The event exactly as `events.list` renders it."""
         etag = f'"{3_000_000_000_000_000 + self.version * 1000}"'
         if self.deleted:
-            return {"kind": "calendar#event", "etag": etag, "id": self.id, "status": "cancelled"}
+            # A deleted instance of a series also names its series and original start.
+            return {"kind": "calendar#event", "etag": etag, "id": self.id, "status": "cancelled",
+                    **self._recurrence_fields()}  # fmt: skip
         if self.all_day is not None:
             start: dict[str, object] = {"date": self.all_day.isoformat()}
             end: dict[str, object] = {"date": (self.all_day + timedelta(days=self.all_day_days)).isoformat()}
@@ -126,10 +142,11 @@ class GoogleEvent:
             "organizer": {"email": organizer_email, "displayName": organizer_name, "self": True},
             "start": start,
             "end": end,
-            "iCalUID": f"{self.id}@google.com",
+            "iCalUID": f"{self.recurring_event_id or self.id}@google.com",
             "sequence": 0,
             "reminders": {"useDefault": True},
             "eventType": "default",
+            **self._recurrence_fields(),
         }
         if self.attendee is not None:
             name, email, response = self.attendee
@@ -153,7 +170,10 @@ class GoogleStore:
     Every change bumps `version` (and the event's); a sync token remembers the version its listing
     started at and the token `generation`; `expire_sync_tokens()` starts a new generation (410)."""
 
-    def __init__(self, *, seed: int, accounts: int, events_per_account: int, anchor: date) -> None:
+    def __init__(
+        self, *, seed: int, accounts: int, events_per_account: int, anchor: date, clock: Clock | None = None
+    ) -> None:
+        self.clock = clock or anchor_clock(anchor)
         self.accounts: dict[int, GoogleAccount] = {}
         self.events: dict[int, dict[tuple[str, str], GoogleEvent]] = {}
         self.tokens = OAuthTokenBook("google")
@@ -165,8 +185,9 @@ class GoogleStore:
             self.events[number] = {}
             self.tokens.issue(number)
             rng = random.Random(f"apptsync-simulator:{seed}:google:{number}")
+            now = self.clock()
             for n in range(1, events_per_account + 1):
-                self._put(number, self._seeded(rng, account, n, anchor=anchor))
+                self._put(number, self._seeded(rng, account, n, anchor=anchor, now=now))
 
     def _next_version(self) -> int:
         self.version += 1
@@ -175,7 +196,9 @@ class GoogleStore:
     def _put(self, number: int, event: GoogleEvent) -> None:
         self.events[number][(event.calendar_id, event.id)] = event
 
-    def _seeded(self, rng: random.Random, account: GoogleAccount, n: int, *, anchor: date) -> GoogleEvent:
+    def _seeded(
+        self, rng: random.Random, account: GoogleAccount, n: int, *, anchor: date, now: datetime
+    ) -> GoogleEvent:
         calendar = rng.choice(account.calendars)
         zone = calendar.timezone if rng.random() < 0.8 else rng.choice(CLIENT_TIMEZONES)
         day = anchor + timedelta(days=rng.randint(-DATA_SPREAD_DAYS, DATA_SPREAD_DAYS))
@@ -194,7 +217,8 @@ class GoogleStore:
             name = " ".join(part for part in (first, last) if part)
             email = f"patient{n}.{account.number}@example.com"
             attendee = (name, email if rng.random() < 0.85 else email.upper(), rng.choice(RESPONSES))
-        created = datetime.combine(day - timedelta(days=rng.randint(1, 60)), time(9), UTC)
+        # Created 1-60 days before the day, but never in the future: a later real change must be newer.
+        created = not_after(datetime.combine(day - timedelta(days=rng.randint(1, 60)), time(9), UTC), now)
         return GoogleEvent(
             id=f"{rng.getrandbits(96):024x}",
             calendar_id=calendar.id,
@@ -209,7 +233,7 @@ class GoogleStore:
             attendee=attendee,
             organizer=(calendar.id, calendar.summary),
             created=created,
-            updated=created + timedelta(minutes=rng.randint(0, 5000), milliseconds=rng.randint(0, 999)),
+            updated=not_after(created + timedelta(minutes=rng.randint(0, 5000), milliseconds=rng.randint(0, 999)), now),
             version=self._next_version(),
         )
 
@@ -319,7 +343,9 @@ class GoogleStore:
                 return False
             return time_max is None or event.start_instant(calendar.timezone) < time_max
 
-        # Google's default order is unspecified: the simulator lists by event id.
+        # Google's default order is unspecified: the simulator lists by event id. A recurring series
+        # is stored as its instances and always listed so (what `singleEvents=true` gives; series
+        # masters with `recurrence` rules, what `singleEvents=false` would list, are not simulated).
         return sorted((e for e in self.events[account.number].values() if wanted(e)), key=lambda e: e.id)
 
     # -- admin mutations -------------------------------------------------------------------------
@@ -381,6 +407,57 @@ class GoogleStore:
         self._put(number, moved)
         return moved
 
+    def add_recurring(
+        self, number: int, calendar_id: str, fields: Mapping[str, object], *, now: datetime
+    ) -> list[GoogleEvent]:
+        """A recurring series on `calendar_id`, stored as its instances (what `singleEvents=true`
+        lists): `start` (ISO 8601 with offset: the first instance), `count` instances (default 4)
+        every `interval_days` (default 7) at the same wall time in the calendar's zone; instance ids
+        are `<series id>_<original start, UTC, YYYYMMDDTHHMMSSZ>`. Raises KeyError, GoogleQueryError."""
+        account = self.accounts[number]
+        calendar = self.calendar(account, calendar_id)
+        if calendar is None:
+            raise KeyError(calendar_id)
+        start = fields.get("start")
+        first = _aware(start) if isinstance(start, str) else None
+        if first is None:
+            raise GoogleQueryError(400, "invalid", "start (ISO 8601 with offset) is required")
+        count = max(1, min(52, int(str(fields.get("count", 4)))))
+        interval = timedelta(days=max(1, int(str(fields.get("interval_days", 7)))))
+        minutes = int(str(fields.get("duration_minutes", 45)))
+        zone = ZoneInfo(calendar.timezone)
+        base = hashlib.sha256(f"recurring:{number}:{calendar_id}:{len(self.events[number]) + 1}".encode()).hexdigest()
+        series_id = base[:26]
+        wall = first.astimezone(zone).replace(tzinfo=None)
+        name = str(fields.get("attendee_name", "Serien-Patient Jörg"))
+        email = str(fields.get("attendee_email", f"series.{series_id[:8]}@example.com"))
+        instances = []
+        for k in range(count):
+            # The same wall time every occurrence (a weekly 09:00 stays 09:00 across a DST change).
+            original = (wall + interval * k).replace(tzinfo=zone).astimezone(UTC).astimezone(zone)
+            instance = GoogleEvent(
+                id=f"{series_id}_{original.astimezone(UTC):%Y%m%dT%H%M%SZ}",
+                calendar_id=calendar_id,
+                number=len(self.events[number]) + 1,
+                summary=str(fields.get("summary", "Physio series")),
+                status="confirmed",
+                starts_at=original,
+                ends_at=(original.astimezone(UTC) + timedelta(minutes=minutes)).astimezone(zone),
+                all_day=None,
+                all_day_days=1,
+                timezone=calendar.timezone,
+                attendee=(name, email, "accepted"),
+                organizer=(calendar.id, calendar.summary),
+                created=now,
+                updated=now,
+                version=self._next_version(),
+                recurring_event_id=series_id,
+                original_start=original,
+            )
+            self._put(number, instance)
+            instances.append(instance)
+        return instances
+
     def expire_sync_tokens(self) -> int:
         """Every sync and page token issued so far answers 410 from now on; returns the new generation."""
         self.generation += 1
@@ -411,6 +488,14 @@ def _with_start(event: GoogleEvent, fields: Mapping[str, object], minutes: int) 
             ends = (local.astimezone(UTC) + timedelta(minutes=minutes)).astimezone(ZoneInfo(event.timezone))
             return replace(event, starts_at=local, ends_at=ends, all_day=None)
     raise GoogleQueryError(400, "invalid", "start (ISO 8601 with offset) or date is required")
+
+
+def _aware(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def _max_results(params: Mapping[str, str]) -> int:

@@ -16,6 +16,7 @@ from apptsync.simulator._acuity_api import API_PREFIX, add_acuity_routes
 from apptsync.simulator._admin_api import add_admin_routes
 from apptsync.simulator._calendly_api import API_PREFIX as CALENDLY_PREFIX
 from apptsync.simulator._calendly_api import add_calendly_routes
+from apptsync.simulator._fidelity_api import add_fidelity_routes
 from apptsync.simulator._google_api import API_PREFIX as GOOGLE_PREFIX
 from apptsync.simulator._google_api import TOKEN_PATH as GOOGLE_TOKEN_PATH
 from apptsync.simulator._google_api import add_google_routes
@@ -54,8 +55,11 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def build_state(settings: SimulatorSettings, *, today: date) -> SimulatorState:
-    """The seeded data set: anchored at `settings.anchor_date`, else at `today`."""
+def build_state(
+    settings: SimulatorSettings, *, today: date, clock: Callable[[], datetime] | None = None
+) -> SimulatorState:
+    """The seeded data set: anchored at `settings.anchor_date`, else at `today`; `clock` is the
+    stores' now (no record is stamped later than it)."""
     return SimulatorState.seeded(
         seed=settings.seed,
         accounts=settings.accounts_per_provider,
@@ -63,6 +67,7 @@ def build_state(settings: SimulatorSettings, *, today: date) -> SimulatorState:
         anchor=settings.anchor_date or today,
         seeded_providers={name.strip() for name in settings.seeded_providers.split(",")},
         acuity_spread_days=settings.acuity_spread_days,
+        clock=clock,
     )
 
 
@@ -73,6 +78,7 @@ def build_app(state: SimulatorState, *, clock: Callable[[], datetime] = _utc_now
     add_acuity_routes(app, state)
     add_calendly_routes(app, state, clock=clock)
     add_google_routes(app, state, clock=clock)
+    add_fidelity_routes(app, state, clock=clock)
     return app
 
 
@@ -91,7 +97,7 @@ async def running_simulator(
 
     Raises InvalidArgumentError for a malformed listen address, OSError if it cannot bind."""
     host, port = _host_and_port(settings.listen_address)
-    state = build_state(settings, today=clock().astimezone(UTC).date())
+    state = build_state(settings, today=clock().astimezone(UTC).date(), clock=clock)
     runner = web.AppRunner(build_app(state, clock=clock), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:

@@ -8,6 +8,7 @@ from datetime import date
 
 from apptsync.simulator._acuity_data import DATA_SPREAD_DAYS, AcuityStore
 from apptsync.simulator._calendly_data import CalendlyStore
+from apptsync.simulator._clock import Clock
 from apptsync.simulator._counters import RequestCounters
 from apptsync.simulator._faults import FaultKnobs, FaultState
 from apptsync.simulator._google_data import GoogleStore
@@ -45,10 +46,12 @@ class SimulatorState:
         anchor: date,
         seeded_providers: Collection[str] = PROVIDERS,
         acuity_spread_days: int = DATA_SPREAD_DAYS,
+        clock: Clock | None = None,
     ) -> SimulatorState:
         """Every provider's accounts, each with `appointments_per_account` appointments (Acuity
         appointments, Calendly invitees, Google events); the accounts of providers not in
-        `seeded_providers` start empty. Acuity's start within +-`acuity_spread_days` of `anchor`."""
+        `seeded_providers` start empty. Acuity's start within +-`acuity_spread_days` of `anchor`.
+        `clock` (default: noon UTC of `anchor`) is the stores' now: no record is stamped later."""
 
         def count(provider: str) -> int:
             return appointments_per_account if provider in seeded_providers else 0
@@ -60,8 +63,13 @@ class SimulatorState:
                 appointments_per_account=count(ACUITY),
                 anchor=anchor,
                 spread_days=acuity_spread_days,
+                clock=clock,
             ),
             anchor=anchor,
-            calendly=CalendlyStore(seed=seed, accounts=accounts, invitees_per_account=count(CALENDLY), anchor=anchor),
-            google=GoogleStore(seed=seed, accounts=accounts, events_per_account=count(GOOGLE), anchor=anchor),
+            calendly=CalendlyStore(
+                seed=seed, accounts=accounts, invitees_per_account=count(CALENDLY), anchor=anchor, clock=clock
+            ),
+            google=GoogleStore(
+                seed=seed, accounts=accounts, events_per_account=count(GOOGLE), anchor=anchor, clock=clock
+            ),
         )

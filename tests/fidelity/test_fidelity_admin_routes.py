@@ -1,0 +1,45 @@
+"""The simulator's fidelity routes over HTTP (an in-process simulator on 127.0.0.1 with a fixed clock):
+seeded mutations answer what they applied, stamped at the simulator's clock, and the truth follows."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from apptsync.shared.settings import SimulatorSettings
+from apptsync.simulator import running_simulator
+
+pytestmark = pytest.mark.fidelity
+
+NOW = datetime(2024, 6, 15, 10, 0, tzinfo=UTC)
+
+
+async def test_mutations_are_seeded_stamped_at_the_clock_and_reach_the_truth() -> None:
+    settings = SimulatorSettings(
+        listen_address="127.0.0.1:0", seed=3, appointments_per_tenant=40, accounts_per_provider=1,
+        anchor_date=date(2024, 6, 15),
+    )  # fmt: skip
+    async with (
+        running_simulator(settings, clock=lambda: NOW) as simulator,
+        httpx.AsyncClient(base_url=simulator.base_url, timeout=30, trust_env=False) as client,
+    ):
+        before: Any = (await client.get("/_admin/calendly/truth/1")).json()
+        answer: Any = (await client.post("/_admin/mutations", json={"seed": 9, "count": 30})).json()
+        assert answer["now"] == NOW.isoformat() and len(answer["applied"]) == 30
+        assert {m["provider"] for m in answer["applied"]} == {"acuity", "calendly", "google"}
+        truth: dict[str, Any] = {}
+        for provider, account in (("acuity", 1001), ("calendly", 1), ("google", 1)):
+            records = (await client.get(f"/_admin/{provider}/truth/{account}")).json()
+            truth[provider] = {r["external_id"]: r for r in records}
+        for mutation in answer["applied"]:
+            assert all(key in truth[mutation["provider"]] for key in [mutation["key"], *mutation["related_keys"]])
+        assert (await client.get("/_admin/calendly/truth/1")).json() != before
+        bookings: Any = (await client.get("/_admin/calendly/accounts/1/bookings")).json()
+        assert max(b["invitee"]["updated_at"] for b in bookings) <= "2024-06-15T10:00:00.000000Z"
+        for bad in ({"count": 5}, {"seed": 1, "count": -1}, {"seed": 1, "providers": ["nope"]}, {"seed": "x"}):
+            assert (await client.post("/_admin/mutations", json=bad)).status_code == 400
+        assert (await client.get("/_admin/acuity/truth/9999")).status_code == 404
+        assert (await client.get("/_admin/nope/truth/1")).status_code == 404
