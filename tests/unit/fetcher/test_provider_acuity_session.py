@@ -13,6 +13,7 @@ import pytest
 
 from apptsync.fetcher.providers import (
     ConnectionConfig,
+    InMemoryConnectionStateStore,
     JobWindow,
     ProviderHttp,
     ProviderPage,
@@ -21,7 +22,7 @@ from apptsync.fetcher.providers import (
     RetryPolicy,
     open_session,
 )
-from apptsync.shared.appointments import Source
+from apptsync.shared.appointments import CancellationStub, Source
 from apptsync.shared.errors import InvalidArgumentError, ProviderAuthError, ProviderRejectedError
 from tests.unit.fetcher.test_provider_acuity_normalizer import DOCUMENTED
 
@@ -64,6 +65,12 @@ class FakeAcuity:
             "Bearer tok-secret",
         ):
             return httpx.Response(401, json={"status_code": 401, "error": "unauthorized", "message": "Unauthorized"})
+        if request.url.path.rsplit("/", 2)[-2] == "appointments":  # GET /appointments/{id}
+            by_id = {str(record["id"]): record for record in self.records}
+            found = by_id.get(request.url.path.rsplit("/", 1)[-1])
+            if found is None:
+                return httpx.Response(404, json={"status_code": 404, "error": "not_found", "message": "Not found"})
+            return httpx.Response(200, json=found)
         params = request.url.params
         low, high = date.fromisoformat(params["minDate"]), date.fromisoformat(params["maxDate"])
 
@@ -240,3 +247,37 @@ async def test_the_near_term_comes_first_flagged_and_is_counted_across_a_resume(
     assert sorted(imported) == sorted(in_window)  # each exactly once
     assert [a.external_id for page in [*head, *tail] if page for a in page.appointments] == imported
     assert resumed.near_term_pages == sum(flags)
+
+
+async def test_the_near_term_sweep_finds_a_stored_booking_that_moved_out_of_the_near_term() -> None:
+    near_term = JobWindow(datetime(2024, 3, 12, tzinfo=UTC), datetime(2024, 3, 19, tzinfo=UTC))
+    stays = documented(1, date(2024, 3, 14))
+    moved = documented(2, date(2024, 3, 26))  # stored on the 15th, rescheduled to the 26th
+    records = [stays, moved, documented(3, date(2024, 3, 5))]
+    store = InMemoryConnectionStateStore()
+    store.stored_starts = {"1": datetime(2024, 3, 14, 6, tzinfo=UTC), "2": datetime(2024, 3, 15, 6, tzinfo=UTC),
+                           "99": datetime(2024, 3, 16, 6, tzinfo=UTC)}  # 99 is gone at Acuity (404)
+    fake = FakeAcuity(records)
+    http = make_http(fake)
+
+    def opened(cursor: object = None) -> ProviderSession:
+        return open_session(Source.ACUITY, http=http, connection=BASIC, window=WINDOW, page_size=10,
+                            cursor=cursor, clock=lambda: FETCHED_AT, state=store,  # type: ignore[arg-type]
+                            near_term=near_term)
+
+    try:
+        pages = await drain(opened())
+        resumed_pages = await drain(opened(cursor=json.loads(json.dumps(opened().cursor()))))
+    finally:
+        await http.aclose()
+
+    near = [page for page in pages if page.near_term]
+    assert [a.external_id for a in near[0].appointments] == ["1"]
+    # Right after the near term: one more near-term page with what Acuity has now for key 2.
+    assert [a.external_id for a in near[-1].appointments] == ["2"]
+    sweep = near[-1].appointments[0]
+    assert not isinstance(sweep, CancellationStub) and sweep.starts_at.date() == date(2024, 3, 26)
+    looked_up = [r.url.path for r in fake.requests if r.url.path.rsplit("/", 1)[-1] in ("2", "99")]
+    assert sorted(looked_up) == ["/api/v1/appointments/2", "/api/v1/appointments/99"]
+    # A resumed session does not know what the walk returned before: it sweeps nothing.
+    assert all(a.external_id != "2" or not page.near_term for page in resumed_pages for a in page.appointments)

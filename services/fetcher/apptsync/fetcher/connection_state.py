@@ -18,7 +18,7 @@ from datetime import datetime
 
 import asyncpg
 
-from apptsync.fetcher.providers import CredentialRefresh, JsonValue
+from apptsync.fetcher.providers import CredentialRefresh, JobWindow, JsonValue
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db.pool import DATABASE_ERRORS, tenant_transaction, translate_database_error
 from apptsync.shared.errors import ProviderAuthError
@@ -61,6 +61,23 @@ class PostgresConnectionStateStore:
             return None
         value: JsonValue = json.loads(text)
         return value
+
+    async def stored_external_ids(self, window: JobWindow) -> set[str]:
+        try:
+            async with self._pool.acquire() as conn, tenant_transaction(conn, self._tenant_id):
+                rows = await conn.fetch(
+                    """SELECT a.external_id FROM appointments AS a
+                       JOIN connections AS c ON c.tenant_id = a.tenant_id AND c.connection_id = a.connection_id
+                       WHERE a.tenant_id = $1 AND a.connection_id = $2 AND a.external_source = c.external_source
+                         AND a.starts_at >= $3 AND a.starts_at < $4 AND a.deleted_at IS NULL""",
+                    self._tenant,
+                    self._connection_id,
+                    window.start,
+                    window.end,
+                )
+        except DATABASE_ERRORS as exc:
+            raise translate_database_error(exc) from exc
+        return {row["external_id"] for row in rows}
 
     async def save(self, key: str, value: JsonValue | None) -> None:
         try:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Protocol
 
-from apptsync.fetcher.providers._model import JsonValue
+from apptsync.fetcher.providers._model import JobWindow, JsonValue
 
 # Given the credentials that were refused, returns fresh ones (spends the refresh token).
 CredentialRefresh = Callable[[Mapping[str, str]], Awaitable[Mapping[str, str]]]
@@ -26,6 +27,11 @@ class ConnectionStateStore(Protocol):
 
     async def save(self, key: str, value: JsonValue | None) -> None:
         """Stores `value` under `key` (None deletes it). Raises StorageUnavailableError."""
+        ...
+
+    async def stored_external_ids(self, window: JobWindow) -> set[str]:
+        """The external ids of this connection's stored rows (not marked deleted) that start inside
+        `window`. Raises StorageUnavailableError."""
         ...
 
     async def refresh_credentials(self, *, rejected: Mapping[str, str], refresh: CredentialRefresh) -> dict[str, str]:
@@ -46,6 +52,8 @@ class InMemoryConnectionStateStore:
     def __init__(self, credentials: Mapping[str, str] | None = None) -> None:
         self.values: dict[str, JsonValue] = {}
         self.credentials: dict[str, str] = dict(credentials or {})
+        # external id -> start of the rows "stored" for this connection (see stored_external_ids)
+        self.stored_starts: dict[str, datetime] = {}
         self.refreshes = 0
         self._lock = asyncio.Lock()
 
@@ -57,6 +65,9 @@ class InMemoryConnectionStateStore:
             self.values.pop(key, None)
         else:
             self.values[key] = value
+
+    async def stored_external_ids(self, window: JobWindow) -> set[str]:
+        return {external_id for external_id, starts_at in self.stored_starts.items() if window.contains(starts_at)}
 
     async def refresh_credentials(self, *, rejected: Mapping[str, str], refresh: CredentialRefresh) -> dict[str, str]:
         async with self._lock:

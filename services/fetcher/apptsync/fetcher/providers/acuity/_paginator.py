@@ -104,6 +104,7 @@ class AcuityPaginator:
         self._page_size = page_size
         first_day = (window.start.astimezone(UTC) - COVERAGE_MARGIN).date()
         last_day = (window.end.astimezone(UTC) + COVERAGE_MARGIN).date()
+        self._first_day, self._last_day = first_day, last_day
         self._span_days = FIRST_SPAN_DAYS
         self._near_term_pages = 0
         if cursor is None:
@@ -138,6 +139,14 @@ class AcuityPaginator:
             "span_days": self._span_days,
             "near_term_pages": self._near_term_pages,
         }
+
+    def whole_window_request(self, max_records: int) -> AcuityRequest:
+        """A request covering every day of the job window, as a near-term page: what a page of
+        appointments asked for one by one (the near-term sweep) is filed under; counted as a near-term
+        page, since the sweep's page follows the near term's. Not for sending."""
+        self._near_term_pages += 1
+        return AcuityRequest(min_date=self._first_day, max_date=self._last_day, max_records=max(1, max_records),
+                             near_term=True)
 
     def next_request(self) -> AcuityRequest | None:
         """The request to send next; None once every day of the window has been paged."""

@@ -40,8 +40,22 @@ def acuity_auth_headers(credentials: Mapping[str, str]) -> dict[str, str]:
     raise ProviderAuthError("reauthorization required: the acuity connection has no user_id/api_key or access_token")
 
 
+# The near-term sweep asks for at most this many appointments one by one; more (a mass reschedule)
+# wait for the nightly full sync, which lists every day.
+NEAR_TERM_LOOKUPS_PER_JOB = 50
+
+
 class AcuitySession:
-    """A ProviderSession over Acuity's `GET /appointments` (see AcuityPaginator for the paging)."""
+    """A ProviderSession over Acuity's `GET /appointments` (see AcuityPaginator for the paging).
+
+    The near-term sweep: the near term is walked first and completely, so a stored row of the near
+    term that the walk did not return has moved out of it (rescheduled to a later or earlier day) or
+    is gone. Before leaving the near term the session asks Acuity for each such appointment by id
+    (`GET /appointments/{id}`, at most NEAR_TERM_LOOKUPS_PER_JOB, inside the shared rate budget) and
+    returns what it finds as one more near-term page, so an early-stopping sync also catches a booking
+    moved from tomorrow to next month. A 404 is left to the nightly full sync (a complete walk marks
+    it deleted). The sweep runs only in a session that walked the near term from its beginning (a
+    resumed session no longer knows which keys the walk returned)."""
 
     def __init__(
         self,
@@ -53,6 +67,7 @@ class AcuitySession:
         cursor: JsonValue | None,
         clock: Callable[[], datetime],
         near_term: JobWindow | None = None,
+        state: ConnectionStateStore | None = None,
     ) -> None:
         currency = connection.settings.get("currency", DEFAULT_CURRENCY).strip().upper()
         if not is_currency_code(currency):
@@ -65,6 +80,12 @@ class AcuitySession:
         self._currency = currency
         self._clock = clock
         self._retries = 0
+        self._base_url = (connection.base_url or ACUITY_PUBLIC_API).rstrip("/")
+        self._state = state
+        # The sweep needs the whole near-term walk of this session (see the class docstring).
+        self._sweep_window = near_term if state is not None and cursor is None else None
+        self._near_term_seen: set[str] = set()
+        self.near_term_lookups = 0
 
     @property
     def retries(self) -> int:
@@ -80,7 +101,15 @@ class AcuitySession:
     async def next_page(self) -> ProviderPage | None:
         """See ProviderSession.next_page. Windows that come back empty are walked past, not returned."""
         headers = acuity_auth_headers(self._credentials)
-        while (request := self._paginator.next_request()) is not None:
+        while True:
+            request = self._paginator.next_request()
+            if self._sweep_window is not None and (request is None or not request.near_term):
+                swept = await self._near_term_sweep(self._sweep_window, headers)
+                self._sweep_window = None
+                if swept is not None:
+                    return swept
+            if request is None:
+                return None
             response = await self._http.get_json(
                 source=Source.ACUITY,
                 budget=ACUITY_RATE_BUDGET,
@@ -101,7 +130,7 @@ class AcuitySession:
             if verdict is WindowVerdict.TRUNCATED or not records:
                 continue
             with _tracer.start_as_current_span("normalize", attributes={"apptsync.records": len(records)}):
-                return acuity_page(
+                page = acuity_page(
                     records,
                     request=request,
                     window=self._window,
@@ -109,7 +138,44 @@ class AcuitySession:
                     currency=self._currency,
                     starts=starts,
                 )
-        return None
+            if request.near_term:
+                self._near_term_seen.update(record.external_id for record in page.appointments)
+            return page
+
+    async def _near_term_sweep(self, near_term: JobWindow, headers: Mapping[str, str]) -> ProviderPage | None:
+        """The stored near-term appointments the walk did not return, as Acuity has them now; None
+        when there are none (or Acuity has none of them any more)."""
+        assert self._state is not None
+        missing = sorted(await self._state.stored_external_ids(near_term) - self._near_term_seen)
+        records: list[JsonValue] = []
+        for appointment_id in missing[:NEAR_TERM_LOOKUPS_PER_JOB]:
+            self.near_term_lookups += 1
+            try:
+                response = await self._http.get_json(
+                    source=Source.ACUITY,
+                    budget=ACUITY_RATE_BUDGET,
+                    url=f"{self._base_url}/appointments/{appointment_id}",
+                    params={},
+                    headers=headers,
+                )
+            except ProviderRejectedError as exc:
+                if exc.status_code in (400, 404):  # gone (or never an appointment id): the nightly run decides
+                    continue
+                raise
+            self._retries += response.retries
+            if isinstance(response.body, dict):
+                records.append(response.body)
+        if not records:
+            return None
+        starts = [acuity_start(record) for record in records]
+        # Whatever day they moved to: the page covers every day of the job window (the normalizer
+        # still counts a record outside the window as skipped out of window).
+        lookup = self._paginator.whole_window_request(len(records))
+        with _tracer.start_as_current_span("normalize", attributes={"apptsync.records": len(records)}):
+            return acuity_page(
+                records, request=lookup, window=self._window, observed_at=self._clock(), currency=self._currency,
+                starts=starts,
+            )
 
 
 def open_acuity_session(
@@ -123,9 +189,8 @@ def open_acuity_session(
     state: ConnectionStateStore | None = None,
     near_term: JobWindow | None = None,
 ) -> AcuitySession:
-    """Raises InvalidArgumentError (bad currency, cursor or page size). Acuity keeps no state between
-    jobs, so `state` is not used. `near_term` is walked first (see AcuityPaginator)."""
-    del state
+    """Raises InvalidArgumentError (bad currency, cursor or page size). `near_term` is walked first
+    (see AcuityPaginator); `state` tells the near-term sweep which rows are stored (see AcuitySession)."""
     return AcuitySession(
         http=http,
         connection=connection,
@@ -134,4 +199,5 @@ def open_acuity_session(
         cursor=cursor,
         clock=clock,
         near_term=near_term,
+        state=state,
     )

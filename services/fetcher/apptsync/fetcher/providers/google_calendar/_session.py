@@ -3,6 +3,8 @@ state kept in the connection's state store (no business branching beyond what th
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from urllib.parse import quote
@@ -92,8 +94,9 @@ class GoogleCalendarSession:
 
     @property
     def near_term_pages(self) -> int:
-        """Always 0: this session walks no near term (see open_google_calendar_session)."""
-        return 0
+        """Every page: each one is always fetched (see next_page), so every page the job sent before
+        a resume was one too (JobProgress.resume caps this at the pages actually sent)."""
+        return sys.maxsize
 
     async def next_page(self) -> ProviderPage | None:
         """See ProviderSession.next_page. Empty pages are walked past (never taken as the end); a
@@ -129,7 +132,11 @@ class GoogleCalendarSession:
                     timezone=text_field(body, "timeZone"),
                     name=text_field(body, "summary"),
                 )
-                return google_page(items, listing=listing, window=self._window, fetched_at=self._clock())
+                page = google_page(items, listing=listing, window=self._window, fetched_at=self._clock())
+                # Never a reason to stop early: a sync-token pass holds only changes (each calendar's
+                # must be read to its end, or a later calendar's changes wait for the nightly run),
+                # and a full pass happens only where no token is valid, which a full read repairs.
+                return dataclasses.replace(page, near_term=True)
         raise ProviderRejectedError(
             f"google_calendar sent {_MAX_REQUESTS_PER_CALL} pages in a row without an event", status_code=200
         )
@@ -164,7 +171,8 @@ def open_google_calendar_session(
 ) -> GoogleCalendarSession:
     """Raises InvalidArgumentError (bad cursor or page size). Without a `state` store, sync tokens and
     refreshed tokens live only as long as the session (every import is then a full sync).
-    `near_term` is ignored: an incremental sync lists every change whatever its start time."""
+    `near_term` is ignored: an incremental sync lists every change whatever its start time, and every
+    page counts as near-term (always fetched, never a reason to stop early)."""
     del near_term
     return GoogleCalendarSession(
         http=http,
