@@ -9,9 +9,20 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from apptsync.fetcher.providers import JsonValue
+from apptsync.fetcher.providers.google_calendar import google_page
+from apptsync.shared.pages import build_page
 from apptsync.writer.accounting import DecodedPage, decode_page
 from apptsync.writer.store import write_pages
 from tests.integration.writer.writer_database import job_counters, padded
+from tests.unit.fetcher.test_provider_google_normalizer import (
+    CANCELLED_INSTANCE,
+    DELETED,
+    FETCHED_AT,
+    LISTING,
+    WINDOW,
+    variant,
+)
 from tests.unit.writer.page_builders import T0, TENANT, page, with_stubs
 
 pytestmark = pytest.mark.integration
@@ -98,3 +109,36 @@ async def test_a_result_that_arrives_after_the_job_ended_leaves_its_counts_alone
     assert await connection.fetchval("SELECT count(*) FROM import_job_pages WHERE job_id = $1", job) == 2
     counters = await job_counters(connection, job)  # ...but the ended job keeps its final counts
     assert (counters["pages_written"], counters["inserted"]) == (1, 1)
+
+
+async def test_googles_documented_deletion_payloads_cancel_the_stored_rows(
+    connection: asyncpg.Connection, create_job: CreateJob
+) -> None:
+    """From the provider's payload to the row: Google's deleted event (id and status only) and its
+    cancelled recurring instance (id, recurringEventId, originalStartTime) go through the real
+    normalizer, page encoding and writer, and cancel the rows their full versions stored."""
+    job = await create_job(TENANT)
+    instance = variant(id=CANCELLED_INSTANCE["id"], recurringEventId=CANCELLED_INSTANCE["recurringEventId"],
+                       start=CANCELLED_INSTANCE["originalStartTime"],
+                       end={"dateTime": "2024-03-15T10:30:00+01:00", "timeZone": "Europe/Berlin"})
+    full = [variant(id=DELETED["id"]), instance]
+
+    def google(items: list[JsonValue], page_no: int) -> DecodedPage:
+        provider_page = google_page(items, listing=LISTING, window=WINDOW, fetched_at=FETCHED_AT)
+        message = build_page(job_id=job, tenant_id=TENANT, external_source="google_calendar", connection_id="conn-1",
+                             page_no=page_no, fetched_at=FETCHED_AT, records_fetched=provider_page.records_fetched,
+                             appointments=provider_page.appointments,
+                             skipped_out_of_window=provider_page.skipped_out_of_window,
+                             skipped_invalid=provider_page.skipped_invalid)
+        return decode_page(message.SerializeToString())
+
+    (stored,) = await write_pages(connection, [google(full, 1)])
+    (deleted,) = await write_pages(connection, [google([DELETED, CANCELLED_INSTANCE], 2)])
+
+    assert stored.counts.inserted == 2
+    assert (deleted.counts.updated, deleted.counts.skipped.invalid) == (2, 0)
+    calendar = LISTING.calendar_id
+    assert await status_of(connection) == {
+        f"{calendar}/{DELETED['id']}": ("canceled", False),
+        f"{calendar}/{CANCELLED_INSTANCE['id']}": ("canceled", False),
+    }
