@@ -3,7 +3,7 @@ again with other content, and counts that are final once a job ended (real Postg
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import asyncpg
@@ -123,7 +123,7 @@ async def test_googles_documented_deletion_payloads_cancel_the_stored_rows(
                        end={"dateTime": "2024-03-15T10:30:00+01:00", "timeZone": "Europe/Berlin"})
     full = [variant(id=DELETED["id"]), instance]
 
-    def google(items: list[JsonValue], page_no: int) -> DecodedPage:
+    def google(items: Sequence[JsonValue], page_no: int) -> DecodedPage:
         provider_page = google_page(items, listing=LISTING, window=WINDOW, fetched_at=FETCHED_AT)
         message = build_page(job_id=job, tenant_id=TENANT, external_source="google_calendar", connection_id="conn-1",
                              page_no=page_no, fetched_at=FETCHED_AT, records_fetched=provider_page.records_fetched,
