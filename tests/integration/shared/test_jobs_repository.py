@@ -13,6 +13,7 @@ import pytest
 
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db.migrator import migrate
+from apptsync.shared.db.pool import tenant_transaction
 
 if TYPE_CHECKING:
     # Defined for type checking only (apptsync.shared.db): importing it at run time fails.
@@ -174,98 +175,58 @@ async def insert_appointment(conn: DbConnection, tenant: str, external_id: str, 
     )
 
 
-async def test_reconciliation_marks_unseen_rows_of_the_connection_inside_the_window_once(pool: asyncpg.Pool) -> None:
-    tenant = str(uuid.uuid4())
-    async with pool.acquire() as conn:
-        created, _ = await jobs_db.create_job(conn, new_job(tenant), now=NOW)
-        claimed = await jobs_db.claim_job(conn, lease_owner="w#1", lease_seconds=30, now=NOW)
+async def test_reconciliation_marks_unseen_rows_of_the_connection_inside_the_window_once(
+    database_url: str, service_database_url: str
+) -> None:
+    """As deployed: the tables and functions belong to an owner that is not a superuser (row-level
+    security binds it), and the fetcher calls the function as the service role."""
+    owner_role, owner_password = f"owner_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    superuser = await asyncpg.connect(database_url)
+    try:
+        database = database_url.rsplit("/", 1)[1]
+        await superuser.execute(f"CREATE ROLE {owner_role} LOGIN PASSWORD '{owner_password}'")
+        await superuser.execute(f"ALTER DATABASE {database} OWNER TO {owner_role}")
+    finally:
+        await superuser.close()
+    owner_url = database_url.replace(database_url.split("//", 1)[1].split("@", 1)[0], f"{owner_role}:{owner_password}")
+    owner = await asyncpg.connect(owner_url)
+    service = await asyncpg.connect(service_database_url)
+    try:
+        await migrate(owner)
+        tenant = str(uuid.uuid4())
+        async with tenant_transaction(service, tenant):
+            created, _ = await jobs_db.create_job(service, new_job(tenant), now=NOW)
+        claimed = await jobs_db.claim_job(service, lease_owner="w#1", lease_seconds=30, now=NOW)
         assert claimed is not None and claimed.job_id == created.job_id
         inside = NOW + timedelta(hours=1)
-        for external_id in ("seen", "gone"):
-            await insert_appointment(conn, tenant, external_id, starts_at=inside)
-        await insert_appointment(conn, tenant, "outside-window", starts_at=NOW + timedelta(days=3))
-        await insert_appointment(conn, tenant, "other-connection", starts_at=inside, connection_id="other")
-        await insert_appointment(conn, tenant, "other-source", starts_at=inside, source="calendly")
-        await conn.execute(
-            """INSERT INTO import_job_pages (job_id, page_no, tenant_id, records_fetched, inserted, updated,
-                   unchanged, skipped_out_of_window, skipped_invalid, skipped_dead_letter,
-                   skipped_duplicate_in_page, contacts_unmatched, external_ids)
-               VALUES ($1::uuid, 1, $2::uuid, 1, 0, 0, 1, 0, 0, 0, 0, 0, ARRAY['seen'])""",
-            created.job_id, tenant,
-        )
+        async with tenant_transaction(owner, tenant):
+            for external_id in ("seen", "gone"):
+                await insert_appointment(owner, tenant, external_id, starts_at=inside)
+            await insert_appointment(owner, tenant, "outside-window", starts_at=NOW + timedelta(days=3))
+            await insert_appointment(owner, tenant, "other-connection", starts_at=inside, connection_id="other")
+            await insert_appointment(owner, tenant, "other-source", starts_at=inside, source="calendly")
+            await owner.execute(
+                """INSERT INTO import_job_pages (job_id, page_no, tenant_id, records_fetched, inserted, updated,
+                       unchanged, skipped_out_of_window, skipped_invalid, skipped_dead_letter,
+                       skipped_duplicate_in_page, contacts_unmatched, external_ids)
+                   VALUES ($1::uuid, 1, $2::uuid, 1, 0, 0, 1, 0, 0, 0, 0, 0, ARRAY['seen'])""",
+                created.job_id, tenant,
+            )
 
         with pytest.raises(jobs_db.LeaseLostError):
-            await jobs_db.reconcile_deletions(conn, job_id=created.job_id, lease_owner="intruder", now=NOW)
-        assert await jobs_db.reconcile_deletions(conn, job_id=created.job_id, lease_owner="w#1", now=NOW) == 1
-        assert await jobs_db.reconcile_deletions(conn, job_id=created.job_id, lease_owner="w#1", now=NOW) == 0
+            await jobs_db.reconcile_deletions(service, job_id=created.job_id, lease_owner="intruder", now=NOW)
+        async with service.transaction():
+            assert await jobs_db.reconcile_deletions(service, job_id=created.job_id, lease_owner="w#1", now=NOW) == 1
+            # The function acted as the job's tenant only for its own statement.
+            assert await service.fetchval("SELECT current_setting('app.tenant_id', true)") in ("", None)
+        assert await jobs_db.reconcile_deletions(service, job_id=created.job_id, lease_owner="w#1", now=NOW) == 0
 
-        deleted = await conn.fetch("SELECT external_id FROM appointments WHERE deleted_at IS NOT NULL")
+        async with tenant_transaction(owner, tenant):
+            deleted = await owner.fetch("SELECT external_id FROM appointments WHERE deleted_at IS NOT NULL")
         assert [row["external_id"] for row in deleted] == ["gone"]
-        finished = await jobs_db.finish_job(conn, job_id=created.job_id, lease_owner="w#1", state="SUCCEEDED",
+        finished = await jobs_db.finish_job(service, job_id=created.job_id, lease_owner="w#1", state="SUCCEEDED",
                                             stop_reason="provider exhausted", error="", now=NOW)
         assert finished.counts["deleted"] == 1
-
-
-async def test_a_key_reused_by_another_connection_is_refused_and_writes_nothing(pool: asyncpg.Pool) -> None:
-    tenant = str(uuid.uuid4())
-    fingerprint: dict[str, jobs_db.FingerprintValue] = {"window.start": None, "options.page_size": 0}
-    async with pool.acquire() as conn:
-        first, _ = await jobs_db.create_job(conn, new_job(tenant, "one", "k", fingerprint), now=NOW)
-        before = await job_count(pool)
-        with pytest.raises(jobs_db.IdempotencyKeyReusedError) as caught:
-            await jobs_db.create_job(conn, new_job(tenant, "two", "k", fingerprint), now=NOW)
-        assert caught.value.job_id == first.job_id
-        assert caught.value.differences == ["connection_id"]
-        other_options = new_job(tenant, "one", "k", {**fingerprint, "options.page_size": 5})
-        with pytest.raises(jobs_db.IdempotencyKeyReusedError) as caught:
-            await jobs_db.create_job(conn, other_options, now=NOW)
-        assert caught.value.differences == ["options.page_size"]
-        assert await job_count(pool) == before
-        again, existed = await jobs_db.create_job(conn, new_job(tenant, "one", "k", dict(fingerprint)), now=NOW)
-        assert existed
-        assert again.job_id == first.job_id
-        # The key is the tenant's: another tenant's request with it is a request of its own.
-        elsewhere, existed = await jobs_db.create_job(conn, new_job(str(uuid.uuid4()), "two", "k"), now=NOW)
-        assert not existed
-        assert elsewhere.job_id != first.job_id
-
-
-async def test_a_job_keyed_before_fingerprints_were_stored_is_compared_on_source_and_connection(
-    pool: asyncpg.Pool,
-) -> None:
-    tenant = str(uuid.uuid4())
-    async with pool.acquire() as conn:
-        legacy, _ = await jobs_db.create_job(conn, new_job(tenant, "one", "k"), now=NOW)
-        stored = await conn.fetchval(
-            "SELECT request_fingerprint FROM import_jobs WHERE job_id = $1", uuid.UUID(legacy.job_id)
-        )
-        assert stored is None
-        fingerprint: dict[str, jobs_db.FingerprintValue] = {"options.page_size": 0}
-        again, existed = await jobs_db.create_job(conn, new_job(tenant, "one", "k", fingerprint), now=NOW)
-        assert existed
-        assert again.job_id == legacy.job_id
-        with pytest.raises(jobs_db.IdempotencyKeyReusedError):
-            await jobs_db.create_job(conn, new_job(tenant, "two", "k", fingerprint), now=NOW)
-
-
-async def test_concurrent_uses_of_one_key_by_two_connections_make_one_job_and_refuse_the_rest(
-    pool: asyncpg.Pool,
-) -> None:
-    tenant = str(uuid.uuid4())
-
-    async def create(connection_id: str) -> tuple[jobs_db.JobRecord, bool] | jobs_db.IdempotencyKeyReusedError:
-        async with pool.acquire() as conn:
-            try:
-                return await jobs_db.create_job(conn, new_job(tenant, connection_id, "k", {}), now=NOW)
-            except jobs_db.IdempotencyKeyReusedError as exc:
-                return exc
-
-    results = await asyncio.gather(*(create(("one", "two")[i % 2]) for i in range(20)))
-    jobs = [r for r in results if not isinstance(r, jobs_db.IdempotencyKeyReusedError)]
-    refusals = [r for r in results if isinstance(r, jobs_db.IdempotencyKeyReusedError)]
-    assert len({job.job_id for job, _ in jobs}) == 1
-    assert sum(not existed for _, existed in jobs) == 1
-    winner = jobs[0][0].connection_id
-    assert len(jobs) == 10 and all(job.connection_id == winner for job, _ in jobs)
-    assert len(refusals) == 10 and all(r.job_id == jobs[0][0].job_id for r in refusals)
-    assert await job_count(pool) == 1
+    finally:
+        await owner.close()
+        await service.close()

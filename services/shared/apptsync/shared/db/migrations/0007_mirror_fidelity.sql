@@ -44,6 +44,7 @@ CREATE FUNCTION apptsync_reconcile_job(p_job_id uuid, p_worker_id text, p_now ti
 DECLARE
     j import_jobs;
     marked bigint;
+    caller_tenant text := current_setting('app.tenant_id', true);
 BEGIN
     SELECT * INTO j FROM import_jobs
     WHERE job_id = p_job_id AND state = 'RUNNING' AND lease_owner = p_worker_id
@@ -51,6 +52,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
+    -- appointments has no owner policy: act as the job's tenant (row-level security still binds the
+    -- owner, so this statement can reach no other tenant's rows), then give the caller's setting back.
+    PERFORM set_config('app.tenant_id', j.tenant_id::text, true);
     -- The keys seen, once, as a hash anti-join: probing every page's array per row would cost
     -- rows x pages.
     WITH seen AS MATERIALIZED (
@@ -65,6 +69,7 @@ BEGIN
       AND a.deleted_at IS NULL
       AND NOT EXISTS (SELECT 1 FROM seen WHERE seen.external_id = a.external_id);
     GET DIAGNOSTICS marked = ROW_COUNT;
+    PERFORM set_config('app.tenant_id', COALESCE(caller_tenant, ''), true);
     UPDATE import_jobs SET deleted = deleted + marked, updated_at = now() WHERE job_id = j.job_id;
     RETURN marked;
 END
