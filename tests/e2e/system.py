@@ -14,7 +14,7 @@ from typing import Protocol
 import asyncpg
 import grpc
 
-from apptsync.cli.devstack import ServiceSet
+from apptsync.cli.devstack import ServiceSet, format_dev_keyring
 from apptsync.gateway.auth import token_digest
 from apptsync.shared.counts import counts_add_up
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
@@ -60,6 +60,22 @@ def system_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     }
     env.update(overrides)
     return env
+
+
+def service_set(
+    *, database_url: str, service_database_url: str, bootstrap_servers: str, tmp_path: Path, env: dict[str, str]
+) -> ServiceSet:
+    """Gateway, fetcher, writer and simulator for one test: the services connect as the role row-level
+    security binds (`service_database_url`); migrations and the tests' checks of the truth use the
+    owner (`database_url`). A fresh credentials keyring each time; logs under `tmp_path/logs`."""
+    return ServiceSet(
+        database_url=service_database_url,
+        migration_database_url=database_url,
+        bootstrap_servers=bootstrap_servers,
+        log_dir=tmp_path / "logs",
+        credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
+        extra_env=env,
+    )
 
 
 async def count_job_and_connection_rows(database_url: str) -> tuple[int, int]:

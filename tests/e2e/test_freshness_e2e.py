@@ -24,7 +24,6 @@ import grpc
 import httpx
 import pytest
 
-from apptsync.cli.devstack import ServiceSet, format_dev_keyring
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (
@@ -33,6 +32,7 @@ from tests.e2e.system import (
     TERMINAL,
     RunningSystem,
     assert_counts_add_up,
+    service_set,
     system_env,
     wait_for_job,
 )
@@ -70,13 +70,12 @@ async def fresh_system(
 ) -> AsyncIterator[RunningSystem]:
     """The services with the fetcher's default freshness horizon (14 days) and accounts of 2,000
     bookings; Calendly's per-user rate limit is lifted so the full imports do not wait minutes."""
-    services = ServiceSet(
-        database_url=service_database_url,
-        migration_database_url=database_url,
+    services = service_set(
+        database_url=database_url,
+        service_database_url=service_database_url,
         bootstrap_servers=broker.bootstrap_servers,
-        log_dir=tmp_path / "logs",
-        credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
-        extra_env=system_env(tmp_path, APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT=str(ACCOUNT_SIZE)),
+        tmp_path=tmp_path,
+        env=system_env(tmp_path, APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT=str(ACCOUNT_SIZE)),
     )
     async with services, grpc.aio.insecure_channel(services.addresses.gateway_address) as channel:
         async with httpx.AsyncClient(base_url=services.addresses.simulator_url, timeout=30) as simulator:

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,11 +26,10 @@ from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
 from apptsync.cli.client import sync_all_key
-from apptsync.cli.devstack import ServiceSet, format_dev_keyring
 from apptsync.gateway.auth import token_digest
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.containers.fixtures import BrokerContainer
-from tests.e2e.system import TENANT_ID, RunningSystem, count_job_and_connection_rows, system_env
+from tests.e2e.system import TENANT_ID, RunningSystem, count_job_and_connection_rows, service_set, system_env
 
 pytestmark = pytest.mark.e2e
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -55,13 +53,12 @@ async def sync_system(
         tmp_path,
         APPTSYNC_GATEWAY_AUTH_TOKENS_FILE=str(tokens_file),
     )
-    services = ServiceSet(
-        database_url=service_database_url,
-        migration_database_url=database_url,
+    services = service_set(
+        database_url=database_url,
+        service_database_url=service_database_url,
         bootstrap_servers=broker.bootstrap_servers,
-        log_dir=tmp_path / "logs",
-        credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
-        extra_env=env,
+        tmp_path=tmp_path,
+        env=env,
     )
     async with services, grpc.aio.insecure_channel(services.addresses.gateway_address) as channel:
         yield RunningSystem(

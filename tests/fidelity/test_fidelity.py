@@ -7,14 +7,12 @@ seed, the first differing row and the command that replays it (see tests/fidelit
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
 
-from apptsync.cli.devstack import ServiceSet, format_dev_keyring
 from tests.containers.fixtures import BrokerContainer
-from tests.e2e.system import system_env
+from tests.e2e.system import service_set, system_env
 from tests.fidelity.harness import (
     FidelityConfig,
     FidelitySystem,
@@ -45,13 +43,12 @@ async def test_the_mirror_equals_the_provider_through_the_shipped_schedule(
         APPTSYNC_GATEWAY_AUTH_TOKENS_FILE=str(gateway_tokens),
         **simulator_env(seed, APPOINTMENTS_PER_ACCOUNT),
     )
-    services = ServiceSet(
-        database_url=service_database_url,
-        migration_database_url=database_url,
+    services = service_set(
+        database_url=database_url,
+        service_database_url=service_database_url,
         bootstrap_servers=broker.bootstrap_servers,
-        log_dir=tmp_path / "logs",
-        credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
-        extra_env=env,
+        tmp_path=tmp_path,
+        env=env,
     )
     async with services:
         system = FidelitySystem(
