@@ -431,15 +431,31 @@ async def run_seed(
 
 def near_term_keys(applied: Sequence[Mapping[str, object]]) -> list[tuple[str, str]]:
     """(provider, key) of every record a near-term new booking, reschedule or cancellation touched
-    (a Google deletion is its cancellation), once each, in order."""
-    keys: list[tuple[str, str]] = []
+    (a Google deletion is its cancellation), once each, in order.
+
+    A record is near-term when it was before the batch (as the mirror may hold it: the first
+    mutation's `near_term_before`) or is after it (the last mutation's `near_term_after`); what it
+    was between two mutations of one batch no sync could see (a booking made for tomorrow and moved
+    to next month before the next sync is a far-future booking). Records a mutation creates besides
+    its own (a Calendly reschedule's new booking) count when that mutation was near-term."""
+    before: dict[tuple[str, str], bool] = {}
+    after: dict[tuple[str, str], bool] = {}
+    related_of_near: list[tuple[str, str]] = []
+    touched: list[tuple[str, str]] = []
     for m in applied:
+        key = (str(m["provider"]), str(m["key"]))
+        before.setdefault(key, bool(m["near_term_before"]))
+        after[key] = bool(m["near_term_after"])
         cancels = m["kind"] in NEAR_TERM_KINDS or (m["provider"] == "google" and m["kind"] == "delete")
-        if cancels and (m["near_term_before"] or m["near_term_after"]):
-            related = m["related_keys"]
-            assert isinstance(related, list)
-            keys += [(str(m["provider"]), str(key)) for key in [m["key"], *related]]
-    return list(dict.fromkeys(keys))
+        if not cancels:
+            continue
+        touched.append(key)
+        related = m["related_keys"]
+        assert isinstance(related, list)
+        if m["near_term_before"] or m["near_term_after"]:
+            related_of_near += [(key[0], str(related_key)) for related_key in related]
+    near = [key for key in touched if before[key] or after[key]]
+    return list(dict.fromkeys(near + related_of_near))
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,7 +142,18 @@ def test_near_term_changes_are_counted_once_and_missed_ones_named() -> None:
         {"provider": "calendly", "kind": "cancel", "key": "OLD", "related_keys": [], "near_term_before": True,
          "near_term_after": True},
     ]  # fmt: skip
-    assert near_term_keys(applied) == [("calendly", "OLD"), ("calendly", "NEW"), ("google", "c/e")]
+    assert near_term_keys(applied) == [("calendly", "OLD"), ("google", "c/e"), ("calendly", "NEW")]
+    # Made for tomorrow and moved to next month before any sync could see it: a far-future booking.
+    made_and_moved: list[dict[str, object]] = [
+        {"provider": "acuity", "kind": "new", "key": "9", "related_keys": [], "near_term_before": False,
+         "near_term_after": True},
+        {"provider": "acuity", "kind": "reschedule", "key": "9", "related_keys": [], "near_term_before": True,
+         "near_term_after": False},
+    ]  # fmt: skip
+    assert near_term_keys(made_and_moved) == []
+    # Stored in the near term and moved away: near-term (the mirror must not keep tomorrow's time).
+    moved_away = [{**made_and_moved[1], "key": "8"}]
+    assert near_term_keys(moved_away) == [("acuity", "8")]
     truth = {("acuity", "1"): expected(), ("acuity", "2"): expected(external_id="2", deleted=True)}
     rows = {("acuity", "1"): stored(status="canceled")}
     missed = missed_changes([("acuity", "1"), ("acuity", "2"), ("acuity", "3")], truth, rows)
