@@ -57,7 +57,7 @@ import asyncpg
 import grpc
 import httpx
 
-from apptsync.cli.devstack import DevStack
+from apptsync.cli.devstack import DevStack, durability_settings
 from apptsync.shared.counts import counts_add_up
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
@@ -376,11 +376,15 @@ class MainPhase:
     resync_problems: list[str]
     legacy: Baseline
     floor: Baseline
+    durability: dict[str, str]  # as the server reported it (SHOW)
 
 
 async def main_phase(args: argparse.Namespace, state_dir: Path) -> MainPhase:
     env = stack_env(args.appointments, args.spread_days, args.provider_requests_per_second)
-    async with DevStack(state_dir, gateway_port=None, extra_env=env, ready_timeout_seconds=600) as stack:
+    async with DevStack(
+        state_dir, gateway_port=None, extra_env=env, ready_timeout_seconds=600,
+        fast_unsafe_postgres=args.fsync == "off",
+    ) as stack:
         count, expected_ids = await simulator_ids(stack.addresses.simulator_url, keep=True)
         async with grpc.aio.insecure_channel(stack.addresses.gateway_address) as channel:
             stub = imports_pb2_grpc.ImportServiceStub(channel)
@@ -409,18 +413,22 @@ async def main_phase(args: argparse.Namespace, state_dir: Path) -> MainPhase:
                     resync_problems.append(f"re-sync {job.job_id}: {imports_pb2.JobState.Name(job.state)} {job.counts}")
         owner = await connect_as_tenant(stack.postgres.database_url)
         try:
+            durability = await durability_settings(owner)
             rows = await stored_rows(owner)
             floor = await copy_floor(owner, rows)
         finally:
             await owner.close()
         print(f"COPY floor: {floor.rows_per_second:,.0f} rows/s; legacy algorithm on {len(rows):,} rows...", flush=True)
         old = await legacy(stack.postgres.database_url, rows[: args.legacy_rows or None])
-    return MainPhase(run, latencies, resync_problems, old, floor)
+    return MainPhase(run, latencies, resync_problems, old, floor, durability)
 
 
 async def large_phase(args: argparse.Namespace, state_dir: Path) -> ImportRun:
     env = stack_env(args.large_appointments, args.large_spread_days, args.provider_requests_per_second)
-    async with DevStack(state_dir, gateway_port=None, extra_env=env, ready_timeout_seconds=900) as stack:
+    async with DevStack(
+        state_dir, gateway_port=None, extra_env=env, ready_timeout_seconds=900,
+        fast_unsafe_postgres=args.fsync == "off",
+    ) as stack:
         count, _ = await simulator_ids(stack.addresses.simulator_url, keep=False)
         async with grpc.aio.insecure_channel(stack.addresses.gateway_address) as channel:
             stub = imports_pb2_grpc.ImportServiceStub(channel)
@@ -457,6 +465,7 @@ def report_lines(
         f"import: Acuity simulator -> fetcher -> Tansu -> writer -> PostgreSQL (embedded stack, 127.0.0.1), "
         f"pages of {args.page_size}, {args.max_in_flight} pages in flight, provider budget lifted to "
         f"{args.provider_requests_per_second:g} requests/s",
+        f"PostgreSQL as it reported itself: {', '.join(f'{name}={value}' for name, value in main.durability.items())}",
         "",
         f"{'approach':<34}{'rows':>11}{'seconds':>10}{'rows/s':>11}{'vs legacy':>11}{'vs COPY floor':>15}",
     ]
@@ -516,6 +525,7 @@ def report_lines(
         "page_size": args.page_size,
         "max_in_flight_pages": args.max_in_flight,
         "provider_requests_per_second": args.provider_requests_per_second,
+        **{f"postgres_{name}": value for name, value in main.durability.items()},
         "e2e_seconds": round(run.seconds, 4),
         "e2e_appointments_per_second": round(e2e, 1),
         "e2e_pages": c.pages_fetched,
@@ -597,6 +607,11 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--legacy-rows", type=int, default=0, help="rows the legacy algorithm writes; 0: all")
     parser.add_argument("--timeout-seconds", type=float, default=600.0, help="per import (x10 for the large one)")
     parser.add_argument("--output", type=Path, default=Path("bench-results/e2e.txt"))
+    parser.add_argument(
+        "--fsync", choices=["on", "off"], default="on",
+        help="on: PostgreSQL durable (fsync, synchronous_commit, full_page_writes on), as production runs; "
+             "off: all three off (fast, unsafe)",
+    )
     return parser.parse_args(argv)
 
 

@@ -4,9 +4,10 @@ Starts the embedded stack (PostgreSQL, Tansu, simulator, gateway, fetcher, write
 127.0.0.1), imports one tenant fully, then runs `--runs` early-stopping re-syncs (NO_NEW_RECORDS: the
 first page has nothing new, so the job stops after page 1) and reports p50 / p95 of the wall time from
 sending StartImport to receiving the SUCCEEDED snapshot on WatchJob. Prints a table; the last line is
-one JSON object with the figures in seconds. Asserts nothing about time.
+one JSON object with the figures in seconds and the PostgreSQL durability settings the server reported
+(`postgres_fsync` ...). Asserts nothing about time.
 
-    .venv/bin/python benchmarks/bench_resync.py [--runs 20] [--appointments 2000]
+    .venv/bin/python benchmarks/bench_resync.py [--runs 20] [--appointments 2000] [--fsync on|off]
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import grpc
 
-from apptsync.cli.devstack import DevStack
+from apptsync.cli.devstack import DevStack, durability_settings
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
@@ -54,14 +56,19 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-async def main(runs: int, appointments: int) -> dict[str, float | int | str]:
+async def main(runs: int, appointments: int, *, fast_unsafe_postgres: bool) -> dict[str, float | int | str]:
     state_dir = Path(tempfile.mkdtemp(prefix="apptsync-bench-resync-"))
     env = {"APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT": str(appointments)}
     try:
         async with (
-            DevStack(state_dir, gateway_port=None, extra_env=env) as stack,
+            DevStack(state_dir, gateway_port=None, extra_env=env, fast_unsafe_postgres=fast_unsafe_postgres) as stack,
             grpc.aio.insecure_channel(stack.addresses.gateway_address) as channel,
         ):
+            owner = await asyncpg.connect(stack.postgres.database_url)
+            try:
+                durability = await durability_settings(owner)
+            finally:
+                await owner.close()
             stub = imports_pb2_grpc.ImportServiceStub(channel)
             await stub.PutConnection(
                 imports_pb2.PutConnectionRequest(
@@ -93,6 +100,7 @@ async def main(runs: int, appointments: int) -> dict[str, float | int | str]:
         shutil.rmtree(state_dir, ignore_errors=True)
     return {
         "machine": f"{platform.machine()} {platform.system()}, {len(__import__('os').sched_getaffinity(0))} cores",
+        **{f"postgres_{name}": value for name, value in durability.items()},
         "initial_import_records": full.counts.records_fetched,
         "initial_import_seconds": round(full_seconds, 4),
         "resync_runs": runs,
@@ -107,8 +115,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--appointments", type=int, default=2000)
+    parser.add_argument(
+        "--fsync", choices=["on", "off"], default="on",
+        help="on: PostgreSQL durable (fsync, synchronous_commit, full_page_writes on), as production runs; "
+             "off: all three off (fast, unsafe)",
+    )
     arguments = parser.parse_args()
-    figures = asyncio.run(main(arguments.runs, arguments.appointments))
+    figures = asyncio.run(main(arguments.runs, arguments.appointments, fast_unsafe_postgres=arguments.fsync == "off"))
     for name, value in figures.items():
         print(f"{name:28} {value}")
     print(json.dumps(figures))

@@ -27,6 +27,8 @@ import argparse
 import asyncio
 import gc
 import json
+import os
+import platform
 import random
 import statistics
 import sys
@@ -41,7 +43,7 @@ from typing import Any
 
 import asyncpg
 
-from apptsync.cli.devstack import EmbeddedPostgres
+from apptsync.cli.devstack import EmbeddedPostgres, durability_settings, server_settings_for
 from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, Money
 from apptsync.shared.db.migrator import migrate
 from apptsync.shared.pages import build_page
@@ -333,8 +335,9 @@ async def legacy(owner_url: str, pages: dict[str, list[DecodedPage]], rows: int)
 # --------------------------------------------------------------------------- main
 
 
-def report(scenarios: Sequence[Scenario]) -> None:
-    print(f"\n{'scenario':<18}{'rows':>9}{'seconds':>10}{'rows/s':>11}{'page p50 ms':>13}{'page p99 ms':>13}"
+def report(scenarios: Sequence[Scenario], durability: dict[str, str]) -> None:
+    print(f"\nPostgreSQL as it reported itself: {', '.join(f'{name}={value}' for name, value in durability.items())}")
+    print(f"{'scenario':<18}{'rows':>9}{'seconds':>10}{'rows/s':>11}{'page p50 ms':>13}{'page p99 ms':>13}"
           f"{'WAL MB':>9}{'appt tuples':>13}{'contact tup':>13}")
     for s in scenarios:
         p50 = f"{s.percentile_seconds(0.5) * 1000:.1f}" if s.page_seconds else "-"
@@ -349,12 +352,16 @@ async def benchmark(args: argparse.Namespace) -> int:
     records = records_for(rng, args.rows, tenants, args.clients_per_tenant)
     changed = {r.external_id: 1 for r in rng.sample(records, args.rows // 10)}
     with tempfile.TemporaryDirectory(prefix="apptsync-bench-") as state:
-        async with EmbeddedPostgres(Path(state)) as postgres:
+        settings = server_settings_for(fast_unsafe=args.fsync == "off")
+        async with EmbeddedPostgres(Path(state), server_settings=settings) as postgres:
             owner = await asyncpg.connect(postgres.database_url)
             try:
                 await migrate(owner)
+                durability = await durability_settings(owner)
                 print(f"PostgreSQL {await owner.fetchval('SHOW server_version')} on 127.0.0.1:{postgres.port}, "
-                      f"fsync={await owner.fetchval('SHOW fsync')}; {args.rows:,} rows, pages of {args.page_rows}, "
+                      f"{', '.join(f'{name}={value}' for name, value in durability.items())}; "
+                      f"machine {platform.machine()}, {len(os.sched_getaffinity(0))} cores; "
+                      f"{args.rows:,} rows, pages of {args.page_rows}, "
                       f"{args.batch_pages} pages per transaction, {args.workers} writer connections, "
                       f"{args.tenants} tenants; the writer connects as {postgres.service_role} (row-level security on)")
                 prepared = time.perf_counter()
@@ -384,9 +391,10 @@ async def benchmark(args: argparse.Namespace) -> int:
             old = await legacy(postgres.database_url, first_pages, args.legacy_rows)
 
     scenarios = [first, rerun, update, floor, old]
-    report(scenarios)
-    figures: dict[str, float | int] = {"rows": args.rows, "page_rows": args.page_rows,
-                                       "batch_pages": args.batch_pages, "workers": args.workers}
+    report(scenarios, durability)
+    figures: dict[str, float | int | str] = {"rows": args.rows, "page_rows": args.page_rows,
+                                             "batch_pages": args.batch_pages, "workers": args.workers}
+    figures |= {f"postgres_{name}": value for name, value in durability.items()}
     for key, s in (("first_load", first), ("identical_rerun", rerun), ("changed_10pct", update)):
         figures |= {
             f"{key}_rows_per_second": round(s.rows_per_second, 1),
@@ -427,6 +435,11 @@ def main() -> int:
     parser.add_argument("--clients-per-tenant", type=int, default=8_000)
     parser.add_argument("--legacy-rows", type=int, default=100_000, help="rows the legacy algorithm writes")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--fsync", choices=["on", "off"], default="on",
+        help="on: PostgreSQL durable (fsync, synchronous_commit, full_page_writes on), as production runs; "
+             "off: all three off (fast, unsafe)",
+    )
     return asyncio.run(benchmark(parser.parse_args()))
 
 

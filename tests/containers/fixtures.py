@@ -421,6 +421,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     rm -f /tmp/apptsync-pwfile
     echo "apptsync: initdb done"
 fi
+# fsync, synchronous_commit and full_page_writes off: these servers check correctness on throwaway
+# data and no figure is taken from them; the benchmarks run durable (see benchmarks/).
 exec postgres -D "$PGDATA" -h 127.0.0.1 -p "$APPTSYNC_PG_PORT" -k /tmp \
     -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
     -c max_connections=200

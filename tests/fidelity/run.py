@@ -30,7 +30,13 @@ import asyncpg
 # Run as a script from the repository root: make `tests.*` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from apptsync.cli.devstack import EmbeddedBroker, EmbeddedPostgres, ServiceSet, format_dev_keyring
+from apptsync.cli.devstack import (
+    FAST_UNSAFE_SERVER_SETTINGS,
+    EmbeddedBroker,
+    EmbeddedPostgres,
+    ServiceSet,
+    format_dev_keyring,
+)
 from apptsync.cli.devstack.postgres import postgres_url, quote_identifier
 from tests.e2e.system import system_env
 from tests.fidelity.harness import (
@@ -99,7 +105,12 @@ async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="apptsync-fidelity-") as scratch:
         state_dir = Path(args.state_dir) if args.state_dir else Path(scratch)
         reports: list[SeedReport] = []
-        async with EmbeddedPostgres(state_dir / "postgres") as postgres, EmbeddedBroker(state_dir / "logs") as broker:
+        # A correctness harness on throwaway data, not a source of figures: fsync off is fine here.
+        fast = FAST_UNSAFE_SERVER_SETTINGS
+        async with (
+            EmbeddedPostgres(state_dir / "postgres", server_settings=fast) as postgres,
+            EmbeddedBroker(state_dir / "logs") as broker,
+        ):
             for seed in seeds:
                 config = FidelityConfig(
                     seed=seed,

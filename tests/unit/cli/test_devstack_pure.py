@@ -20,11 +20,13 @@ from apptsync.cli.devstack.environment import (
 from apptsync.cli.devstack.keyring import format_dev_keyring
 from apptsync.cli.devstack.ports import choose_port
 from apptsync.cli.devstack.postgres import (
+    DEFAULT_SERVER_SETTINGS,
     initdb_argv,
     plan_postgres_layout,
     postgres_argv,
     postgres_url,
     quote_identifier,
+    server_settings_for,
 )
 from apptsync.cli.devstack.postmaster import PostmasterState, classify_postmaster, parse_postmaster_pid
 from apptsync.cli.devstack.probes import GrpcHealthProbe, HttpGetProbe
@@ -247,7 +249,7 @@ def test_each_service_has_a_readiness_probe_on_its_own_address() -> None:
 # ---------------------------------------------------------------- argv and paths
 
 
-def test_postgres_listens_on_loopback_with_fsync_off() -> None:
+def test_postgres_listens_on_loopback_with_the_settings_asked_for() -> None:
     layout = plan_postgres_layout(Path("/state"))
     argv = postgres_argv(Path("/pg/bin"), layout, 5999, {"fsync": "off"})
     assert argv[0] == "/pg/bin/postgres"
@@ -256,6 +258,16 @@ def test_postgres_listens_on_loopback_with_fsync_off() -> None:
     assert argv[argv.index("-k") + 1] == "/state/postgres/run"
     assert argv[argv.index("-D") + 1] == "/state/postgres/data"
     assert "fsync=off" in argv
+
+
+def test_postgres_is_durable_unless_the_fast_unsafe_mode_is_asked_for() -> None:
+    layout = plan_postgres_layout(Path("/state"))
+    durable = postgres_argv(Path("/pg/bin"), layout, 5999, DEFAULT_SERVER_SETTINGS)
+    fast = postgres_argv(Path("/pg/bin"), layout, 5999, server_settings_for(fast_unsafe=True))
+
+    assert server_settings_for(fast_unsafe=False) == DEFAULT_SERVER_SETTINGS
+    assert {"fsync=on", "synchronous_commit=on", "full_page_writes=on"} <= set(durable)
+    assert {"fsync=off", "synchronous_commit=off", "full_page_writes=off"} <= set(fast)
 
 
 def test_initdb_uses_trust_auth_and_the_postgres_superuser() -> None:

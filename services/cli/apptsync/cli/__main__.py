@@ -155,13 +155,15 @@ def _cmd_migrate(_args: argparse.Namespace) -> int:
 def _cmd_dev_up(args: argparse.Namespace) -> int:
     from apptsync.cli.devstack import dev_up
 
-    return asyncio.run(dev_up(Path(args.state_dir)))
+    return asyncio.run(dev_up(Path(args.state_dir), fast_unsafe_postgres=args.fast_unsafe_postgres))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from apptsync.cli.demo import run_demo
 
-    return asyncio.run(run_demo(Path(args.state_dir), as_json=args.json))
+    return asyncio.run(
+        run_demo(Path(args.state_dir), as_json=args.json, fast_unsafe_postgres=args.fast_unsafe_postgres)
+    )
 
 
 def _client(args: argparse.Namespace, *, name: str) -> int:
@@ -169,6 +171,12 @@ def _client(args: argparse.Namespace, *, name: str) -> int:
 
     handler: Callable[[argparse.Namespace], int] = getattr(client, name)
     return handler(args)
+
+
+FAST_UNSAFE_POSTGRES_HELP = (
+    "run PostgreSQL with fsync, synchronous_commit and full_page_writes off: faster, and a crash of the "
+    "machine can corrupt its data (default: durable)"
+)
 
 
 def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
@@ -190,11 +198,13 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
     dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="DEV_COMMAND")
     up = dev_commands.add_parser("up", help="start PostgreSQL, the broker, the simulator and all services")
     up.add_argument("--state-dir", default=".apptsync/dev", help="where data and logs live")
+    up.add_argument("--fast-unsafe-postgres", action="store_true", help=FAST_UNSAFE_POSTGRES_HELP)
     up.set_defaults(handler=_cmd_dev_up)
 
     demo = commands.add_parser("demo", help="start the embedded stack and run two real imports")
     demo.add_argument("--state-dir", default=".apptsync/demo", help="where data and logs live")
     demo.add_argument("--json", action="store_true", help="print both final jobs as JSON")
+    demo.add_argument("--fast-unsafe-postgres", action="store_true", help=FAST_UNSAFE_POSTGRES_HELP)
     demo.set_defaults(handler=_cmd_demo)
 
     def client_command(name: str, text: str) -> argparse.ArgumentParser:

@@ -58,8 +58,11 @@ class Verification:
         )
 
 
-async def run_demo(state_dir: Path, *, as_json: bool, now: datetime | None = None) -> int:
-    """Runs the demo; returns 0 when both imports behaved and the database matches the source."""
+async def run_demo(
+    state_dir: Path, *, as_json: bool, now: datetime | None = None, fast_unsafe_postgres: bool = False
+) -> int:
+    """Runs the demo; returns 0 when both imports behaved and the database matches the source.
+    PostgreSQL runs durable unless `fast_unsafe_postgres` (see DevStack)."""
     console = Console(stderr=True)
     moment = now or datetime.now(UTC)
     window_start, window_end = moment - timedelta(days=DEMO_WINDOW_DAYS), moment + timedelta(days=DEMO_WINDOW_DAYS)
@@ -70,7 +73,9 @@ async def run_demo(state_dir: Path, *, as_json: bool, now: datetime | None = Non
         "APPTSYNC_KAFKA_SESSION_TIMEOUT_MS": "6000",
         "APPTSYNC_KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
     }
-    async with DevStack(state_dir, gateway_port=None, extra_env=extra_env) as stack:
+    async with DevStack(
+        state_dir, gateway_port=None, extra_env=extra_env, fast_unsafe_postgres=fast_unsafe_postgres
+    ) as stack:
         addresses = stack.addresses
         console.print(
             f"  gateway {addresses.gateway_address}, simulator {addresses.simulator_url}, logs {stack.log_dir}"

@@ -58,13 +58,26 @@ WHERE p.tenant_id = $1::uuid
 # hash join). The plainer `external_id = ANY($3)` was planned, before the table's first ANALYZE, as an
 # index scan on (tenant_id, external_source) filtering every row of the tenant: 10 ms per page at
 # 20,000 rows and growing, against a flat 0.5 ms here.
+# The tenant and source are InitPlan parameters, `(SELECT $1::uuid)`, whose values the planner does
+# not see: it estimates the rows of "a tenant" from the number of distinct tenants instead of the
+# statistics of this one. With the values visible, a tenant the last ANALYZE had not seen (any first
+# import, which outgrows autovacuum) is estimated at ~0 rows; every index on (tenant_id, ...) then
+# costs the same single row, the tie went to the newest index (appointments_by_start, then
+# appointments_by_connection_start), and each probe read the tenant's whole range in it. Measured
+# (tests/integration/writer/test_writer_lookup_plans.py, 20,000 other tenants' rows analyzed, 800
+# keys not stored yet): 36 buffers per key at 800 tenant rows, 279 at 6,400; production saw 95.8
+# million index entries read for a 20,000-row tenant. Hidden, the other indexes are estimated at
+# rows / distinct tenants rows against the unique index's one: 2 buffers per key at either size.
+# The source is hidden too: a source new to the statistics would otherwise bring back the tie for
+# appointments_by_connection_start. What is left is a table averaging under two rows per tenant.
 SELECT_STORED_VERSIONS = """
 SELECT k.external_id, s.content_hash, s.observed_at, s.status, s.deleted_at IS NOT NULL AS deleted
 FROM unnest($3::text[]) AS k(external_id)
 CROSS JOIN LATERAL (
     SELECT a.content_hash, a.observed_at, a.status, a.deleted_at
     FROM appointments AS a
-    WHERE a.tenant_id = $1::uuid AND a.external_source = $2 AND a.external_id = k.external_id
+    WHERE a.tenant_id = (SELECT $1::uuid) AND a.external_source = (SELECT $2::text)
+      AND a.external_id = k.external_id
     LIMIT 1
 ) AS s
 """
@@ -204,7 +217,7 @@ UPDATE appointments AS a SET
     updated_at = now()
 FROM unnest($2::text[], $3::text[], $4::bytea[], $5::timestamptz[], $6::uuid[])
     AS c(external_source, external_id, content_hash, observed_at, last_job_id)
-WHERE a.tenant_id = $1::uuid AND a.external_source = c.external_source AND a.external_id = c.external_id
+WHERE a.tenant_id = (SELECT $1::uuid) AND a.external_source = c.external_source AND a.external_id = c.external_id
   AND (a.status <> 'canceled' OR a.deleted_at IS NOT NULL)
   AND a.observed_at <= c.observed_at
 RETURNING a.external_source, a.external_id

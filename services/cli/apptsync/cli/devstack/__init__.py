@@ -25,7 +25,13 @@ from apptsync.cli.devstack.errors import (
 )
 from apptsync.cli.devstack.keyring import format_dev_keyring, load_or_create_dev_keyring
 from apptsync.cli.devstack.ports import pick_free_port, pick_free_ports, preferred_or_free_port
-from apptsync.cli.devstack.postgres import EmbeddedPostgres
+from apptsync.cli.devstack.postgres import (
+    DURABLE_SERVER_SETTINGS,
+    FAST_UNSAFE_SERVER_SETTINGS,
+    EmbeddedPostgres,
+    durability_settings,
+    server_settings_for,
+)
 from apptsync.cli.devstack.probes import GrpcHealthProbe, HttpGetProbe, OutputContainsProbe
 from apptsync.cli.devstack.process import ChildProcess, ProcessSpec, ReadinessProbe, ServiceProcess
 from apptsync.cli.devstack.services import ServiceSet, apptsync_cli_command
@@ -33,6 +39,8 @@ from apptsync.cli.devstack.stack import DevStack, dev_up
 
 __all__ = [
     "DEFAULT_GATEWAY_PORT",
+    "DURABLE_SERVER_SETTINGS",
+    "FAST_UNSAFE_SERVER_SETTINGS",
     "SERVICE_NAMES",
     "ChildProcess",
     "DataDirectoryInUseError",
@@ -54,6 +62,7 @@ __all__ = [
     "apptsync_cli_command",
     "build_service_env",
     "dev_up",
+    "durability_settings",
     "env_var",
     "format_address_table",
     "format_dev_keyring",
@@ -61,4 +70,5 @@ __all__ = [
     "pick_free_port",
     "pick_free_ports",
     "preferred_or_free_port",
+    "server_settings_for",
 ]

@@ -32,7 +32,19 @@ SUPERUSER: Final[str] = "postgres"
 # The group role the services act as (migration 0004 grants it DML; row-level security binds it).
 SERVICE_GROUP_ROLE: Final[str] = "apptsync_service"
 DEFAULT_SYSTEM_USER: Final[str] = "apptsync-postgres"
-DEFAULT_SERVER_SETTINGS: Final[Mapping[str, str]] = {"fsync": "off"}
+# PostgreSQL's own defaults, spelled out: a commit is on disk when it returns and a crash cannot
+# tear a page. What the dev stack and every benchmark run with unless asked otherwise: figures taken
+# with fsync off measured a server no production runs.
+DURABLE_SERVER_SETTINGS: Final[Mapping[str, str]] = {
+    "fsync": "on", "synchronous_commit": "on", "full_page_writes": "on",
+}
+# Fast and unsafe: an operating-system crash or power loss can corrupt the cluster. Only on request
+# (`apptsync dev up --fast-unsafe-postgres`, a benchmark's `--fsync off`), for throwaway data.
+FAST_UNSAFE_SERVER_SETTINGS: Final[Mapping[str, str]] = {
+    "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+}
+DEFAULT_SERVER_SETTINGS: Final[Mapping[str, str]] = DURABLE_SERVER_SETTINGS
+DURABILITY_SETTING_NAMES: Final[tuple[str, ...]] = ("fsync", "synchronous_commit", "full_page_writes")
 # sun_path holds 108 bytes including the NUL; the file is ".s.PGSQL.<port>" (at most 15 bytes + "/").
 _MAX_SOCKET_DIR_BYTES: Final[int] = 107 - 16
 
@@ -84,6 +96,17 @@ def postgres_argv(
     for name, value in server_settings.items():
         argv += ["-c", f"{name}={value}"]
     return tuple(argv)
+
+
+def server_settings_for(*, fast_unsafe: bool) -> Mapping[str, str]:
+    """FAST_UNSAFE_SERVER_SETTINGS when `fast_unsafe`, else DURABLE_SERVER_SETTINGS."""
+    return FAST_UNSAFE_SERVER_SETTINGS if fast_unsafe else DURABLE_SERVER_SETTINGS
+
+
+async def durability_settings(connection: asyncpg.Connection) -> dict[str, str]:
+    """The durability settings the server runs with, as it reports them (`SHOW`), by name
+    (DURABILITY_SETTING_NAMES): what a benchmark prints, not what it asked for."""
+    return {name: str(await connection.fetchval(f"SHOW {name}")) for name in DURABILITY_SETTING_NAMES}
 
 
 def postgres_url(*, user: str, port: int, database: str, host: str = LOOPBACK_HOST) -> str:

@@ -19,7 +19,7 @@ from apptsync.cli.devstack.environment import (
 )
 from apptsync.cli.devstack.errors import DevStackError
 from apptsync.cli.devstack.keyring import load_or_create_dev_keyring
-from apptsync.cli.devstack.postgres import EmbeddedPostgres
+from apptsync.cli.devstack.postgres import EmbeddedPostgres, server_settings_for
 from apptsync.cli.devstack.process import ChildProcess, wait_for_first_exit
 from apptsync.cli.devstack.services import (
     CommandFactory,
@@ -39,6 +39,8 @@ class DevStack:
     each waited for. Leaving the context (also by an exception or a cancellation) stops it all in
     reverse: services (SIGTERM, bounded), broker, PostgreSQL (SIGINT, fast shutdown). The data
     directory and the credentials keyring persist in `state_dir` between runs; broker contents do not.
+    PostgreSQL runs durable (DURABLE_SERVER_SETTINGS) unless `fast_unsafe_postgres` (fsync,
+    synchronous_commit and full_page_writes off: a crash of the machine can corrupt its data).
     Raises ProcessStartError / ProcessExitError / DataDirectoryInUseError from start-up.
     """
 
@@ -53,10 +55,14 @@ class DevStack:
         command: CommandFactory = apptsync_cli_command,
         ready_timeout_seconds: float = 60.0,
         stop_timeout_seconds: float = 15.0,
+        fast_unsafe_postgres: bool = False,
     ) -> None:
         self.state_dir = state_dir.absolute()
         self.log_dir = self.state_dir / "logs"
-        self.postgres = EmbeddedPostgres(self.state_dir, inherited_env=inherited_env)
+        self.postgres = EmbeddedPostgres(
+            self.state_dir, inherited_env=inherited_env,
+            server_settings=server_settings_for(fast_unsafe=fast_unsafe_postgres),
+        )
         self.broker = EmbeddedBroker(self.log_dir, inherited_env=inherited_env)
         self._gateway_port = gateway_port
         self._service_names = tuple(services)
@@ -138,6 +144,7 @@ async def dev_up(
     print_fn: Callable[[str], object] = print,
     gateway_port: int | None = DEFAULT_GATEWAY_PORT,
     command: CommandFactory = apptsync_cli_command,
+    fast_unsafe_postgres: bool = False,
 ) -> int:
     """Runs the dev stack until SIGINT or SIGTERM, then stops it all; returns the exit code.
 
@@ -146,7 +153,9 @@ async def dev_up(
     """
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
-    stack = DevStack(state_dir, gateway_port=gateway_port, command=command)
+    stack = DevStack(
+        state_dir, gateway_port=gateway_port, command=command, fast_unsafe_postgres=fast_unsafe_postgres
+    )
     starting = asyncio.ensure_future(stack.start())
 
     def on_signal() -> None:
