@@ -28,7 +28,12 @@ def marker(owner: str, *, age_seconds: float) -> RefreshMarker:
 
 @pytest.mark.parametrize(
     "found",
-    [None, marker("other", age_seconds=1), marker("other", age_seconds=TIMEOUT_SECONDS * 10), marker("me", age_seconds=1)],
+    [
+        None,
+        marker("other", age_seconds=1),
+        marker("other", age_seconds=TIMEOUT_SECONDS * 10),
+        marker("me", age_seconds=1),
+    ],
 )
 def test_stored_credentials_other_than_the_refused_ones_are_used_whatever_the_marker(
     found: RefreshMarker | None,
