@@ -331,9 +331,15 @@ async def test_two_fetchers_refreshing_one_connection_spend_its_refresh_token_on
         https = [ProviderHttp(timeout_seconds=10.0) for _ in pools]
         stores = [
             PostgresConnectionStateStore(
-                pool=pool, keyring=keyring, tenant_id=TENANT, connection_id="calendly", clock=lambda: datetime.now(UTC)
+                pool=pool,
+                keyring=keyring,
+                tenant_id=TENANT,
+                connection_id="calendly",
+                clock=lambda: datetime.now(UTC),
+                refresh_owner=f"fetcher-{number}",
+                refresh_poll_seconds=0.05,
             )
-            for pool in pools
+            for number, pool in enumerate(pools)
         ]
         try:
             results = await asyncio.gather(

@@ -339,7 +339,8 @@ async def test_sync_tokens_and_refreshed_credentials_persist_in_postgresql(
                 now=datetime.now(UTC),
             )  # fmt: skip
         store = PostgresConnectionStateStore(
-            pool=pool, keyring=keyring, tenant_id=TENANT, connection_id="google", clock=lambda: datetime.now(UTC)
+            pool=pool, keyring=keyring, tenant_id=TENANT, connection_id="google", clock=lambda: datetime.now(UTC),
+            refresh_owner="fetcher-1",
         )
         await simulator.call("POST", "/_admin/google/oauth/expire-access-tokens")
         http = ProviderHttp(timeout_seconds=10.0)

@@ -152,6 +152,45 @@ def _cmd_migrate(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cmd_rotate_credentials_key(args: argparse.Namespace) -> int:
+    from apptsync.shared.credentials import Keyring
+    from apptsync.shared.db.connections import KeyRotationReport, reencrypt_credentials
+    from apptsync.shared.db.pool import connect
+
+    database, credentials = DatabaseSettings(), CredentialSettings()
+    _register_service_secrets(database, credentials)
+    keyring = Keyring.from_settings(credentials)
+
+    async def progress(report: KeyRotationReport) -> None:
+        print(f"batch {report.batches}: {report.reencrypted} re-encrypted, {report.already_current} already current")
+
+    async def run() -> KeyRotationReport:
+        connection = await connect(database, application_name="apptsync-rotate-credentials-key")
+        try:
+            return await reencrypt_credentials(
+                connection, keyring=keyring, batch_size=args.batch_size, after_batch=progress
+            )
+        finally:
+            await connection.close()
+
+    report = asyncio.run(run())
+    # Counts and ids only: neither a key nor a credential is ever printed.
+    print(
+        f"credentials under key {keyring.primary_key_id!r}: {report.scanned} scanned, {report.reencrypted} "
+        f"re-encrypted, {report.already_current} already current, {len(report.unreadable)} unreadable"
+    )
+    for tenant_id, connection_id in report.unreadable:
+        print(f"unreadable with every key of the keyring: tenant {tenant_id} connection {connection_id!r}")
+    return EXIT_OK if not report.unreadable else EXIT_OTHER
+
+
 def _cmd_dev_up(args: argparse.Namespace) -> int:
     from apptsync.cli.devstack import dev_up
 
@@ -193,6 +232,13 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
         ("migrate", _cmd_migrate, "apply database migrations"),
     ):
         commands.add_parser(name, help=text).set_defaults(handler=handler)
+
+    rotate = commands.add_parser(
+        "rotate-credentials-key",
+        help="re-encrypt every stored credential under the keyring's first key (resumable; rerun until done)",
+    )
+    rotate.add_argument("--batch-size", type=_positive_int, default=100, help="connections per transaction")
+    rotate.set_defaults(handler=_cmd_rotate_credentials_key)
 
     dev = commands.add_parser("dev", help="the embedded local stack")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="DEV_COMMAND")

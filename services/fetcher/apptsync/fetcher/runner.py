@@ -164,6 +164,7 @@ async def _page_loop(
                 tenant_id=job.tenant_id,
                 connection_id=job.connection_id,
                 clock=ctx.clock,
+                refresh_owner=_lease_owner(job),
             ),
             # Every job walks the coming days first (a resumed one keeps its cursor's order); only
             # an early-stopping job depends on it, the order never changes what a full walk covers.

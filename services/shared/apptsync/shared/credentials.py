@@ -74,6 +74,11 @@ class Keyring:
     def primary_key_id(self) -> str:
         return self._primary_id
 
+    def is_current(self, ciphertext: bytes) -> bool:
+        """True when `ciphertext` is sealed under the primary key (nothing to re-encrypt). Reads the
+        header only: no decryption, so it is cheap enough to scan every stored credential."""
+        return ciphertext_key_id(ciphertext) == self._primary_id
+
     def encrypt(self, credentials: Mapping[str, str], *, tenant_id: str, connection_id: str) -> bytes:
         plaintext = json.dumps(dict(credentials), sort_keys=True).encode()
         nonce = self._random_bytes(_NONCE_BYTES)
@@ -98,6 +103,13 @@ class Keyring:
             raise CredentialDecryptError("credentials failed authentication (wrong tenant, connection or key)") from exc
         decoded = json.loads(plaintext)
         return {str(k): str(v) for k, v in decoded.items()}
+
+
+def ciphertext_key_id(ciphertext: bytes) -> str | None:
+    """The id of the key that sealed `ciphertext`, None when it is not in our format."""
+    if ciphertext[:2] != _MAGIC or len(ciphertext) < 3:
+        return None
+    return ciphertext[3 : 3 + ciphertext[2]].decode(errors="replace")
 
 
 def _aad(tenant_id: str, connection_id: str) -> bytes:

@@ -63,9 +63,10 @@ def merge_refreshed_credentials(
 class OAuthBearer:
     """The current bearer credentials of one session, refreshed when the provider answers 401.
 
-    `call(send)` runs `send(headers)`; on a 401 it refreshes (through the store: serialized per
-    connection, the rotated refresh token stored atomically) and sends once more. A 401 right after a
-    refresh, or a refused refresh, is ProviderAuthError("reauthorization required ...")."""
+    `call(send)` runs `send(headers)`; on a 401 it refreshes (through the store: one refresher per
+    connection, the rotated refresh token stored as soon as the provider returns it) and sends once
+    more. A 401 right after a refresh, or a refused refresh, is ProviderAuthError("reauthorization
+    required ...")."""
 
     def __init__(
         self,

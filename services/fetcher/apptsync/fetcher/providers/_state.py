@@ -37,12 +37,13 @@ class ConnectionStateStore(Protocol):
     async def refresh_credentials(self, *, rejected: Mapping[str, str], refresh: CredentialRefresh) -> dict[str, str]:
         """Fresh credentials after the provider refused `rejected`.
 
-        Serialized per connection across every fetcher process: under that lock, if the stored
-        credentials are no longer `rejected` (another fetcher refreshed meanwhile) they are returned as
-        they are; otherwise `refresh` is called once and its result stored (encrypted) before the lock
-        is released, so a single-use refresh token is never spent twice. Raises what `refresh` raises
-        (nothing is stored then), ProviderAuthError when the connection is gone,
-        StorageUnavailableError."""
+        One refresher per connection across every fetcher process: if the stored credentials are no
+        longer `rejected` (another fetcher refreshed meanwhile) they are returned as they are;
+        otherwise `refresh` is called once, with no database transaction open, and its result is
+        stored (encrypted) at once in a transaction of its own, retried while the database failure is
+        transient, so a single-use refresh token is neither spent twice nor lost with a failed commit.
+        Raises what `refresh` raises (nothing is stored then), ProviderAuthError when the connection
+        is gone, StorageUnavailableError."""
         ...
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -19,8 +19,8 @@ import asyncpg
 
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
-from apptsync.shared.credentials import Keyring
-from apptsync.shared.db.pool import tenant_transaction
+from apptsync.shared.credentials import CredentialDecryptError, Keyring
+from apptsync.shared.db.pool import DATABASE_ERRORS, tenant_transaction, translate_database_error
 
 
 @dataclass(frozen=True)
@@ -133,3 +133,83 @@ async def delete_connection(connection: DbConnection, *, tenant_id: str, connect
             "DELETE FROM connections WHERE tenant_id = $1 AND connection_id = $2", uuid.UUID(tenant_id), connection_id
         )
     return bool(status == "DELETE 1")
+
+
+@dataclass
+class KeyRotationReport:
+    """Counts of one `reencrypt_credentials` run; `unreadable` names (tenant, connection) of
+    credentials no key of the keyring decrypts (never anything of the credentials themselves)."""
+
+    scanned: int = 0
+    reencrypted: int = 0
+    already_current: int = 0
+    batches: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def reencrypt_credentials(
+    connection: DbConnection,
+    *,
+    keyring: Keyring,
+    batch_size: int,
+    after_batch: Callable[[KeyRotationReport], Awaitable[None]] | None = None,
+) -> KeyRotationReport:
+    """Re-encrypts every connection's credentials that are not under `keyring`'s primary (first)
+    key, `batch_size` connections per committed transaction, in (tenant, connection) order, calling
+    `after_batch` with the running counts after each commit.
+
+    Resumable and idempotent: a row is rewritten (under its row lock, so a concurrent refresh is
+    neither lost nor overwritten with stale credentials) only when its key is not the primary one, and
+    a commit covers whole rows; so after a crash at any point every row decrypts under the old or the
+    new key, and a rerun rewrites what is left. Rows no key decrypts are counted and left as they are.
+    Raises StorageUnavailableError / PermanentError for database failures, and what `after_batch`
+    raises (the batch before it is committed)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    report = KeyRotationReport()
+    after: tuple[str, str] | None = None
+    try:
+        while True:
+            page = await list_connections(connection, tenant_ids=None, limit=batch_size, after=after)
+            if not page:
+                return report
+            async with connection.transaction():
+                for record in page:
+                    await _reencrypt_one(connection, keyring=keyring, record=record, report=report)
+            report.batches += 1
+            after = (page[-1].tenant_id, page[-1].connection_id)
+            if after_batch is not None:
+                await after_batch(report)
+    except DATABASE_ERRORS as exc:
+        raise translate_database_error(exc) from exc
+
+
+async def _reencrypt_one(
+    connection: DbConnection, *, keyring: Keyring, record: ConnectionRecord, report: KeyRotationReport
+) -> None:
+    tenant_id, connection_id = record.tenant_id, record.connection_id
+    async with tenant_transaction(connection, tenant_id):
+        ciphertext = await connection.fetchval(
+            "SELECT credentials_ciphertext FROM connections WHERE tenant_id = $1 AND connection_id = $2 FOR UPDATE",
+            uuid.UUID(tenant_id),
+            connection_id,
+        )
+        if ciphertext is None:
+            return  # deleted since it was listed
+        report.scanned += 1
+        if keyring.is_current(bytes(ciphertext)):
+            report.already_current += 1
+            return
+        try:
+            credentials = keyring.decrypt(bytes(ciphertext), tenant_id=tenant_id, connection_id=connection_id)
+        except CredentialDecryptError:
+            report.unreadable.append((tenant_id, connection_id))
+            return
+        # updated_at stays: the connection as clients see it has not changed.
+        await connection.execute(
+            "UPDATE connections SET credentials_ciphertext = $3 WHERE tenant_id = $1 AND connection_id = $2",
+            uuid.UUID(tenant_id),
+            connection_id,
+            keyring.encrypt(credentials, tenant_id=tenant_id, connection_id=connection_id),
+        )
+        report.reencrypted += 1
