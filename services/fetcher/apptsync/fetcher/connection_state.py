@@ -1,5 +1,5 @@
 """The fetcher's ConnectionStateStore over PostgreSQL: provider state in `provider_sync_state`, and
-OAuth refreshes serialized per connection by a committed marker on `connections` (migration 0010).
+OAuth refreshes serialized per connection by a committed marker on `connections` (migration 0009).
 Every statement runs in a tenant transaction (row-level security, migrations 0004/0005).
 
 A refresh token is single-use (Calendly rotates it on every refresh): spending it and then failing
