@@ -146,6 +146,7 @@ async def _claim_loop(
                             lease_owner=f"{ctx.worker_id}#{next(claims)}",
                             lease_seconds=ctx.settings.lease_seconds,
                             now=ctx.clock(),
+                            max_running_per_tenant=ctx.settings.max_running_jobs_per_tenant,
                         )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
                 # asyncpg reports a connection PostgreSQL dropped mid-operation (a restart) as an
