@@ -19,6 +19,7 @@ import httpx
 from apptsync.fetcher.providers import ProviderHttp, RateBudget
 from apptsync.fetcher.results import ResultRouter
 from apptsync.fetcher.runner import JOB_SOURCE, FetcherContext, run_job
+from apptsync.fetcher.shared_budget import PostgresSharedBudget, shared_sources
 from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import jobs as jobs_db
@@ -74,10 +75,19 @@ async def run_fetcher(
     metered = MeteredTransport(
         http_transport or httpx.AsyncHTTPTransport(), provider_of=lambda _request: JOB_SOURCE.get()
     )
+    sources = shared_sources(settings.shared_budget_providers)
+    shared_budget = PostgresSharedBudget(
+        pool,
+        sources=sources,
+        budget_key=settings.shared_budget_key,
+        holder=worker_id,
+        http_timeout_seconds=settings.http_timeout_seconds,
+    )
     http = ProviderHttp(
         timeout_seconds=settings.http_timeout_seconds,
         transport=metered,
         rate_budget_overrides=benchmark_rate_budgets(settings.benchmark_provider_requests_per_second),
+        shared_budget=shared_budget if sources else None,
     )
     async with kafka_errors():
         await producer.start()
@@ -146,6 +156,7 @@ async def _claim_loop(
                             lease_owner=f"{ctx.worker_id}#{next(claims)}",
                             lease_seconds=ctx.settings.lease_seconds,
                             now=ctx.clock(),
+                            max_running_per_tenant=ctx.settings.max_running_jobs_per_tenant,
                         )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
                 # asyncpg reports a connection PostgreSQL dropped mid-operation (a restart) as an

@@ -118,6 +118,12 @@ class FetcherSettings(BaseSettings):
 
     worker_id: str = Field("", description="Lease owner name; empty means hostname-pid.")
     max_concurrent_jobs: int = Field(4, ge=1, description="Jobs one fetcher process runs at once.")
+    max_running_jobs_per_tenant: int = Field(
+        4,
+        ge=1,
+        description="Jobs of one tenant running at once across every fetcher; claims skip a tenant at this "
+        "cap and prefer the tenant with the fewest running jobs. Give every fetcher the same value.",
+    )
     lease_seconds: float = Field(30.0, gt=0, description="A claimed job is resumed elsewhere after this.")
     poll_interval_seconds: float = Field(2.0, gt=0, description="Fallback poll for queued jobs.")
     http_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one provider HTTP request.")
@@ -137,6 +143,17 @@ class FetcherSettings(BaseSettings):
         gt=0,
         description="Benchmarks against the simulator only: replaces every provider's published request "
         "rate budget (Acuity: 10 per 1.1 s); empty = the providers' own limits.",
+    )
+    shared_budget_providers: str = Field(
+        "acuity",
+        description="Providers (comma-separated) whose request rate and concurrency budget every fetcher "
+        "with the same SHARED_BUDGET_KEY draws from together, kept in PostgreSQL; empty = per process only.",
+    )
+    shared_budget_key: str = Field(
+        "default",
+        min_length=1,
+        description="Name of the egress IP the fetcher's provider requests leave from: fetchers with the same "
+        "key share one budget per provider (Acuity limits requests per source IP).",
     )
     health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
     metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")

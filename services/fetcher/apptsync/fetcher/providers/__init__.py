@@ -13,11 +13,13 @@ from apptsync.fetcher.providers._http import (
     ProviderHttp,
     RateBudget,
     RetryPolicy,
+    SharedBudget,
     UnauthorizedError,
     backoff_seconds,
     provider_error_reasons,
     rate_limit_pause_seconds,
     retry_after_seconds,
+    shared_pause_seconds,
 )
 from apptsync.fetcher.providers._model import (
     ConnectionConfig,
@@ -46,6 +48,7 @@ __all__ = [
     "RateBudget",
     "RetryPolicy",
     "SessionFactory",
+    "SharedBudget",
     "UnauthorizedError",
     "backoff_seconds",
     "near_term_window",
@@ -53,5 +56,6 @@ __all__ = [
     "provider_error_reasons",
     "rate_limit_pause_seconds",
     "retry_after_seconds",
+    "shared_pause_seconds",
     "supported_sources",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -55,6 +56,45 @@ class RateBudget:
     requests_per_period: int
     period_seconds: float
     max_concurrent: int
+
+
+class SharedBudget(Protocol):
+    """A provider budget shared with other fetcher processes (apptsync.fetcher.shared_budget keeps it
+    in PostgreSQL). Taken after the process's own limiter and semaphore, for every attempt."""
+
+    def covers(self, source: Source) -> bool:
+        """Whether `source`'s requests draw from the shared budget (else the local one alone)."""
+        ...
+
+    async def acquire(self, source: Source, budget: RateBudget) -> int:
+        """Waits for a request slot and a concurrency lease of `budget`; returns the lease. Raises
+        ProviderUnavailableError when none frees up in time, StorageUnavailableError when the store
+        cannot be reached."""
+        ...
+
+    async def release(self, lease_id: int) -> None:
+        """Ends the lease once the response is in (never raises: an unreleased lease expires)."""
+        ...
+
+    async def pause(self, source: Source, pause_seconds: float) -> None:
+        """The provider said 429: no process gets a slot for `pause_seconds` (never raises)."""
+        ...
+
+
+# A 429 without a readable Retry-After pauses the shared budget this long: Acuity counts requests per
+# second, so one second lets its window empty.
+DEFAULT_SHARED_PAUSE_SECONDS = 1.0
+# A Retry-After beyond this is not applied to every replica's jobs at once (the retry of the request
+# that got it still honours it, up to the RetryPolicy's bound).
+MAX_SHARED_PAUSE_SECONDS = 300.0
+
+
+def shared_pause_seconds(headers: Mapping[str, str], *, now: datetime) -> float:
+    """How long a 429 pauses a shared budget for every replica: the provider's Retry-After (or reset
+    header), else DEFAULT_SHARED_PAUSE_SECONDS; at most MAX_SHARED_PAUSE_SECONDS. `headers` must be
+    case-insensitive."""
+    hint = retry_after_seconds(headers, now=now)
+    return min(MAX_SHARED_PAUSE_SECONDS, DEFAULT_SHARED_PAUSE_SECONDS if hint is None else hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +256,7 @@ def _gave_up(last: ProviderUnavailableError, *, attempts: int) -> ProviderUnavai
 
 class _BudgetState:
     def __init__(self, budget: RateBudget) -> None:
+        self.budget = budget
         self.limiter = AsyncLimiter(1, budget.period_seconds / budget.requests_per_period)
         self.connections = asyncio.Semaphore(budget.max_concurrent)
 
@@ -233,6 +274,8 @@ class ProviderHttp:
     later request of the same `rate_limit_scope` until its `X-RateLimit-Reset`. `transport` is for tests
     (httpx.MockTransport); `sleep`, `clock` and `rng` drive the backoff and the pauses.
     `rate_budget_overrides` replaces a provider's budget (tests, or a provider plan with other limits).
+    `shared_budget` makes the providers it covers draw, after this process's limiter and semaphore,
+    from a budget shared with other fetcher processes; a 429 from such a provider pauses it for all.
     """
 
     def __init__(
@@ -245,6 +288,7 @@ class ProviderHttp:
         clock: Callable[[], datetime] = _utc_now,
         rng: random.Random | None = None,
         rate_budget_overrides: Mapping[Source, RateBudget] | None = None,
+        shared_budget: SharedBudget | None = None,
     ) -> None:
         self._timeout_seconds = timeout_seconds
         self._client = httpx.AsyncClient(
@@ -258,6 +302,7 @@ class ProviderHttp:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._overrides = dict(rate_budget_overrides or {})
+        self._shared = shared_budget
         self._budgets: dict[Source, _BudgetState] = {}
         self._paused_until: dict[tuple[Source, str], datetime] = {}
         self.rate_limit_pauses = 0
@@ -373,8 +418,12 @@ class ProviderHttp:
             await self._wait_for_rate_limit_reset(source, scope)
         # The semaphore first, then the limiter: a request holding a rate slot must not then queue
         # for a connection, or the slots would bunch up into a burst.
+        shared = self._shared if self._shared is not None and self._shared.covers(source) else None
         async with state.connections:
             await state.limiter.acquire()
+            # The local stages first: a process never asks the shared budget for more than its own
+            # concurrency, so it never holds slots it cannot use yet.
+            lease_id = None if shared is None else await shared.acquire(source, state.budget)
             try:
                 async with asyncio.timeout(self._timeout_seconds):
                     response = await self._client.request(
@@ -389,6 +438,11 @@ class ProviderHttp:
                 raise _TransportError(
                     f"{source.value} {path}: {type(exc).__name__} (timeout, reset or connection error)"
                 ) from exc
+            finally:
+                if shared is not None and lease_id is not None:
+                    await shared.release(lease_id)
+        if shared is not None and response.status_code == 429:
+            await shared.pause(source, shared_pause_seconds(response.headers, now=self._clock()))
         if scope:
             pause = rate_limit_pause_seconds(response.headers)
             if pause is not None:

@@ -324,18 +324,27 @@ async def request_cancel(connection: DbConnection, *, tenant_id: str, job_id: st
 
 
 async def claim_job(
-    connection: DbConnection, *, lease_owner: str, lease_seconds: float, now: datetime
+    connection: DbConnection,
+    *,
+    lease_owner: str,
+    lease_seconds: float,
+    now: datetime,
+    max_running_per_tenant: int = 2**31 - 1,
 ) -> JobRecord | None:
-    """Claims the oldest queued job, or a running job whose lease expired (its fetcher died).
+    """Claims a queued job, or a running job whose lease expired (its fetcher died), fairly between
+    tenants: the oldest claimable job of the tenant with the fewest live (leased) jobs, never one of a
+    tenant that already runs `max_running_per_tenant`. None when nothing is claimable.
 
     Guarantees at most one live owner per job: the row is locked with SKIP LOCKED while claimed, and
-    the lease must be renewed before it expires (see renew_lease).
+    the lease must be renewed before it expires (see renew_lease). Claims are serialized in PostgreSQL
+    (migration 0011), so the cap holds across every fetcher, not only within one.
     """
     row = await connection.fetchrow(
-        "SELECT * FROM apptsync_claim_job($1, $2::timestamptz, $3::double precision)",
+        "SELECT * FROM apptsync_claim_job($1, $2::timestamptz, $3::double precision, $4::integer)",
         lease_owner,
         now,
         lease_seconds,
+        max_running_per_tenant,
     )
     return None if row is None else record_from_row(row)
 

@@ -1,0 +1,77 @@
+"""Provider request budgets shared by every fetcher replica behind one egress IP (migration 0011).
+
+A budget is one row per (provider, budget key): the next free request slot (slots one spacing apart,
+whichever replica takes them), a pause set when the provider answered 429, and one lease per request
+in flight (bounded concurrency; a lease expires on its own when its replica dies). Every function takes
+a connection and runs one statement; the SECURITY DEFINER functions of the migration do the work
+atomically under the budget's row lock. Why PostgreSQL and not Redis or a per-replica share: see the
+migration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from apptsync.shared.db import DbConnection
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetGrant:
+    """`lease_id` None: the budget's concurrency is spent, nothing was reserved; ask again after
+    `wait_seconds`. Otherwise a request slot `wait_seconds` from now, held by the lease."""
+
+    lease_id: int | None
+    wait_seconds: float
+
+
+async def acquire(
+    connection: DbConnection,
+    *,
+    provider: str,
+    budget_key: str,
+    holder: str,
+    spacing_seconds: float,
+    max_concurrent: int,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> BudgetGrant:
+    """Reserves one request: a lease (at most `max_concurrent` live per budget) and the next slot,
+    `spacing_seconds` after the previously reserved one and not before a pause ends. The lease expires
+    `lease_seconds` after its slot. `now` None: the database's clock, the one every replica shares."""
+    row = await connection.fetchrow(
+        "SELECT lease_id, wait_seconds FROM apptsync_budget_acquire($1, $2, $3, $4::double precision, "
+        "$5::integer, $6::double precision, $7::timestamptz)",
+        provider,
+        budget_key,
+        holder,
+        spacing_seconds,
+        max_concurrent,
+        lease_seconds,
+        now,
+    )
+    assert row is not None  # the function always returns one row
+    lease_id = row["lease_id"]
+    return BudgetGrant(None if lease_id is None else int(lease_id), max(0.0, float(row["wait_seconds"])))
+
+
+async def release(connection: DbConnection, *, lease_id: int) -> None:
+    """Ends a request's lease (idempotent: an expired or released lease is no error)."""
+    await connection.execute("SELECT apptsync_budget_release($1::bigint)", lease_id)
+
+
+async def pause(
+    connection: DbConnection, *, provider: str, budget_key: str, pause_seconds: float, now: datetime | None = None
+) -> datetime:
+    """No slot of the budget is granted for `pause_seconds` from `now` (None: the database's clock);
+    a longer pause already set stays. Returns the end of the pause in force."""
+    until: datetime = await connection.fetchval(
+        "SELECT apptsync_budget_pause($1, $2, $3::double precision, $4::timestamptz)",
+        provider,
+        budget_key,
+        pause_seconds,
+        now,
+    )
+    return until

@@ -1,0 +1,207 @@
+"""The Acuity budget shared through PostgreSQL by three fetcher replicas (three ProviderHttp, each
+with its own pool, as separate processes would have) against the simulator over real HTTP on
+127.0.0.1: together they keep Acuity's 10 requests/s and 20 connections; the SQL functions space
+slots, bound leases, expire them and pause on a 429; and what a request pays for the sharing."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+
+from apptsync.fetcher.providers import (
+    ConnectionConfig,
+    JobWindow,
+    ProviderHttp,
+    ProviderPage,
+    RateBudget,
+    open_session,
+)
+from apptsync.fetcher.shared_budget import PostgresSharedBudget
+from apptsync.shared.appointments import Source
+from apptsync.shared.db import provider_budgets
+from apptsync.shared.db.migrator import migrate
+from apptsync.shared.settings import SimulatorSettings
+from apptsync.simulator import account_for, running_simulator
+
+pytestmark = pytest.mark.integration
+
+ANCHOR = date(2024, 6, 15)
+REPLICAS = 3
+MAX_PAGES = 100
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def service_dsn(database_url: str, service_database_url: str) -> str:
+    owner = await asyncpg.connect(database_url)
+    await migrate(owner)
+    await owner.close()
+    return service_database_url
+
+
+@pytest.fixture
+async def pool(service_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(service_dsn, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+async def drain_day(http: ProviderHttp, base_url: str, user_id: int, day: date) -> list[ProviderPage]:
+    account = account_for(user_id)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    session = open_session(
+        Source.ACUITY,
+        http=http,
+        connection=ConnectionConfig(
+            base_url=base_url, credentials={"user_id": str(account.user_id), "api_key": account.api_key}
+        ),
+        window=JobWindow(start, start + timedelta(days=1)),
+        page_size=100,
+        cursor=None,
+        clock=lambda: datetime.now(UTC),
+    )
+    pages: list[ProviderPage] = []
+    for _ in range(MAX_PAGES):
+        page = await session.next_page()
+        if page is None:
+            return pages
+        pages.append(page)
+    raise AssertionError(f"no end after {MAX_PAGES} pages")
+
+
+async def test_three_replicas_together_keep_one_acuity_budget(service_dsn: str) -> None:
+    settings = SimulatorSettings(listen_address="127.0.0.1:0", seed=7, appointments_per_tenant=600, anchor_date=ANCHOR)
+    async with running_simulator(settings) as simulator, httpx.AsyncClient(base_url=simulator.base_url) as admin:
+        # Slow answers (3 s, more than 20 slots of 110 ms): the rate alone would allow ~27 connections, and
+        # each replica alone would keep 20 open, the three together 60.
+        (await admin.put("/_admin/acuity/faults", json={"latency_ms": 3_000})).raise_for_status()
+        pools = [await asyncpg.create_pool(service_dsn, min_size=1, max_size=4) for _ in range(REPLICAS)]
+        https = [
+            ProviderHttp(
+                timeout_seconds=30.0,
+                shared_budget=PostgresSharedBudget(
+                    pool,
+                    sources=[Source.ACUITY],
+                    budget_key="egress-a",
+                    holder=f"replica-{n}",
+                    http_timeout_seconds=30.0,
+                ),
+            )
+            for n, pool in enumerate(pools)
+        ]
+        days = [ANCHOR + timedelta(days=offset) for offset in range(-12, 12)]
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(120):
+                results = await asyncio.gather(
+                    *(
+                        drain_day(https[n % REPLICAS], simulator.acuity_base_url, 1001 + n % 3, day)
+                        for n, day in enumerate(days * REPLICAS)
+                    )
+                )
+        finally:
+            for http in https:
+                await http.aclose()
+            for pool in pools:
+                await pool.close()
+        elapsed_seconds = time.monotonic() - started
+        counters = (await admin.get("/_admin/acuity/counters")).json()
+    requests = counters["requests"]
+    print(
+        f"\n{requests} Acuity requests by {REPLICAS} replicas in {elapsed_seconds:.1f} s: "
+        f"peak {counters['max_requests_per_second']} in 1 s, peak {counters['max_concurrent']} concurrent"
+    )
+    assert counters["statuses"] == {"200": requests}
+    assert counters["max_requests_per_second"] <= 10
+    assert 10 <= counters["max_concurrent"] <= 20  # the concurrency bound was reached, not exceeded
+    assert len(results) == len(days) * REPLICAS
+    # The one budget paced every replica: 10 requests per 1.1 s for all of them together.
+    assert elapsed_seconds >= (requests - 1) * 0.11 * 0.95
+
+
+async def test_slots_are_spaced_and_leases_bounded_expired_and_released(pool: asyncpg.Pool) -> None:
+    async def acquire(now: datetime, *, max_concurrent: int = 2) -> provider_budgets.BudgetGrant:
+        async with pool.acquire() as conn:
+            return await provider_budgets.acquire(
+                conn,
+                provider="acuity",
+                budget_key="k",
+                holder="t",
+                spacing_seconds=0.5,
+                max_concurrent=max_concurrent,
+                lease_seconds=10.0,
+                now=now,
+            )
+
+    first, second = await acquire(NOW), await acquire(NOW)
+    assert (first.wait_seconds, second.wait_seconds) == (0.0, 0.5)
+    assert first.lease_id is not None and second.lease_id is not None
+    # Two leases held: the third request waits without reserving a slot.
+    full = await acquire(NOW + timedelta(seconds=0.1))
+    assert full == provider_budgets.BudgetGrant(None, 0.5)
+    async with pool.acquire() as conn:
+        await provider_budgets.release(conn, lease_id=first.lease_id)
+        await provider_budgets.release(conn, lease_id=first.lease_id)  # idempotent
+    third = await acquire(NOW + timedelta(seconds=0.1))
+    assert third.lease_id is not None
+    assert third.wait_seconds == pytest.approx(0.9)  # after the second's slot at +0.5
+    # Leases of a dead replica expire 10 s after their slots.
+    assert (await acquire(NOW + timedelta(seconds=5))).lease_id is None
+    assert (await acquire(NOW + timedelta(seconds=11))).lease_id is not None
+
+
+async def test_a_429_pauses_the_budget_for_every_replica(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        until = await provider_budgets.pause(conn, provider="acuity", budget_key="k", pause_seconds=4.0, now=NOW)
+        # A shorter pause does not shorten it.
+        shorter = await provider_budgets.pause(conn, provider="acuity", budget_key="k", pause_seconds=1.0, now=NOW)
+        assert shorter == until
+        grant = await provider_budgets.acquire(
+            conn,
+            provider="acuity",
+            budget_key="k",
+            holder="other-replica",
+            spacing_seconds=0.11,
+            max_concurrent=20,
+            lease_seconds=35.0,
+            now=NOW + timedelta(seconds=1),
+        )
+        other_key = await provider_budgets.acquire(
+            conn,
+            provider="acuity",
+            budget_key="another-egress",
+            holder="x",
+            spacing_seconds=0.11,
+            max_concurrent=20,
+            lease_seconds=35.0,
+            now=NOW + timedelta(seconds=1),
+        )
+    assert until == NOW + timedelta(seconds=4)
+    assert grant.wait_seconds == pytest.approx(3.0)
+    assert other_key.wait_seconds == 0.0
+
+
+async def test_what_a_request_pays_for_the_shared_budget(pool: asyncpg.Pool) -> None:
+    """Acquire and release of an idle budget (no slot wait): the overhead every request pays."""
+    shared = PostgresSharedBudget(
+        pool, sources=[Source.ACUITY], budget_key="overhead", holder="bench", http_timeout_seconds=30.0
+    )
+    idle = RateBudget(requests_per_period=1_000_000, period_seconds=1.0, max_concurrent=20)
+    durations: list[float] = []
+    for _ in range(200):
+        started = time.perf_counter()
+        lease_id = await shared.acquire(Source.ACUITY, idle)
+        await shared.release(lease_id)
+        durations.append(time.perf_counter() - started)
+    mean_ms = statistics.mean(durations) * 1000
+    p95_ms = statistics.quantiles(durations, n=20)[-1] * 1000
+    print(f"\nshared budget overhead per request: mean {mean_ms:.2f} ms, p95 {p95_ms:.2f} ms (acquire + release)")
+    # Against Acuity's 110 ms between requests the overhead must stay a small fraction.
+    assert mean_ms < 25.0
