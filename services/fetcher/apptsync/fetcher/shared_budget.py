@@ -1,7 +1,7 @@
 """The provider budget every fetcher replica behind one egress IP shares, kept in PostgreSQL.
 
 Implements providers.SharedBudget over apptsync.shared.db.provider_budgets (the why of PostgreSQL is
-in migration 0011). Per request: one statement reserves a slot and a concurrency lease, one ends the
+in migration 0010). Per request: one statement reserves a slot and a concurrency lease, one ends the
 lease; a 429 adds one that pauses the budget for every replica.
 """
 

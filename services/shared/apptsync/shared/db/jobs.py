@@ -337,7 +337,7 @@ async def claim_job(
 
     Guarantees at most one live owner per job: the row is locked with SKIP LOCKED while claimed, and
     the lease must be renewed before it expires (see renew_lease). Claims are serialized in PostgreSQL
-    (migration 0011), so the cap holds across every fetcher, not only within one.
+    (migration 0010), so the cap holds across every fetcher, not only within one.
     """
     row = await connection.fetchrow(
         "SELECT * FROM apptsync_claim_job($1, $2::timestamptz, $3::double precision, $4::integer)",

@@ -1,4 +1,4 @@
-"""Provider request budgets shared by every fetcher replica behind one egress IP (migration 0011).
+"""Provider request budgets shared by every fetcher replica behind one egress IP (migration 0010).
 
 A budget is one row per (provider, budget key): the next free request slot (slots one spacing apart,
 whichever replica takes them), a pause set when the provider answered 429, and one lease per request
