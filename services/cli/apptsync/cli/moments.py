@@ -38,7 +38,7 @@ def parse_moment(text: str, field: str) -> datetime:
     """The timezone-aware moment `text` names (see the module docstring for the forms).
 
     Raises InvalidArgumentError(field, ...) for anything else; the message names an accepted form,
-    and a date and time without an offset gets the same text with `Z` appended as its suggestion."""
+    and a date and time without an offset gets the same moment with `Z` appended as its suggestion."""
     given = text.strip()
     match = _MOMENT.fullmatch(given)
     if match is None:
@@ -50,6 +50,7 @@ def parse_moment(text: str, field: str) -> datetime:
         raise InvalidArgumentError(field, f"{text!r} is not a valid date or time ({exc})") from exc
     if match["offset"] is None:
         if match["time"] is not None:
-            raise InvalidArgumentError(field, f"{text!r} needs a UTC offset, e.g. {given}Z (UTC) or {given}+02:00")
+            stem = f"{match['date']}T{match['time']}"
+            raise InvalidArgumentError(field, f"{text!r} needs a UTC offset, e.g. {stem}Z (UTC) or {stem}+02:00")
         return datetime.combine(day, clock, tzinfo=UTC)
     return datetime.combine(day, clock, tzinfo=_offset(match["offset"], field, text))
