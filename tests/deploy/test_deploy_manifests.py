@@ -186,15 +186,62 @@ def test_services_have_grpc_probes_drain_time_and_own_identity(overlay: tuple[st
         assert accounts[f"apptsync-{service}"]["automountServiceAccountToken"] is False
         (container,) = pod["containers"]
         assert container["args"] == [service]
-        port = container["ports"][0]["containerPort"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        # Every service answers probes on its plaintext health port: the kubelet's gRPC probe cannot
+        # speak TLS, which the gateway's API port serves in prod.
+        port = ports["health"]
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             assert container[probe]["grpc"]["port"] == port, (service, probe)
         # The process must listen on all interfaces in the pod, on the probed port.
-        key = {"gateway": "APPTSYNC_GATEWAY_LISTEN_ADDRESS"}.get(service, f"APPTSYNC_{service.upper()}_HEALTH_ADDRESS")
-        assert settings["data"][key] == f"0.0.0.0:{port}"
+        assert settings["data"][f"APPTSYNC_{service.upper()}_HEALTH_ADDRESS"] == f"0.0.0.0:{port}"
+        if service == "gateway":
+            assert settings["data"]["APPTSYNC_GATEWAY_LISTEN_ADDRESS"] == f"0.0.0.0:{ports['grpc']}"
         assert _one(docs, "PodDisruptionBudget", f"apptsync-{service}")["spec"]["maxUnavailable"] == 1
     gateway_service = _one(docs, "Service", "apptsync-gateway")
     assert gateway_service["spec"]["ports"][0]["port"] == 50051
+
+
+def _env(container: Doc) -> dict[str, str]:
+    return {v["name"]: v.get("value", "") for v in container.get("env", [])}
+
+
+def _mounted_secret(pod: Doc, container: Doc, path: str) -> tuple[str, list[str] | None]:
+    """(Secret name, the keys it projects or None for all) of the read-only mount holding `path`."""
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert mount.get("readOnly") is True, path
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    items = volume["secret"].get("items")
+    return volume["secret"]["secretName"], None if items is None else [i["key"] for i in items]
+
+
+def test_prod_serves_the_gateway_over_tls_and_the_cronjobs_check_its_ca(overlay: tuple[str, list[Doc]]) -> None:
+    name, docs = overlay
+    gateway_pod = _pod_spec(_one(docs, "Deployment", "apptsync-gateway"))
+    (gateway,) = gateway_pod["containers"]
+    gateway_env = _env(gateway)
+    cronjobs = [d for d in docs if d["kind"] == "CronJob"]
+    assert len(cronjobs) == 2
+    service = _one(docs, "Service", "apptsync-gateway")
+    if name != "prod":
+        # dev: plaintext on both ends (a gateway without TLS and clients without a CA agree).
+        assert not any(key.startswith("APPTSYNC_GATEWAY_TLS_") for key in gateway_env)
+        for cronjob in cronjobs:
+            (container,) = _pod_spec(cronjob)["containers"]
+            assert not any(key.startswith("APPTSYNC_CLI_TLS_") for key in _env(container))
+        return
+    cert, key = gateway_env["APPTSYNC_GATEWAY_TLS_CERT_FILE"], gateway_env["APPTSYNC_GATEWAY_TLS_KEY_FILE"]
+    assert _mounted_secret(gateway_pod, gateway, cert) == ("apptsync-gateway-tls", None)
+    assert _mounted_secret(gateway_pod, gateway, key) == ("apptsync-gateway-tls", None)
+    assert "appProtocol" not in service["spec"]["ports"][0], "TLS is not cleartext HTTP/2 (h2c)"
+    for cronjob in cronjobs:
+        pod = _pod_spec(cronjob)
+        (container,) = pod["containers"]
+        env = _env(container)
+        # TLS, not mutual TLS: the CA only, and from the Secret only its ca.crt (never the key).
+        assert set(k for k in env if k.startswith("APPTSYNC_CLI_TLS_")) == {"APPTSYNC_CLI_TLS_CA_FILE"}
+        ca = env["APPTSYNC_CLI_TLS_CA_FILE"]
+        assert _mounted_secret(pod, container, ca) == ("apptsync-gateway-tls", ["ca.crt"])
+        assert ca.endswith("/ca.crt")
 
 
 def test_writer_autoscaling_is_bounded_by_the_pages_partitions(overlay: tuple[str, list[Doc]]) -> None:

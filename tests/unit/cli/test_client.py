@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from apptsync.cli.client import (
+    EXIT_AUTH,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_OTHER,
@@ -150,10 +151,12 @@ def test_sync_all_exits_with_the_gravest_connection_failure() -> None:
     assert sync_all_exit_code([ok, with_code(grpc.StatusCode.NOT_FOUND)]) == EXIT_NOT_FOUND
     unavailable = [ok, with_code(grpc.StatusCode.UNAVAILABLE), with_code(grpc.StatusCode.NOT_FOUND)]
     assert sync_all_exit_code(unavailable) == EXIT_UNAVAILABLE
-    other = [with_code(grpc.StatusCode.PERMISSION_DENIED), with_code(grpc.StatusCode.UNAVAILABLE)]
+    other = [with_code(grpc.StatusCode.INTERNAL), with_code(grpc.StatusCode.UNAVAILABLE)]
     assert sync_all_exit_code(other) == EXIT_OTHER
     refused = [with_code(grpc.StatusCode.ALREADY_EXISTS), with_code(grpc.StatusCode.INTERNAL), ok]
     assert sync_all_exit_code(refused) == EXIT_REFUSED
+    denied = [with_code(grpc.StatusCode.ALREADY_EXISTS), with_code(grpc.StatusCode.PERMISSION_DENIED), ok]
+    assert sync_all_exit_code(denied) == EXIT_AUTH
 
 
 def test_a_refused_key_has_its_own_exit_code() -> None:

@@ -1,9 +1,7 @@
 """`apptsync`: one command for every process and task. Wiring only: parse, build settings, run.
 
-Exit codes (for scripts): 0 success; 1 the job ended FAILED or CANCELED, or the demo's checks
-failed; 2 invalid arguments; 3 not found; 4 unavailable (retry later); 5 other errors; 6 refused:
-the idempotency key is held by a job another request started. sync-all exits 0 when every
-connection has its job, else with the highest code among its connections.
+The client commands reach the gateway in plaintext unless a TLS setting is given: --tls-ca-file
+(APPTSYNC_CLI_TLS_CA_FILE) for TLS, with --tls-cert-file and --tls-key-file for mutual TLS.
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import logging
 import os
 import signal
 import socket
@@ -18,11 +17,18 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from apptsync.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_OTHER, exit_code_table
+from apptsync.cli.moments import EXAMPLES
+from apptsync.shared.errors import InvalidArgumentError
 from apptsync.shared.settings import CliSettings, CredentialSettings, DatabaseSettings
 from apptsync.shared.telemetry import process_telemetry
 from apptsync.shared.telemetry.logs import configure_logging, dsn_secrets, keyring_secrets, register_secrets
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_OTHER = 0, 1, 2, 3, 4, 5
+_log = logging.getLogger("apptsync.cli")
+EPILOG = (
+    "exit codes (for scripts; sync-all exits 0 when every connection has its job, else with the\n"
+    "highest code among its connections):\n" + exit_code_table()
+)
 
 
 def _register_service_secrets(database: DatabaseSettings, credentials: CredentialSettings) -> None:
@@ -206,10 +212,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace, *, name: str) -> int:
+    """Runs client command `name`. A caller's mistake (InvalidArgumentError: a bad date, a partial or
+    unreadable TLS setting) is one line on stderr and EXIT_INVALID; anything unexpected is one line
+    and EXIT_OTHER (the traceback at DEBUG level): never Python's exit status 1, which means "the
+    job failed"."""
     from apptsync.cli import client
+    from apptsync.cli.transport import tls_files
 
     handler: Callable[[argparse.Namespace], int] = getattr(client, name)
-    return handler(args)
+    try:
+        args.tls = tls_files(args.tls_ca_file, args.tls_cert_file, args.tls_key_file)
+        return handler(args)
+    except InvalidArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except Exception as exc:
+        _log.debug("%s failed", args.command, exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc} (APPTSYNC_CLI_LOG_LEVEL=DEBUG logs the traceback)", file=sys.stderr)
+        return EXIT_OTHER
 
 
 FAST_UNSAFE_POSTGRES_HELP = (
@@ -220,7 +240,7 @@ FAST_UNSAFE_POSTGRES_HELP = (
 
 def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="apptsync", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="apptsync", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -254,11 +274,32 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     def client_command(name: str, text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=text)
+        sub = commands.add_parser(
+            name, help=text, description=text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         sub.add_argument(
             "--address",
             default=cli_settings.gateway_address,
             help="gateway host:port (default from APPTSYNC_CLI_GATEWAY_ADDRESS)",
+        )
+        sub.add_argument(
+            "--tls-ca-file",
+            default=cli_settings.tls_ca_file,
+            metavar="PATH",
+            help="PEM CA the gateway's certificate must chain to: speak TLS (default from APPTSYNC_CLI_TLS_CA_FILE; "
+            "plaintext when no TLS file is set)",
+        )
+        sub.add_argument(
+            "--tls-cert-file",
+            default=cli_settings.tls_cert_file,
+            metavar="PATH",
+            help="PEM client certificate for mutual TLS (default from APPTSYNC_CLI_TLS_CERT_FILE)",
+        )
+        sub.add_argument(
+            "--tls-key-file",
+            default=cli_settings.tls_key_file,
+            metavar="PATH",
+            help="PEM private key of the client certificate (default from APPTSYNC_CLI_TLS_KEY_FILE)",
         )
         sub.add_argument("--timeout-seconds", type=float, default=10.0, help="deadline of each call")
         sub.add_argument("--json", action="store_true", help="print JSON")
@@ -270,8 +311,12 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
     start = client_command("start-import", "queue an import job")
     start.add_argument("--source", required=True, choices=["acuity", "calendly", "google_calendar"])
     start.add_argument("--connection", required=True, help="connection id")
-    start.add_argument("--window-start", help="ISO 8601 start of the window (default: server default)")
-    start.add_argument("--window-end", help="ISO 8601 end of the window")
+    start.add_argument(
+        "--window-start",
+        help="start of the window: a date (midnight UTC) or a date and time with Z or an offset, "
+        f"e.g. {EXAMPLES} (default: the server's)",
+    )
+    start.add_argument("--window-end", help="end of the window, in the same forms")
     start.add_argument("--policy", choices=["no-new-records", "no-changes", "never"], help="stop policy")
     start.add_argument("--page-size", type=int, default=0)
     start.add_argument("--max-pages", type=int, default=0)
@@ -321,7 +366,11 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cli_settings = CliSettings()
+    try:
+        cli_settings = CliSettings()
+    except InvalidArgumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     args = build_parser(cli_settings).parse_args(argv)
     configure_logging(cli_settings.log_level, service=f"apptsync-{args.command}")
     register_secrets(cli_settings.token.get_secret_value())

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,19 +20,34 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from apptsync.cli.exits import (
+    EXIT_AUTH,
+    EXIT_INVALID,
+    EXIT_JOB_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_OTHER,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    exit_code_for,
+)
+from apptsync.cli.moments import parse_moment
+from apptsync.cli.transport import channel_credentials, open_channel
 from apptsync.shared.counts import skipped_total
+from apptsync.shared.errors import InvalidArgumentError
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_OTHER = 0, 1, 2, 3, 4, 5
-# The idempotency key is held by a job another request started (ALREADY_EXISTS): nothing was started.
-EXIT_REFUSED = 6
-_EXIT_FOR_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
-    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
-    grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
-    grpc.StatusCode.ALREADY_EXISTS: EXIT_REFUSED,
-}
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_INVALID",
+    "EXIT_JOB_FAILED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_OTHER",
+    "EXIT_REFUSED",
+    "EXIT_UNAVAILABLE",
+    "exit_code_for",
+]
 _SOURCES = {
     "acuity": imports_pb2.SOURCE_ACUITY,
     "calendly": imports_pb2.SOURCE_CALENDLY,
@@ -83,41 +98,46 @@ def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-def exit_code_for(code: grpc.StatusCode) -> int:
-    """The exit code of a command that failed with this gRPC status."""
-    return _EXIT_FOR_STATUS.get(code, EXIT_OTHER)
-
-
 def _exit_code(exc: grpc.RpcError) -> int:
     code = exc.code()
     print(f"error: {code.name}: {exc.details() or ''}", file=sys.stderr)
     return exit_code_for(code)
 
 
-def _call(args: argparse.Namespace, call: Callable[[imports_pb2_grpc.ImportServiceStub], _R]) -> _R | int:
-    """Runs a call; on an RPC error prints it and returns the exit code instead."""
-    with grpc.insecure_channel(args.address) as channel:
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to the gateway as the command's TLS settings say (`args.tls`, see transport.tls_files).
+    Raises InvalidArgumentError when a TLS file cannot be read."""
+    return open_channel(args.address, channel_credentials(args.tls))
+
+
+def _call(
+    args: argparse.Namespace,
+    call: Callable[[imports_pb2_grpc.ImportServiceStub], _R],
+    channel: grpc.Channel | None = None,
+) -> _R | int:
+    """Runs a call (on `channel`, or a channel of its own); on an RPC error prints it and returns the
+    exit code instead."""
+    if channel is not None:
         try:
             return call(imports_pb2_grpc.ImportServiceStub(channel))
         except grpc.RpcError as exc:
             return _exit_code(exc)
+    with _channel(args) as own:
+        return _call(args, call, own)
 
 
-def _timestamp(text: str) -> Timestamp:
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        raise SystemExit(f"error: {text!r} needs a UTC offset, e.g. {text}+00:00")
+def _timestamp(text: str, field: str) -> Timestamp:
     message = Timestamp()
-    message.FromDatetime(moment)
+    message.FromDatetime(parse_moment(text, field))
     return message
 
 
 def start_import(args: argparse.Namespace) -> int:
     window = imports_pb2.TimeWindow()
     if args.window_start:
-        window.start.CopyFrom(_timestamp(args.window_start))
+        window.start.CopyFrom(_timestamp(args.window_start, "--window-start"))
     if args.window_end:
-        window.end.CopyFrom(_timestamp(args.window_end))
+        window.end.CopyFrom(_timestamp(args.window_end, "--window-end"))
     options = imports_pb2.ImportOptions(
         page_size=args.page_size,
         max_pages=args.max_pages,
@@ -156,12 +176,19 @@ def start_import(args: argparse.Namespace) -> int:
 
 
 def wait_for_job(args: argparse.Namespace, job_id: str, poll_seconds: float = 0.25) -> imports_pb2.Job | int:
+    """Polls GetJob on one channel (one TLS handshake) until the job ends or a call fails.
+    Bounded by the job's own deadline: every job reaches a terminal state."""
     request = imports_pb2.GetJobRequest(tenant_id=args.tenant, job_id=job_id)
-    while True:
-        job = _call(args, lambda stub: stub.GetJob(request, timeout=args.timeout_seconds, metadata=_metadata(args)))
-        if isinstance(job, int) or job.state in _TERMINAL:
-            return job
-        time.sleep(poll_seconds)
+    with _channel(args) as channel:
+        while True:
+            job = _call(
+                args,
+                lambda stub: stub.GetJob(request, timeout=args.timeout_seconds, metadata=_metadata(args)),
+                channel,
+            )
+            if isinstance(job, int) or job.state in _TERMINAL:
+                return job
+            time.sleep(poll_seconds)
 
 
 def get_job(args: argparse.Namespace) -> int:
@@ -182,18 +209,40 @@ def cancel_job(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def put_connection(args: argparse.Namespace) -> int:
-    credentials = json.loads(Path(args.credentials_file).read_text("utf-8"))
+def _credentials_file(path: str) -> dict[str, str]:
+    """The JSON object of `path` with its values as text. Raises InvalidArgumentError when the file
+    cannot be read or holds anything but a JSON object."""
+    try:
+        credentials = json.loads(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise InvalidArgumentError("--credentials-file", f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise InvalidArgumentError("--credentials-file", f"{path} is not JSON ({exc})") from exc
     if not isinstance(credentials, dict):
-        print("error: the credentials file must hold a JSON object", file=sys.stderr)
-        return EXIT_INVALID
-    settings = dict(item.split("=", 1) for item in args.setting)
+        raise InvalidArgumentError("--credentials-file", f"{path} must hold a JSON object")
+    return {str(k): str(v) for k, v in credentials.items()}
+
+
+def parse_settings(items: Iterable[str]) -> dict[str, str]:
+    """`--setting NAME=VALUE` items as a dict. Raises InvalidArgumentError for an item without `=` or a name."""
+    settings = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise InvalidArgumentError("--setting", f"{item!r} is not NAME=VALUE")
+        settings[name] = value
+    return settings
+
+
+def put_connection(args: argparse.Namespace) -> int:
+    credentials = _credentials_file(args.credentials_file)
+    settings = parse_settings(args.setting)
     request = imports_pb2.PutConnectionRequest(
         tenant_id=args.tenant,
         connection_id=args.connection,
         source=_SOURCES[args.source],
         base_url=args.base_url,
-        credentials={str(k): str(v) for k, v in credentials.items()},
+        credentials=credentials,
         settings=settings,
     )
     connection = _call(
@@ -221,50 +270,110 @@ def list_jobs(args: argparse.Namespace) -> int:
     response = _call(args, lambda stub: stub.ListJobs(request, timeout=args.timeout_seconds, metadata=_metadata(args)))
     if isinstance(response, int):
         return response
-    lines = [
-        f"{job.job_id}  {imports_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_'):9}  "
-        f"{job.counts.inserted:>7} inserted  {job.stop_reason or job.error}"
-        for job in response.jobs
-    ]
-    _print(args, response, lines or ["no jobs"])
+    lines = [job_list_line(job) for job in response.jobs]
+    _print(args, response, [JOB_LIST_HEADER, *lines] if lines else ["no jobs"])
     return EXIT_OK
 
 
-def watch_job(args: argparse.Namespace) -> int:
-    """Follows a job through WatchJob with a live progress display; exit 1 unless it SUCCEEDED."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def _moment_text(stamp: Timestamp, present: bool) -> str:
+    """A job time as `2026-01-01T09:30:00Z` (UTC, to the second), `-` when the job has none."""
+    if not present:
+        return "-"
+    return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+
+JOB_LIST_HEADER = (
+    f"{'job':36}  {'state':9}  {'source':15}  {'connection':20}  {'created':20}  {'finished':20}  "
+    f"{'inserted':>8}  stopped"
+)
+
+
+def job_list_line(job: imports_pb2.Job) -> str:
+    """One row of list-jobs: job, state, source, connection, created and finished (UTC), inserted, and
+    why it stopped (or its error). Long connection ids are printed whole: a column never cuts a name."""
+    state = imports_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    source = _SOURCE_NAMES.get(job.source, str(job.source))
+    created = _moment_text(job.created_at, job.HasField("created_at"))
+    finished = _moment_text(job.finished_at, job.HasField("finished_at"))
+    return (
+        f"{job.job_id:36}  {state:9}  {source:15}  {job.connection_id:20}  {created:20}  {finished:20}  "
+        f"{job.counts.inserted:>8}  {job.stop_reason or job.error or '-'}"
+    )
+
+
+def progress_line(job: imports_pb2.Job) -> str:
+    """One line of watch-job's progress where there is no terminal to redraw a bar on (a pipe, a log):
+    `<STATE> pages <written>/<fetched> records <fetched> inserted <n> updated <n> unchanged <n>`."""
+    c = job.counts
+    state = imports_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_")
+    return (
+        f"{state} pages {c.pages_written}/{c.pages_fetched} records {c.records_fetched} "
+        f"inserted {c.inserted} updated {c.updated} unchanged {c.unchanged}"
+    )
+
+
+def watch_job(args: argparse.Namespace, *, is_terminal: Callable[[], bool] | None = None) -> int:
+    """Follows a job through WatchJob until it ends; exit 1 unless it SUCCEEDED.
+
+    On a terminal a live progress bar; elsewhere (a pipe, a CI log) one `progress_line` per change,
+    flushed at once and never cut to a width; with --json only the final job."""
     request = imports_pb2.WatchJobRequest(tenant_id=args.tenant, job_id=args.job)
     last: imports_pb2.Job | None = None
-    with grpc.insecure_channel(args.address) as channel:
+    with _channel(args) as channel:
         stub = imports_pb2_grpc.ImportServiceStub(channel)
-        try:
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.fields[detail]}"),
-                TimeElapsedColumn(),
-                disable=args.json,
-                transient=True,
-            ) as progress:
-                task = progress.add_task("import", total=None, detail="")
+        on_terminal = sys.stdout.isatty() if is_terminal is None else is_terminal()
+        if args.json or not on_terminal:
+            try:
+                printed = ""
                 for job in stub.WatchJob(request, metadata=_metadata(args)):
                     last = job
-                    c = job.counts
-                    progress.update(
-                        task,
-                        completed=c.pages_written,
-                        total=max(c.pages_fetched, 1),
-                        description=imports_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_"),
-                        detail=f"pages {c.pages_written}/{c.pages_fetched}  records {c.records_fetched}  "
-                        f"inserted {c.inserted}",
-                    )
-        except grpc.RpcError as exc:
-            return _exit_code(exc)
+                    line = progress_line(job)
+                    if not args.json and line != printed:
+                        print(line, flush=True)
+                        printed = line
+            except grpc.RpcError as exc:
+                return _exit_code(exc)
+        else:
+            watched = _watch_with_bar(args, stub, request)
+            if isinstance(watched, int):
+                return watched
+            last = watched
     if last is None:
         return EXIT_OTHER
     _print(args, last, job_summary_lines(last))
     return EXIT_OK if last.state == imports_pb2.JOB_STATE_SUCCEEDED else EXIT_JOB_FAILED
+
+
+def _watch_with_bar(
+    args: argparse.Namespace, stub: imports_pb2_grpc.ImportServiceStub, request: imports_pb2.WatchJobRequest
+) -> imports_pb2.Job | int | None:
+    """WatchJob with rich's live bar (a terminal only): the last job seen, or an exit code."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    last: imports_pb2.Job | None = None
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            transient=True,
+        ) as progress:
+            task = progress.add_task("import", total=None, detail="")
+            for job in stub.WatchJob(request, metadata=_metadata(args)):
+                last = job
+                c = job.counts
+                progress.update(
+                    task,
+                    completed=c.pages_written,
+                    total=max(c.pages_fetched, 1),
+                    description=imports_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_"),
+                    detail=f"pages {c.pages_written}/{c.pages_fetched}  records {c.records_fetched}  "
+                    f"inserted {c.inserted}",
+                )
+    except grpc.RpcError as exc:
+        return _exit_code(exc)
+    return last
 
 
 def sync_slot(now_seconds: float, slot_seconds: int) -> int:
@@ -388,8 +497,8 @@ def sync_outcome_dict(outcome: SyncOutcome) -> dict[str, object]:
 
 def sync_all_exit_code(outcomes: Iterable[SyncOutcome]) -> int:
     """0 when every connection has its job (started, already running or already finished); otherwise
-    the highest of the failed connections' codes, so a refusal (6) outranks other errors (5),
-    unavailability (4) and a connection deleted meanwhile (3)."""
+    the highest of the failed connections' codes, so a rejected token (7) outranks a refusal (6),
+    other errors (5), unavailability (4) and a connection deleted meanwhile (3)."""
     return max((outcome.exit_code for outcome in outcomes), default=EXIT_OK)
 
 
@@ -413,7 +522,7 @@ def sync_all(args: argparse.Namespace, *, clock: Callable[[], float] = time.time
     outcomes: list[SyncOutcome] = []
     listing_code = EXIT_OK
     token = ""
-    with grpc.insecure_channel(args.address) as channel:
+    with _channel(args) as channel:
         stub = imports_pb2_grpc.ImportServiceStub(channel)
         # Bounded by the gateway's paging: each page moves the keyset forward, the last has no token.
         while True:

@@ -41,6 +41,7 @@ from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.errors import ApptsyncError, InvalidArgumentError, NotFoundError, RetriableError
+from apptsync.shared.health import HealthEndpoint, health_enabled
 from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
 from apptsync.shared.settings import GatewaySettings
 from apptsync.shared.telemetry.logs import register_secrets
@@ -439,9 +440,16 @@ async def serve_gateway(
             port = server.add_secure_port(settings.listen_address, credentials)
         if port == 0:
             raise OSError(f"cannot bind {settings.listen_address}")
+        # Plaintext, health only: the kubelet's gRPC probe cannot speak TLS, and the API never
+        # listens here, so a TLS gateway stays TLS-only for every call that carries a token.
+        probe = HealthEndpoint(settings.health_address) if health_enabled(settings.health_address) else None
         await server.start()
+        if probe is not None:
+            await probe.start()
         for name in ("", import_service):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if probe is not None:
+            await probe.set_serving(True)
         _log.info("gateway listening on port %d", port)
         if ready is not None:
             ready(port)
@@ -450,6 +458,10 @@ async def serve_gateway(
         finally:
             for name in ("", import_service):
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            if probe is not None:
+                await probe.set_serving(False)
             await server.stop(grace=10.0)
+            if probe is not None:
+                await probe.stop()
     finally:
         await hub.stop()

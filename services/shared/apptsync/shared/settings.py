@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from apptsync.shared.errors import InvalidArgumentError
+
 
 class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_DATABASE_", extra="ignore")
@@ -101,6 +103,11 @@ class GatewaySettings(BaseSettings):
     tls_key_file: str = Field("", description="PEM private key of the server certificate.")
     tls_client_ca_file: str = Field(
         "", description="PEM CA bundle; when set, clients must present a certificate (mTLS)."
+    )
+    health_address: str = Field(
+        "127.0.0.1:0",
+        description="host:port of a plaintext server answering only gRPC health (for probes that cannot "
+        "speak TLS, e.g. the kubelet's); port 0 disables.",
     )
     default_window_days: int = Field(365, ge=1, description="Window length when StartImport gives none.")
     max_window_days: int = Field(3 * 366, ge=1, description="Longest window StartImport accepts.")
@@ -208,13 +215,30 @@ class CliSettings(BaseSettings):
     gateway_address: str = Field("127.0.0.1:50051", description="Gateway the client commands call.")
     token: SecretStr = Field(SecretStr(""), description="Bearer token the client commands send (empty: none).")
     token_file: str = Field("", description="File holding the bearer token (overrides TOKEN; e.g. a mounted Secret).")
+    tls_ca_file: str = Field(
+        "",
+        description="PEM CA bundle the gateway's certificate must chain to; set, the client commands speak TLS. "
+        "All three TLS settings empty: plaintext.",
+    )
+    tls_cert_file: str = Field(
+        "", description="PEM client certificate (chain) for mutual TLS; needs TLS_KEY_FILE and TLS_CA_FILE."
+    )
+    tls_key_file: str = Field("", description="PEM private key of the client certificate (mutual TLS).")
     log_level: str = Field("INFO", description="Log level of every apptsync process.")
 
     @model_validator(mode="after")
     def _read_token_file(self) -> CliSettings:
-        """Replaces `token` by the content of `token_file` when one is named. Raises OSError when it cannot be read."""
+        """Replaces `token` by the content of `token_file` when one is named. Raises InvalidArgumentError
+        naming the setting when the file cannot be read (the CLI reports it as a mistake, not a crash)."""
         if self.token_file:
-            self.token = SecretStr(Path(self.token_file).read_text("utf-8").strip())
+            try:
+                text = Path(self.token_file).read_text("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise InvalidArgumentError(
+                    "APPTSYNC_CLI_TOKEN_FILE", f"cannot read {self.token_file}: {reason}"
+                ) from exc
+            self.token = SecretStr(text.strip())
         return self
 
 
