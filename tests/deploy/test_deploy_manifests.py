@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from apptsync.shared.settings import all_settings_fields
+from apptsync.shared.settings import RetentionSettings, all_settings_fields
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_every_checkov_skip_names_a_check_and_gives_a_reason(overlay: tuple[str,
 def test_pods_meet_the_restricted_pod_security_standard(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
     workloads = _workloads(docs)
-    assert len(workloads) == 6  # 3 Deployments, the migration Job, 2 CronJobs
+    assert len(workloads) == 7  # 3 Deployments, the migration Job, 2 sync CronJobs, the retention CronJob
     for doc in workloads:
         pod = _pod_spec(doc)
         where = f"{doc['kind']}/{doc['metadata']['name']}"
@@ -265,6 +265,7 @@ def test_writer_autoscaling_is_bounded_by_the_pages_partitions(overlay: tuple[st
 def test_cronjobs_sync_frequently_with_early_stop_and_nightly_in_full(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
     cronjobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CronJob"}
+    cronjobs.pop("apptsync-retention")  # test_retention_prunes_daily_as_the_services_role_within_its_deadline
     policies = {}
     for name, cronjob in cronjobs.items():
         spec = cronjob["spec"]
@@ -280,6 +281,28 @@ def test_cronjobs_sync_frequently_with_early_stop_and_nightly_in_full(overlay: t
     assert policies["no-new-records"].startswith("*/"), "the early-stopping sync runs every few minutes"
     migrate = _one(docs, "Job", "apptsync-migrate")
     assert _pod_spec(migrate)["containers"][0]["args"] == ["migrate"]
+
+
+def test_retention_prunes_daily_as_the_services_role_within_its_deadline(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    cronjob = _one(docs, "CronJob", "apptsync-retention")
+    spec = cronjob["spec"]
+    minute, hour, day, month, weekday = spec["schedule"].split()
+    assert minute.isdigit() and hour.isdigit() and (day, month, weekday) == ("*", "*", "*"), "once a day"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    (container,) = _pod_spec(cronjob)["containers"]
+    assert container["args"] == ["prune"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # The services' DSN (apptsync_service: row-level security applies), never the owner's.
+    assert env["APPTSYNC_DATABASE_URL_FILE"] == "/etc/apptsync/database/url"
+    assert "APPTSYNC_DATABASE_MIGRATION_URL" not in env
+    # The Job's deadline leaves the command's own time budget room to stop between batches.
+    values = _settings(docs)["data"]
+    max_seconds = float(values.get("APPTSYNC_RETENTION_MAX_SECONDS", RetentionSettings().max_seconds))
+    assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] > max_seconds
+    assert int(values["APPTSYNC_RETENTION_LEDGER_DAYS"]) >= 8
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    assert [p["port"] for p in policies["apptsync-retention"]["egress"][0]["ports"]] == [5432]
 
 
 def test_network_policies_deny_by_default_and_open_only_what_is_needed(overlay: tuple[str, list[Doc]]) -> None:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from apptsync.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_OTHER, exit_code_table
+from apptsync.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_OTHER, EXIT_UNAVAILABLE, exit_code_table
 from apptsync.cli.moments import EXAMPLES
 from apptsync.shared.errors import InvalidArgumentError
 from apptsync.shared.settings import CliSettings, CredentialSettings, DatabaseSettings
@@ -197,6 +197,48 @@ def _cmd_rotate_credentials_key(args: argparse.Namespace) -> int:
     return EXIT_OK if not report.unreadable else EXIT_OTHER
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    """Prunes old raw payloads and ledger rows as the services' role; prints one JSON line of counts."""
+    import json
+    import time
+    from datetime import UTC, datetime
+
+    from apptsync.shared.db.pool import connect
+    from apptsync.shared.db.retention import prune
+    from apptsync.shared.errors import ApptsyncError, StorageUnavailableError
+    from apptsync.shared.retention import PruneBudget, retention_cutoffs
+    from apptsync.shared.settings import RetentionSettings
+
+    settings = RetentionSettings()
+    database = DatabaseSettings()
+    register_secrets(*dsn_secrets(database.url.get_secret_value()))
+    cutoffs = retention_cutoffs(
+        datetime.now(UTC), raw_payload_days=settings.raw_payload_days, ledger_days=settings.ledger_days
+    )
+    budget = PruneBudget(max_batches=args.max_batches, deadline_monotonic=time.monotonic() + settings.max_seconds)
+
+    async def run() -> dict[str, int | bool]:
+        connection = await connect(database, application_name="apptsync-prune")
+        try:
+            report = await prune(
+                connection, cutoffs=cutoffs, batch_rows=settings.batch_rows, budget=budget, monotonic=time.monotonic
+            )
+        finally:
+            await connection.close()
+        return report.as_dict()
+
+    try:
+        counts = asyncio.run(run())
+    except StorageUnavailableError as exc:
+        print(f"prune: database unavailable, batches committed so far stay: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ApptsyncError as exc:
+        print(f"prune: {exc}", file=sys.stderr)
+        return EXIT_OTHER
+    print(json.dumps(counts, sort_keys=True))
+    return EXIT_OK
+
+
 def _cmd_dev_up(args: argparse.Namespace) -> int:
     from apptsync.cli.devstack import dev_up
 
@@ -259,6 +301,15 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
     )
     rotate.add_argument("--batch-size", type=_positive_int, default=100, help="connections per transaction")
     rotate.set_defaults(handler=_cmd_rotate_credentials_key)
+
+
+    prune = commands.add_parser(
+        "prune", help="delete raw payloads and import ledger rows older than the APPTSYNC_RETENTION_* ages"
+    )
+    prune.add_argument(
+        "--max-batches", type=int, default=1_000_000, help="bound on the run's transactions (besides its time budget)"
+    )
+    prune.set_defaults(handler=_cmd_prune)
 
     dev = commands.add_parser("dev", help="the embedded local stack")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="DEV_COMMAND")

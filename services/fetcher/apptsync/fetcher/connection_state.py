@@ -196,8 +196,11 @@ class PostgresConnectionStateStore:
                         self._tenant,
                         self._connection_id,
                     )
+                    if row is None:
+                        raise ProviderAuthError(
+                            f"reauthorization required: connection {self._connection_id!r} no longer exists"
+                        )
                     stored = self._decrypt_row(row)
-                    assert row is not None  # _decrypt_row raised otherwise
                     marker = None
                     if row["refresh_owner"] is not None:
                         marker = RefreshMarker(owner=row["refresh_owner"], started_at=row["refresh_started_at"])

@@ -127,7 +127,7 @@ def new_job_from_request(
 
     if violations:
         raise RequestInvalid(violations)
-    assert source is not None
+    assert source is not None  # noqa: S101 -- narrows the type; a missing source is a violation raised above
     return NewJob(
         tenant_id=tenant_id,
         external_source=source.value,
@@ -210,7 +210,7 @@ def connection_from_request(request: imports_pb2.PutConnectionRequest) -> Connec
             break
     if violations:
         raise RequestInvalid(violations)
-    assert source is not None
+    assert source is not None  # noqa: S101 -- narrows the type; a missing source is a violation raised above
     return ConnectionInput(
         tenant_id=tenant_id,
         connection_id=request.connection_id,

@@ -209,6 +209,28 @@ class SimulatorSettings(BaseSettings):
     )
 
 
+class RetentionSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_RETENTION_", extra="ignore")
+
+    raw_payload_days: int = Field(
+        30,
+        ge=1,
+        description="`apptsync prune` empties (to {}) the raw provider payload of appointments not changed for "
+        "this many days; the row's columns and content hash stay.",
+    )
+    ledger_days: int = Field(
+        30,
+        ge=8,
+        description="`apptsync prune` deletes the page ledger, dead-letter records and import jobs finished this "
+        "many days ago (keeping each connection's latest finished and latest succeeded job); at least the "
+        "pages topic's retention (7 days) plus one, so no page of a pruned job is still delivered.",
+    )
+    batch_rows: int = Field(1000, ge=1, le=100_000, description="Rows one prune transaction reads or deletes at most.")
+    max_seconds: float = Field(
+        1800.0, gt=0, description="Time budget of one `apptsync prune` run; the next run continues where it stopped."
+    )
+
+
 class CliSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_CLI_", extra="ignore")
 
@@ -250,6 +272,7 @@ SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = (
     FetcherSettings,
     WriterSettings,
     SimulatorSettings,
+    RetentionSettings,
     CliSettings,
 )
 

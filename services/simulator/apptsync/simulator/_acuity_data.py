@@ -194,7 +194,7 @@ def seeded_appointments(
     none created after `now` (default: noon UTC of `anchor`).
 
     Same arguments, same data: all randomness comes from a Random seeded with (seed, user_id)."""
-    rng = random.Random(f"apptsync-simulator:{seed}:acuity:{user_id}")
+    rng = random.Random(f"apptsync-simulator:{seed}:acuity:{user_id}")  # noqa: S311 -- seeded, reproducible test data, not a secret
     moment = now if now is not None else anchor_clock(anchor)()
     return [
         _seeded_appointment(rng, user_id=user_id, number=n, anchor=anchor, spread_days=spread_days, now=moment)

@@ -244,7 +244,7 @@ class CalendlyStore:
     # -- seeding ---------------------------------------------------------------------------------
 
     def _seed(self, account: CalendlyAccount, *, seed: int, count: int, anchor: date, now: datetime) -> None:
-        rng = random.Random(f"apptsync-simulator:{seed}:calendly:{account.number}")
+        rng = random.Random(f"apptsync-simulator:{seed}:calendly:{account.number}")  # noqa: S311 -- seeded, reproducible test data, not a secret
         made = 0
         while made < count:
             made += self._seed_event(rng, account, anchor=anchor, room=count - made, now=now)

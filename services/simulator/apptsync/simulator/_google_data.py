@@ -104,14 +104,14 @@ class GoogleEvent:
     def start_instant(self, calendar_timezone: str) -> datetime:
         if self.all_day is not None:
             return datetime.combine(self.all_day, time.min, ZoneInfo(calendar_timezone)).astimezone(UTC)
-        assert self.starts_at is not None
+        assert self.starts_at is not None  # noqa: S101 -- narrows the type; an event is all-day or has both instants
         return self.starts_at.astimezone(UTC)
 
     def end_instant(self, calendar_timezone: str) -> datetime:
         if self.all_day is not None:
             last = self.all_day + timedelta(days=self.all_day_days)
             return datetime.combine(last, time.min, ZoneInfo(calendar_timezone)).astimezone(UTC)
-        assert self.ends_at is not None
+        assert self.ends_at is not None  # noqa: S101 -- narrows the type; an event is all-day or has both instants
         return self.ends_at.astimezone(UTC)
 
     def to_json(self) -> dict[str, object]:
@@ -125,7 +125,7 @@ class GoogleEvent:
             start: dict[str, object] = {"date": self.all_day.isoformat()}
             end: dict[str, object] = {"date": (self.all_day + timedelta(days=self.all_day_days)).isoformat()}
         else:
-            assert self.starts_at is not None and self.ends_at is not None
+            assert self.starts_at is not None and self.ends_at is not None  # noqa: S101 -- narrows the type; an event is all-day or has both instants
             start = {"dateTime": self.starts_at.isoformat(), "timeZone": self.timezone}
             end = {"dateTime": self.ends_at.isoformat(), "timeZone": self.timezone}
         organizer_email, organizer_name = self.organizer
@@ -184,7 +184,7 @@ class GoogleStore:
             self.accounts[number] = account
             self.events[number] = {}
             self.tokens.issue(number)
-            rng = random.Random(f"apptsync-simulator:{seed}:google:{number}")
+            rng = random.Random(f"apptsync-simulator:{seed}:google:{number}")  # noqa: S311 -- seeded, reproducible test data, not a secret
             now = self.clock()
             for n in range(1, events_per_account + 1):
                 self._put(number, self._seeded(rng, account, n, anchor=anchor, now=now))

@@ -515,7 +515,7 @@ def plan_batch(pages: Sequence[DecodedPage], stored: Mapping[RowKey, StoredVersi
                 else:
                     writers.append(index)
             elif decision is Decision.STALE:
-                assert known is not None
+                assert known is not None  # noqa: S101 -- narrows the type; classify returns STALE only with a stored version
                 plan.stale_by_page[index] += 1
                 plan.stale.append(StaleRecord(page.key, row.external_id, known.observed_at, row.observed_at))
             elif decision is Decision.UNKNOWN_STUB:

@@ -469,9 +469,9 @@ async def run_writer(
                         kafka=kafka,
                         writer=writer,
                         version=service_version(),
-                        rng=rng or random.Random(),
+                        rng=rng or random.Random(),  # noqa: S311 -- backoff jitter, not a secret
                         after_commit=crash_after_commit_hook(
-                            writer.fault_crash_after_commit_probability, random.Random(writer.fault_seed)
+                            writer.fault_crash_after_commit_probability, random.Random(writer.fault_seed)  # noqa: S311 -- crash-test fault injection, not a secret
                         ),
                         recreate_topics=functools.partial(ensure_topics, kafka),
                     )

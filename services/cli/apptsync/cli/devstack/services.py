@@ -233,5 +233,5 @@ class ServiceSet:
         """Waits until any running service exits; returns it. Raises DevStackError when none runs."""
         running = [process for process in self.processes.values() if process.running]
         exited = await wait_for_first_exit(running)
-        assert isinstance(exited, ServiceProcess)
+        assert isinstance(exited, ServiceProcess)  # noqa: S101 -- narrows the type for mypy; wait_for_first_exit returns one of `running`
         return exited

@@ -300,7 +300,7 @@ class ProviderHttp:
         self._retry = retry
         self._sleep = sleep
         self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 -- retry jitter, not a secret
         self._overrides = dict(rate_budget_overrides or {})
         self._shared = shared_budget
         self._budgets: dict[Source, _BudgetState] = {}
@@ -407,7 +407,7 @@ class ProviderHttp:
                         raise
         except RetryError as exc:
             last = exc.last_attempt.exception()
-            assert isinstance(last, ProviderUnavailableError)
+            assert isinstance(last, ProviderUnavailableError)  # noqa: S101 -- narrows the type; the retry policy retries only ProviderUnavailableError
             raise _gave_up(last, attempts=exc.last_attempt.attempt_number) from last
         except (_MalformedBodyError, _TransportError) as exc:
             raise _gave_up(exc, attempts=retries + 1) from exc

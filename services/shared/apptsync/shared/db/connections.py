@@ -83,7 +83,7 @@ async def put_connection(
             sorted(credentials),
             now,
         )
-    assert row is not None
+    assert row is not None  # noqa: S101 -- narrows the type; an upsert's RETURNING always yields its row
     return _record(row)
 
 

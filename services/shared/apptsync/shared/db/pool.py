@@ -86,7 +86,7 @@ async def create_pool(settings: DatabaseSettings, *, application_name: str = "ap
         )
     except DATABASE_ERRORS as exc:
         raise translate_database_error(exc) from exc
-    assert pool is not None  # asyncpg's stub allows None only for a pool that was never awaited
+    assert pool is not None  # noqa: S101 -- asyncpg's stub allows None only for a pool that was never awaited
     return pool
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from apptsync.shared.errors import PermanentError
+
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
 
@@ -52,7 +54,8 @@ async def acquire(
         lease_seconds,
         now,
     )
-    assert row is not None  # the function always returns one row
+    if row is None:  # the function always returns one row: a missing one is a broken deployment
+        raise PermanentError("apptsync_budget_acquire returned no row")
     lease_id = row["lease_id"]
     return BudgetGrant(None if lease_id is None else int(lease_id), max(0.0, float(row["wait_seconds"])))
 

@@ -273,7 +273,7 @@ def _parse_cursor(cursor: JsonValue, first_day: date) -> tuple[list[DaySpan], in
         if order not in ("newest_first", "oldest_first"):
             raise InvalidArgumentError("cursor", f"unknown acuity span order {order!r}")
         parsed.append(DaySpan(_day(first, "first"), _day(last, "last"), order == "newest_first", near))
-    assert isinstance(near_term_pages, int)
+    assert isinstance(near_term_pages, int)  # noqa: S101 -- narrows the type; validated by the loop above
     return parsed, _span(span_days), max(0, near_term_pages)
 
 
@@ -282,7 +282,7 @@ def _is_int(value: JsonValue) -> bool:
 
 
 def _span(value: JsonValue) -> int:
-    assert isinstance(value, int)
+    assert isinstance(value, int)  # noqa: S101 -- narrows the type; callers pass values they validated as int
     return min(MAX_SPAN_DAYS, max(1, value))
 
 

@@ -145,7 +145,7 @@ class AcuitySession:
     async def _near_term_sweep(self, near_term: JobWindow, headers: Mapping[str, str]) -> ProviderPage | None:
         """The stored near-term appointments the walk did not return, as Acuity has them now; None
         when there are none (or Acuity has none of them any more)."""
-        assert self._state is not None
+        assert self._state is not None  # noqa: S101 -- narrows the type; the session loads its state before this is called
         missing = sorted(await self._state.stored_external_ids(near_term) - self._near_term_seen)
         records: list[JsonValue] = []
         for appointment_id in missing[:NEAR_TERM_LOOKUPS_PER_JOB]:
