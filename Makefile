@@ -37,8 +37,8 @@ lint: install
 	$(BIN)/lint-imports
 
 ## audit: known vulnerabilities of the installed dependencies (apptsync itself, editable, is skipped),
-##        from PyPI's JSON API (OSV is often unreachable from CI machines); exits non-zero on any finding.
-##        A dependency PyPI cannot answer for is listed, not failed; AUDIT_ARGS=--strict fails on it too.
+##        from PyPI's JSON API; exits non-zero on any finding and on any dependency it could not check
+##        (needs pypi.org: see README "Tests" for why CI does not run it).
 AUDIT_ARGS ?=
 audit: install
 	$(BIN)/pip-audit --vulnerability-service pypi --skip-editable --strict --progress-spinner off --timeout 10 $(AUDIT_ARGS)
