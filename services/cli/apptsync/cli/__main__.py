@@ -258,7 +258,12 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
     put = client_command("put-connection", "create or replace a provider connection")
     put.add_argument("--source", required=True, choices=["acuity", "calendly", "google_calendar"])
     put.add_argument("--connection", required=True, help="connection id")
-    put.add_argument("--base-url", default="", help="provider API base URL (default: the public API)")
+    put.add_argument(
+        "--base-url",
+        default="",
+        help="provider API base URL (default: the public API); the provider's own https hosts only, "
+        "or an origin the deployment allows (APPTSYNC_OUTBOUND_ALLOWED_ORIGINS)",
+    )
     put.add_argument(
         "--credentials-file",
         required=True,
