@@ -51,6 +51,7 @@ from apptsync.fetcher.providers.acuity import AcuityPaginator, AcuityRequest, Wi
 from apptsync.fetcher.providers.acuity._session import DEFAULT_CURRENCY
 from apptsync.fetcher.runner import page_sent
 from apptsync.shared.appointments import Source
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.pages import build_page
 from apptsync.shared.telemetry.http_metrics import MeteredTransport
 from apptsync.simulator._acuity_data import AcuityStore, select_appointments
@@ -174,7 +175,12 @@ async def run_online(base_url: str, page_size: int) -> tuple[float, int, int]:
     (the whole job window: every page of the account)."""
     transport = MeteredTransport(httpx.AsyncHTTPTransport(), provider_of=lambda _request: "acuity")
     budget = RateBudget(requests_per_period=1, period_seconds=0.001, max_concurrent=20)
-    http = ProviderHttp(timeout_seconds=30.0, transport=transport, rate_budget_overrides={Source.ACUITY: budget})
+    http = ProviderHttp(
+        timeout_seconds=30.0,
+        outbound=OutboundPolicy.allowing(base_url),
+        transport=transport,
+        rate_budget_overrides={Source.ACUITY: budget},
+    )
     session = open_session(
         Source.ACUITY,
         http=http,

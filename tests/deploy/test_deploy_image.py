@@ -273,9 +273,13 @@ def test_services_serve_health_run_an_import_and_drain_on_sigterm(
         },
     )
     writer = runner.start("writer", ["writer"], {"APPTSYNC_WRITER_HEALTH_ADDRESS": f"127.0.0.1:{writer_port}"})
-    fetcher = runner.start("fetcher", ["fetcher"], {"APPTSYNC_FETCHER_HEALTH_ADDRESS": f"127.0.0.1:{fetcher_port}"})
+    # The simulator's origin is the one the outbound policy allows besides the real providers.
+    allowed = {"APPTSYNC_OUTBOUND_ALLOWED_ORIGINS": simulator_url}
+    fetcher = runner.start(
+        "fetcher", ["fetcher"], {"APPTSYNC_FETCHER_HEALTH_ADDRESS": f"127.0.0.1:{fetcher_port}", **allowed}
+    )
     gateway = runner.start(
-        "gateway", ["gateway"], {"APPTSYNC_GATEWAY_LISTEN_ADDRESS": f"127.0.0.1:{gateway_port}"}
+        "gateway", ["gateway"], {"APPTSYNC_GATEWAY_LISTEN_ADDRESS": f"127.0.0.1:{gateway_port}", **allowed}
     )
 
     serving = health_pb2.HealthCheckResponse.SERVING

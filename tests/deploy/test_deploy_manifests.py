@@ -173,6 +173,18 @@ def test_every_apptsync_variable_is_a_real_setting(overlay: tuple[str, list[Doc]
     assert not unknown, f"not settings in apptsync.shared.settings: {unknown}"
 
 
+def test_no_overlay_allows_an_outbound_origin_beyond_the_providers(overlay: tuple[str, list[Doc]]) -> None:
+    """APPTSYNC_OUTBOUND_ALLOWED_ORIGINS exists for a provider simulator; neither overlay runs one, so
+    connections may name the real providers' https hosts only (an overlay that adds a simulator may
+    allow that simulator's origin and nothing else)."""
+    name, docs = overlay
+    assert "APPTSYNC_OUTBOUND_ALLOWED_ORIGINS" not in _settings(docs)["data"], name
+    for doc in _workloads(docs):
+        for container in _pod_spec(doc)["containers"]:
+            assert "APPTSYNC_OUTBOUND_ALLOWED_ORIGINS" not in {v["name"] for v in container.get("env", [])}
+    assert not [d for d in _workloads(docs) if "simulator" in json.dumps(_pod_spec(d)["containers"])], name
+
+
 def test_services_have_grpc_probes_drain_time_and_own_identity(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
     accounts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}

@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import grpc
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from apptsync.cli.devstack import ServiceProcess, ServiceSet, format_dev_keyring, pick_free_port
 from apptsync.cli.devstack.probes import GrpcHealthProbe
@@ -394,3 +397,102 @@ async def test_list_jobs_pages_newest_first(jobs_system: RunningSystem) -> None:
     assert seen == list(reversed(job_ids))
     for job_id in job_ids:
         await finished(jobs_system, tenant, job_id)
+
+
+HOSTILE_URLS = [
+    "http://169.254.169.254/latest/meta-data/",
+    "https://169.254.169.254",
+    "http://127.0.0.1:5432",
+    "http://localhost:9092",
+    "http://[::1]/",
+    "file:///etc/passwd",
+    "gopher://127.0.0.1:6379/_INFO",
+    "https://api.calendly.com@evil.example/",
+    "https://api.calendly.com.evil.example/",
+    "https://acuityscheduling.com:8443/api/v1",
+]
+
+
+async def test_put_connection_refuses_urls_outside_the_outbound_policy_and_stores_nothing(
+    jobs_system: RunningSystem,
+) -> None:
+    """The gateway allows the providers' hosts and the deployment's simulator origin; any other
+    base_url or token_url is INVALID_ARGUMENT with a field violation, and nothing is written (an
+    existing connection keeps its URL)."""
+    system = jobs_system
+    tenant = str(uuid.uuid4())
+    await connect_tenant(system, tenant)
+    before = await count_job_and_connection_rows(system.database_url)
+    attempts: list[tuple[str, imports_pb2.Source.ValueType, str, dict[str, str]]] = [
+        ("base_url", imports_pb2.SOURCE_ACUITY, url, {}) for url in HOSTILE_URLS
+    ]
+    attempts.append(
+        ("settings.token_url", imports_pb2.SOURCE_GOOGLE_CALENDAR, "",
+         {"token_url": "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token"})
+    )  # fmt: skip
+    for field, source, base_url, settings in attempts:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await system.stub.PutConnection(
+                imports_pb2.PutConnectionRequest(
+                    tenant_id=tenant,
+                    connection_id="acuity",
+                    source=source,
+                    base_url=base_url,
+                    credentials={"user_id": "1002", "api_key": ACUITY_SECRET},
+                    settings=settings,
+                ),
+                metadata=system.metadata,
+                timeout=10,
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, base_url
+        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+        assert status is not None
+        bad_request = error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(bad_request)
+        assert [v.field for v in bad_request.field_violations] == [field]
+        assert "not allowed" in bad_request.field_violations[0].description
+        assert ACUITY_SECRET not in (caught.value.details() or "")
+    assert await count_job_and_connection_rows(system.database_url) == before
+    kept = await system.stub.GetConnection(
+        imports_pb2.GetConnectionRequest(tenant_id=tenant, connection_id="acuity"), metadata=system.metadata, timeout=10
+    )
+    assert kept.base_url == f"{system.services.addresses.simulator_url}/acuity/api/v1"
+
+
+async def test_a_connection_stored_before_the_policy_fails_its_job_and_is_never_called(
+    jobs_system: RunningSystem,
+) -> None:
+    """Defence in depth: a connection whose base_url predates the policy (written here behind the
+    gateway's back) points at a loopback port the deployment does not allow. The fetcher refuses it:
+    the job fails with the policy's reason and the port never sees a connection."""
+    system = jobs_system
+    tenant = str(uuid.uuid4())
+    await connect_tenant(system, tenant)
+    accepted = 0
+
+    def count(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    listener = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        owner = await asyncpg.connect(system.database_url)
+        try:
+            await owner.execute(
+                "UPDATE connections SET base_url = $1 WHERE tenant_id = $2 AND connection_id = 'acuity'",
+                f"http://127.0.0.1:{port}/acuity/api/v1",
+                uuid.UUID(tenant),
+            )
+        finally:
+            await owner.close()
+        response = await system.stub.StartImport(start_request(tenant), metadata=system.metadata, timeout=20)
+        job = await finished(system, tenant, response.job.job_id)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    assert job.state == imports_pb2.JOB_STATE_FAILED
+    assert "outbound request refused" in job.error, job.error
+    assert accepted == 0
+    assert job.counts.pages_fetched == 0

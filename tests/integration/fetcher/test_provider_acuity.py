@@ -26,6 +26,7 @@ from apptsync.fetcher.providers import (
 )
 from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Money, Source
 from apptsync.shared.errors import ProviderAuthError, ProviderUnavailableError
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import SimulatorSettings
 from apptsync.simulator import DEMO_API_KEY, DEMO_USER_ID, RunningSimulator, account_for, running_simulator
 
@@ -79,6 +80,11 @@ async def big_simulator() -> AsyncIterator[Simulator]:
 async def small_simulator() -> AsyncIterator[Simulator]:
     async for simulator in start(600):
         yield simulator
+
+
+def simulator_only(simulator: Simulator) -> OutboundPolicy:
+    """The outbound policy of a deployment whose only allowed origin is this test's simulator."""
+    return OutboundPolicy.allowing(simulator.running.base_url)
 
 
 def connection(simulator: Simulator, user_id: int = DEMO_USER_ID) -> ConnectionConfig:
@@ -156,7 +162,7 @@ def assert_matches(appointment: CanonicalAppointment, record: dict[str, object])
 async def test_a_full_import_is_exact_and_keeps_the_acuity_budget(big_simulator: Simulator) -> None:
     simulator = big_simulator
     await simulator.set_faults(ignore_min_date=True, latency_ms=20)
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(big_simulator), timeout_seconds=10.0)
     narrow = JobWindow(datetime(2024, 6, 1, tzinfo=UTC), datetime(2024, 7, 1, tzinfo=UTC))
     try:
         main, *others = await asyncio.gather(
@@ -197,7 +203,7 @@ async def test_a_full_import_is_exact_and_keeps_the_acuity_budget(big_simulator:
 async def test_the_concurrency_budget_holds_under_many_slow_jobs(small_simulator: Simulator) -> None:
     simulator = small_simulator
     await simulator.set_faults(latency_ms=2_500)
-    http = ProviderHttp(timeout_seconds=30.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=30.0)
     days = [ANCHOR + timedelta(days=offset) for offset in range(-15, 15)]
     windows = [JobWindow(datetime(d.year, d.month, d.day, tzinfo=UTC), datetime(d.year, d.month, d.day, tzinfo=UTC)
                          + timedelta(days=1)) for d in days]  # fmt: skip
@@ -223,7 +229,7 @@ async def test_a_burst_of_429s_5xx_resets_and_broken_bodies_is_retried_and_count
     await simulator.set_faults(
         fail_next_429=3, retry_after="0", fail_next_5xx=2, reset_next_connections=1, malformed_next_bodies=1
     )
-    http = ProviderHttp(timeout_seconds=10.0, retry=FAST_RETRIES)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0, retry=FAST_RETRIES)
     session = open_acuity(simulator, http)
     try:
         pages = await drain(session)
@@ -239,7 +245,7 @@ async def test_a_burst_of_429s_5xx_resets_and_broken_bodies_is_retried_and_count
 async def test_malformed_records_are_skipped_as_invalid_and_the_rest_imported(small_simulator: Simulator) -> None:
     simulator = small_simulator
     await simulator.set_faults(malformed_record_every=5)
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0)
     try:
         pages = await drain(open_acuity(simulator, http))
     finally:
@@ -262,7 +268,7 @@ async def test_admin_changes_show_up_in_the_next_import(small_simulator: Simulat
     moved = await simulator.admin.post(f"{base}/{moved_key}/reschedule", json={"datetime": "2025-01-01T10:00:00+0000"})
     moved.raise_for_status()
 
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0)
     try:
         got = imported(await drain(open_acuity(simulator, http)))
     finally:
@@ -274,7 +280,7 @@ async def test_admin_changes_show_up_in_the_next_import(small_simulator: Simulat
 
 
 async def test_wrong_credentials_need_reauthorization_and_stay_secret(small_simulator: Simulator) -> None:
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0)
     wrong = ConnectionConfig(
         base_url=small_simulator.running.acuity_base_url,
         credentials={"user_id": str(DEMO_USER_ID), "api_key": "canary-wrong-key"},
@@ -295,7 +301,7 @@ async def test_wrong_credentials_need_reauthorization_and_stay_secret(small_simu
 async def test_slowly_streamed_bodies_are_read_whole(small_simulator: Simulator) -> None:
     simulator = small_simulator
     await simulator.set_faults(slow_body_ms=2)
-    http = ProviderHttp(timeout_seconds=20.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=20.0)
     try:
         pages = await drain(open_acuity(simulator, http))
     finally:
@@ -307,7 +313,7 @@ async def test_a_provider_slower_than_the_timeout_is_unavailable_after_retries(s
     simulator = small_simulator
     await simulator.set_faults(latency_ms=1_500)
     policy = RetryPolicy(max_attempts=2, max_total_seconds=10.0, initial_backoff_seconds=0.01, max_backoff_seconds=0.01)
-    http = ProviderHttp(timeout_seconds=0.3, retry=policy)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=0.3, retry=policy)
     session = open_acuity(simulator, http)
     try:
         with pytest.raises(ProviderUnavailableError, match="gave up after 2 attempts"):

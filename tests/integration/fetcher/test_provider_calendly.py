@@ -35,6 +35,7 @@ from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db.migrator import migrate
 from apptsync.shared.db.pool import tenant_transaction
 from apptsync.shared.errors import ProviderAuthError
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import SimulatorSettings
 from apptsync.simulator import RunningSimulator, running_simulator
 
@@ -105,6 +106,11 @@ async def big_simulator() -> AsyncIterator[Simulator]:
 async def small_simulator() -> AsyncIterator[Simulator]:
     async for simulator in start(300):
         yield simulator
+
+
+def simulator_only(simulator: Simulator) -> OutboundPolicy:
+    """The outbound policy of a deployment whose only allowed origin is this test's simulator."""
+    return OutboundPolicy.allowing(simulator.running.base_url)
 
 
 def connection(simulator: Simulator, account: dict[str, str], **overrides: str) -> ConnectionConfig:
@@ -182,7 +188,7 @@ async def test_an_import_of_5000_invitees_under_the_rate_limit_is_exact(big_simu
     # Quirk on: a small per-user budget, so X-RateLimit-Remaining hits 0 again and again.
     await simulator.set_faults(rate_limit_requests=120, rate_limit_window_seconds=1.0)
     account = await simulator.account()
-    http = ProviderHttp(timeout_seconds=10.0, retry=FAST_RETRIES)
+    http = ProviderHttp(outbound=simulator_only(big_simulator), timeout_seconds=10.0, retry=FAST_RETRIES)
     session = open_calendly(http, connection(simulator, account))
     try:
         pages = await drain(session)
@@ -213,7 +219,7 @@ async def test_additions_cancellations_and_reschedules_show_up_in_the_next_full_
 ) -> None:
     simulator = small_simulator
     account = await simulator.account()
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0)
     try:
         before = imported(await drain(open_calendly(http, connection(simulator, account))))
         active = sorted(k for k, a in before.items() if a.status is AppointmentStatus.SCHEDULED)
@@ -266,7 +272,7 @@ async def test_a_burst_of_429s_5xx_and_resets_is_retried_and_counted(small_simul
     simulator = small_simulator
     await simulator.set_faults(fail_next_429=3, retry_after="0", fail_next_5xx=2, reset_next_connections=1)
     account = await simulator.account()
-    http = ProviderHttp(timeout_seconds=10.0, retry=FAST_RETRIES)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0, retry=FAST_RETRIES)
     session = open_calendly(http, connection(simulator, account))
     try:
         pages = await drain(session)
@@ -285,7 +291,7 @@ async def test_an_expired_token_is_refreshed_once_and_a_refused_one_needs_reauth
     simulator = small_simulator
     account = await simulator.account()
     await simulator.post("/_admin/calendly/oauth/expire-access-tokens")
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0)
     try:
         pages = await drain(open_calendly(http, connection(simulator, account)))
         # The refresh token above is spent now: reusing it is invalid_grant, so reauthorization.
@@ -328,7 +334,7 @@ async def test_two_fetchers_refreshing_one_connection_spend_its_refresh_token_on
             )  # fmt: skip
         await simulator.post("/_admin/calendly/oauth/expire-access-tokens")
         # Two fetcher processes (two pools), each with its own HTTP client, both holding the expired token.
-        https = [ProviderHttp(timeout_seconds=10.0) for _ in pools]
+        https = [ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0) for _ in pools]
         stores = [
             PostgresConnectionStateStore(
                 pool=pool,

@@ -34,6 +34,7 @@ from apptsync.shared.appointments import AppointmentStatus, CancellationStub, Ca
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db.migrator import migrate
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import SimulatorSettings
 from apptsync.simulator import RunningSimulator, running_simulator
 
@@ -120,6 +121,11 @@ def calendar_ids(account: dict[str, object]) -> list[str]:
     return [str(c["id"]) for c in calendars]
 
 
+def simulator_only(simulator: Simulator) -> OutboundPolicy:
+    """The outbound policy of a deployment whose only allowed origin is this test's simulator."""
+    return OutboundPolicy.allowing(simulator.running.base_url)
+
+
 def connection(simulator: Simulator, account: dict[str, object]) -> ConnectionConfig:
     return ConnectionConfig(
         base_url=simulator.running.google_base_url,
@@ -196,7 +202,7 @@ async def test_an_import_of_5000_events_is_exact_and_the_next_one_is_incremental
     await simulator.set_faults(empty_page_every=3)
     account = await simulator.account()
     state = InMemoryConnectionStateStore()
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(big_simulator), timeout_seconds=10.0)
     try:
         first = await drain(open_google(http, connection(simulator, account), state))
         requests_of_first = await simulator.call("GET", "/_admin/google/counters")
@@ -227,7 +233,7 @@ async def test_changes_reach_the_incremental_sync_and_a_full_sync(small_simulato
     simulator = small_simulator
     account = await simulator.account()
     state = InMemoryConnectionStateStore()
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0)
     try:
         before = imported(await drain(open_google(http, connection(simulator, account), state)))
         confirmed = sorted(k for k, a in before.items() if a.status is AppointmentStatus.SCHEDULED)
@@ -286,7 +292,7 @@ async def test_an_expired_sync_token_leads_to_a_full_sync_not_a_failure(small_si
     simulator = small_simulator
     account = await simulator.account()
     state = InMemoryConnectionStateStore()
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0)
     try:
         first = imported(await drain(open_google(http, connection(simulator, account), state)))
         tokens_before = dict(state.values)
@@ -306,7 +312,7 @@ async def test_a_burst_of_429_403_rate_limits_5xx_and_resets_is_retried_and_coun
     simulator = small_simulator
     await simulator.set_faults(fail_next_429=2, fail_next_403_rate_limit=2, fail_next_5xx=2, reset_next_connections=1)
     account = await simulator.account()
-    http = ProviderHttp(timeout_seconds=10.0, retry=FAST_RETRIES)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0, retry=FAST_RETRIES)
     session = open_google(http, connection(simulator, account), InMemoryConnectionStateStore(), page_size=50)
     try:
         pages = await drain(session)
@@ -343,7 +349,7 @@ async def test_sync_tokens_and_refreshed_credentials_persist_in_postgresql(
             refresh_owner="fetcher-1",
         )
         await simulator.call("POST", "/_admin/google/oauth/expire-access-tokens")
-        http = ProviderHttp(timeout_seconds=10.0)
+        http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0)
         try:
             first_session = open_google(http, config, store)
             first = imported(await drain(first_session))
@@ -376,7 +382,7 @@ async def test_a_rolling_window_is_synced_incrementally_plus_a_full_listing_of_i
     state = InMemoryConnectionStateStore()
     first_window = JobWindow(datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 9, 1, tzinfo=UTC))
     rolled = JobWindow(datetime(2024, 3, 15, tzinfo=UTC), datetime(2024, 9, 15, tzinfo=UTC))
-    http = ProviderHttp(timeout_seconds=10.0)
+    http = ProviderHttp(outbound=simulator_only(small_simulator), timeout_seconds=10.0)
 
     def windowed(window: JobWindow) -> GoogleCalendarSession:
         session = open_session(

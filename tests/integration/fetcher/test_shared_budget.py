@@ -27,6 +27,7 @@ from apptsync.fetcher.shared_budget import PostgresSharedBudget
 from apptsync.shared.appointments import Source
 from apptsync.shared.db import provider_budgets
 from apptsync.shared.db.migrator import migrate
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import SimulatorSettings
 from apptsync.simulator import account_for, running_simulator
 
@@ -85,6 +86,7 @@ async def test_three_replicas_together_keep_one_acuity_budget(service_dsn: str) 
         pools = [await asyncpg.create_pool(service_dsn, min_size=1, max_size=4) for _ in range(REPLICAS)]
         https = [
             ProviderHttp(
+                outbound=OutboundPolicy.allowing(simulator.base_url),
                 timeout_seconds=30.0,
                 shared_budget=PostgresSharedBudget(
                     pool,

@@ -37,13 +37,16 @@ from apptsync.cli.devstack.services import (
     run_to_end_despite_cancellation,
     stop_all,
 )
+from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import (
     CredentialSettings,
     DatabaseSettings,
     FetcherSettings,
     GatewaySettings,
     KafkaSettings,
+    OutboundSettings,
     SimulatorSettings,
     WriterSettings,
 )
@@ -182,7 +185,11 @@ def test_services_reading_the_built_env_get_the_planned_addresses(monkeypatch: p
     )
     keyring = format_dev_keyring(bytes(range(32)))
     env = build_service_env(
-        addresses, PORTS, credentials_keyring=keyring, extra={"APPTSYNC_KAFKA_SESSION_TIMEOUT_MS": "1000"}
+        addresses,
+        PORTS,
+        credentials_keyring=keyring,
+        runs_simulator=True,
+        extra={"APPTSYNC_KAFKA_SESSION_TIMEOUT_MS": "1000"},
     )
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -195,6 +202,23 @@ def test_services_reading_the_built_env_get_the_planned_addresses(monkeypatch: p
     assert FetcherSettings().health_address == "127.0.0.1:41002"
     assert WriterSettings().health_address == "127.0.0.1:41004"
     assert SimulatorSettings().listen_address == "127.0.0.1:41006"
+    assert OutboundPolicy.from_settings(OutboundSettings()) == OutboundPolicy.allowing("http://127.0.0.1:41006")
+
+
+def test_the_outbound_policy_allows_the_stacks_simulator_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    addresses = plan_addresses(
+        database_url="postgresql://x@127.0.0.1:1/x", bootstrap_servers="127.0.0.1:2", ports=PORTS
+    )
+    with_simulator = build_service_env(addresses, PORTS, credentials_keyring="dev:AAAA", runs_simulator=True)
+    assert with_simulator["APPTSYNC_OUTBOUND_ALLOWED_ORIGINS"] == addresses.simulator_url
+    monkeypatch.setenv("APPTSYNC_OUTBOUND_ALLOWED_ORIGINS", with_simulator["APPTSYNC_OUTBOUND_ALLOWED_ORIGINS"])
+    policy = OutboundPolicy.from_settings(OutboundSettings())
+    assert policy.refusal(f"{addresses.simulator_url}/acuity/api/v1", source=Source.ACUITY) is None
+    for other_port in (PORTS.gateway, PORTS.fetcher_health, PORTS.writer_metrics, 5432, 9092):
+        assert policy.refusal(f"http://127.0.0.1:{other_port}/", source=Source.ACUITY) is not None
+    # A set without the simulator (e.g. only a gateway) allows no origin at all.
+    without = build_service_env(addresses, PORTS, credentials_keyring="dev:AAAA", runs_simulator=False)
+    assert "APPTSYNC_OUTBOUND_ALLOWED_ORIGINS" not in without
 
 
 def test_extra_env_overrides_the_planned_values() -> None:
@@ -202,7 +226,11 @@ def test_extra_env_overrides_the_planned_values() -> None:
         database_url="postgresql://x@127.0.0.1:1/x", bootstrap_servers="127.0.0.1:2", ports=PORTS
     )
     env = build_service_env(
-        addresses, PORTS, credentials_keyring="dev:AAAA", extra={"APPTSYNC_DATABASE_URL": "postgresql://other"}
+        addresses,
+        PORTS,
+        credentials_keyring="dev:AAAA",
+        runs_simulator=True,
+        extra={"APPTSYNC_DATABASE_URL": "postgresql://other"},
     )
     assert env["APPTSYNC_DATABASE_URL"] == "postgresql://other"
 

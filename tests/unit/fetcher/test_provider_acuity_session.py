@@ -23,7 +23,14 @@ from apptsync.fetcher.providers import (
     open_session,
 )
 from apptsync.shared.appointments import CancellationStub, Source
-from apptsync.shared.errors import InvalidArgumentError, ProviderAuthError, ProviderRejectedError
+from apptsync.shared.errors import (
+    InvalidArgumentError,
+    OutboundRefusedError,
+    PermanentError,
+    ProviderAuthError,
+    ProviderRejectedError,
+)
+from apptsync.shared.outbound import OutboundPolicy
 from tests.unit.fetcher.test_provider_acuity_normalizer import DOCUMENTED
 
 pytestmark = pytest.mark.unit
@@ -85,6 +92,7 @@ class FakeAcuity:
 def make_http(handler: Callable[[httpx.Request], httpx.Response]) -> ProviderHttp:
     return ProviderHttp(
         timeout_seconds=5.0,
+        outbound=OutboundPolicy.allowing(["https://acuity.test"]),
         transport=httpx.MockTransport(handler),
         retry=RetryPolicy(max_attempts=2, initial_backoff_seconds=0.0, max_backoff_seconds=0.0),
         rate_budget_overrides=GENEROUS,
@@ -281,3 +289,20 @@ async def test_the_near_term_sweep_finds_a_stored_booking_that_moved_out_of_the_
     assert sorted(looked_up) == ["/api/v1/appointments/2", "/api/v1/appointments/99"]
     # A resumed session does not know what the walk returned before: it sweeps nothing.
     assert all(a.external_id != "2" or not page.near_term for page in resumed_pages for a in page.appointments)
+
+
+async def test_a_stored_base_url_the_policy_refuses_fails_the_page_and_sends_nothing() -> None:
+    """A connection stored before the outbound policy (the gateway refuses such a base_url now): the
+    session fails with the policy's reason, a PermanentError that fails the job, and the credentials
+    never leave the process."""
+    fake = FakeAcuity(spread(10))
+    http = make_http(fake)
+    for hostile in ("http://169.254.169.254/latest", "http://127.0.0.1:5432/api/v1", "https://acuity.test.evil.example"):
+        stored = ConnectionConfig(base_url=hostile, credentials=BASIC.credentials)
+        with pytest.raises(OutboundRefusedError) as caught:
+            await session(http, connection=stored).next_page()
+        assert isinstance(caught.value, PermanentError)
+        assert str(caught.value).startswith("outbound request refused: host ")
+        assert "k-secret" not in str(caught.value)
+    await http.aclose()
+    assert fake.requests == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import parse_qs
@@ -32,11 +33,13 @@ from apptsync.fetcher.providers.calendly import (
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import (
     InvalidArgumentError,
+    OutboundRefusedError,
     PaginationLoopError,
     ProviderAuthError,
     ProviderRejectedError,
     ProviderUnavailableError,
 )
+from apptsync.shared.outbound import OutboundPolicy
 from tests.unit.fetcher.test_provider_calendly_normalizer import EVENT, INVITEE
 
 pytestmark = pytest.mark.unit
@@ -122,6 +125,7 @@ class FakeSleep:
 def make_http(fake: Callable[[httpx.Request], httpx.Response], sleep: FakeSleep | None = None) -> ProviderHttp:
     return ProviderHttp(
         timeout_seconds=5.0,
+        outbound=OutboundPolicy.allowing(["https://calendly.test", "https://auth.test"]),
         transport=httpx.MockTransport(fake),
         retry=RetryPolicy(max_attempts=3, initial_backoff_seconds=0.0, max_backoff_seconds=0.0),
         sleep=sleep or FakeSleep(),
@@ -419,3 +423,19 @@ async def test_the_near_term_is_paged_first_and_flagged_and_each_booking_comes_o
     assert opened.near_term_pages == 1
     event_requests = [r for r in fake.requests if r.url.path == "/scheduled_events"]
     assert [r.url.params["sort"] for r in event_requests] == ["start_time:asc", "start_time:asc", "start_time:desc"]
+
+
+async def test_a_stored_token_url_the_policy_refuses_gets_no_refresh_token() -> None:
+    """A connection stored before the outbound policy: its token_url points at an internal address.
+    The 401 leads to a refresh, which the seam refuses: the refresh token and client secret are never
+    sent there, and the job fails with the policy's reason."""
+    fake = three_events()
+    fake.valid_tokens = set()
+    http = make_http(fake)
+    try:
+        with pytest.raises(OutboundRefusedError, match=re.escape("outbound request refused: host '169.254.169.254'")):
+            await session(http, token_url="http://169.254.169.254/oauth/token").next_page()
+    finally:
+        await http.aclose()
+    assert [r.url.host for r in fake.requests] == ["calendly.test"]
+    assert all(r.url.path != "/oauth/token" for r in fake.requests)

@@ -38,6 +38,7 @@ from apptsync.shared.errors import (
     ProviderAuthError,
     ProviderRejectedError,
 )
+from apptsync.shared.outbound import OutboundPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -134,6 +135,7 @@ class FakeSleep:
 def make_http(fake: Callable[[httpx.Request], httpx.Response], sleep: FakeSleep | None = None) -> ProviderHttp:
     return ProviderHttp(
         timeout_seconds=5.0,
+        outbound=OutboundPolicy.allowing(["https://google.test"]),
         transport=httpx.MockTransport(fake),
         retry=RetryPolicy(max_attempts=3, initial_backoff_seconds=0.0, max_backoff_seconds=0.0),
         sleep=sleep or FakeSleep(),

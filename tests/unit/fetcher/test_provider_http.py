@@ -19,7 +19,13 @@ from apptsync.fetcher.providers import (
     retry_after_seconds,
 )
 from apptsync.shared.appointments import Source
-from apptsync.shared.errors import ProviderAuthError, ProviderRejectedError, ProviderUnavailableError
+from apptsync.shared.errors import (
+    OutboundRefusedError,
+    ProviderAuthError,
+    ProviderRejectedError,
+    ProviderUnavailableError,
+)
+from apptsync.shared.outbound import OutboundPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -60,6 +66,7 @@ def make_http(script: Scripted, sleep: FakeSleep, policy: RetryPolicy = POLICY) 
     clock: Callable[[], datetime] = lambda: NOW  # noqa: E731
     return ProviderHttp(
         timeout_seconds=5.0,
+        outbound=OutboundPolicy.allowing(["https://acuity.test"]),
         transport=httpx.MockTransport(script),
         retry=policy,
         sleep=sleep,
@@ -228,3 +235,64 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
         assert low <= wait <= high
     hinted = backoff_seconds(retry_number=1, provider_hint_seconds=20.0, policy=policy, rng=rng)
     assert 20.0 <= hinted <= 22.0
+
+
+# The outbound policy at the seam: a hostile URL (a connection stored before the gateway checked it)
+# is refused before anything is sent, and a redirect to an internal address is not followed.
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "https://169.254.169.254/api/v1/appointments",
+        "http://127.0.0.1:5432/",
+        "http://localhost:9092/",
+        "http://[::1]/",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:6379/_INFO",
+        "https://api.calendly.com@evil.example/",
+        "https://api.calendly.com.evil.example/",
+        "https://acuityscheduling.com:8443/api/v1/appointments",
+        "https://acuity.test:444/api/v1/appointments",
+    ],
+)
+async def test_a_url_the_policy_refuses_is_never_requested(hostile: str) -> None:
+    script, sleep = Scripted(ok()), FakeSleep()
+    http = make_http(script, sleep)
+    try:
+        with pytest.raises(OutboundRefusedError, match=r"^outbound request refused: "):
+            await http.get_json(source=Source.ACUITY, budget=GENEROUS, url=hostile, params={}, headers=HEADERS)
+        with pytest.raises(OutboundRefusedError):
+            await http.post_form(source=Source.ACUITY, budget=GENEROUS, url=hostile, form={"a": "b"}, headers={})
+    finally:
+        await http.aclose()
+    assert script.requests == []
+    assert sleep.calls == []
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_to_an_internal_address_is_not_followed(status: int) -> None:
+    metadata = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+    script, sleep = Scripted(httpx.Response(status, headers={"Location": metadata}), ok()), FakeSleep()
+    with pytest.raises(ProviderRejectedError) as caught:
+        await get(make_http(script, sleep))
+    assert [str(r.url.host) for r in script.requests] == ["acuity.test"]
+    assert f"answered {status}" in str(caught.value)
+    assert sleep.calls == []
+
+
+async def test_the_policy_and_httpx_agree_on_an_upper_case_host_with_its_default_port() -> None:
+    """The seam compares the policy's origin with the one httpx would connect to; equal spellings of
+    one origin pass (a URL they read differently would be refused, and none is known)."""
+    script, sleep = Scripted(ok()), FakeSleep()
+    http = make_http(script, sleep)
+    try:
+        await http.get_json(
+            source=Source.ACUITY, budget=GENEROUS, url="HTTPS://ACUITY.TEST:443/api/v1", params={}, headers=HEADERS
+        )
+    finally:
+        await http.aclose()
+    assert [(r.url.scheme, r.url.host, r.url.port, r.url.path) for r in script.requests] == [
+        ("https", "acuity.test", 443, "/api/v1")
+    ]

@@ -13,6 +13,7 @@ from apptsync.fetcher.providers import ProviderHttp, RateBudget, RetryPolicy, sh
 from apptsync.fetcher.shared_budget import shared_sources
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import ProviderRejectedError
+from apptsync.shared.outbound import OutboundPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -60,6 +61,7 @@ def make_http(shared: FakeSharedBudget, *replies: httpx.Response) -> tuple[Provi
         return script.pop(0)
 
     http = ProviderHttp(
+        outbound=OutboundPolicy.allowing(["https://provider.test"]),
         timeout_seconds=5.0,
         transport=httpx.MockTransport(handler),
         retry=POLICY,

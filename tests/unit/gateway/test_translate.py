@@ -13,6 +13,7 @@ from apptsync.gateway.translate import (
     request_fingerprint,
 )
 from apptsync.shared.db.jobs import asked_request, request_differences
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import GatewaySettings
 from apptsync.v1 import imports_pb2
 
@@ -65,12 +66,79 @@ def test_unknown_stop_policy_is_rejected() -> None:
     assert violations(request(options=imports_pb2.ImportOptions(stop_policy=99))) == {"options.stop_policy"}  # type: ignore[arg-type]
 
 
+SIMULATOR = "http://127.0.0.1:8710"
+WITH_SIMULATOR = OutboundPolicy.allowing(SIMULATOR)
+
+
+def put(
+    source: int = imports_pb2.SOURCE_ACUITY, base_url: str = "", **settings: str
+) -> imports_pb2.PutConnectionRequest:
+    return imports_pb2.PutConnectionRequest(tenant_id=TENANT, connection_id="main", source=source,  # type: ignore[arg-type]
+                                            base_url=base_url, credentials={"api_key": "k"}, settings=settings)
+
+
+def connection_violations(req: imports_pb2.PutConnectionRequest, outbound: OutboundPolicy) -> dict[str, str]:
+    with pytest.raises(RequestInvalid) as caught:
+        connection_from_request(req, outbound=outbound)
+    return {v.field: v.description for v in caught.value.violations}
+
+
 def test_put_connection_requires_credentials_and_a_valid_url() -> None:
     bad = imports_pb2.PutConnectionRequest(tenant_id=TENANT, connection_id="main",
                                            source=imports_pb2.SOURCE_ACUITY, base_url="ftp://x")
     with pytest.raises(RequestInvalid) as caught:
-        connection_from_request(bad)
+        connection_from_request(bad, outbound=OutboundPolicy())
     assert {v.field for v in caught.value.violations} == {"base_url", "credentials"}
+
+
+@pytest.mark.parametrize("hostile", [
+    "http://169.254.169.254/latest/meta-data/",
+    "https://169.254.169.254",
+    "http://127.0.0.1:5432",
+    "http://localhost:9092",
+    "http://[::1]/",
+    "file:///etc/passwd",
+    "gopher://127.0.0.1:6379/_INFO",
+    "https://api.calendly.com@evil.example/",
+    "https://api.calendly.com.evil.example/",
+    "https://acuityscheduling.com:8443/api/v1",
+    "http://127.0.0.1:8711",  # the simulator's host, another port: another origin
+])
+def test_put_connection_refuses_a_base_url_the_outbound_policy_does_not_allow(hostile: str) -> None:
+    found = connection_violations(put(base_url=hostile), WITH_SIMULATOR)
+    assert list(found) == ["base_url"]
+    assert found["base_url"].startswith("not allowed: ")
+    assert "evil.example/" not in found["base_url"] and "passwd" not in found["base_url"]
+
+
+def test_put_connection_refuses_a_hostile_token_url_setting() -> None:
+    found = connection_violations(
+        put(imports_pb2.SOURCE_GOOGLE_CALENDAR, token_url="http://169.254.169.254/computeMetadata/v1/"), WITH_SIMULATOR
+    )
+    assert list(found) == ["settings.token_url"]
+    # A provider host of another source is not one of this source's.
+    found = connection_violations(put(imports_pb2.SOURCE_CALENDLY, token_url="https://oauth2.googleapis.com/token"),
+                                  OutboundPolicy())
+    assert list(found) == ["settings.token_url"]
+
+
+def test_put_connection_accepts_provider_hosts_the_default_and_the_deployments_simulator() -> None:
+    accepted = [
+        (put(), OutboundPolicy()),
+        (put(base_url="https://acuityscheduling.com/api/v1"), OutboundPolicy()),
+        (put(imports_pb2.SOURCE_CALENDLY, base_url="https://api.calendly.com",
+             token_url="https://auth.calendly.com/oauth/token"), OutboundPolicy()),
+        (put(imports_pb2.SOURCE_GOOGLE_CALENDAR, base_url="https://www.googleapis.com/calendar/v3",
+             token_url="https://oauth2.googleapis.com/token"), OutboundPolicy()),
+        (put(imports_pb2.SOURCE_GOOGLE_CALENDAR, token_url="  "), OutboundPolicy()),
+        (put(base_url=f"{SIMULATOR}/acuity/api/v1"), WITH_SIMULATOR),
+        (put(imports_pb2.SOURCE_GOOGLE_CALENDAR, base_url=f"{SIMULATOR}/google/calendar/v3",
+             token_url=f"{SIMULATOR}/google/oauth2/token"), WITH_SIMULATOR),
+    ]
+    for request_, outbound in accepted:
+        assert connection_from_request(request_, outbound=outbound).base_url == request_.base_url
+    # The same simulator URL without the deployment's allowance: refused.
+    assert list(connection_violations(put(base_url=f"{SIMULATOR}/acuity/api/v1"), OutboundPolicy())) == ["base_url"]
 
 
 def differences(first: imports_pb2.StartImportRequest, later: imports_pb2.StartImportRequest) -> list[str]:

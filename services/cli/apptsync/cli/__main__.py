@@ -58,15 +58,18 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
     from apptsync.gateway.server import serve_gateway
     from apptsync.shared.credentials import Keyring
     from apptsync.shared.db.pool import create_pool
-    from apptsync.shared.settings import GatewaySettings
+    from apptsync.shared.outbound import OutboundPolicy
+    from apptsync.shared.settings import GatewaySettings, OutboundSettings
 
     settings, database, credentials = GatewaySettings(), DatabaseSettings(), CredentialSettings()
     _register_service_secrets(database, credentials)
+    # Before anything starts: a malformed allowed origin fails start-up instead of a request.
+    outbound = OutboundPolicy.from_settings(OutboundSettings())
 
     async def serve(stop: asyncio.Event) -> None:
         pool = await create_pool(database, application_name="apptsync-gateway")
         try:
-            await serve_gateway(pool, Keyring.from_settings(credentials), settings, stop=stop)
+            await serve_gateway(pool, Keyring.from_settings(credentials), settings, outbound=outbound, stop=stop)
         finally:
             await pool.close()
 
@@ -83,10 +86,12 @@ def _cmd_fetcher(_args: argparse.Namespace) -> int:
     from apptsync.fetcher.runner import new_worker_id
     from apptsync.fetcher.service import run_fetcher
     from apptsync.shared.credentials import Keyring
-    from apptsync.shared.settings import FetcherSettings, KafkaSettings
+    from apptsync.shared.outbound import OutboundPolicy
+    from apptsync.shared.settings import FetcherSettings, KafkaSettings, OutboundSettings
 
     settings, database, credentials = FetcherSettings(), DatabaseSettings(), CredentialSettings()
     _register_service_secrets(database, credentials)
+    outbound = OutboundPolicy.from_settings(OutboundSettings())
     worker_id = settings.worker_id or new_worker_id(socket.gethostname(), os.getpid())
 
     async def serve(stop: asyncio.Event) -> None:
@@ -95,6 +100,7 @@ def _cmd_fetcher(_args: argparse.Namespace) -> int:
             KafkaSettings(),
             settings,
             Keyring.from_settings(credentials),
+            outbound=outbound,
             worker_id=worker_id,
             stop=stop,
         )
@@ -404,7 +410,12 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
     put = client_command("put-connection", "create or replace a provider connection")
     put.add_argument("--source", required=True, choices=["acuity", "calendly", "google_calendar"])
     put.add_argument("--connection", required=True, help="connection id")
-    put.add_argument("--base-url", default="", help="provider API base URL (default: the public API)")
+    put.add_argument(
+        "--base-url",
+        default="",
+        help="provider API base URL (default: the public API); the provider's own https hosts only, "
+        "or an origin the deployment allows (APPTSYNC_OUTBOUND_ALLOWED_ORIGINS)",
+    )
     put.add_argument(
         "--credentials-file",
         required=True,

@@ -27,6 +27,7 @@ from apptsync.shared.db.listen import NotificationListener
 from apptsync.shared.db.pool import create_pool
 from apptsync.shared.health import HealthEndpoint, health_enabled
 from apptsync.shared.kafka import create_consumer, create_producer, ensure_topics, kafka_errors
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import DatabaseSettings, FetcherSettings, KafkaSettings
 from apptsync.shared.telemetry.http_metrics import MeteredTransport
 from apptsync.shared.telemetry.tracing import untraced
@@ -54,12 +55,14 @@ async def run_fetcher(
     settings: FetcherSettings,
     keyring: Keyring,
     *,
+    outbound: OutboundPolicy,
     worker_id: str,
     stop: asyncio.Event,
     clock: Callable[[], datetime] = _utc_now,
     http_transport: httpx.AsyncBaseTransport | None = None,
 ) -> None:
-    """Runs until `stop` is set, then drains and returns. Raises StorageUnavailableError or
+    """Runs until `stop` is set, then drains and returns. Every provider request passes `outbound`
+    (the deployment's policy; see apptsync.shared.outbound). Raises StorageUnavailableError or
     BrokerUnavailableError when PostgreSQL or Kafka cannot be reached at start-up."""
     health = HealthEndpoint(settings.health_address) if health_enabled(settings.health_address) else None
     if health is not None:
@@ -85,6 +88,7 @@ async def run_fetcher(
     )
     http = ProviderHttp(
         timeout_seconds=settings.http_timeout_seconds,
+        outbound=outbound,
         transport=metered,
         rate_budget_overrides=benchmark_rate_budgets(settings.benchmark_provider_requests_per_second),
         shared_budget=shared_budget if sources else None,

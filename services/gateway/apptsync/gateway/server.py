@@ -43,6 +43,7 @@ from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.errors import ApptsyncError, InvalidArgumentError, NotFoundError, RetriableError
 from apptsync.shared.health import HealthEndpoint, health_enabled
 from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import GatewaySettings
 from apptsync.shared.telemetry.logs import register_secrets
 from apptsync.shared.telemetry.metrics import METRICS
@@ -121,8 +122,11 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         hub: JobChangeHub,
         tokens: TokenTable | None,
         clock: Clock = _utc_now,
+        *,
+        outbound: OutboundPolicy,
     ) -> None:
         self._pool = pool
+        self._outbound = outbound
         self._keyring = keyring
         self._settings = settings
         self._hub = hub
@@ -270,7 +274,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         self, request: imports_pb2.PutConnectionRequest, context: Context
     ) -> imports_pb2.Connection:
         async def body(principal: Principal) -> imports_pb2.Connection:
-            given = connection_from_request(request)
+            given = connection_from_request(request, outbound=self._outbound)
             register_secrets(*given.credentials.values())
             principal.require(given.tenant_id)
             async with self._pool.acquire() as conn:
@@ -411,10 +415,12 @@ async def serve_gateway(
     keyring: Keyring,
     settings: GatewaySettings,
     *,
+    outbound: OutboundPolicy,
     stop: asyncio.Event,
     ready: Callable[[int], None] | None = None,
 ) -> None:
-    """Serves until `stop` is set, then stops intake, lets calls in flight finish (bounded), returns."""
+    """Serves until `stop` is set, then stops intake, lets calls in flight finish (bounded), returns.
+    PutConnection accepts only the URLs `outbound` allows (see apptsync.shared.outbound)."""
     tokens = load_tokens(settings)
     # Before anything holds a pooled connection: a bad TLS setting fails startup instead of hanging it.
     credentials = _server_credentials(settings)
@@ -428,7 +434,7 @@ async def serve_gateway(
     # also when serving never began (e.g. the port is taken).
     try:
         server = grpc.aio.server(options=options)
-        servicer = ImportServicer(pool, keyring, settings, hub, tokens)
+        servicer = ImportServicer(pool, keyring, settings, hub, tokens, outbound=outbound)
         imports_pb2_grpc.add_ImportServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -20,6 +20,7 @@ from apptsync.shared.db.connections import ConnectionRecord
 from apptsync.shared.db.jobs import FingerprintValue, JobOptions, NewJob
 from apptsync.shared.errors import PermanentError
 from apptsync.shared.job_messages import POLICY_FROM_PROTO, SOURCE_FROM_PROTO, SOURCE_TO_PROTO
+from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.pages import from_timestamp, timestamp
 from apptsync.shared.settings import GatewaySettings
 from apptsync.v1 import imports_pb2
@@ -192,16 +193,28 @@ class ConnectionInput:
     settings: dict[str, str]
 
 
-def connection_from_request(request: imports_pb2.PutConnectionRequest) -> ConnectionInput:
-    """Validates PutConnection. Raises RequestInvalid."""
+def connection_from_request(
+    request: imports_pb2.PutConnectionRequest, *, outbound: OutboundPolicy
+) -> ConnectionInput:
+    """Validates PutConnection. Raises RequestInvalid.
+
+    `base_url` and the `token_url` setting (empty: the provider's public endpoint) must pass the
+    outbound policy for the request's source: a provider host over https, or an origin the deployment
+    allows. Otherwise the violation is `base_url` / `settings.token_url` and nothing is stored."""
     violations: list[FieldViolation] = []
     tenant_id = parse_uuid(request.tenant_id, "tenant_id", violations)
     check_name(request.connection_id, "connection_id", violations)
     source = SOURCE_FROM_PROTO.get(request.source)
     if source is None:
         violations.append(FieldViolation("source", "must be one of ACUITY, CALENDLY, GOOGLE_CALENDAR"))
-    if request.base_url and not re.match(r"^https?://[^\s]+$", request.base_url):
-        violations.append(FieldViolation("base_url", "must be an http(s) URL"))
+    else:
+        # Empty means the provider's public endpoint; so does a blank token_url (the sessions strip it).
+        token_url = request.settings.get("token_url", "")
+        urls = {"base_url": request.base_url, "settings.token_url": token_url if token_url.strip() else ""}
+        for field, url in urls.items():
+            reason = outbound.refusal(url, source=source) if url else None
+            if reason is not None:
+                violations.append(FieldViolation(field, f"not allowed: {reason}"))
     if not request.credentials:
         violations.append(FieldViolation("credentials", "must not be empty"))
     for name, value in request.credentials.items():

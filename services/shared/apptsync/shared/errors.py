@@ -68,6 +68,16 @@ class ProviderRejectedError(ProviderError, PermanentError):
         self.status_code = status_code
 
 
+class OutboundRefusedError(PermanentError):
+    """A URL the outbound policy (`apptsync.shared.outbound`) does not allow: not a provider host of the
+    connection's source over https on the default port, nor an origin the deployment allows. The
+    request was never sent. `reason` says why without repeating the URL's userinfo, path or query."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"outbound request refused: {reason}")
+        self.reason = reason
+
+
 class PaginationLoopError(ProviderError, PermanentError):
     """The provider handed back a cursor we already followed: paging would never end."""
 

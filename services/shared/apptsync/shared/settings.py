@@ -167,6 +167,17 @@ class FetcherSettings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 
 
+class OutboundSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_OUTBOUND_", extra="ignore")
+
+    allowed_origins: str = Field(
+        "",
+        description="Comma-separated origins (scheme://host:port) the gateway accepts in a connection's base_url "
+        "or token_url and the fetcher calls, besides the providers' own https hosts: only a provider simulator's "
+        "(dev stack, tests). Empty in production.",
+    )
+
+
 class WriterSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_WRITER_", extra="ignore")
 
@@ -270,6 +281,7 @@ SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = (
     CredentialSettings,
     GatewaySettings,
     FetcherSettings,
+    OutboundSettings,
     WriterSettings,
     SimulatorSettings,
     RetentionSettings,

@@ -19,6 +19,7 @@ from apptsync.shared.settings import (
     FetcherSettings,
     GatewaySettings,
     KafkaSettings,
+    OutboundSettings,
     SimulatorSettings,
     WriterSettings,
 )
@@ -99,11 +100,14 @@ def build_service_env(
     ports: ServicePorts,
     *,
     credentials_keyring: str,
+    runs_simulator: bool,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The variables every service process gets (the same set for all: each reads its own groups).
 
-    `extra` goes on top (e.g. shorter Kafka session timeouts in tests).
+    With `runs_simulator`, the outbound policy allows the simulator's origin and nothing else, so that
+    connections may name it (`http://127.0.0.1:<simulator port>`); without, no origin beyond the real
+    providers'. `extra` goes on top (e.g. shorter Kafka session timeouts in tests).
     """
     env = {
         env_var(DatabaseSettings, "url"): addresses.database_url,
@@ -117,6 +121,8 @@ def build_service_env(
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
     }
+    if runs_simulator:
+        env[env_var(OutboundSettings, "allowed_origins")] = addresses.simulator_url
     metrics_ports = (
         (GatewaySettings, ports.gateway_metrics),
         (FetcherSettings, ports.fetcher_metrics),

@@ -160,7 +160,11 @@ class ServiceSet:
             database_url=database_url, bootstrap_servers=bootstrap_servers, ports=self.ports
         )
         self.service_env: dict[str, str] = build_service_env(
-            self.addresses, self.ports, credentials_keyring=credentials_keyring, extra=extra_env
+            self.addresses,
+            self.ports,
+            credentials_keyring=credentials_keyring,
+            runs_simulator="simulator" in services,
+            extra=extra_env,
         )
         self._child_env = child_environment(self.service_env, inherited_env)
         # Only `migrate` gets the owner's DSN: the services run as a role that owns no table.

@@ -1,7 +1,9 @@
 """The one network seam of the provider layer: GET a JSON document, with retries and rate budgets.
 
-Policy (what is retried, how long to wait) is in pure functions; `ProviderHttp` only wires httpx,
-tenacity and aiolimiter to them.
+Policy (what is retried, how long to wait, which URLs may be called at all) is in pure functions;
+`ProviderHttp` only wires httpx, tenacity and aiolimiter to them. Every request's URL passes the
+outbound policy (`apptsync.shared.outbound`) before it is sent, and redirects are never followed: a
+3xx answer is the provider's refusal, so a redirect to an internal address is never requested.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_excepti
 from apptsync.fetcher.providers._json_fields import loads_json
 from apptsync.fetcher.providers._model import JsonValue
 from apptsync.shared.appointments import Source
-from apptsync.shared.errors import ProviderAuthError, ProviderRejectedError, ProviderUnavailableError
+from apptsync.shared.errors import (
+    OutboundRefusedError,
+    ProviderAuthError,
+    ProviderRejectedError,
+    ProviderUnavailableError,
+)
+from apptsync.shared.outbound import Origin, OutboundPolicy
 
 # A reset header above this is an epoch timestamp, below it a number of seconds.
 _EPOCH_THRESHOLD_SECONDS = 1_000_000_000.0
@@ -276,12 +284,15 @@ class ProviderHttp:
     `rate_budget_overrides` replaces a provider's budget (tests, or a provider plan with other limits).
     `shared_budget` makes the providers it covers draw, after this process's limiter and semaphore,
     from a budget shared with other fetcher processes; a 429 from such a provider pauses it for all.
+    `outbound` decides which URLs may be requested: a refused one raises OutboundRefusedError before
+    anything is sent (no retry, no rate slot taken), and no redirect is followed.
     """
 
     def __init__(
         self,
         *,
         timeout_seconds: float,
+        outbound: OutboundPolicy,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -291,6 +302,8 @@ class ProviderHttp:
         shared_budget: SharedBudget | None = None,
     ) -> None:
         self._timeout_seconds = timeout_seconds
+        self._outbound = outbound
+        # follow_redirects=False is part of the outbound policy: a Location header is not checked by it.
         self._client = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout_seconds),
@@ -324,7 +337,8 @@ class ProviderHttp:
 
         Raises ProviderUnavailableError (429 / 5xx / Google 403 rate limits / timeouts / resets /
         malformed bodies, once retries are spent), UnauthorizedError (401), ProviderAuthError (other
-        403), ProviderRejectedError (other 4xx)."""
+        403), ProviderRejectedError (other 4xx and 3xx: redirects are not followed),
+        OutboundRefusedError (the outbound policy refuses `url`; nothing was sent)."""
         request = _Request("GET", url, params=dict(params), form=None, headers=dict(headers))
         return await self._with_retries(source, budget, request, rate_limit_scope, retry_transport_errors=True)
 
@@ -354,6 +368,7 @@ class ProviderHttp:
         *,
         retry_transport_errors: bool,
     ) -> JsonResponse:
+        self._check_outbound(source, request)
         state = self._budget_state(source, budget)
         started_at = self._clock()
         policy = self._retry
@@ -412,6 +427,19 @@ class ProviderHttp:
         except (_MalformedBodyError, _TransportError) as exc:
             raise _gave_up(exc, attempts=retries + 1) from exc
         return JsonResponse(body=body, retries=retries)
+
+    def _check_outbound(self, source: Source, request: _Request) -> None:
+        """Raises OutboundRefusedError unless the policy allows the URL httpx would request. Checked on
+        httpx's own reading of the URL too, so that no difference between its parser and the policy's
+        can send a request to a host the policy did not see."""
+        origin = self._outbound.check(request.url, source=source)
+        try:
+            sent = self._client.build_request(request.method, request.url, params=request.params or None).url
+        except httpx.InvalidURL as exc:
+            raise OutboundRefusedError("the HTTP client cannot read the URL") from exc
+        sent_origin = Origin(sent.scheme, sent.host, sent.port or (443 if sent.scheme == "https" else 80))
+        if sent_origin != origin:
+            raise OutboundRefusedError(f"the URL reads as {sent_origin} to the HTTP client, not {origin}")
 
     async def _attempt(self, state: _BudgetState, source: Source, request: _Request, scope: str) -> JsonValue:
         if scope:
