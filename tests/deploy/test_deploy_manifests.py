@@ -231,7 +231,11 @@ def test_prod_serves_the_gateway_over_tls_and_the_cronjobs_check_its_ca(overlay:
     gateway_pod = _pod_spec(_one(docs, "Deployment", "apptsync-gateway"))
     (gateway,) = gateway_pod["containers"]
     gateway_env = _env(gateway)
-    cronjobs = [d for d in docs if d["kind"] == "CronJob"]
+    # The CronJobs that call the gateway (`sync-all`); the retention CronJob talks to PostgreSQL only.
+    cronjobs = [
+        d for d in docs
+        if d["kind"] == "CronJob" and "sync-all" in _pod_spec(d)["containers"][0].get("args", [])
+    ]
     assert len(cronjobs) == 2
     service = _one(docs, "Service", "apptsync-gateway")
     if name != "prod":
