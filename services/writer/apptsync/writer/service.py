@@ -451,7 +451,11 @@ async def run_writer(
         try:
             producer = create_producer(kafka, client_id=CLIENT_ID)
             consumer = create_consumer(
-                kafka, kafka.pages_topic, group_id=kafka.writer_group_id, client_id=CLIENT_ID
+                kafka,
+                kafka.pages_topic,
+                group_id=kafka.writer_group_id,
+                client_id=CLIENT_ID,
+                group_instance_id=kafka.writer_group_instance_id or None,
             )
             async with kafka_errors():
                 await producer.start()
