@@ -436,7 +436,8 @@ async def run_writer(
     rng: random.Random | None = None,
 ) -> None:
     """Runs the writer until `stop` is set: then stops intake, finishes and commits the poll in hand,
-    leaves the consumer group and returns.
+    leaves the consumer group (a static member, `kafka.writer_group_instance_id`, stays in it until
+    its session times out or the same instance comes back) and returns.
 
     Creates the apptsync topics if missing; serves gRPC health on `writer.health_address` unless its
     port is 0 (SERVING while consuming, NOT_SERVING while draining). Raises StorageUnavailableError /
@@ -484,7 +485,10 @@ async def run_writer(
                     draining.cancel()
                     if health is not None:
                         await health.set_serving(False)
-                    await consumer.stop()  # leaves the group: partitions move on at once
+                    # A dynamic member leaves the group: its partitions move on at once. A static one
+                    # does not (aiokafka sends no LeaveGroup for it): the restart that usually follows
+                    # takes them back without a rebalance.
+                    await consumer.stop()
             finally:
                 await producer.stop()
         finally:
