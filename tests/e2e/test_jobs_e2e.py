@@ -256,7 +256,7 @@ async def test_a_paused_fetcher_loses_its_lease_and_cannot_corrupt_the_job(
     assert final.counts == job.counts
 
 
-async def test_cancel_stops_at_a_page_boundary_and_writes_what_was_sent(jobs_system: RunningSystem) -> None:
+async def test_cancel_stops_sending_pages_and_writes_what_was_sent(jobs_system: RunningSystem) -> None:
     tenant = str(uuid.uuid4())
     await connect_tenant(jobs_system, tenant)
     response = await jobs_system.stub.StartImport(

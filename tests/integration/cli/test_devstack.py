@@ -42,6 +42,8 @@ from apptsync.cli.devstack import (
     preferred_or_free_port,
 )
 from apptsync.cli.devstack.process import ChildProcess, child_environment, guarded_argv
+from apptsync.cli.devstack.restart import RestartPolicy
+from apptsync.cli.devstack.stack import supervise
 from apptsync.shared.credentials import Keyring
 
 pytestmark = pytest.mark.integration
@@ -65,7 +67,9 @@ STAND_IN_SOURCE = textwrap.dedent(
     if name == "migrate":
         print("migrate output: " + os.environ.get("STAND_IN_MIGRATE_SAYS", "ok"), flush=True)
         sys.exit(int(os.environ.get("STAND_IN_MIGRATE_EXIT", "0")))
-    if os.environ.get("STAND_IN_CRASH") == name:
+    crash_file = os.environ.get("STAND_IN_CRASH_FILE")
+    armed = bool(crash_file) and os.path.exists(crash_file) and open(crash_file).read().strip() == name
+    if os.environ.get("STAND_IN_CRASH") == name or armed:
         print(f"{name}: boom, cannot start", flush=True)
         sys.exit(3)
     stop = threading.Event()
@@ -500,6 +504,50 @@ async def test_dev_stack_cancelled_during_start_leaves_no_process(
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(starting, timeout=60)
     assert postgres_pid is not None and await wait_until_gone(postgres_pid)
+
+
+async def test_dev_stack_restarts_a_killed_service_and_gives_up_on_one_that_keeps_crashing(
+    stand_in: Callable[[str], Sequence[str]], tmp_path: Path
+) -> None:
+    crash_file = tmp_path / "crash"
+    stack = DevStack(
+        tmp_path / "state",
+        gateway_port=None,
+        command=stand_in,
+        services=("simulator", "writer"),
+        inherited_env=child_environment({"STAND_IN_CRASH_FILE": str(crash_file)}),
+        ready_timeout_seconds=30,
+    )
+    console: list[str] = []
+    policy = RestartPolicy(max_attempts=2, base_seconds=0.2, cap_seconds=1.0, stable_after_seconds=600.0)
+    stop_requested = asyncio.Event()
+    async with stack:
+        writer = stack.services.process("writer")
+        simulator_pid = stack.services.process("simulator").pid
+        supervising = asyncio.ensure_future(supervise(stack, stop_requested, print_fn=console.append, policy=policy))
+        try:
+            killed_pid = writer.pid
+            writer.kill()
+            for _ in range(300):  # until the writer runs again, at most 30 s
+                if writer.running and writer.pid != killed_pid and any("restarted" in line for line in console):
+                    break
+                await asyncio.sleep(0.1)
+            assert writer.running and writer.pid != killed_pid, console
+            assert f"writer exited on its own with code {-signal.SIGKILL}; restarting it in 0.2 s" in console[0]
+            assert console[1] == f"writer restarted (pid {writer.pid})."
+            assert stack.services.process("simulator").pid == simulator_pid  # the others were left alone
+
+            # From now on the writer dies as it starts: one more restart is allowed, then it gives up.
+            crash_file.write_text("writer")
+            writer.kill()
+            gave_up = await asyncio.wait_for(supervising, timeout=60)
+        finally:
+            stop_requested.set()
+            await asyncio.gather(supervising, return_exceptions=True)
+        assert gave_up is writer
+        assert "restarting it in 0.4 s (attempt 2 of 2)" in console[2]
+        assert "writer did not come back" in console[3]
+        assert console[-1] == "writer crashed 3 times in a row; giving up."
 
 
 async def test_dev_up_serves_until_sigint_and_exits_zero(

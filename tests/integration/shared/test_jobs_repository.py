@@ -147,6 +147,26 @@ async def test_cancel_of_a_queued_job_is_immediate_and_of_a_running_job_is_a_req
         assert await jobs_db.request_cancel(conn, tenant_id=str(uuid.uuid4()), job_id=running.job_id, now=NOW) is None
 
 
+async def test_only_the_cancel_of_a_running_job_is_notified_to_its_fetcher(pool: asyncpg.Pool) -> None:
+    tenant = str(uuid.uuid4())
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    async with pool.acquire() as listening, pool.acquire() as conn:
+        def hear(_connection: object, _pid: int, _channel: str, payload: object) -> None:
+            heard.put_nowait(str(payload))
+
+        await listening.add_listener(jobs_db.JOB_CANCEL_CHANNEL, hear)
+        queued, _ = await jobs_db.create_job(conn, new_job(tenant, "queued"), now=NOW)
+        await jobs_db.request_cancel(conn, tenant_id=tenant, job_id=queued.job_id, now=NOW)
+        running, _ = await jobs_db.create_job(conn, new_job(tenant, "running"), now=NOW)
+        await jobs_db.claim_job(conn, lease_owner="a#1", lease_seconds=30, now=NOW)
+        await jobs_db.request_cancel(conn, tenant_id=tenant, job_id=running.job_id, now=NOW)
+        assert await asyncio.wait_for(heard.get(), timeout=5) == running.job_id
+        # The canceled QUEUED job (no fetcher runs it) sent nothing: the running job's is the only one.
+        await asyncio.sleep(0.2)
+        assert heard.empty()
+        await listening.remove_listener(jobs_db.JOB_CANCEL_CHANNEL, hear)
+
+
 async def test_the_same_idempotency_key_returns_the_finished_job(pool: asyncpg.Pool) -> None:
     tenant = str(uuid.uuid4())
     async with pool.acquire() as conn:

@@ -241,6 +241,14 @@ def test_the_dev_stack_gateway_accepts_unauthenticated_calls(monkeypatch: pytest
     assert GatewaySettings().allow_unauthenticated is True
 
 
+def test_the_dev_stack_writer_rejoins_its_group_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in dev_stack_env_defaults().items():
+        monkeypatch.setenv(name, value)
+    kafka = KafkaSettings()
+    assert (kafka.session_timeout_ms, kafka.heartbeat_interval_ms) == (1000, 200)
+    assert kafka.writer_group_instance_id == ""  # static membership would add the broker's 6 s of pauses
+
+
 def test_dev_keyring_is_a_valid_credentials_keyring() -> None:
     text = format_dev_keyring(b"\x01" * 32)
     assert text.startswith("dev:")

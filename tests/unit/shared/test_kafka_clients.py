@@ -46,6 +46,21 @@ def test_consumer_commits_manually_and_groups_start_at_the_earliest_offset() -> 
     assert grouped["isolation_level"] == "read_committed"
     assert ungrouped["group_id"] is None
     assert ungrouped["auto_offset_reset"] == "latest"
+    assert grouped["group_instance_id"] is None  # dynamic membership unless asked
+
+
+def test_a_static_member_names_its_instance_and_needs_a_group() -> None:
+    static = consumer_config(settings(), group_id="g", client_id="c", group_instance_id="writer-7f9c")
+    assert static["group_instance_id"] == "writer-7f9c"
+    with pytest.raises(ValueError, match="needs a group id"):
+        consumer_config(settings(), group_id=None, client_id="c", group_instance_id="writer-7f9c")
+
+
+def test_default_group_timing_is_the_shortest_a_stock_kafka_broker_accepts() -> None:
+    fields = KafkaSettings.model_fields  # the declared defaults, whatever this shell's environment says
+    assert fields["session_timeout_ms"].default == 6_000  # group.min.session.timeout.ms of Apache Kafka
+    assert fields["heartbeat_interval_ms"].default * 3 <= fields["session_timeout_ms"].default
+    assert fields["writer_group_instance_id"].default == ""
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ session, Kafka and PostgreSQL, in the order that keeps the invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import uuid
@@ -24,6 +25,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 
+from apptsync.fetcher.cancellation import CancelSignals, CancelWatch
 from apptsync.fetcher.connection_state import PostgresConnectionStateStore
 from apptsync.fetcher.progress import JobProgress, Outcome, PageOutcome, StopPolicy
 from apptsync.fetcher.providers import (
@@ -78,6 +80,7 @@ class FetcherContext:
     worker_id: str
     clock: Clock
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+    cancellations: CancelSignals = field(default_factory=CancelSignals)
 
 
 def outcome_of(result: pages_pb2.PageResult) -> PageOutcome:
@@ -99,7 +102,6 @@ async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
         deadline_at=job.deadline_at,
     )
     inbox = ctx.results.subscribe(job.job_id)
-    cancel_requested = asyncio.Event()
     # The job span continues the trace of the StartImport call that queued the job (its traceparent
     # is in the job row), whichever fetcher claims it and however late.
     job_span = _tracer.start_span(
@@ -115,11 +117,15 @@ async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
     )
     source_token = JOB_SOURCE.set(job.external_source)
     try:
-        with use_span_safely(job_span, end_on_exit=True), bound_log_fields(job_id=job.job_id, tenant_id=job.tenant_id):
+        with (
+            use_span_safely(job_span, end_on_exit=True),
+            bound_log_fields(job_id=job.job_id, tenant_id=job.tenant_id),
+            ctx.cancellations.watch(job.job_id) as cancel_watch,
+        ):
             async with asyncio.TaskGroup() as group:
-                renewal = group.create_task(_renew_lease(job.job_id, _lease_owner(job), ctx, cancel_requested))
+                renewal = group.create_task(_renew_lease(job.job_id, _lease_owner(job), ctx, cancel_watch))
                 try:
-                    await _page_loop(job, ctx, progress, inbox, cancel_requested)
+                    await _page_loop(job, ctx, progress, inbox, cancel_watch.requested)
                 finally:
                     renewal.cancel()
     finally:
@@ -210,6 +216,12 @@ async def _page_loop(
                     continue
                 finally:
                     _count_retries(job.external_source, session.retries - retries_before, page_span)
+                if cancel_requested.is_set():
+                    # Asked to cancel while the page was being fetched: it is not sent (nor its
+                    # resume point stored), so a cancel stops the pages within one fetch.
+                    page_span.set_attribute("apptsync.discarded_by_cancel", True)
+                    progress.cancel()
+                    continue
                 if page is None:
                     page_span.set_attribute("apptsync.provider_exhausted", True)
                     progress.provider_exhausted()
@@ -393,11 +405,15 @@ def _lease_owner(job: jobs_db.JobRecord) -> str:
     return job.lease_owner
 
 
-async def _renew_lease(job_id: str, lease_owner: str, ctx: FetcherContext, cancel_requested: asyncio.Event) -> None:
-    """Renews the lease every third of its length; raises LeaseLostError if it was taken over."""
+async def _renew_lease(job_id: str, lease_owner: str, ctx: FetcherContext, watch: CancelWatch) -> None:
+    """Renews the lease every third of its length, or at once when `watch.recheck` is set (missed
+    notifications); sets `watch.requested` when the row says cancellation was requested (the
+    fallback of the cancel notification). Raises LeaseLostError if the lease was taken over."""
     interval_seconds = ctx.settings.lease_seconds / 3
     while True:
-        await asyncio.sleep(interval_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watch.recheck.wait(), timeout=interval_seconds)
+        watch.recheck.clear()
         try:
             async with ctx.pool.acquire() as conn:
                 if await jobs_db.renew_lease(
@@ -407,7 +423,7 @@ async def _renew_lease(job_id: str, lease_owner: str, ctx: FetcherContext, cance
                     lease_seconds=ctx.settings.lease_seconds,
                     now=ctx.clock(),
                 ):
-                    cancel_requested.set()
+                    watch.requested.set()
         except jobs_db.LeaseLostError:
             raise
         except (ApptsyncError, OSError, asyncpg.PostgresError) as exc:

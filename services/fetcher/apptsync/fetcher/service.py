@@ -114,6 +114,19 @@ async def run_fetcher(
         pool, jobs_db.JOBS_QUEUED_CHANNEL, on_notification=lambda _payload: wake.set(), on_resubscribed=wake.set
     )
     await listener.start()
+    # CancelJob's notification reaches the run of the job in this process at once; after a
+    # re-subscription (notifications missed meanwhile) every run re-reads its job row.
+    cancel_listener = NotificationListener(
+        pool,
+        jobs_db.JOB_CANCEL_CHANNEL,
+        on_notification=_hear_cancel(ctx),
+        on_resubscribed=ctx.cancellations.recheck_all,
+    )
+    try:
+        await cancel_listener.start()
+    except BaseException:
+        await listener.stop()
+        raise
     try:
         if health is not None:
             await health.set_serving(True)
@@ -127,6 +140,7 @@ async def run_fetcher(
                 await asyncio.wait(running)
             routing.cancel()
     finally:
+        await cancel_listener.stop()
         await listener.stop()
         await router.stop()
         await producer.stop()
@@ -134,6 +148,14 @@ async def run_fetcher(
         await pool.close()
         if health is not None:
             await health.stop()
+
+
+def _hear_cancel(ctx: FetcherContext) -> Callable[[str], None]:
+    def heard(job_id: str) -> None:
+        if ctx.cancellations.notified(job_id):
+            _log.info("job %s: cancellation requested; no page is sent from now on", job_id)
+
+    return heard
 
 
 async def _claim_loop(

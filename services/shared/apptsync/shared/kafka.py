@@ -65,13 +65,19 @@ def producer_config(settings: KafkaSettings, *, client_id: str) -> dict[str, Any
     }
 
 
-def consumer_config(settings: KafkaSettings, *, group_id: str | None, client_id: str) -> dict[str, Any]:
+def consumer_config(
+    settings: KafkaSettings, *, group_id: str | None, client_id: str, group_instance_id: str | None = None
+) -> dict[str, Any]:
     """Keyword arguments of `AIOKafkaConsumer`: manual commits only, a group starts at the earliest
-    offset (nothing produced before the first join is lost), read_committed isolation."""
+    offset (nothing produced before the first join is lost), read_committed isolation; static
+    membership when `group_instance_id` is given (only with a group)."""
+    if group_instance_id is not None and group_id is None:
+        raise ValueError("a group instance id needs a group id")
     return {
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": client_id,
         "group_id": group_id,
+        "group_instance_id": group_instance_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest" if group_id is not None else "latest",
         "session_timeout_ms": settings.session_timeout_ms,
@@ -89,13 +95,18 @@ def create_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProdu
 
 
 def create_consumer(
-    settings: KafkaSettings, *topics: str, group_id: str | None, client_id: str
+    settings: KafkaSettings,
+    *topics: str,
+    group_id: str | None,
+    client_id: str,
+    group_instance_id: str | None = None,
 ) -> AIOKafkaConsumer:
     """An unstarted consumer subscribed to `topics` (none: assign partitions yourself).
 
     Offsets are never committed automatically: commit exact offsets after the effect is durable.
     """
-    return AIOKafkaConsumer(*topics, **consumer_config(settings, group_id=group_id, client_id=client_id))
+    config = consumer_config(settings, group_id=group_id, client_id=client_id, group_instance_id=group_instance_id)
+    return AIOKafkaConsumer(*topics, **config)
 
 
 def is_retriable_kafka_error(exc: BaseException) -> bool:

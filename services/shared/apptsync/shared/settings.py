@@ -68,13 +68,26 @@ class KafkaSettings(BaseSettings):
     compression_type: Literal["none", "zstd", "lz4", "gzip"] = Field(
         "zstd", description="Producer compression of pages and results."
     )
-    session_timeout_ms: int = Field(10_000, ge=500, description="Consumer-group session timeout.")
-    heartbeat_interval_ms: int = Field(3_000, ge=100, description="Consumer-group heartbeat interval.")
+    # 6 s is the shortest session a stock Apache Kafka broker accepts (group.min.session.timeout.ms):
+    # a writer killed without leaving its group holds its partitions that long before a restarted
+    # one (without a static group instance id) can take them over.
+    session_timeout_ms: int = Field(6_000, ge=500, description="Consumer-group session timeout.")
+    heartbeat_interval_ms: int = Field(
+        1_000, ge=100, description="Consumer-group heartbeat interval (at most a third of the session timeout)."
+    )
     request_timeout_ms: int = Field(30_000, ge=1000, description="Broker request timeout.")
     fetch_max_wait_ms: int = Field(
         50, ge=0, le=5_000, description="Longest a consumer's fetch waits at the broker for data (latency vs requests)."
     )
     writer_group_id: str = Field("apptsync-writer", description="Consumer group of the writers.")
+    writer_group_instance_id: str = Field(
+        "",
+        description=(
+            "Static group membership of this writer: a writer restarted with the same id takes its "
+            "partitions back at once instead of after the killed member's session timeout. Unique "
+            "per running writer (e.g. its pod name); empty: dynamic membership."
+        ),
+    )
 
 
 class CredentialSettings(BaseSettings):

@@ -436,7 +436,8 @@ async def run_writer(
     rng: random.Random | None = None,
 ) -> None:
     """Runs the writer until `stop` is set: then stops intake, finishes and commits the poll in hand,
-    leaves the consumer group and returns.
+    leaves the consumer group (a static member, `kafka.writer_group_instance_id`, stays in it until
+    its session times out or the same instance comes back) and returns.
 
     Creates the apptsync topics if missing; serves gRPC health on `writer.health_address` unless its
     port is 0 (SERVING while consuming, NOT_SERVING while draining). Raises StorageUnavailableError /
@@ -451,7 +452,11 @@ async def run_writer(
         try:
             producer = create_producer(kafka, client_id=CLIENT_ID)
             consumer = create_consumer(
-                kafka, kafka.pages_topic, group_id=kafka.writer_group_id, client_id=CLIENT_ID
+                kafka,
+                kafka.pages_topic,
+                group_id=kafka.writer_group_id,
+                client_id=CLIENT_ID,
+                group_instance_id=kafka.writer_group_instance_id or None,
             )
             async with kafka_errors():
                 await producer.start()
@@ -480,7 +485,10 @@ async def run_writer(
                     draining.cancel()
                     if health is not None:
                         await health.set_serving(False)
-                    await consumer.stop()  # leaves the group: partitions move on at once
+                    # A dynamic member leaves the group: its partitions move on at once. A static one
+                    # does not (aiokafka sends no LeaveGroup for it): the restart that usually follows
+                    # takes them back without a rebalance.
+                    await consumer.stop()
             finally:
                 await producer.stop()
         finally:

@@ -137,8 +137,14 @@ def build_service_env(
 
 def dev_stack_env_defaults() -> dict[str, str]:
     """What only the local dev stack sets: a gateway without bearer tokens (loopback only), so that
-    `grpcurl -plaintext 127.0.0.1:50051 list` works out of the box."""
-    return {env_var(GatewaySettings, "allow_unauthenticated"): "true"}
+    `grpcurl -plaintext 127.0.0.1:50051 list` works out of the box; and the fast consumer-group
+    rejoin of the end-to-end tests (the embedded broker accepts a 1 s session), so that a writer the
+    dev stack restarts after a crash consumes again within about 3 s instead of about 12 s."""
+    return {
+        env_var(GatewaySettings, "allow_unauthenticated"): "true",
+        env_var(KafkaSettings, "session_timeout_ms"): "1000",
+        env_var(KafkaSettings, "heartbeat_interval_ms"): "200",
+    }
 
 
 def format_address_table(addresses: StackAddresses, *, log_dir: str) -> list[str]:

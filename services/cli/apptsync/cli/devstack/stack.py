@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from apptsync.cli.devstack.broker import EmbeddedBroker
 from apptsync.cli.devstack.environment import (
@@ -21,6 +22,7 @@ from apptsync.cli.devstack.errors import DevStackError
 from apptsync.cli.devstack.keyring import load_or_create_dev_keyring
 from apptsync.cli.devstack.postgres import EmbeddedPostgres, server_settings_for
 from apptsync.cli.devstack.process import ChildProcess, wait_for_first_exit
+from apptsync.cli.devstack.restart import GiveUp, Restart, RestartPolicy, RestartTracker
 from apptsync.cli.devstack.services import (
     CommandFactory,
     ServiceSet,
@@ -30,6 +32,7 @@ from apptsync.cli.devstack.services import (
 )
 
 KEYRING_FILE: Final[str] = "credentials.keyring"
+DEFAULT_RESTART_POLICY: Final[RestartPolicy] = RestartPolicy()
 
 
 class DevStack:
@@ -145,11 +148,15 @@ async def dev_up(
     gateway_port: int | None = DEFAULT_GATEWAY_PORT,
     command: CommandFactory = apptsync_cli_command,
     fast_unsafe_postgres: bool = False,
+    restart_policy: RestartPolicy = DEFAULT_RESTART_POLICY,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Runs the dev stack until SIGINT or SIGTERM, then stops it all; returns the exit code.
 
-    0 after a requested stop (also one during start-up, which aborts the start); 1 when start-up
-    failed or a process exited on its own (its log tail is printed). No child outlives this call.
+    A service that exits on its own is restarted with backoff (see `supervise`). 0 after a
+    requested stop (also one during start-up, which aborts the start); 1 when start-up failed, a
+    service kept crashing, or PostgreSQL or the broker exited (its log tail is printed). No child
+    outlives this call.
     """
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -179,7 +186,7 @@ async def dev_up(
         try:
             for line in format_address_table(stack.addresses, log_dir=str(stack.log_dir)):
                 print_fn(line)
-            exited = await _wait_for_stop_or_exit(stack, stop_requested)
+            exited = await supervise(stack, stop_requested, print_fn=print_fn, policy=restart_policy, clock=clock)
             if exited is not None:
                 print_fn(
                     f"{exited.name} exited on its own with code {exited.returncode}; stopping everything. "
@@ -193,6 +200,78 @@ async def dev_up(
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+async def supervise(
+    stack: DevStack,
+    stop_requested: asyncio.Event,
+    *,
+    print_fn: Callable[[str], object] = print,
+    policy: RestartPolicy = DEFAULT_RESTART_POLICY,
+    clock: Callable[[], float] = time.monotonic,
+) -> ChildProcess | None:
+    """Keeps the started stack running until `stop_requested` (then returns None).
+
+    A service that exits on its own is started again after the policy's delay, each restart said on
+    the console with the exit code; `policy.max_attempts` crashes in a row (a failed restart counts)
+    end the supervision: the service is returned. PostgreSQL or the broker exiting is returned at
+    once: the services would only fail against it, and the broker keeps its topics in memory.
+    """
+    tracker = RestartTracker(policy)
+    services = stack.services.processes
+    for name in services:
+        tracker.started(name, now_seconds=clock())
+    while True:
+        exited = await _wait_for_stop_or_exit(stack, stop_requested)
+        if exited is None:
+            return None
+        service = services.get(exited.name)
+        if service is None or service is not exited:
+            return exited
+        decision = tracker.crashed(service.name, now_seconds=clock())
+        while isinstance(decision, Restart):
+            print_fn(
+                f"{service.name} exited on its own with code {service.returncode}; restarting it in "
+                f"{decision.delay_seconds:g} s (attempt {decision.attempt} of {decision.max_attempts}). "
+                f"Log {service.log_path}:\n{service.log_tail()}"
+            )
+            try:
+                restarted = await _unless_stopped(_start_after(service, decision.delay_seconds), stop_requested)
+            except DevStackError as exc:
+                print_fn(f"{service.name} did not come back: {exc}")
+                decision = tracker.start_failed(service.name, now_seconds=clock())
+                continue
+            if not restarted:
+                return None
+            tracker.started(service.name, now_seconds=clock())
+            print_fn(f"{service.name} restarted (pid {service.pid}).")
+            break
+        if isinstance(decision, GiveUp):
+            print_fn(f"{service.name} crashed {decision.attempts + 1} times in a row; giving up.")
+            return service
+
+
+async def _start_after(process: ChildProcess, delay_seconds: float) -> None:
+    await asyncio.sleep(delay_seconds)
+    await process.start()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop_requested: asyncio.Event) -> bool:
+    """Runs `work` unless a stop is requested first (then cancels it and returns False)."""
+    working = asyncio.ensure_future(work)
+    stop_wait = asyncio.ensure_future(stop_requested.wait())
+    try:
+        await asyncio.wait({working, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_wait.cancel()
+        if not working.done():
+            working.cancel()
+        await asyncio.gather(stop_wait, return_exceptions=True)
+    if working.cancelled() or not working.done():
+        await asyncio.gather(working, return_exceptions=True)
+        return False
+    working.result()  # raises what the start raised
+    return True
 
 
 async def _wait_for_stop_or_exit(stack: DevStack, stop_requested: asyncio.Event) -> ChildProcess | None:

@@ -29,6 +29,8 @@ from apptsync.shared.errors import PermanentError
 # Channels: the gateway notifies fetchers of queued jobs; a trigger notifies every job change.
 JOBS_QUEUED_CHANNEL = "apptsync_jobs_queued"
 JOB_CHANGED_CHANNEL = "apptsync_job_changed"
+# A running job's cancellation was requested (payload: its id); the fetcher running it stops at once.
+JOB_CANCEL_CHANNEL = "apptsync_job_cancel_requested"
 ACTIVE_STATES = ("QUEUED", "RUNNING")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELED")
 # The import_jobs counter columns are named like the counters (apptsync.shared.counts).
@@ -303,7 +305,8 @@ async def list_jobs(
 
 
 async def request_cancel(connection: DbConnection, *, tenant_id: str, job_id: str, now: datetime) -> JobRecord | None:
-    """Marks an active job for cancellation (a QUEUED job is canceled at once). Idempotent."""
+    """Marks an active job for cancellation (a QUEUED job is canceled at once) and, for a RUNNING
+    job, notifies its id on JOB_CANCEL_CHANNEL when the transaction commits. Idempotent."""
     async with tenant_transaction(connection, tenant_id):
         row = await connection.fetchrow(
         """UPDATE import_jobs SET
@@ -318,6 +321,10 @@ async def request_cancel(connection: DbConnection, *, tenant_id: str, job_id: st
             uuid.UUID(tenant_id),
             now,
         )
+        if row is not None and row["state"] == "RUNNING":
+            # Delivered at commit: the fetcher running the job hears it without waiting for its
+            # next lease renewal (which still reports the flag when a notification is missed).
+            await connection.execute("SELECT pg_notify($1, $2)", JOB_CANCEL_CHANNEL, str(row["job_id"]))
     if row is None:
         return await get_job(connection, tenant_id=tenant_id, job_id=job_id)
     return record_from_row(row)
