@@ -70,7 +70,9 @@ async def put_connection(address: str, credentials: grpc.ChannelCredentials, con
                 tenant_id=TENANT_ID,
                 connection_id=connection_id,
                 source=imports_pb2.SOURCE_ACUITY,
-                base_url="http://127.0.0.1:9/acuity/api/v1",
+                # The provider's public API: the gateway alone runs here (no simulator, so no
+                # allowed origin) and no job runs, so nothing is ever sent to it.
+                base_url="",
                 credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
             ),
             metadata=(("authorization", f"Bearer {TENANT_TOKEN}"),),
