@@ -67,7 +67,7 @@ def test_unknown_stop_policy_is_rejected() -> None:
 
 
 SIMULATOR = "http://127.0.0.1:8710"
-GOOD_CREDENTIALS = {
+GOOD_CREDENTIALS: dict[int, dict[str, str]] = {
     imports_pb2.SOURCE_ACUITY: {"user_id": "1001", "api_key": "k"},
     imports_pb2.SOURCE_CALENDLY: {"access_token": "t"},
     imports_pb2.SOURCE_GOOGLE_CALENDAR: {"access_token": "t", "refresh_token": "r", "client_id": "c"},
