@@ -49,8 +49,9 @@ async def test_each_sources_identity_read_accepts_the_right_credentials_and_refu
         google = state.google.accounts[1]
         google_token = state.google.tokens.current(1).access_token
         calendars = ",".join(c.id for c in google.calendars)
+        basic = {"user_id": str(acuity.user_id), "api_key": acuity.api_key}
         good = [
-            connection(Source.ACUITY, f"{url}/acuity/api/v1", {"user_id": str(acuity.user_id), "api_key": acuity.api_key}),
+            connection(Source.ACUITY, f"{url}/acuity/api/v1", basic),
             connection(Source.ACUITY, f"{url}/acuity/api/v1", {"access_token": acuity.access_token}),
             connection(Source.CALENDLY, f"{url}/calendly", {"access_token": calendly}),
             connection(Source.GOOGLE_CALENDAR, f"{url}/google/calendar/v3", {"access_token": google_token},
