@@ -195,3 +195,15 @@ def google_calendar_ids(settings: Mapping[str, str] | None) -> list[str]:
     text = (settings or {}).get("calendar_ids", "")
     ids = [part.strip() for part in text.split(",") if part.strip()]
     return list(dict.fromkeys(ids)) or ["primary"]
+
+
+def credential_summary(source: Source) -> str:
+    """The fields of `source` in one line, for help texts: `{user_id, api_key} or {access_token}`,
+    optional fields after a `+`."""
+    sets = []
+    for credential_set in CREDENTIAL_SCHEMAS[source].sets:
+        text = "{" + ", ".join(credential_set.required) + "}"
+        if credential_set.optional:
+            text += " + optionally {" + ", ".join(credential_set.optional) + "}"
+        sets.append(text)
+    return " or ".join(sets)
