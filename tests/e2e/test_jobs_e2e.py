@@ -333,6 +333,8 @@ async def test_rejected_calls_write_nothing_and_responses_never_carry_credential
             source=imports_pb2.SOURCE_ACUITY,
             base_url=f"{system.services.addresses.simulator_url}/acuity/api/v1",
             credentials={"user_id": "1002", "api_key": ACUITY_SECRET},
+            # The canary is no key of the simulator's: stored unverified, as the provider would refuse it.
+            skip_verification=True,
         ),
         metadata=system.metadata,
         timeout=10,
@@ -438,7 +440,12 @@ async def test_put_connection_refuses_urls_outside_the_outbound_policy_and_store
                     connection_id="acuity",
                     source=source,
                     base_url=base_url,
-                    credentials={"user_id": "1002", "api_key": ACUITY_SECRET},
+                    # Credentials that fit each source's schema: the URL is the only violation.
+                    credentials=(
+                        {"user_id": "1002", "api_key": ACUITY_SECRET}
+                        if source == imports_pb2.SOURCE_ACUITY
+                        else {"access_token": ACUITY_SECRET}
+                    ),
                     settings=settings,
                 ),
                 metadata=system.metadata,

@@ -149,7 +149,22 @@ async def run_traced_import(system: TracedSystem) -> imports_pb2.Job:
             connection_id=CONNECTION_ID,
             source=imports_pb2.SOURCE_ACUITY,
             base_url=f"{system.services.addresses.simulator_url}/acuity/api/v1",
-            credentials={"user_id": "1001", "api_key": API_KEY, "webhook_secret": CANARY},
+            credentials={"user_id": "1001", "api_key": API_KEY},
+        ),
+        metadata=system.metadata,
+        timeout=10,
+    )
+    # The canary, a credential no provider knows, reaches the gateway in a connection of its own,
+    # stored unverified (a connection holds only its source's credential fields, and the simulator
+    # would refuse this key); the imported connection's API_KEY is the secret the fetcher handles.
+    await system.stub.PutConnection(
+        imports_pb2.PutConnectionRequest(
+            tenant_id=TENANT_ID,
+            connection_id=f"{CONNECTION_ID}-canary",
+            source=imports_pb2.SOURCE_ACUITY,
+            base_url=f"{system.services.addresses.simulator_url}/acuity/api/v1",
+            credentials={"user_id": "1001", "api_key": CANARY},
+            skip_verification=True,
         ),
         metadata=system.metadata,
         timeout=10,

@@ -67,6 +67,11 @@ def test_unknown_stop_policy_is_rejected() -> None:
 
 
 SIMULATOR = "http://127.0.0.1:8710"
+GOOD_CREDENTIALS: dict[int, dict[str, str]] = {
+    imports_pb2.SOURCE_ACUITY: {"user_id": "1001", "api_key": "k"},
+    imports_pb2.SOURCE_CALENDLY: {"access_token": "t"},
+    imports_pb2.SOURCE_GOOGLE_CALENDAR: {"access_token": "t", "refresh_token": "r", "client_id": "c"},
+}
 WITH_SIMULATOR = OutboundPolicy.allowing(SIMULATOR)
 
 
@@ -74,7 +79,8 @@ def put(
     source: int = imports_pb2.SOURCE_ACUITY, base_url: str = "", **settings: str
 ) -> imports_pb2.PutConnectionRequest:
     return imports_pb2.PutConnectionRequest(tenant_id=TENANT, connection_id="main", source=source,  # type: ignore[arg-type]
-                                            base_url=base_url, credentials={"api_key": "k"}, settings=settings)
+                                            base_url=base_url, credentials=GOOD_CREDENTIALS[source],
+                                            settings=settings)
 
 
 def connection_violations(req: imports_pb2.PutConnectionRequest, outbound: OutboundPolicy) -> dict[str, str]:
@@ -88,7 +94,7 @@ def test_put_connection_requires_credentials_and_a_valid_url() -> None:
                                            source=imports_pb2.SOURCE_ACUITY, base_url="ftp://x")
     with pytest.raises(RequestInvalid) as caught:
         connection_from_request(bad, outbound=OutboundPolicy())
-    assert {v.field for v in caught.value.violations} == {"base_url", "credentials"}
+    assert {v.field for v in caught.value.violations} == {"base_url", "credentials.user_id", "credentials.api_key"}
 
 
 @pytest.mark.parametrize("hostile", [
@@ -204,3 +210,32 @@ def test_an_explicit_window_must_match_to_the_nanosecond() -> None:
 def test_spelling_out_a_default_is_a_different_request() -> None:
     explicit = request(idempotency_key="k", options=imports_pb2.ImportOptions(page_size=100))
     assert differences(request(idempotency_key="k"), explicit) == ["options.page_size"]
+
+
+def test_put_connection_refuses_credentials_outside_the_sources_schema() -> None:
+    legacy = put()
+    legacy.credentials.clear()
+    legacy.credentials.update({"username": "owner", "password": "pw"})
+    found = connection_violations(legacy, OutboundPolicy())
+    assert set(found) == {"credentials.username", "credentials.password", "credentials.user_id", "credentials.api_key"}
+    mixed = put(imports_pb2.SOURCE_CALENDLY)
+    mixed.credentials["refresh_token"] = "r"
+    assert set(connection_violations(mixed, OutboundPolicy())) == {"credentials.client_id", "credentials.client_secret"}
+
+
+def test_put_connection_answers_one_violation_for_a_map_of_thousands_of_fields() -> None:
+    junk = put()
+    junk.credentials.update({f"field{n}": "x" for n in range(5000)})
+    assert connection_violations(junk, OutboundPolicy()) == {"credentials": "at most 16 fields"}
+
+
+def test_put_connection_without_a_source_asks_only_for_credentials() -> None:
+    bare = imports_pb2.PutConnectionRequest(tenant_id=TENANT, connection_id="main")
+    assert set(connection_violations(bare, OutboundPolicy())) == {"source", "credentials"}
+
+
+def test_put_connection_carries_the_verification_opt_out() -> None:
+    assert connection_from_request(put(), outbound=OutboundPolicy()).skip_verification is False
+    opted_out = put()
+    opted_out.skip_verification = True
+    assert connection_from_request(opted_out, outbound=OutboundPolicy()).skip_verification is True

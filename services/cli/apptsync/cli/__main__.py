@@ -19,7 +19,9 @@ from pathlib import Path
 
 from apptsync.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_OTHER, EXIT_UNAVAILABLE, exit_code_table
 from apptsync.cli.moments import EXAMPLES
+from apptsync.shared.appointments import Source
 from apptsync.shared.errors import InvalidArgumentError
+from apptsync.shared.provider_access import credential_summary
 from apptsync.shared.settings import CliSettings, CredentialSettings, DatabaseSettings
 from apptsync.shared.telemetry import process_telemetry
 from apptsync.shared.telemetry.logs import configure_logging, dsn_secrets, keyring_secrets, register_secrets
@@ -420,10 +422,19 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
         "--credentials-file",
         required=True,
         metavar="PATH",
-        help="JSON object of credential fields (secrets never go on the command line, "
-        "which other users of the machine can read)",
+        help="JSON object of credential fields (secrets never go on the command line, which other users "
+        "of the machine can read): "
+        + "; ".join(f"{source.value} {credential_summary(source)}" for source in Source)
+        + ". Refresh needs client_id and client_secret with the refresh_token (Google: client_secret "
+        "only for clients that have one)",
     )
     put.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE")
+    put.add_argument(
+        "--skip-verification",
+        action="store_true",
+        help="store without asking the provider whether it accepts the credentials (by default a refused "
+        "credential exits non-zero and nothing is stored)",
+    )
     return parser
 
 

@@ -244,6 +244,7 @@ def put_connection(args: argparse.Namespace) -> int:
         base_url=args.base_url,
         credentials=credentials,
         settings=settings,
+        skip_verification=args.skip_verification,
     )
     connection = _call(
         args, lambda stub: stub.PutConnection(request, timeout=args.timeout_seconds, metadata=_metadata(args))

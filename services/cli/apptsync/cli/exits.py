@@ -30,7 +30,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_NOT_FOUND, "not found (job, connection)"),
     (
         EXIT_UNAVAILABLE,
-        "unavailable: the gateway cannot be reached (also a refused TLS handshake) or timed out; retry later",
+        "unavailable: the gateway cannot be reached (also a refused TLS handshake) or timed out, or put-connection "
+        "could not reach the provider to verify the credentials; retry later",
     ),
     (EXIT_OTHER, "other errors"),
     (EXIT_REFUSED, "refused: the idempotency key is held by a job another request started"),

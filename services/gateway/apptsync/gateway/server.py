@@ -36,11 +36,18 @@ from apptsync.gateway.translate import (
     page_size,
     parse_uuid,
 )
+from apptsync.gateway.verify import CredentialProbe
 from apptsync.gateway.watch import JobChangeHub
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
-from apptsync.shared.errors import ApptsyncError, InvalidArgumentError, NotFoundError, RetriableError
+from apptsync.shared.errors import (
+    ApptsyncError,
+    InvalidArgumentError,
+    NotFoundError,
+    ProviderUnavailableError,
+    RetriableError,
+)
 from apptsync.shared.health import HealthEndpoint, health_enabled
 from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
 from apptsync.shared.outbound import OutboundPolicy
@@ -124,9 +131,11 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         clock: Clock = _utc_now,
         *,
         outbound: OutboundPolicy,
+        probe: CredentialProbe,
     ) -> None:
         self._pool = pool
         self._outbound = outbound
+        self._probe = probe
         self._keyring = keyring
         self._settings = settings
         self._hub = hub
@@ -277,6 +286,12 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
             given = connection_from_request(request, outbound=self._outbound)
             register_secrets(*given.credentials.values())
             principal.require(given.tenant_id)
+            # After the tenant check: only a caller who may store the connection learns whether the
+            # provider takes the credentials. Before the transaction: no pooled connection waits on it.
+            if given.skip_verification:
+                _log.info("storing connection %s unverified (skip_verification)", given.connection_id)
+            else:
+                await self._probe.verify(given)
             async with self._pool.acquire() as conn:
                 record = await connections_db.put_connection(
                     conn,
@@ -363,6 +378,9 @@ async def _abort_for(context: Context, exc: Exception) -> None:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     elif isinstance(exc, jobs_db.IdempotencyKeyReusedError):
         await _abort_key_reused(context, exc)
+    elif isinstance(exc, ProviderUnavailableError):
+        # The credential probe could not get an answer: its message says which provider and what to do.
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     elif isinstance(
         exc,
         RetriableError
@@ -420,7 +438,8 @@ async def serve_gateway(
     ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serves until `stop` is set, then stops intake, lets calls in flight finish (bounded), returns.
-    PutConnection accepts only the URLs `outbound` allows (see apptsync.shared.outbound)."""
+    PutConnection accepts only the URLs `outbound` allows (see apptsync.shared.outbound) and, unless
+    the caller opts out, credentials the provider accepts (see apptsync.gateway.verify)."""
     tokens = load_tokens(settings)
     # Before anything holds a pooled connection: a bad TLS setting fails startup instead of hanging it.
     credentials = _server_credentials(settings)
@@ -430,11 +449,12 @@ async def serve_gateway(
     ]
     hub = JobChangeHub(pool)
     await hub.start()
+    credential_probe = CredentialProbe(outbound=outbound, timeout_seconds=settings.credential_probe_timeout_seconds)
     # The hub holds a pooled connection that pool.close() would wait for forever: it is released
     # also when serving never began (e.g. the port is taken).
     try:
         server = grpc.aio.server(options=options)
-        servicer = ImportServicer(pool, keyring, settings, hub, tokens, outbound=outbound)
+        servicer = ImportServicer(pool, keyring, settings, hub, tokens, outbound=outbound, probe=credential_probe)
         imports_pb2_grpc.add_ImportServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -470,4 +490,5 @@ async def serve_gateway(
             if probe is not None:
                 await probe.stop()
     finally:
+        await credential_probe.aclose()
         await hub.stop()

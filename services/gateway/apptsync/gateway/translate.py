@@ -22,6 +22,7 @@ from apptsync.shared.errors import PermanentError
 from apptsync.shared.job_messages import POLICY_FROM_PROTO, SOURCE_FROM_PROTO, SOURCE_TO_PROTO
 from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.pages import from_timestamp, timestamp
+from apptsync.shared.provider_access import credential_violations
 from apptsync.shared.settings import GatewaySettings
 from apptsync.v1 import imports_pb2
 
@@ -32,6 +33,9 @@ _MAX_IN_FLIGHT_PAGES = 64
 _MAX_STOP_AFTER_PAGES = 1000
 _MAX_DEADLINE = timedelta(days=1)
 _KNOWN_POLICIES = frozenset(imports_pb2.StopPolicy.values())
+# Every source takes at most four credential fields; past this many, one violation stands for all
+# (one per unknown field would outgrow the status details a gRPC client accepts in its trailers).
+_MAX_CREDENTIAL_FIELDS = 16
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,7 @@ class ConnectionInput:
     base_url: str
     credentials: dict[str, str]
     settings: dict[str, str]
+    skip_verification: bool = False
 
 
 def connection_from_request(
@@ -200,7 +205,11 @@ def connection_from_request(
 
     `base_url` and the `token_url` setting (empty: the provider's public endpoint) must pass the
     outbound policy for the request's source: a provider host over https, or an origin the deployment
-    allows. Otherwise the violation is `base_url` / `settings.token_url` and nothing is stored."""
+    allows. Otherwise the violation is `base_url` / `settings.token_url` and nothing is stored.
+
+    The credentials must fit the source's schema (apptsync.shared.provider_access): each missing,
+    unknown or blank field is one violation `credentials.<name>`. Whether the provider accepts them
+    is not decided here (see apptsync.gateway.verify)."""
     violations: list[FieldViolation] = []
     tenant_id = parse_uuid(request.tenant_id, "tenant_id", violations)
     check_name(request.connection_id, "connection_id", violations)
@@ -215,12 +224,22 @@ def connection_from_request(
             reason = outbound.refusal(url, source=source) if url else None
             if reason is not None:
                 violations.append(FieldViolation(field, f"not allowed: {reason}"))
-    if not request.credentials:
-        violations.append(FieldViolation("credentials", "must not be empty"))
-    for name, value in request.credentials.items():
+    sized = len(request.credentials) <= _MAX_CREDENTIAL_FIELDS
+    if not sized:
+        violations.append(FieldViolation("credentials", f"at most {_MAX_CREDENTIAL_FIELDS} fields"))
+    for name, value in request.credentials.items() if sized else ():
         if not name or len(name) > 64 or len(value) > 8192:
             violations.append(FieldViolation("credentials", "names must be 1-64 and values at most 8192 characters"))
+            sized = False
             break
+    if source is None:
+        if not request.credentials:
+            violations.append(FieldViolation("credentials", "must not be empty"))
+    elif sized:
+        # After the size check: a map of oversized names is one violation, not one per name.
+        violations.extend(
+            FieldViolation(v.field, v.description) for v in credential_violations(source, request.credentials)
+        )
     if violations:
         raise RequestInvalid(violations)
     assert source is not None  # noqa: S101 -- narrows the type; a missing source is a violation raised above
@@ -231,6 +250,7 @@ def connection_from_request(
         base_url=request.base_url,
         credentials=dict(request.credentials),
         settings=dict(request.settings),
+        skip_verification=request.skip_verification,
     )
 
 

@@ -129,6 +129,13 @@ class GatewaySettings(BaseSettings):
     default_max_in_flight_pages: int = Field(8, ge=1, description="Pages a job may have without a result.")
     default_stop_after_pages: int = Field(1, ge=1, description="Consecutive no-news pages that stop a job.")
     default_deadline_seconds: float = Field(3600.0, gt=0, description="Wall-clock budget of a job.")
+    credential_probe_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How long PutConnection waits for each provider request that verifies the credentials "
+        "before it answers UNAVAILABLE.",
+    )
     metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 

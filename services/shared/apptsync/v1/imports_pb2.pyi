@@ -525,14 +525,27 @@ class PutConnectionRequest(_message.Message):
     BASE_URL_FIELD_NUMBER: _builtins.int
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    SKIP_VERIFICATION_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     connection_id: _builtins.str
     source: Global___Source.ValueType
     base_url: _builtins.str
     """Provider API base URL; empty means the provider's public API."""
+    skip_verification: _builtins.bool
+    """By default the credentials are tried against the provider before they are stored (Acuity
+    GET /me, Calendly GET /users/me, Google GET /calendars/{id} of each configured calendar):
+    refused ones answer FAILED_PRECONDITION with the provider's status and message, an unreachable
+    provider UNAVAILABLE. True stores without asking the provider (e.g. while it is down); a wrong
+    credential then shows only when an import fails.
+    """
     @_builtins.property
     def credentials(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Provider credentials, e.g. {"user_id": "...", "api_key": "..."} for Acuity. Write-only."""
+        """Provider credentials, write-only. The fields each source takes (see the README's table):
+        Acuity {user_id, api_key} or {access_token}; Calendly {access_token} plus optionally
+        {refresh_token, client_id, client_secret}; Google Calendar {access_token} plus optionally
+        {refresh_token, client_id} and client_secret. A missing or unknown field is INVALID_ARGUMENT
+        with one field violation `credentials.<name>` each; nothing is stored.
+        """
 
     @_builtins.property
     def settings(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -547,10 +560,11 @@ class PutConnectionRequest(_message.Message):
         base_url: _builtins.str = ...,
         credentials: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         settings: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        skip_verification: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "connection_id", b"connection_id", "credentials", b"credentials", "settings", b"settings", "source", b"source", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "connection_id", b"connection_id", "credentials", b"credentials", "settings", b"settings", "skip_verification", b"skip_verification", "source", b"source", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,6 +27,12 @@ def add_acuity_routes(app: web.Application, state: SimulatorState) -> None:
     async def get_appointment(request: web.Request) -> web.StreamResponse:
         return await guarded(request, provider, lambda r: _get_appointment(r, state))
 
+    async def me(request: web.Request) -> web.Response:
+        # Not `guarded`: PutConnection's credential check is no listing traffic, so it neither counts
+        # as a provider request nor takes an injected fault meant for an import.
+        reply = _me(request, state)
+        return _json(reply.body, reply.status)
+
     async def accounts(request: web.Request) -> web.Response:
         return await _admin_accounts(state)
 
@@ -42,6 +48,7 @@ def add_acuity_routes(app: web.Application, state: SimulatorState) -> None:
     async def reschedule(request: web.Request) -> web.Response:
         return await _admin_reschedule(request, state)
 
+    app.router.add_get(f"{API_PREFIX}/me", me)
     app.router.add_get(f"{API_PREFIX}/appointments", list_appointments)
     app.router.add_get(f"{API_PREFIX}/appointments/{{appointment_id}}", get_appointment)
     app.router.add_get(f"{ADMIN_PREFIX}/accounts", accounts)
@@ -63,6 +70,18 @@ def _authenticate(request: web.Request, state: SimulatorState) -> AcuityAccount 
     except (binascii.Error, UnicodeDecodeError):
         return None
     return state.acuity.authenticate_basic(user_id, api_key)
+
+
+def _me(request: web.Request, state: SimulatorState) -> JsonReply:
+    """`GET /me`: the account's basic information in Acuity's shape, or 401."""
+    account = _authenticate(request, state)
+    if account is None:
+        return _UNAUTHORIZED
+    return JsonReply(200, {
+        "id": account.user_id, "email": f"owner{account.user_id}@studio.example", "name": f"Studio {account.user_id}",
+        "timezone": "America/New_York", "currency": "USD", "firstDayOfWeek": 0, "timeFormat": "ampm",
+        "schedulingPage": f"https://app.acuityscheduling.com/schedule.php?owner={account.user_id}",
+    })  # fmt: skip
 
 
 def _render(appointment: AcuityAppointment, *, include_forms: bool, malformed_every: int) -> dict[str, object]:

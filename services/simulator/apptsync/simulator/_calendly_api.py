@@ -83,6 +83,17 @@ def add_calendly_routes(
             return calendly_error(400, exc.error, exc.message)
         return JsonReply(200, {"collection": invitees, "pagination": _pagination(request, invitees, token)})
 
+    async def users_me(request: web.Request) -> web.Response:
+        # Not `limited`: PutConnection's credential check takes no share of the rate window and no
+        # fault injected for an import.
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        account = store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        if account is None:
+            reply = calendly_error(401, "unauthenticated", "The access token is invalid or expired.")
+        else:
+            reply = JsonReply(200, {"resource": current_user(account)})
+        return json_response(reply.body, status=reply.status)
+
     async def token(request: web.Request) -> web.StreamResponse:
         async def reply(r: web.Request) -> JsonReply:
             try:
@@ -153,6 +164,7 @@ def add_calendly_routes(
         return json_response({"refreshes": store.tokens.refreshes, "invalid_grants": store.tokens.invalid_grants,
                               "rate_limited": state.calendly_rates.rejected})  # fmt: skip
 
+    app.router.add_get(f"{API_PREFIX}/users/me", users_me)
     app.router.add_get(f"{API_PREFIX}/scheduled_events", limited(list_events))
     app.router.add_get(f"{API_PREFIX}/scheduled_events/{{uuid}}/invitees", limited(list_invitees))
     app.router.add_post(f"{API_PREFIX}/oauth/token", token)
@@ -164,6 +176,17 @@ def add_calendly_routes(
     app.router.add_post(f"{ADMIN_PREFIX}/accounts/{{account}}/invitees/{{uuid}}/no_show", admin_no_show)
     app.router.add_post(f"{ADMIN_PREFIX}/oauth/expire-access-tokens", admin_expire_tokens)
     app.router.add_get(f"{ADMIN_PREFIX}/oauth", admin_oauth)
+
+
+def current_user(account: CalendlyAccount) -> dict[str, object]:
+    """The `resource` of `GET /users/me`: Calendly's User shape."""
+    slug = f"clinic-{account.number}"
+    return {
+        "uri": account.user_uri, "name": account.name, "slug": slug, "email": account.email,
+        "scheduling_url": f"https://calendly.com/{slug}", "timezone": "America/New_York", "avatar_url": None,
+        "created_at": "2024-01-02T03:04:05.678123Z", "updated_at": "2024-01-02T03:04:05.678123Z",
+        "current_organization": account.organization_uri, "resource_type": "User",
+    }  # fmt: skip
 
 
 def _pagination(request: web.Request, page: list[dict[str, object]], next_token: str | None) -> dict[str, object]:

@@ -55,6 +55,24 @@ def add_google_routes(app: web.Application, state: SimulatorState, *, clock: Cal
 
         return await guarded(request, provider, reply, render_error=google_error)
 
+    async def get_calendar(request: web.Request) -> web.Response:
+        # Not `guarded`: PutConnection's credential check is not counted and takes no injected fault.
+        # `primary` is unknown here as it is to the events listing: the simulated accounts have only
+        # the calendars named in their admin listing.
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        account = store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        calendar = None if account is None else store.calendar(account, request.match_info["calendar_id"])
+        if account is None:
+            reply = google_error(401, "authError", "Invalid Credentials")
+        elif calendar is None:
+            reply = google_error(404, "notFound", "Not Found")
+        else:
+            reply = JsonReply(200, {
+                "kind": "calendar#calendar", "etag": f'"{calendar.id}-etag"', "id": calendar.id,
+                "summary": calendar.summary, "timeZone": calendar.timezone,
+            })  # fmt: skip
+        return json_response(reply.body, status=reply.status)
+
     async def token(request: web.Request) -> web.StreamResponse:
         async def reply(r: web.Request) -> JsonReply:
             try:
@@ -129,6 +147,7 @@ def add_google_routes(app: web.Application, state: SimulatorState, *, clock: Cal
     async def admin_oauth(request: web.Request) -> web.Response:
         return json_response({"refreshes": store.tokens.refreshes, "invalid_grants": store.tokens.invalid_grants})
 
+    app.router.add_get(f"{API_PREFIX}/calendars/{{calendar_id}}", get_calendar)
     app.router.add_get(f"{API_PREFIX}/calendars/{{calendar_id}}/events", list_events)
     app.router.add_post(TOKEN_PATH, token)
     app.router.add_get(f"{ADMIN_PREFIX}/accounts", admin_accounts)

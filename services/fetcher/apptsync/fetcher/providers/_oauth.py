@@ -11,6 +11,7 @@ from apptsync.fetcher.providers._model import JsonValue
 from apptsync.fetcher.providers._state import ConnectionStateStore
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import ProviderAuthError, ProviderRejectedError
+from apptsync.shared.provider_access import CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, auth_headers
 
 T = TypeVar("T")
 # Guards against a provider that accepts every refresh and then refuses every token.
@@ -18,24 +19,22 @@ MAX_REFRESHES_PER_SESSION = 5
 
 
 def bearer_headers(credentials: Mapping[str, str], *, source: Source) -> dict[str, str]:
-    """`Authorization: Bearer <access_token>`. Raises ProviderAuthError when there is no token (the
-    message never contains a credential)."""
-    token = credentials.get("access_token", "").strip()
-    if not token:
-        raise ProviderAuthError(f"reauthorization required: the {source.value} connection has no access_token")
-    return {"Authorization": f"Bearer {token}"}
+    """`Authorization: Bearer <access_token>` (apptsync.shared.provider_access builds it, for the
+    gateway's verification probe too). Raises ProviderAuthError when there is no token (the message
+    never contains a credential)."""
+    return auth_headers(source, credentials)
 
 
 def refresh_form(credentials: Mapping[str, str], *, source: Source) -> dict[str, str]:
     """The token request body of `grant_type=refresh_token`. Raises ProviderAuthError when the
     connection has no refresh token (e.g. a personal access token)."""
-    refresh_token = credentials.get("refresh_token", "").strip()
+    refresh_token = credentials.get(REFRESH_TOKEN, "").strip()
     if not refresh_token:
         raise ProviderAuthError(
             f"reauthorization required: the {source.value} access token was refused and there is no refresh_token"
         )
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-    for name in ("client_id", "client_secret"):
+    for name in (CLIENT_ID, CLIENT_SECRET):
         value = credentials.get(name, "").strip()
         if value:
             form[name] = value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -15,11 +14,12 @@ from apptsync.fetcher.providers._state import ConnectionStateStore
 from apptsync.fetcher.providers.acuity._normalizer import acuity_page, acuity_start
 from apptsync.fetcher.providers.acuity._paginator import AcuityPaginator, WindowVerdict
 from apptsync.shared.appointments import Source
-from apptsync.shared.errors import InvalidArgumentError, ProviderAuthError, ProviderRejectedError
+from apptsync.shared.errors import InvalidArgumentError, ProviderRejectedError
+from apptsync.shared.provider_access import PUBLIC_API_URLS, auth_headers
 
 _tracer = trace.get_tracer("apptsync.fetcher")
 
-ACUITY_PUBLIC_API = "https://acuityscheduling.com/api/v1"
+ACUITY_PUBLIC_API = PUBLIC_API_URLS[Source.ACUITY]
 # Acuity allows 10 requests/s and 20 concurrent connections per source IP (all tenants share it).
 # 10 per 1.1 s leaves a 10 % margin for network jitter between our clock and Acuity's counter.
 ACUITY_RATE_BUDGET = RateBudget(requests_per_period=10, period_seconds=1.1, max_concurrent=20)
@@ -27,17 +27,11 @@ DEFAULT_CURRENCY = "USD"
 
 
 def acuity_auth_headers(credentials: Mapping[str, str]) -> dict[str, str]:
-    """Bearer (`access_token`) or Basic (`user_id` + `api_key`) headers.
+    """Bearer (`access_token`) or Basic (`user_id` + `api_key`) headers (the fields and the header
+    are apptsync.shared.provider_access's, which the gateway's verification probe uses too).
 
     Raises ProviderAuthError when neither is present; the message never contains a credential."""
-    token = credentials.get("access_token", "").strip()
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    user_id, api_key = credentials.get("user_id", "").strip(), credentials.get("api_key", "").strip()
-    if user_id and api_key:
-        basic = base64.b64encode(f"{user_id}:{api_key}".encode()).decode("ascii")
-        return {"Authorization": f"Basic {basic}"}
-    raise ProviderAuthError("reauthorization required: the acuity connection has no user_id/api_key or access_token")
+    return auth_headers(Source.ACUITY, credentials)
 
 
 # The near-term sweep asks for at most this many appointments one by one; more (a mass reschedule)

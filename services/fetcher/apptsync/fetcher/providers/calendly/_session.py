@@ -21,8 +21,9 @@ from apptsync.fetcher.providers.calendly._normalizer import (
 from apptsync.fetcher.providers.calendly._paginator import MAX_COUNT, CalendlyPaginator, calendly_scope
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import ProviderRejectedError
+from apptsync.shared.provider_access import PUBLIC_API_URLS
 
-CALENDLY_PUBLIC_API = "https://api.calendly.com"
+CALENDLY_PUBLIC_API = PUBLIC_API_URLS[Source.CALENDLY]
 CALENDLY_TOKEN_URL = "https://auth.calendly.com/oauth/token"  # noqa: S105 (a URL, not a secret)
 # Calendly's limits are per user (500/min on paid plans) and announced in X-RateLimit-* headers, which
 # ProviderHttp honours per connection; this process-wide budget only caps our own burst.

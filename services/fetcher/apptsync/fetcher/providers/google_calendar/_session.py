@@ -18,8 +18,9 @@ from apptsync.fetcher.providers.google_calendar._listing import GoogleListing, G
 from apptsync.fetcher.providers.google_calendar._normalizer import CalendarListing, google_page
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import ProviderRejectedError
+from apptsync.shared.provider_access import PUBLIC_API_URLS, google_calendar_ids
 
-GOOGLE_CALENDAR_PUBLIC_API = "https://www.googleapis.com/calendar/v3"
+GOOGLE_CALENDAR_PUBLIC_API = PUBLIC_API_URLS[Source.GOOGLE_CALENDAR]
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL, not a secret)
 # 10,000 requests/minute per project (all tenants share it): stay a little below.
 GOOGLE_CALENDAR_RATE_BUDGET = RateBudget(requests_per_period=150, period_seconds=1.0, max_concurrent=20)
@@ -28,10 +29,9 @@ _MAX_REQUESTS_PER_CALL = 10_000
 
 
 def calendar_ids(settings: dict[str, str] | None) -> list[str]:
-    """Connection setting `calendar_ids` (comma-separated); `primary` when absent."""
-    text = (settings or {}).get("calendar_ids", "")
-    ids = [part.strip() for part in text.split(",") if part.strip()]
-    return list(dict.fromkeys(ids)) or ["primary"]
+    """Connection setting `calendar_ids` (comma-separated); `primary` when absent (the gateway's
+    verification probe reads the same calendars: apptsync.shared.provider_access)."""
+    return google_calendar_ids(settings)
 
 
 def events_answer(body: JsonValue) -> tuple[list[JsonValue], str | None, str | None]:
