@@ -71,9 +71,11 @@ async def put_connection(address: str, credentials: grpc.ChannelCredentials, con
                 connection_id=connection_id,
                 source=imports_pb2.SOURCE_ACUITY,
                 # The provider's public API: the gateway alone runs here (no simulator, so no
-                # allowed origin) and no job runs, so nothing is ever sent to it.
+                # allowed origin), no job runs and the credentials are not verified, so nothing is
+                # ever sent to it (tests send no traffic beyond loopback).
                 base_url="",
                 credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
+                skip_verification=True,
             ),
             metadata=(("authorization", f"Bearer {TENANT_TOKEN}"),),
             timeout=10,
