@@ -33,6 +33,13 @@ class RunningSystem:
     metadata: tuple[tuple[str, str], ...]
 
 
+def all_tenants_tokens_file(path: Path, *, name: str, token: str) -> Path:
+    """Writes the gateway's token file at `path` with one token allowed for every tenant (what the
+    CronJobs and an operator hold); returns `path` (for APPTSYNC_GATEWAY_AUTH_TOKENS_FILE)."""
+    path.write_text(json.dumps({"tokens": [{"name": name, "sha256": token_digest(token), "tenants": ["*"]}]}))
+    return path
+
+
 def system_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     """Settings that isolate one test: its own topics and consumer group, fast group rejoin."""
     suffix = uuid.uuid4().hex[:8]

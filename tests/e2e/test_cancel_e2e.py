@@ -10,7 +10,6 @@ generous bound.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,11 +20,18 @@ import grpc
 import httpx
 import pytest
 
-from apptsync.gateway.auth import token_digest
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.containers.fixtures import BrokerContainer
-from tests.e2e.system import TERMINAL, RunningSystem, get_job, service_set, system_env, wait_for_job
+from tests.e2e.system import (
+    TERMINAL,
+    RunningSystem,
+    all_tenants_tokens_file,
+    get_job,
+    service_set,
+    system_env,
+    wait_for_job,
+)
 
 pytestmark = pytest.mark.e2e
 ADMIN_TOKEN = "e2e-cancel-admin-token"
@@ -43,10 +49,7 @@ POLL_SECONDS = 0.02
 async def slow_system(
     database_url: str, service_database_url: str, broker: BrokerContainer, tmp_path: Path
 ) -> AsyncIterator[RunningSystem]:
-    tokens_file = tmp_path / "admin-tokens.json"
-    tokens_file.write_text(
-        json.dumps({"tokens": [{"name": "admin", "sha256": token_digest(ADMIN_TOKEN), "tenants": ["*"]}]})
-    )
+    tokens_file = all_tenants_tokens_file(tmp_path / "admin-tokens.json", name="admin", token=ADMIN_TOKEN)
     env = system_env(
         tmp_path,
         APPTSYNC_GATEWAY_AUTH_TOKENS_FILE=str(tokens_file),

@@ -5,7 +5,6 @@ calls that write nothing."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import re
@@ -24,13 +23,13 @@ from grpc_status import rpc_status
 
 from apptsync.cli.devstack import ServiceProcess, ServiceSet, format_dev_keyring, pick_free_port
 from apptsync.cli.devstack.probes import GrpcHealthProbe
-from apptsync.gateway.auth import token_digest
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc, pages_pb2
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (
     TERMINAL,
     RunningSystem,
+    all_tenants_tokens_file,
     assert_counts_add_up,
     count_job_and_connection_rows,
     get_job,
@@ -50,10 +49,7 @@ async def jobs_system(
 ) -> AsyncIterator[RunningSystem]:
     """The system with a token for every tenant, short leases and a provider that answers slowly
     enough (20 ms a request) for a job to be interrupted mid-way."""
-    tokens_file = tmp_path / "admin-tokens.json"
-    tokens_file.write_text(
-        json.dumps({"tokens": [{"name": "admin", "sha256": token_digest(ADMIN_TOKEN), "tenants": ["*"]}]})
-    )
+    tokens_file = all_tenants_tokens_file(tmp_path / "admin-tokens.json", name="admin", token=ADMIN_TOKEN)
     env = system_env(
         tmp_path,
         APPTSYNC_GATEWAY_AUTH_TOKENS_FILE=str(tokens_file),

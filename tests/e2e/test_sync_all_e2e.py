@@ -26,10 +26,16 @@ from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
 from apptsync.cli.client import sync_all_key
-from apptsync.gateway.auth import token_digest
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.containers.fixtures import BrokerContainer
-from tests.e2e.system import TENANT_ID, RunningSystem, count_job_and_connection_rows, service_set, system_env
+from tests.e2e.system import (
+    TENANT_ID,
+    RunningSystem,
+    all_tenants_tokens_file,
+    count_job_and_connection_rows,
+    service_set,
+    system_env,
+)
 
 pytestmark = pytest.mark.e2e
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,10 +51,7 @@ async def sync_system(
     database_url: str, service_database_url: str, broker: BrokerContainer, tmp_path: Path
 ) -> AsyncIterator[RunningSystem]:
     """The system with the CronJobs' kind of token (one for every tenant)."""
-    tokens_file = tmp_path / "sync-tokens.json"
-    tokens_file.write_text(
-        json.dumps({"tokens": [{"name": "sync", "sha256": token_digest(SYNC_TOKEN), "tenants": ["*"]}]})
-    )
+    tokens_file = all_tenants_tokens_file(tmp_path / "sync-tokens.json", name="sync", token=SYNC_TOKEN)
     env = system_env(
         tmp_path,
         APPTSYNC_GATEWAY_AUTH_TOKENS_FILE=str(tokens_file),

@@ -9,7 +9,6 @@ seconds, not minutes), fast consumer-group rejoins, and a lifted provider rate b
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,11 +23,11 @@ from google.protobuf.duration_pb2 import Duration
 
 from apptsync.cli.devstack import ServiceSet, apptsync_cli_command, format_dev_keyring
 from apptsync.cli.devstack.services import CommandFactory
-from apptsync.gateway.auth import token_digest
 from apptsync.shared.pages import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.e2e.system import (
     TERMINAL,
+    all_tenants_tokens_file,
     assert_counts_add_up,
     stored_external_ids,
     system_env,
@@ -48,10 +47,7 @@ def fault_env(tmp_path: Path, *, appointments: int, providers: str = "acuity", *
     """system_env plus the fault-test settings (see the module docstring) and a simulator holding
     `appointments` per account, one account, only `providers` seeded. The gateway token may act for
     every tenant: each scenario imports into a tenant of its own."""
-    tokens_file = tmp_path / "fault-tokens.json"
-    tokens_file.write_text(
-        json.dumps({"tokens": [{"name": "faults", "sha256": token_digest(ADMIN_TOKEN), "tenants": ["*"]}]})
-    )
+    tokens_file = all_tenants_tokens_file(tmp_path / "fault-tokens.json", name="faults", token=ADMIN_TOKEN)
     return system_env(
         tmp_path,
         APPTSYNC_GATEWAY_AUTH_TOKENS_FILE=str(tokens_file),
