@@ -32,6 +32,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -45,6 +46,9 @@ from apptsync.shared.db.pool import (
     translate_database_error,
 )
 from apptsync.shared.errors import ProviderAuthError, StorageUnavailableError
+
+if TYPE_CHECKING:
+    from apptsync.shared.db import DbConnection
 
 # Longer than a token request with all its 429/5xx retries (RetryPolicy.max_total_seconds is 120 s by
 # default): a live refresher's marker must never look abandoned.
@@ -190,16 +194,7 @@ class PostgresConnectionStateStore:
         for _ in range(max_polls):
             try:
                 async with self._pool.acquire() as conn, tenant_transaction(conn, self._tenant_id):
-                    row = await conn.fetchrow(
-                        """SELECT credentials_ciphertext, refresh_owner, refresh_started_at FROM connections
-                           WHERE tenant_id = $1 AND connection_id = $2 FOR UPDATE""",
-                        self._tenant,
-                        self._connection_id,
-                    )
-                    if row is None:
-                        raise ProviderAuthError(
-                            f"reauthorization required: connection {self._connection_id!r} no longer exists"
-                        )
+                    row = await self._lock_row(conn)
                     stored = self._decrypt_row(row)
                     marker = None
                     if row["refresh_owner"] is not None:
@@ -238,13 +233,7 @@ class PostgresConnectionStateStore:
         for attempt in range(1, self._store_attempts + 1):
             try:
                 async with self._pool.acquire() as conn, tenant_transaction(conn, self._tenant_id):
-                    row = await conn.fetchrow(
-                        """SELECT credentials_ciphertext FROM connections
-                           WHERE tenant_id = $1 AND connection_id = $2 FOR UPDATE""",
-                        self._tenant,
-                        self._connection_id,
-                    )
-                    current = self._decrypt_row(row)
+                    current = self._decrypt_row(await self._lock_row(conn))
                     # Replaced since we read them (a re-authorization through PutConnection, or a
                     # provider that does not rotate refresh tokens): those are as valid and newer.
                     kept = current if current not in (basis, fresh) else fresh
@@ -286,9 +275,20 @@ class PostgresConnectionStateStore:
             return None
         return self._keyring.decrypt(bytes(ciphertext), tenant_id=self._tenant_id, connection_id=self._connection_id)
 
-    def _decrypt_row(self, row: asyncpg.Record | None) -> dict[str, str]:
+    async def _lock_row(self, conn: DbConnection) -> asyncpg.Record:
+        """The connection's row (credentials and refresh marker), locked until the transaction ends.
+        Raises ProviderAuthError when the connection no longer exists."""
+        row = await conn.fetchrow(
+            """SELECT credentials_ciphertext, refresh_owner, refresh_started_at FROM connections
+               WHERE tenant_id = $1 AND connection_id = $2 FOR UPDATE""",
+            self._tenant,
+            self._connection_id,
+        )
         if row is None:
             raise ProviderAuthError(f"reauthorization required: connection {self._connection_id!r} no longer exists")
+        return row
+
+    def _decrypt_row(self, row: asyncpg.Record) -> dict[str, str]:
         return self._keyring.decrypt(
             bytes(row["credentials_ciphertext"]), tenant_id=self._tenant_id, connection_id=self._connection_id
         )
