@@ -240,6 +240,40 @@ async def _upsert_isolating_refused(
     raise PoisonMessageError("refused records could not be isolated")  # unreachable: each round drops one
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Recorded:
+    """What the ledger holds for pages recorded before: their counts and inserted keys, and the
+    pages split into those delivered again with the same content (`replayed`: their stored result
+    is the answer) and those fetched again with other content (`rewrites`: written again)."""
+
+    counts: dict[PageKey, PageCounts]
+    inserted_ids: dict[PageKey, frozenset[str]]
+    rewrites: list[DecodedPage]
+    replayed: list[DecodedPage]
+
+
+async def _recorded(connection: Connection, tenant_id: str, pages: Sequence[DecodedPage]) -> _Recorded:
+    recorded = _Recorded({}, {}, [], [])
+    if not pages:
+        return recorded
+    digests: dict[PageKey, bytes | None] = {}
+    for record in await connection.fetch(
+        sql.SELECT_PAGE_COUNTS, tenant_id, *sql.page_key_arguments([page.key for page in pages])
+    ):
+        counts_of_page = sql.page_counts_from_record(record)
+        key = PageKey(counts_of_page.job_id, counts_of_page.page_no)
+        recorded.counts[key] = counts_of_page
+        digests[key] = record["content_digest"]
+        recorded.inserted_ids[key] = frozenset(record["inserted_ids"])
+    for page in pages:
+        digest = digests.get(page.key)
+        if digest is not None and digest != page.content_digest:
+            recorded.rewrites.append(page)
+        else:
+            recorded.replayed.append(page)
+    return recorded
+
+
 async def _write_pages_in_transaction(
     connection: Connection, tenant_id: str, pages: Sequence[DecodedPage], *, isolate_refused: bool,
     plain_inserts: bool,
@@ -252,28 +286,9 @@ async def _write_pages_in_transaction(
     fresh = [page for page in unique_pages if page.key in claimed_keys]
     recorded = [page for page in unique_pages if page.key not in claimed_keys]
 
-    # Pages recorded before: the same content replays the stored result; other content (fetched
-    # again after a resume, the provider changed meanwhile) is written again.
-    stored_counts: dict[PageKey, PageCounts] = {}
-    inserted_before: dict[PageKey, frozenset[str]] = {}
-    rewrites: list[DecodedPage] = []
-    replayed: list[DecodedPage] = []
-    if recorded:
-        digests: dict[PageKey, bytes | None] = {}
-        for record in await connection.fetch(
-            sql.SELECT_PAGE_COUNTS, tenant_id, *sql.page_key_arguments([page.key for page in recorded])
-        ):
-            counts_of_page = sql.page_counts_from_record(record)
-            key = PageKey(counts_of_page.job_id, counts_of_page.page_no)
-            stored_counts[key] = counts_of_page
-            digests[key] = record["content_digest"]
-            inserted_before[key] = frozenset(record["inserted_ids"])
-        for page in recorded:
-            digest = digests.get(page.key)
-            if digest is not None and digest != page.content_digest:
-                rewrites.append(page)
-            else:
-                replayed.append(page)
+    earlier = await _recorded(connection, tenant_id, recorded)
+    stored_counts, inserted_before = earlier.counts, earlier.inserted_ids
+    rewrites, replayed = earlier.rewrites, earlier.replayed
 
     fresh_counts: dict[PageKey, PageCounts] = {}
     refused_by_page: dict[PageKey, list[RefusedRecord]] = {}
