@@ -7,24 +7,16 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
 
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db.migrator import migrate
+from tests.integration.shared.test_jobs_repository import NOW, new_job
 
 pytestmark = pytest.mark.integration
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-OPTIONS = jobs_db.JobOptions(
-    page_size=100,
-    max_pages=10,
-    max_in_flight_pages=4,
-    stop_policy="NO_NEW_RECORDS",
-    stop_after_pages=1,
-    deadline_seconds=600,
-)
 FETCHERS = 3
 SLOTS_PER_FETCHER = 4
 LEASE_SECONDS = 30.0
@@ -42,17 +34,8 @@ async def pool(database_url: str, service_database_url: str) -> AsyncIterator[as
 
 async def queue(pool: asyncpg.Pool, tenant_id: str, connection_id: str, created_at: datetime) -> str:
     """One QUEUED job (a connection has at most one active job, so each gets its own connection)."""
-    job = jobs_db.NewJob(
-        tenant_id=tenant_id,
-        external_source="acuity",
-        connection_id=connection_id,
-        window_start=NOW - timedelta(days=1),
-        window_end=NOW + timedelta(days=1),
-        options=OPTIONS,
-        idempotency_key=None,
-    )
     async with pool.acquire() as conn:
-        record, existed = await jobs_db.create_job(conn, job, now=created_at)
+        record, existed = await jobs_db.create_job(conn, new_job(tenant_id, connection_id), now=created_at)
     assert not existed
     return record.tenant_id
 
