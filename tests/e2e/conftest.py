@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 
-from apptsync.v1 import imports_pb2_grpc
 from tests.containers.fixtures import BrokerContainer
-from tests.e2e.system import TENANT_TOKEN, RunningSystem, service_set, system_env
+from tests.e2e.system import TENANT_TOKEN, RunningSystem, running, service_set, system_env
 
 
 @pytest.fixture
@@ -26,10 +24,5 @@ async def running_system(
         tmp_path=tmp_path,
         env=system_env(tmp_path),
     )
-    async with services, grpc.aio.insecure_channel(services.addresses.gateway_address) as channel:
-        yield RunningSystem(
-            services=services,
-            stub=imports_pb2_grpc.ImportServiceStub(channel),
-            database_url=database_url,
-            metadata=(("authorization", f"Bearer {TENANT_TOKEN}"),),
-        )
+    async with running(services, database_url=database_url, token=TENANT_TOKEN) as system:
+        yield system

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import asyncpg
 import grpc
+import httpx
 
 from apptsync.cli.devstack import ServiceSet, format_dev_keyring
 from apptsync.gateway.auth import token_digest
@@ -83,6 +85,29 @@ def service_set(
         credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
         extra_env=env,
     )
+
+
+@asynccontextmanager
+async def running(
+    services: ServiceSet,
+    *,
+    database_url: str,
+    token: str,
+    simulator_faults: Mapping[str, Mapping[str, object]] | None = None,
+) -> AsyncIterator[RunningSystem]:
+    """`services` started, the simulator's fault knobs set per provider, and a gateway client that
+    sends `token`; everything stopped on exit."""
+    async with services, grpc.aio.insecure_channel(services.addresses.gateway_address) as channel:
+        if simulator_faults:
+            async with httpx.AsyncClient(base_url=services.addresses.simulator_url, timeout=30) as simulator:
+                for provider, knobs in simulator_faults.items():
+                    (await simulator.put(f"/_admin/{provider}/faults", json=dict(knobs))).raise_for_status()
+        yield RunningSystem(
+            services=services,
+            stub=imports_pb2_grpc.ImportServiceStub(channel),
+            database_url=database_url,
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
 
 
 async def count_job_and_connection_rows(database_url: str) -> tuple[int, int]:

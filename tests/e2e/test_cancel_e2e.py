@@ -16,18 +16,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-import grpc
-import httpx
 import pytest
 
 from apptsync.shared.pages import timestamp
-from apptsync.v1 import imports_pb2, imports_pb2_grpc
+from apptsync.v1 import imports_pb2
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (
     TERMINAL,
     RunningSystem,
     all_tenants_tokens_file,
     get_job,
+    running,
     service_set,
     system_env,
     wait_for_job,
@@ -64,16 +63,9 @@ async def slow_system(
         tmp_path=tmp_path,
         env=env,
     )
-    async with services, grpc.aio.insecure_channel(services.addresses.gateway_address) as channel:
-        async with httpx.AsyncClient(base_url=services.addresses.simulator_url) as simulator:
-            faults = {"latency_ms": PROVIDER_LATENCY_MS}
-            (await simulator.put("/_admin/acuity/faults", json=faults)).raise_for_status()
-        yield RunningSystem(
-            services=services,
-            stub=imports_pb2_grpc.ImportServiceStub(channel),
-            database_url=database_url,
-            metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
-        )
+    faults = {"acuity": {"latency_ms": PROVIDER_LATENCY_MS}}
+    async with running(services, database_url=database_url, token=ADMIN_TOKEN, simulator_faults=faults) as system:
+        yield system
 
 
 async def start_slow_import(system: RunningSystem, tenant_id: str) -> str:

@@ -20,11 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
-import grpc
 import httpx
 import pytest
 
-from apptsync.v1 import imports_pb2, imports_pb2_grpc
+from apptsync.v1 import imports_pb2
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (
     TENANT_ID,
@@ -32,6 +31,7 @@ from tests.e2e.system import (
     TERMINAL,
     RunningSystem,
     assert_counts_add_up,
+    running,
     service_set,
     system_env,
     wait_for_job,
@@ -77,15 +77,9 @@ async def fresh_system(
         tmp_path=tmp_path,
         env=system_env(tmp_path, APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT=str(ACCOUNT_SIZE)),
     )
-    async with services, grpc.aio.insecure_channel(services.addresses.gateway_address) as channel:
-        async with httpx.AsyncClient(base_url=services.addresses.simulator_url, timeout=30) as simulator:
-            (await simulator.put("/_admin/calendly/faults", json={"rate_limit_requests": 1_000_000})).raise_for_status()
-        yield RunningSystem(
-            services=services,
-            stub=imports_pb2_grpc.ImportServiceStub(channel),
-            database_url=database_url,
-            metadata=(("authorization", f"Bearer {TENANT_TOKEN}"),),
-        )
+    faults = {"calendly": {"rate_limit_requests": 1_000_000}}
+    async with running(services, database_url=database_url, token=TENANT_TOKEN, simulator_faults=faults) as system:
+        yield system
 
 
 async def sync(system: RunningSystem, connection_id: str, source: int, policy: int) -> imports_pb2.Job:

@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from apptsync.cli.devstack import ServiceProcess, ServiceSet, format_dev_keyring, pick_free_port
 from apptsync.cli.devstack.probes import GrpcHealthProbe
 from apptsync.shared.pages import timestamp
-from apptsync.v1 import imports_pb2, imports_pb2_grpc, pages_pb2
+from apptsync.v1 import imports_pb2, pages_pb2
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (
     TERMINAL,
@@ -33,6 +33,7 @@ from tests.e2e.system import (
     assert_counts_add_up,
     count_job_and_connection_rows,
     get_job,
+    running,
     stored_external_ids,
     system_env,
     wait_for_job,
@@ -66,15 +67,9 @@ async def jobs_system(
         credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
         extra_env=env,
     )
-    async with services, grpc.aio.insecure_channel(services.addresses.gateway_address) as channel:
-        async with httpx.AsyncClient(base_url=services.addresses.simulator_url) as simulator:
-            (await simulator.put("/_admin/acuity/faults", json={"latency_ms": 20})).raise_for_status()
-        yield RunningSystem(
-            services=services,
-            stub=imports_pb2_grpc.ImportServiceStub(channel),
-            database_url=database_url,
-            metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
-        )
+    faults = {"acuity": {"latency_ms": 20}}
+    async with running(services, database_url=database_url, token=ADMIN_TOKEN, simulator_faults=faults) as system:
+        yield system
 
 
 def window() -> imports_pb2.TimeWindow:

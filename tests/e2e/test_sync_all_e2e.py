@@ -26,13 +26,14 @@ from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
 from apptsync.cli.client import sync_all_key
-from apptsync.v1 import imports_pb2, imports_pb2_grpc
+from apptsync.v1 import imports_pb2
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (
     TENANT_ID,
     RunningSystem,
     all_tenants_tokens_file,
     count_job_and_connection_rows,
+    running,
     service_set,
     system_env,
 )
@@ -63,13 +64,8 @@ async def sync_system(
         tmp_path=tmp_path,
         env=env,
     )
-    async with services, grpc.aio.insecure_channel(services.addresses.gateway_address) as channel:
-        yield RunningSystem(
-            services=services,
-            stub=imports_pb2_grpc.ImportServiceStub(channel),
-            database_url=database_url,
-            metadata=(("authorization", f"Bearer {SYNC_TOKEN}"),),
-        )
+    async with running(services, database_url=database_url, token=SYNC_TOKEN) as system:
+        yield system
 
 
 async def put_three_connections(system: RunningSystem) -> None:
