@@ -15,13 +15,14 @@ What fires, as the providers document it:
 from __future__ import annotations
 
 import json
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from apptsync.simulator._calendly_data import calendly_time, render_event, render_invitee
-from apptsync.simulator._mutations import AppliedMutation, Kind
-from apptsync.simulator._state import ACUITY, CALENDLY, GOOGLE, SimulatorState
+from apptsync.simulator._mutations import NEAR_TERM_DAYS, AppliedMutation, Kind, apply_mutations
+from apptsync.simulator._state import ACUITY, CALENDLY, GOOGLE, PROVIDERS, SimulatorState
 from apptsync.simulator._webhooks import Delivery, Notification
 
 # The Acuity action of each mutation kind; a kind not named here (added later) is `changed` only.
@@ -115,6 +116,29 @@ def _calendly_mutation(state: SimulatorState, mutation: AppliedMutation, at: dat
     if mutation.kind == Kind.NO_SHOW:
         return calendly_invitee_changed(state, number, mutation.key, "invitee_no_show.created", at=at)
     return []
+
+
+def apply_mutations_notifying(
+    state: SimulatorState,
+    *,
+    rng: random.Random,
+    now: datetime,
+    count: int,
+    near_term_days: int = NEAR_TERM_DAYS,
+    accounts: Mapping[str, int],
+    providers: Sequence[str] = PROVIDERS,
+) -> list[AppliedMutation]:
+    """`apply_mutations`, one mutation at a time (the same draws from `rng`, so the same mutations),
+    publishing each one's notifications right after it: their bodies show the record as that change
+    left it, as a provider's would, even when a later mutation of the batch changes it again."""
+    applied: list[AppliedMutation] = []
+    for _ in range(count):
+        one = apply_mutations(
+            state, rng=rng, now=now, count=1, near_term_days=near_term_days, accounts=accounts, providers=providers
+        )
+        applied += one
+        publish(state, notifications_for(state, one, at=now))
+    return applied
 
 
 def publish(
