@@ -179,6 +179,7 @@ async def test_calendly_reschedule_sends_canceled_then_created_signed_with_the_s
             and by_event["invitee.created"]["old_invitee"] == old["uri"]
         )
         assert by_event["invitee.created"]["scheduled_event"]["uri"] == new["event"]
+        assert {b["created_by"] for b in bodies} == {account["user"]}
         for r in received:
             t, v1 = (part.split("=", 1)[1] for part in r.headers["Calendly-Webhook-Signature"].split(","))
             assert v1 == hmac.new(b"sim-signing-key", f"{t}.".encode() + r.body, hashlib.sha256).hexdigest()
