@@ -7,6 +7,11 @@
   related_keys, near_term_before, near_term_after}, ...]}`.
 - `GET /_admin/{provider}/truth/{account}[?currency=USD]`: a JSON array of TruthRecord objects
   (see _truth), one per record the account has or had; `currency` is the Acuity connection's.
+- `GET /_admin/{provider}/truth/{account}/contacts[?currency=USD]`: the account's contacts and
+  revenue (see _contacts_truth for the rules): `{"contacts_total", "paying_contacts",
+  "revenue_minor", "currency", "revenue_minor_by_currency", "contacts": [{"email", "phone", "name",
+  "revenue_minor", "revenue_minor_by_currency"}, ...]}`; `currency` is the Acuity connection's and,
+  for every provider, the currency `revenue_minor` and `paying_contacts` count in.
 
 aiohttp adapter; the model lives in _mutations and _truth."""
 
@@ -18,6 +23,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from apptsync.simulator._contacts_truth import ContactsSummary, acuity_contacts, calendly_contacts, google_contacts
 from apptsync.simulator._http_admin import json_body, json_response, not_found
 from apptsync.simulator._mutations import NEAR_TERM_DAYS, apply_mutations
 from apptsync.simulator._state import ACUITY, CALENDLY, GOOGLE, PROVIDERS, SimulatorState
@@ -82,8 +88,28 @@ def add_fidelity_routes(app: web.Application, state: SimulatorState, *, clock: C
             raise not_found(f"no {provider} account {text}") from exc
         return json_response([r.to_json() for r in records])
 
+    async def contacts(request: web.Request) -> web.Response:
+        provider, text = request.match_info["provider"], request.match_info["account"]
+        if not text.isdigit():
+            raise not_found(f"no account {text}")
+        number, currency = int(text), request.query.get("currency", "USD").upper()
+        summary: ContactsSummary
+        try:
+            if provider == ACUITY:
+                summary = acuity_contacts(state.acuity, number, currency=currency)
+            elif provider == CALENDLY:
+                summary = calendly_contacts(state.calendly, number, currency=currency)
+            elif provider == GOOGLE:
+                summary = google_contacts(state.google, number, currency=currency)
+            else:
+                raise not_found(f"no provider {provider}")
+        except KeyError as exc:
+            raise not_found(f"no {provider} account {text}") from exc
+        return json_response(summary.to_json())
+
     app.router.add_post("/_admin/mutations", mutations)
     app.router.add_get("/_admin/{provider}/truth/{account}", truth)
+    app.router.add_get("/_admin/{provider}/truth/{account}/contacts", contacts)
 
 
 def _int(body: dict[str, object], key: str, default: int | None) -> int:
