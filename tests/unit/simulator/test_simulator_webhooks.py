@@ -127,10 +127,12 @@ def test_mutations_map_to_each_providers_events() -> None:
     assert applied == apply_mutations(_state(), rng=random.Random(11), now=NOW, count=60, accounts=accounts)
     made = [d.notification for d in hub.log()]
     acuity_records = [n.record for n in made if n.provider == "acuity"]
-    assert acuity_records == [m.key for m in applied if m.provider == "acuity" and m.kind != Kind.DELETE]
+    assert acuity_records == [
+        m.key for m in applied if m.provider == "acuity" and m.kind not in (Kind.DELETE, Kind.NEW_CLIENT)
+    ]
     expected: list[tuple[str, str]] = []
     for mutation in (m for m in applied if m.provider == "calendly"):
-        if mutation.kind == Kind.NEW:
+        if mutation.kind in (Kind.NEW, Kind.PAID_INVITEE):
             expected += [("invitee.created", key) for key in mutation.keys]
         elif mutation.kind == Kind.RESCHEDULE:
             expected += [("invitee.canceled", mutation.key), ("invitee.created", mutation.related_keys[0])]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 
 from apptsync.simulator._calendly_data import calendly_time, render_event, render_invitee
@@ -99,7 +99,7 @@ def _acuity_mutation(state: SimulatorState, mutation: AppliedMutation, at: datet
 
 def _calendly_mutation(state: SimulatorState, mutation: AppliedMutation, at: datetime) -> list[Notification]:
     number = mutation.account
-    if mutation.kind == Kind.NEW:
+    if mutation.kind in (Kind.NEW, Kind.PAID_INVITEE):
         return [
             n for key in mutation.keys for n in calendly_invitee_changed(state, number, key, "invitee.created", at=at)
         ]
@@ -127,6 +127,7 @@ def apply_mutations_notifying(
     near_term_days: int = NEAR_TERM_DAYS,
     accounts: Mapping[str, int],
     providers: Sequence[str] = PROVIDERS,
+    kinds: Collection[Kind] | None = None,
 ) -> list[AppliedMutation]:
     """`apply_mutations`, one mutation at a time (the same draws from `rng`, so the same mutations),
     publishing each one's notifications right after it: their bodies show the record as that change
@@ -134,7 +135,8 @@ def apply_mutations_notifying(
     applied: list[AppliedMutation] = []
     for _ in range(count):
         one = apply_mutations(
-            state, rng=rng, now=now, count=1, near_term_days=near_term_days, accounts=accounts, providers=providers
+            state, rng=rng, now=now, count=1, near_term_days=near_term_days, accounts=accounts, providers=providers,
+            kinds=kinds,
         )
         applied += one
         publish(state, notifications_for(state, one, at=now))
