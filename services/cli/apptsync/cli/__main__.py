@@ -84,6 +84,31 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
         return _run_until_signalled(serve)
 
 
+def _cmd_webhook_receiver(_args: argparse.Namespace) -> int:
+    from apptsync.gateway.webhooks import serve_webhook_receiver
+    from apptsync.shared.credentials import Keyring
+    from apptsync.shared.db.pool import create_pool
+    from apptsync.shared.settings import WebhookSettings
+
+    settings, database, credentials = WebhookSettings(), DatabaseSettings(), CredentialSettings()
+    _register_service_secrets(database, credentials)
+
+    async def serve(stop: asyncio.Event) -> None:
+        pool = await create_pool(database, application_name="apptsync-webhooks")
+        try:
+            await serve_webhook_receiver(pool, Keyring.from_settings(credentials), settings, stop=stop)
+        finally:
+            await pool.close()
+
+    with process_telemetry(
+        service_name="apptsync-webhooks",
+        host_name=socket.gethostname(),
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+    ):
+        return _run_until_signalled(serve)
+
+
 def _cmd_fetcher(_args: argparse.Namespace) -> int:
     from apptsync.fetcher.runner import new_worker_id
     from apptsync.fetcher.service import run_fetcher
@@ -296,6 +321,7 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
 
     for name, handler, text in (
         ("gateway", _cmd_gateway, "run the gRPC gateway"),
+        ("webhook-receiver", _cmd_webhook_receiver, "run the HTTP receiver of provider notifications (webhooks)"),
         ("fetcher", _cmd_fetcher, "run a fetcher (claims and runs import jobs)"),
         ("writer", _cmd_writer, "run a writer (stores pages from Kafka)"),
         ("simulator", _cmd_simulator, "run the provider simulator (Acuity-shaped API over HTTP)"),
