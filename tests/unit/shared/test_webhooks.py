@@ -43,7 +43,7 @@ SIGNING_KEY = "calendly-signing-key-canary"
 
 def calendly_body(event: str = "invitee.created") -> bytes:
     """Calendly's documented webhook payload: the event name and the invitee resource."""
-    invitee = {
+    invitee: dict[str, object] = {
         "uri": f"{API}/scheduled_events/GBGBDCAADAEDCRZ2/invitees/7c1dc6ac-2d8e-4c08-ae4f-8a1c0d5f30b1",
         "email": "test@example.com",
         "name": "John Doe",
