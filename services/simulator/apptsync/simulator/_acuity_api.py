@@ -12,6 +12,7 @@ from aiohttp import web
 from apptsync.simulator._acuity_data import AcuityAccount, AcuityAppointment, QueryError, select_appointments
 from apptsync.simulator._provider_guard import EncodedJson, JsonReply, error_reply, guarded
 from apptsync.simulator._state import ACUITY, SimulatorState
+from apptsync.simulator._webhook_events import acuity_appointment_changed, publish
 
 API_PREFIX = "/acuity/api/v1"
 ADMIN_PREFIX = "/_admin/acuity"
@@ -181,6 +182,7 @@ async def _admin_add(request: web.Request, state: SimulatorState) -> web.Respons
         added = state.acuity.add(user_id, await _body(request))
     except QueryError as exc:
         return _json({"error": exc.message}, status=400)
+    publish(state, acuity_appointment_changed(state, user_id, added.id, "scheduled", at=state.acuity.clock()))
     return _json(added.to_json(), status=201)
 
 
@@ -191,6 +193,7 @@ async def _admin_cancel(request: web.Request, state: SimulatorState) -> web.Resp
         canceled = state.acuity.cancel(user_id, appointment_id, no_show=body.get("no_show") is True)
     except KeyError:
         return _json({"error": "no such appointment"}, status=404)
+    publish(state, acuity_appointment_changed(state, user_id, appointment_id, "canceled", at=state.acuity.clock()))
     return _json(canceled.to_json())
 
 
@@ -203,4 +206,5 @@ async def _admin_reschedule(request: web.Request, state: SimulatorState) -> web.
         return _json({"error": "no such appointment"}, status=404)
     except QueryError as exc:
         return _json({"error": exc.message}, status=400)
+    publish(state, acuity_appointment_changed(state, user_id, appointment_id, "rescheduled", at=state.acuity.clock()))
     return _json(moved.to_json())

@@ -16,6 +16,7 @@ from apptsync.simulator._http_admin import account_number, form_body, json_body,
 from apptsync.simulator._oauth_tokens import SIMULATOR_CLIENT_ID, SIMULATOR_CLIENT_SECRET, OAuthError
 from apptsync.simulator._provider_guard import JsonReply, guarded
 from apptsync.simulator._state import CALENDLY, SimulatorState
+from apptsync.simulator._webhook_events import calendly_invitee_changed, publish
 
 API_PREFIX = "/calendly"
 ADMIN_PREFIX = "/_admin/calendly"
@@ -128,6 +129,10 @@ def add_calendly_routes(
             added = store.add(number, await json_body(request), now=clock())
         except QueryError as exc:
             return json_response({"error": exc.message}, status=400)
+        for invitee in added:
+            publish(
+                state, calendly_invitee_changed(state, number, invitee.uuid, "invitee.created", at=invitee.created_at)
+            )
         return json_response([render_invitee(i) for i in added], status=201)
 
     async def admin_cancel(request: web.Request) -> web.Response:
@@ -136,6 +141,9 @@ def add_calendly_routes(
             canceled = store.cancel(number, request.match_info["uuid"], now=clock())
         except KeyError as exc:
             raise not_found("no such invitee") from exc
+        publish(
+            state, calendly_invitee_changed(state, number, canceled.uuid, "invitee.canceled", at=canceled.updated_at)
+        )
         return json_response(render_invitee(canceled))
 
     async def admin_reschedule(request: web.Request) -> web.Response:
@@ -147,6 +155,9 @@ def add_calendly_routes(
             raise not_found("no such invitee") from exc
         except QueryError as exc:
             return json_response({"error": exc.message}, status=400)
+        at = new.created_at  # Calendly's reschedule pair: the old invitee canceled, then the new one created
+        publish(state, calendly_invitee_changed(state, number, request.match_info["uuid"], "invitee.canceled", at=at)
+                + calendly_invitee_changed(state, number, new.uuid, "invitee.created", at=at))  # fmt: skip
         return json_response(render_invitee(new))
 
     async def admin_no_show(request: web.Request) -> web.Response:
@@ -155,6 +166,9 @@ def add_calendly_routes(
             marked = store.mark_no_show(number, request.match_info["uuid"], now=clock())
         except KeyError as exc:
             raise not_found("no such invitee") from exc
+        publish(
+            state, calendly_invitee_changed(state, number, marked.uuid, "invitee_no_show.created", at=marked.updated_at)
+        )
         return json_response(render_invitee(marked))
 
     async def admin_expire_tokens(request: web.Request) -> web.Response:

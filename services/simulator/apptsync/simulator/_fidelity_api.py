@@ -19,9 +19,10 @@ from datetime import datetime
 from aiohttp import web
 
 from apptsync.simulator._http_admin import json_body, json_response, not_found
-from apptsync.simulator._mutations import NEAR_TERM_DAYS, apply_mutations
+from apptsync.simulator._mutations import NEAR_TERM_DAYS
 from apptsync.simulator._state import ACUITY, CALENDLY, GOOGLE, PROVIDERS, SimulatorState
 from apptsync.simulator._truth import TruthRecord, acuity_truth, calendly_truth, google_truth
+from apptsync.simulator._webhook_events import apply_mutations_notifying
 
 MAX_MUTATIONS_PER_CALL = 1_000
 
@@ -50,7 +51,7 @@ def add_fidelity_routes(app: web.Application, state: SimulatorState, *, clock: C
             return json_response({"error": f"count must be 0..{MAX_MUTATIONS_PER_CALL}, near_term_days >= 1"}, 400)
         now = clock()
         try:
-            applied = apply_mutations(
+            applied = apply_mutations_notifying(
                 state,
                 rng=random.Random(seed),  # noqa: S311 -- seeded, reproducible test data, not a secret
                 now=now,

@@ -14,6 +14,7 @@ from apptsync.simulator._http_admin import account_number, form_body, json_body,
 from apptsync.simulator._oauth_tokens import SIMULATOR_CLIENT_ID, SIMULATOR_CLIENT_SECRET, OAuthError
 from apptsync.simulator._provider_guard import JsonReply, guarded
 from apptsync.simulator._state import GOOGLE, SimulatorState
+from apptsync.simulator._webhook_events import google_calendar_changed, publish
 
 API_PREFIX = "/google/calendar/v3"
 TOKEN_PATH = "/google/oauth2/token"  # noqa: S105 (a path, not a secret)
@@ -108,6 +109,7 @@ def add_google_routes(app: web.Application, state: SimulatorState, *, clock: Cal
             raise not_found("no such calendar") from exc
         except (GoogleQueryError, ValueError) as exc:
             return json_response({"error": str(exc)}, status=400)
+        publish(state, google_calendar_changed(state, number, added.calendar_id, at=added.updated))
         return json_response(added.to_json(), status=201)
 
     async def admin_cancel(request: web.Request) -> web.Response:
@@ -123,6 +125,7 @@ def add_google_routes(app: web.Application, state: SimulatorState, *, clock: Cal
             )
         except KeyError as exc:
             raise not_found("no such event") from exc
+        publish(state, google_calendar_changed(state, number, canceled.calendar_id, at=canceled.updated))
         return json_response(canceled.to_json())
 
     async def admin_reschedule(request: web.Request) -> web.Response:
@@ -136,6 +139,7 @@ def add_google_routes(app: web.Application, state: SimulatorState, *, clock: Cal
             raise not_found("no such event") from exc
         except GoogleQueryError as exc:
             return json_response({"error": exc.message}, status=400)
+        publish(state, google_calendar_changed(state, number, moved.calendar_id, at=moved.updated))
         return json_response(moved.to_json())
 
     async def admin_expire_sync_tokens(request: web.Request) -> web.Response:

@@ -21,6 +21,8 @@ from apptsync.simulator._google_api import API_PREFIX as GOOGLE_PREFIX
 from apptsync.simulator._google_api import TOKEN_PATH as GOOGLE_TOKEN_PATH
 from apptsync.simulator._google_api import add_google_routes
 from apptsync.simulator._state import SimulatorState
+from apptsync.simulator._webhook_delivery import sending
+from apptsync.simulator._webhooks_api import add_webhook_routes
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +74,21 @@ def build_state(
 
 
 def build_app(state: SimulatorState, *, clock: Callable[[], datetime] = _utc_now) -> web.Application:
-    """The simulator's routes; `clock` stamps admin changes (Calendly `updated_at`, Google `updated`)."""
+    """The simulator's routes and the task sending its change notifications; `clock` stamps admin
+    changes (Calendly `updated_at`, Google `updated`) and webhook subscriptions."""
     app = web.Application()
+    add_webhook_routes(app, state, clock=clock)
     add_admin_routes(app, state)
     add_acuity_routes(app, state)
     add_calendly_routes(app, state, clock=clock)
     add_google_routes(app, state, clock=clock)
     add_fidelity_routes(app, state, clock=clock)
+
+    async def webhook_sender(app: web.Application) -> AsyncIterator[None]:
+        async with sending(state.webhooks):
+            yield
+
+    app.cleanup_ctx.append(webhook_sender)
     return app
 
 

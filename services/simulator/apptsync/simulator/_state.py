@@ -13,6 +13,7 @@ from apptsync.simulator._counters import RequestCounters
 from apptsync.simulator._faults import FaultKnobs, FaultState
 from apptsync.simulator._google_data import GoogleStore
 from apptsync.simulator._rate_window import RateWindows
+from apptsync.simulator._webhooks import WebhookHub
 
 ACUITY = "acuity"
 CALENDLY = "calendly"
@@ -35,6 +36,7 @@ class SimulatorState:
     google: GoogleStore
     providers: dict[str, ProviderState] = field(default_factory=lambda: {p: ProviderState() for p in PROVIDERS})
     calendly_rates: RateWindows = field(default_factory=RateWindows)
+    webhooks: WebhookHub = field(default_factory=WebhookHub)
 
     @classmethod
     def seeded(
