@@ -1,0 +1,184 @@
+"""Provider notifications end to end: simulator mutation -> signed notification -> webhook receiver ->
+targeted job -> fetcher -> writer -> row; and a Google channel renewed before it expires.
+
+The real processes (simulator, writer, fetcher, webhook receiver, gateway) run with the receiver's
+loopback URL as the public base URL, so PutConnection subscribes each connection at the simulator,
+which then notifies for every change the way the provider does (signature, form or JSON body, headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from apptsync.cli.devstack import WITH_WEBHOOKS
+from apptsync.v1 import imports_pb2
+from tests.containers.fixtures import BrokerContainer
+from tests.e2e.system import (
+    TENANT_ID,
+    TENANT_TOKEN,
+    RunningSystem,
+    running,
+    service_set,
+    system_env,
+)
+
+pytestmark = pytest.mark.e2e
+WAIT_SECONDS = 60.0
+
+
+@pytest.fixture
+async def system(
+    database_url: str, service_database_url: str, broker: BrokerContainer, tmp_path: Path
+) -> AsyncIterator[RunningSystem]:
+    services = service_set(
+        database_url=database_url,
+        service_database_url=service_database_url,
+        bootstrap_servers=broker.bootstrap_servers,
+        tmp_path=tmp_path,
+        env=system_env(tmp_path, APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT="50"),
+        services=WITH_WEBHOOKS,
+    )
+    async with running(services, database_url=database_url, token=TENANT_TOKEN) as running_system:
+        yield running_system
+
+
+async def row(database_url: str, source: str, external_id: str) -> asyncpg.Record | None:
+    connection = await asyncpg.connect(database_url)
+    try:
+        return await connection.fetchrow(
+            "SELECT status, starts_at, last_job_id FROM appointments WHERE tenant_id = $1 AND external_source = $2"
+            " AND external_id = $3",
+            uuid.UUID(TENANT_ID), source, external_id,
+        )  # fmt: skip
+    finally:
+        await connection.close()
+
+
+async def wait_for_row(
+    database_url: str, source: str, external_id: str, *, status: str, starts_at: datetime | None = None
+) -> asyncpg.Record:
+    """Polls the tenant's row until it has `status` (and `starts_at`); bounded in time and count."""
+    found = None
+    for _poll in range(int(WAIT_SECONDS / 0.1)):
+        found = await row(database_url, source, external_id)
+        if found is not None and found["status"] == status and starts_at in (None, found["starts_at"]):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{source} {external_id} not stored as {status} {starts_at}: {found}")
+
+
+async def job_row(database_url: str, job_id: uuid.UUID) -> asyncpg.Record:
+    connection = await asyncpg.connect(database_url)
+    try:
+        found = await connection.fetchrow("SELECT * FROM import_jobs WHERE job_id = $1", job_id)
+    finally:
+        await connection.close()
+    assert found is not None
+    return found
+
+
+def minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+async def test_an_acuity_change_reaches_the_table_through_a_notification(system: RunningSystem) -> None:
+    simulator_url = system.services.addresses.simulator_url
+    connection = await system.stub.PutConnection(
+        imports_pb2.PutConnectionRequest(
+            tenant_id=TENANT_ID, connection_id="acuity", source=imports_pb2.SOURCE_ACUITY,
+            base_url=f"{simulator_url}/acuity/api/v1", credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
+        ),
+        metadata=system.metadata, timeout=10,
+    )  # fmt: skip
+    assert connection.webhooks.state == imports_pb2.WebhookStatus.ACTIVE, connection.webhooks.last_error
+    admin = "/_admin/acuity/accounts/1001/appointments"
+    async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
+        tomorrow = minute(datetime.now(UTC) + timedelta(days=1))
+        new = (await simulator.post(admin, json={"datetime": tomorrow.isoformat()})).json()
+        stored = await wait_for_row(system.database_url, "acuity", str(new["id"]), status="scheduled")
+        assert stored["starts_at"] == tomorrow
+        job = await job_row(system.database_url, stored["last_job_id"])
+        assert (job["kind"], job["stop_policy"]) == ("targeted", "NEVER")
+        moved_to = tomorrow + timedelta(hours=3)
+        (await simulator.post(f"{admin}/{new['id']}/reschedule", json={"datetime": moved_to.isoformat()})
+         ).raise_for_status()  # fmt: skip
+        await wait_for_row(system.database_url, "acuity", str(new["id"]), status="scheduled", starts_at=moved_to)
+        (await simulator.post(f"{admin}/{new['id']}/cancel", json={})).raise_for_status()
+        await wait_for_row(system.database_url, "acuity", str(new["id"]), status="canceled")
+        deliveries = (await simulator.get("/_admin/webhooks/deliveries", params={"provider": "acuity"})).json()
+    assert deliveries["deliveries"], "the simulator delivered nothing"
+    assert {d["status"] for d in deliveries["deliveries"] if d["status"] is not None} == {200}
+    # Every targeted job of the connection finished and none reconciled (marked rows deleted).
+    owner = await asyncpg.connect(system.database_url)
+    try:
+        jobs = await owner.fetch("SELECT state, deleted, records_fetched FROM import_jobs WHERE kind = 'targeted'")
+        deleted_rows = await owner.fetchval("SELECT count(*) FROM appointments WHERE deleted_at IS NOT NULL")
+    finally:
+        await owner.close()
+    assert jobs and all(j["state"] in ("SUCCEEDED", "RUNNING", "QUEUED") for j in jobs)
+    assert deleted_rows == 0
+    got = await system.stub.GetConnection(
+        imports_pb2.GetConnectionRequest(tenant_id=TENANT_ID, connection_id="acuity"),
+        metadata=system.metadata, timeout=10,
+    )  # fmt: skip
+    assert got.webhooks.notifications_accepted >= 3
+
+
+async def test_a_google_channel_is_renewed_and_the_new_one_notifies(system: RunningSystem, tmp_path: Path) -> None:
+    simulator_url = system.services.addresses.simulator_url
+    async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
+        account = (await simulator.get("/_admin/google/accounts")).json()[0]
+        calendar = account["calendars"][0]["id"]
+        connection = await system.stub.PutConnection(
+            imports_pb2.PutConnectionRequest(
+                tenant_id=TENANT_ID, connection_id="google", source=imports_pb2.SOURCE_GOOGLE_CALENDAR,
+                base_url=f"{simulator_url}/google/calendar/v3",
+                credentials={k: account[k] for k in ("access_token", "refresh_token", "client_id", "client_secret")},
+                settings={"calendar_ids": calendar, "token_url": f"{simulator_url}/google/oauth2/token"},
+            ),
+            metadata=system.metadata, timeout=10,
+        )  # fmt: skip
+        assert connection.webhooks.state == imports_pb2.WebhookStatus.ACTIVE, connection.webhooks.last_error
+        assert connection.webhooks.HasField("expires_at")
+        before = {c["id"] for c in (await simulator.get("/_admin/webhooks/subscriptions")).json()["google"]}
+        assert len(before) == 1
+
+        # Every channel counts as expiring: the renewal replaces it and stops the old one.
+        env = {**os.environ, **system.services.service_env,
+               "APPTSYNC_DATABASE_URL": system.services.addresses.database_url,
+               "APPTSYNC_WEBHOOK_RENEW_BEFORE_SECONDS": str(30 * 24 * 3600)}  # fmt: skip
+        renewal = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "apptsync.cli", "renew-subscriptions"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert renewal.returncode == 0, renewal.stderr
+        assert '"renewed": 1' in renewal.stdout
+        after = {c["id"] for c in (await simulator.get("/_admin/webhooks/subscriptions")).json()["google"]}
+        assert len(after) == 1 and after.isdisjoint(before)
+
+        start = minute(datetime.now(UTC) + timedelta(days=2))
+        added = await simulator.post(
+            f"/_admin/google/accounts/{account['account']}/calendars/{calendar}/events",
+            json={"start": start.isoformat()},
+        )
+        added.raise_for_status()
+        event_id = added.json()["id"]
+        key = f"{calendar}/{event_id}"
+        stored = await wait_for_row(system.database_url, "google_calendar", key, status="scheduled")
+        assert stored["starts_at"] == start
+        deliveries = (await simulator.get("/_admin/webhooks/deliveries", params={"provider": "google"})).json()
+    # The change was delivered on the new channel.
+    changed = [d for d in deliveries["deliveries"] if d["kind"] != "sync"]
+    assert changed and all(d["subscription"] in after for d in changed)
