@@ -182,3 +182,38 @@ async def test_a_google_channel_is_renewed_and_the_new_one_notifies(system: Runn
     # The change was delivered on the new channel.
     changed = [d for d in deliveries["deliveries"] if d["kind"] != "sync"]
     assert changed and all(d["subscription"] in after for d in changed)
+
+
+async def test_a_calendly_booking_arrives_by_notification_and_delete_removes_the_subscription(
+    system: RunningSystem,
+) -> None:
+    simulator_url = system.services.addresses.simulator_url
+    async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
+        account = next(a for a in (await simulator.get("/_admin/calendly/accounts")).json() if a["account"] == 1)
+        connection = await system.stub.PutConnection(
+            imports_pb2.PutConnectionRequest(
+                tenant_id=TENANT_ID, connection_id="calendly", source=imports_pb2.SOURCE_CALENDLY,
+                base_url=f"{simulator_url}/calendly",
+                credentials={k: account[k] for k in ("access_token", "refresh_token", "client_id", "client_secret")},
+                settings={"organization": account["organization"]},
+            ),
+            metadata=system.metadata, timeout=10,
+        )  # fmt: skip
+        assert connection.webhooks.state == imports_pb2.WebhookStatus.ACTIVE, connection.webhooks.last_error
+        start = minute(datetime.now(UTC) + timedelta(days=3))
+        booked = await simulator.post(
+            "/_admin/calendly/accounts/1/events", json={"start_time": start.strftime("%Y-%m-%dT%H:%M:%S.000000Z")}
+        )
+        booked.raise_for_status()
+        invitee = str(booked.json()[0]["uri"]).rsplit("/", 1)[1]
+        stored = await wait_for_row(system.database_url, "calendly", invitee, status="scheduled")
+        assert stored["starts_at"] == start
+        (await simulator.post(f"/_admin/calendly/accounts/1/invitees/{invitee}/cancel")).raise_for_status()
+        await wait_for_row(system.database_url, "calendly", invitee, status="canceled")
+
+        deleted = await system.stub.DeleteConnection(
+            imports_pb2.DeleteConnectionRequest(tenant_id=TENANT_ID, connection_id="calendly"),
+            metadata=system.metadata, timeout=10,
+        )  # fmt: skip
+        assert deleted.deleted
+        assert (await simulator.get("/_admin/webhooks/subscriptions")).json()["calendly"] == []

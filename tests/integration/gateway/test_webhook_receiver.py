@@ -60,6 +60,11 @@ def calendly_body(invitee: str) -> bytes:
                 "status": "active",
                 "rescheduled": False,
                 "questions_and_answers": [],
+                "updated_at": "2026-12-07T02:59:18.341657Z",
+                "scheduled_event": {
+                    "uri": base, "name": "15 Minute Meeting", "status": "active",
+                    "start_time": "2026-12-09T15:00:00.000000Z", "end_time": "2026-12-09T15:15:00.000000Z",
+                },
             },
         }
     ).encode()
@@ -153,7 +158,8 @@ async def test_a_replayed_calendly_notification_is_refused(receiver: Receiver) -
     fresh = calendly_signature(body, SIGNING_KEY, int(NOW.timestamp()))
     assert await receiver.post("calendly", body, {"Calendly-Webhook-Signature": fresh}) == 200
     [job] = await receiver.jobs("calendly-main")
-    assert job.targets == (f"{SIM}/calendly/scheduled_events/GBGBDCAADAEDCRZ2/invitees/a1",)
+    [target] = job.targets
+    assert json.loads(target)["key"] == "GBGBDCAADAEDCRZ2/a1"
 
 
 async def test_unknown_connection_and_source_are_not_found(receiver: Receiver) -> None:

@@ -21,6 +21,7 @@ from apptsync.shared.webhooks import (
     body_too_large,
     calendly_signature,
     calendly_target,
+    calendly_target_parts,
     google_message_is_new,
     inspect_notification,
     merge_targets,
@@ -56,6 +57,20 @@ def calendly_body(event: str = "invitee.created") -> bytes:
         "questions_and_answers": [],
         "created_at": "2026-12-07T02:59:18.327602Z",
         "updated_at": "2026-12-07T02:59:18.341657Z",
+        "scheduled_event": {
+            "uri": f"{API}/scheduled_events/GBGBDCAADAEDCRZ2",
+            "name": "15 Minute Meeting",
+            "status": "active",
+            "start_time": "2026-12-09T15:00:00.000000Z",
+            "end_time": "2026-12-09T15:15:00.000000Z",
+            "event_type": f"{API}/event_types/GBGBDCAADAEDCRZ2",
+            "location": {"type": "physical", "location": "Calendly Office"},
+            "invitees_counter": {"total": 1, "active": 1, "limit": 1},
+            "created_at": "2026-12-07T02:59:18.327602Z",
+            "updated_at": "2026-12-07T02:59:18.341657Z",
+            "event_memberships": [{"user": f"{API}/users/AAAAAAAAAAAAAAAA"}],
+            "event_guests": [],
+        },
     }
     document = {
         "created_at": "2026-12-07T02:59:19.000000Z",
@@ -137,13 +152,52 @@ def test_acuity_targets_appointment_actions_and_ignores_orders() -> None:
     assert acuity_target(b"\xff\xfe") is Verdict.MALFORMED
 
 
-def test_calendly_target_is_the_invitee_uri_on_the_connections_api() -> None:
+def test_calendly_target_carries_the_verified_invitee_and_its_event() -> None:
     payload = json.loads(calendly_body("invitee.canceled"))
-    assert calendly_target(payload, api_base_url=API) == Target(payload["payload"]["uri"])
+    target = calendly_target(payload, api_base_url=API)
+    assert isinstance(target, Target)
+    parts = calendly_target_parts(target.value)
+    assert parts is not None
+    key, invitee, event = parts
+    assert key == "GBGBDCAADAEDCRZ2/7c1dc6ac-2d8e-4c08-ae4f-8a1c0d5f30b1"
+    assert invitee["status"] == "canceled" and "scheduled_event" not in invitee
+    assert event["start_time"] == "2026-12-09T15:00:00.000000Z"
+
+
+def test_calendly_target_accepts_the_connections_own_api_base() -> None:
+    payload = json.loads(calendly_body())
+    uri = "http://127.0.0.1:8710/calendly/scheduled_events/E1/invitees/I1"
+    own = {**payload, "payload": {**payload["payload"], "uri": uri}}
+    target = calendly_target(own, api_base_url="http://127.0.0.1:8710/calendly")
+    assert isinstance(target, Target)
+    assert calendly_target_parts(target.value) is not None
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://evil.example/scheduled_events/a/invitees/b",
+        f"{API}/scheduled_events/E1/invitees/I1?x=/y",
+        f"{API}/scheduled_events/E1/other/I1",
+        f"{API}/scheduled_events/E1",
+    ],
+)
+def test_calendly_target_refuses_other_uris(uri: str) -> None:
+    payload = json.loads(calendly_body())
+    assert calendly_target({**payload, "payload": {**payload["payload"], "uri": uri}}, api_base_url=API) is (
+        Verdict.MALFORMED
+    )
+
+
+def test_calendly_other_events_and_shapes() -> None:
     assert calendly_target({"event": "routing_form_submission.created", "payload": {}}, api_base_url=API) is None
-    elsewhere = {**payload, "payload": {**payload["payload"], "uri": "https://evil.example/scheduled_events/a/invitees/b"}}
-    assert calendly_target(elsewhere, api_base_url=API) is Verdict.MALFORMED
+    assert calendly_target({"event": "invitee_no_show.created", "payload": {}}, api_base_url=API) is None
     assert calendly_target([], api_base_url=API) is Verdict.MALFORMED
+    payload = json.loads(calendly_body())
+    no_event = {**payload, "payload": {k: v for k, v in payload["payload"].items() if k != "scheduled_event"}}
+    assert calendly_target(no_event, api_base_url=API) is Verdict.MALFORMED
+    assert calendly_target_parts("not json") is None
+    assert calendly_target_parts('{"key": "a/b?c", "invitee": {}, "event": {}}') is None
 
 
 def test_google_sync_handshake_names_nothing_and_changes_ask_for_the_incremental_sync() -> None:

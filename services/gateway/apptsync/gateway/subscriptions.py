@@ -110,9 +110,13 @@ def plan_unsubscribe(source: Source, base: str, refs: Mapping[str, Any]) -> list
         return [ProviderCall("DELETE", f"{base}/webhooks/{int(i)}", None, "DELETE /webhooks/{id}")
                 for i in refs.get("acuity_webhook_ids", [])]  # fmt: skip
     if source is Source.CALENDLY:
+        # The UUID (the URI's last segment) under the connection's own API base: a URI the provider
+        # answered never decides where the token goes.
         uri = refs.get("calendly_subscription_uri")
-        if isinstance(uri, str) and uri.startswith(base + "/webhook_subscriptions/"):
-            return [ProviderCall("DELETE", uri, None, "DELETE /webhook_subscriptions/{uuid}")]
+        uuid = uri.rstrip("/").rsplit("/", 1)[-1] if isinstance(uri, str) else ""
+        if uuid and all(c.isascii() and (c.isalnum() or c == "-") for c in uuid):
+            return [ProviderCall("DELETE", f"{base}/webhook_subscriptions/{uuid}", None,
+                                 "DELETE /webhook_subscriptions/{uuid}")]  # fmt: skip
         return []
     return [ProviderCall("POST", f"{base}/channels/stop", {"id": c["id"], "resourceId": c["resource_id"]},
                          "POST /channels/stop")

@@ -41,6 +41,8 @@ MAX_TARGETS_PER_JOB = 500
 # Google's one target: "run the incremental sync" (a notification names no event).
 GOOGLE_INCREMENTAL_TARGET = "incremental"
 
+# Calendly's API origin: notification payloads name resources under it.
+CALENDLY_API_ORIGIN = "https://api.calendly.com"
 ACUITY_SIGNATURE_HEADER = "X-Acuity-Signature"
 CALENDLY_SIGNATURE_HEADER = "Calendly-Webhook-Signature"
 GOOGLE_CHANNEL_ID_HEADER = "X-Goog-Channel-ID"
@@ -199,33 +201,72 @@ def acuity_target(body: bytes) -> Target | Verdict | None:
 
 
 def calendly_target(payload: object, *, api_base_url: str) -> Target | Verdict | None:
-    """The invitee a Calendly notification names (its `payload.uri`); None for other events;
-    MALFORMED when it is not the documented shape or the URI is not on the connection's API origin
-    (the fetcher fetches the URI with the connection's token: it must not be sent anywhere else)."""
+    """The invitee a Calendly notification carries, with its event, as the target's JSON text
+    `{"key": "{event uuid}/{invitee uuid}", "invitee": {...}, "event": {...}}`; None for other
+    events; MALFORMED when it is not the documented shape (an invitee resource with its `uri` under
+    Calendly's API or `api_base_url`, and its `scheduled_event`).
+
+    Why the payload is used rather than fetched again: it is signed with the subscription's own
+    signing key (only Calendly and we hold it) and refused outside the replay tolerance, so it is
+    Calendly's word; a notification that arrives late or out of order carries an older `updated_at`
+    and newer-wins refuses it as stale; and it costs no request of the per-user rate limit. A lost
+    notification is caught by the polling sync (the reconciliation)."""
     if not isinstance(payload, dict):
         return Verdict.MALFORMED
     event = payload.get("event")
     if not isinstance(event, str):
         return Verdict.MALFORMED
-    if event not in CALENDLY_INVITEE_EVENTS:
+    if event not in CALENDLY_INVITEE_EVENTS or event.startswith("invitee_no_show"):
+        # No-show payloads carry the no-show, not the invitee: the polling sync brings the status.
         return None
-    body = payload.get("payload")
-    if not isinstance(body, dict):
+    invitee = payload.get("payload")
+    if not isinstance(invitee, dict):
         return Verdict.MALFORMED
-    # invitee_no_show.* payloads carry the no-show; its `invitee` is the invitee's URI.
-    uri = body.get("invitee") if event.startswith("invitee_no_show") else body.get("uri")
-    if not isinstance(uri, str) or not calendly_uri_allowed(uri, api_base_url):
+    uri, scheduled_event = invitee.get("uri"), invitee.get("scheduled_event")
+    key = calendly_invitee_key(uri, api_base_url) if isinstance(uri, str) else None
+    if key is None or not isinstance(scheduled_event, dict):
         return Verdict.MALFORMED
-    return Target(uri)
+    record = {key: value for key, value in invitee.items() if key != "scheduled_event"}
+    return Target(json.dumps({"key": key, "invitee": record, "event": scheduled_event}, sort_keys=True))
 
 
-def calendly_uri_allowed(uri: str, api_base_url: str) -> bool:
-    """Whether `uri` is an invitee resource under `api_base_url` (`.../scheduled_events/{e}/invitees/{i}`)."""
-    base = api_base_url.rstrip("/") + "/scheduled_events/"
-    if not uri.startswith(base):
-        return False
-    parts = uri[len(base) :].split("/")
-    return len(parts) == 3 and parts[1] == "invitees" and all(part and part.isascii() for part in parts)
+def calendly_target_parts(target: str) -> tuple[str, dict[str, object], dict[str, object]] | None:
+    """(key, invitee, event) of a `calendly_target` value; None when it is not one."""
+    try:
+        document = json.loads(target)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    key, invitee, event = document.get("key"), document.get("invitee"), document.get("event")
+    if not isinstance(key, str) or not is_calendly_invitee_key(key):
+        return None
+    if not isinstance(invitee, dict) or not isinstance(event, dict):
+        return None
+    return key, invitee, event
+
+
+def calendly_invitee_key(uri: str, api_base_url: str) -> str | None:
+    """`"{event}/{invitee}"` of an invitee URI (`<base>/scheduled_events/{event}/invitees/{invitee}`)
+    under Calendly's API or `api_base_url`; None for anything else."""
+    for base in (CALENDLY_API_ORIGIN, api_base_url.rstrip("/")):
+        prefix = base + "/scheduled_events/"
+        if base and uri.startswith(prefix):
+            parts = uri[len(prefix) :].split("/")
+            if len(parts) == 3 and parts[1] == "invitees" and all(_is_uuid_text(p) for p in (parts[0], parts[2])):
+                return f"{parts[0]}/{parts[2]}"
+    return None
+
+
+def is_calendly_invitee_key(target: str) -> bool:
+    """Whether `target` is what `calendly_invitee_key` returns."""
+    parts = target.split("/")
+    return len(parts) == 2 and all(_is_uuid_text(p) for p in parts)
+
+
+def _is_uuid_text(text: str) -> bool:
+    """Calendly's resource ids: letters, digits and dashes (UUIDs or 16-character ids), nothing else."""
+    return 0 < len(text) <= 64 and all(c.isascii() and (c.isalnum() or c == "-") for c in text)
 
 
 def google_target(resource_state: str | None) -> Target | Verdict | None:

@@ -97,7 +97,8 @@ def open_targeted_session(
     state: ConnectionStateStore,
 ) -> ProviderSession:
     """A session for a targeted job (queued by provider notifications): Acuity fetches each target
-    appointment id, Calendly each target invitee URI with its event, Google runs its incremental sync
+    appointment id, Calendly pages the verified invitees (with their events) the notifications carried
+    (see apptsync.shared.webhooks.calendly_target), Google runs its incremental sync
     with the stored sync token (a Google notification names no event). Same pages as any session.
 
     Raises InvalidArgumentError for an unsupported source, malformed targets or cursor."""
@@ -107,10 +108,7 @@ def open_targeted_session(
             cursor=cursor, clock=clock,
         )
     if source is Source.CALENDLY:
-        return CalendlyTargetedSession(
-            http=http, connection=connection, window=window, page_size=page_size, targets=targets,
-            cursor=cursor, clock=clock, state=state,
-        )
+        return CalendlyTargetedSession(window=window, page_size=page_size, targets=targets, cursor=cursor, clock=clock)
     if source is Source.GOOGLE_CALENDAR:
         return open_google_calendar_session(
             http=http, connection=connection, window=window, page_size=page_size, cursor=cursor, clock=clock,

@@ -1,11 +1,10 @@
-"""The Calendly targeted session: the invitees named by webhook notifications, fetched by URI.
+"""The Calendly targeted session: the invitees that webhook notifications carried, as pages.
 
-A Calendly notification carries the invitee resource, but the receiver does not trust it as the
-record: the payload arrives over the internet, is signed with a key stored beside the connection, and
-may be older than a later change (notifications can arrive late or out of order). The invitee is
-fetched by its URI (`GET /scheduled_events/{event}/invitees/{invitee}`, which the receiver checked is
-on the connection's API origin) and its event by the invitee's `event` URI, with the connection's
-token; what Calendly answers now is what is written (newer-wins then orders versions).
+A Calendly notification carries the invitee resource and its scheduled event; the receiver verified
+its signature (the subscription's own signing key) and its age, and stored both in the job's target
+(`apptsync.shared.webhooks.calendly_target` says why the payload is used rather than fetched again).
+This session turns those into pages with the same normalizer as the polling session, so counts,
+ledger and newer-wins apply as for any page. It sends no request.
 """
 
 from __future__ import annotations
@@ -13,74 +12,39 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from apptsync.fetcher.providers._http import ProviderHttp
-from apptsync.fetcher.providers._model import ConnectionConfig, JobWindow, JsonValue, ProviderPage
-from apptsync.fetcher.providers._oauth import OAuthBearer
-from apptsync.fetcher.providers._state import ConnectionStateStore
+from apptsync.fetcher.providers._model import JobWindow, JsonValue, ProviderPage
 from apptsync.fetcher.providers.acuity._targeted import targeted_cursor_position
 from apptsync.fetcher.providers.calendly._normalizer import FetchedEvent, calendly_page
-from apptsync.fetcher.providers.calendly._session import (
-    CALENDLY_PUBLIC_API,
-    CALENDLY_RATE_BUDGET,
-    CALENDLY_TOKEN_URL,
-)
-from apptsync.shared.appointments import Source
-from apptsync.shared.errors import InvalidArgumentError, ProviderRejectedError
-from apptsync.shared.webhooks import calendly_uri_allowed
-
-
-def _resource(body: JsonValue, what: str) -> dict[str, JsonValue]:
-    resource = body.get("resource") if isinstance(body, dict) else None
-    if not isinstance(resource, dict):
-        raise ProviderRejectedError(f"calendly {what} answered without a `resource` object", status_code=200)
-    return resource
+from apptsync.shared.errors import InvalidArgumentError
+from apptsync.shared.webhooks import calendly_target_parts
 
 
 class CalendlyTargetedSession:
-    """A ProviderSession over each target invitee URI (and its event)."""
+    """A ProviderSession over the invitees (with their events) a targeted job carries."""
 
     def __init__(
         self,
         *,
-        http: ProviderHttp,
-        connection: ConnectionConfig,
         window: JobWindow,
         page_size: int,
         targets: Sequence[str],
         cursor: JsonValue | None,
         clock: Callable[[], datetime],
-        state: ConnectionStateStore,
     ) -> None:
         if page_size < 1:
             raise InvalidArgumentError("page_size", "must be at least 1")
-        base_url = (connection.base_url or CALENDLY_PUBLIC_API).rstrip("/")
-        bad = [target for target in targets if not calendly_uri_allowed(target, base_url)]
-        if bad:
-            raise InvalidArgumentError("targets", f"{len(bad)} Calendly target(s) are not invitee URIs of the API")
-        token_url = connection.settings.get("token_url", "").strip()
-        if not token_url:
-            token_url = base_url + "/oauth/token" if connection.base_url else CALENDLY_TOKEN_URL
-        self._auth = OAuthBearer(
-            http=http,
-            source=Source.CALENDLY,
-            budget=CALENDLY_RATE_BUDGET,
-            token_url=token_url,
-            credentials=connection.credentials,
-            store=state,
-        )
-        self._http = http
-        self._base_url = base_url
-        self._rate_limit_scope = connection.scope_key or f"session-{id(self)}"
+        parsed = [calendly_target_parts(target) for target in targets]
+        if any(part is None for part in parsed):
+            raise InvalidArgumentError("targets", "a Calendly target is not a notification's invitee and event")
+        self._targets = [part for part in parsed if part is not None]
         self._window = window
         self._page_size = page_size
-        self._targets = list(targets)
         self._next = targeted_cursor_position(cursor, len(self._targets))
         self._clock = clock
-        self._retries = 0
 
     @property
     def retries(self) -> int:
-        return self._retries
+        return 0
 
     @property
     def near_term_pages(self) -> int:
@@ -90,47 +54,21 @@ class CalendlyTargetedSession:
         return {"next": self._next}
 
     async def next_page(self) -> ProviderPage | None:
-        """The next batch of target invitees Calendly still has, each with its event; None at the end."""
-        while self._next < len(self._targets):
-            batch = self._targets[self._next : self._next + self._page_size]
-            by_event: dict[str, tuple[dict[str, JsonValue], list[JsonValue]]] = {}
-            for uri in batch:
-                invitee = await self._resource_or_none(uri, "invitee")
-                if invitee is None:
-                    continue
-                event_uri = invitee.get("event")
-                if not isinstance(event_uri, str) or not event_uri.startswith(self._base_url + "/scheduled_events/"):
-                    raise ProviderRejectedError("calendly invitee names no event of the API", status_code=200)
-                if event_uri not in by_event:
-                    event = await self._resource_or_none(event_uri, "event")
-                    if event is None:
-                        continue
-                    by_event[event_uri] = (event, [])
-                by_event[event_uri][1].append(invitee)
-            self._next += len(batch)
-            if by_event:
-                fetched = [FetchedEvent(event, invitees) for event, invitees in by_event.values()]
-                return calendly_page(fetched, window=self._window, fetched_at=self._clock())
-        return None
+        """The next `page_size` targets as one page (invitees grouped by event); None at the end."""
+        if self._next >= len(self._targets):
+            return None
+        batch = self._targets[self._next : self._next + self._page_size]
+        self._next += len(batch)
+        by_event: dict[str, tuple[JsonValue, list[JsonValue]]] = {}
+        for key, invitee, event in batch:
+            event_uuid = key.split("/", 1)[0]
+            if event_uuid not in by_event:
+                by_event[event_uuid] = (_json(event), [])
+            by_event[event_uuid][1].append(_json(invitee))
+        fetched = [FetchedEvent(event, invitees) for event, invitees in by_event.values()]
+        return calendly_page(fetched, window=self._window, fetched_at=self._clock())
 
-    async def _resource_or_none(self, url: str, what: str) -> dict[str, JsonValue] | None:
-        """The resource at `url`; None when Calendly has it no more (404)."""
 
-        async def send(headers: dict[str, str]) -> JsonValue:
-            response = await self._http.get_json(
-                source=Source.CALENDLY,
-                budget=CALENDLY_RATE_BUDGET,
-                url=url,
-                params={},
-                headers=headers,
-                rate_limit_scope=self._rate_limit_scope,
-            )
-            self._retries += response.retries
-            return response.body
-
-        try:
-            return _resource(await self._auth.call(send), what)
-        except ProviderRejectedError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
+def _json(document: dict[str, object]) -> JsonValue:
+    """A JSON object parsed by json.loads is a JsonValue (mypy cannot see through `object`)."""
+    return document  # type: ignore[return-value]
