@@ -114,6 +114,8 @@ async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
             "apptsync.source": job.external_source,
             "apptsync.connection_id": job.connection_id,
             "apptsync.first_page_no": job.next_page_no,
+            "apptsync.job_kind": job.kind,
+            "apptsync.targets": len(job.targets),
         },
     )
     source_token = JOB_SOURCE.set(job.external_source)
@@ -331,6 +333,10 @@ async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProg
             error=progress.error,
             now=ctx.clock(),
         )
+        if job.kind == TARGETED_KIND:
+            # The connection's next targeted job (queued meanwhile) waited for this one: wake every
+            # fetcher at commit, not only this process (whose freed slot claims again anyway).
+            await conn.execute("SELECT pg_notify($1, $2)", jobs_db.JOBS_QUEUED_CHANNEL, job.job_id)
     _job_finished(finished)
     event = imports_pb2.JobFinished(job=job_to_proto(finished))
     async with kafka_errors():
