@@ -230,7 +230,7 @@ async def enqueue_targets(
     google_channel: tuple[str, int] | None = None,
 ) -> Handoff | None:
     """Hands a verified notification on durably, in one short transaction: its targets join the
-    connection's queued targeted job, or a new one is queued (and the fetchers notified at commit).
+    connection's queued targeted job, or a new one is queued; the fetchers are notified at commit.
     The subscription's last notification time and count are updated in the same transaction.
 
     `google_channel` (channel id, message number): the message is handed on only when its number is
@@ -317,8 +317,9 @@ async def enqueue_targets(
             route.connection_id,
             now,
         )
-        if row["created"]:
-            await connection.execute("SELECT pg_notify($1, $2)", JOBS_QUEUED_CHANNEL, str(row["job_id"]))
+        # Also when the targets joined a queued job: a fetcher's claim that ran while this upsert held
+        # the row's lock skipped it (SKIP LOCKED), and would otherwise wait for its next poll.
+        await connection.execute("SELECT pg_notify($1, $2)", JOBS_QUEUED_CHANNEL, str(row["job_id"]))
     return Handoff(
         job_id=str(row["job_id"]), created=bool(row["created"]), overflowed=[t for t in targets if t not in held]
     )
