@@ -24,6 +24,7 @@ import pytest
 from apptsync.cli.devstack import WITH_WEBHOOKS
 from apptsync.v1 import imports_pb2
 from tests.containers.fixtures import BrokerContainer
+from tests.e2e.otlp_receiver import SPAN_KIND_SERVER, trace_receiver
 from tests.e2e.system import (
     TENANT_ID,
     TENANT_TOKEN,
@@ -217,3 +218,55 @@ async def test_a_calendly_booking_arrives_by_notification_and_delete_removes_the
         )  # fmt: skip
         assert deleted.deleted
         assert (await simulator.get("/_admin/webhooks/subscriptions")).json()["calendly"] == []
+
+
+async def test_one_trace_runs_from_the_notification_to_the_written_row(
+    database_url: str, service_database_url: str, broker: BrokerContainer, tmp_path: Path
+) -> None:
+    """The receiver's span is the parent of the targeted job's span, whose pages the writer consumes in
+    the same trace."""
+    async with trace_receiver(tmp_path) as receiver:
+        env = system_env(
+            tmp_path, APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT="20", OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc", OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
+            OTEL_EXPORTER_OTLP_INSECURE="true", OTEL_TRACES_SAMPLER="parentbased_always_on",
+            OTEL_BSP_SCHEDULE_DELAY="200",
+        )  # fmt: skip
+        services = service_set(
+            database_url=database_url, service_database_url=service_database_url,
+            bootstrap_servers=broker.bootstrap_servers, tmp_path=tmp_path, env=env, services=WITH_WEBHOOKS,
+        )  # fmt: skip
+        async with running(services, database_url=database_url, token=TENANT_TOKEN) as system:
+            simulator_url = system.services.addresses.simulator_url
+            await system.stub.PutConnection(
+                imports_pb2.PutConnectionRequest(
+                    tenant_id=TENANT_ID, connection_id="acuity", source=imports_pb2.SOURCE_ACUITY,
+                    base_url=f"{simulator_url}/acuity/api/v1",
+                    credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
+                ),
+                metadata=system.metadata, timeout=10,
+            )  # fmt: skip
+            async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
+                start = minute(datetime.now(UTC) + timedelta(days=2))
+                added = await simulator.post("/_admin/acuity/accounts/1001/appointments",
+                                             json={"datetime": start.isoformat()})  # fmt: skip
+                added.raise_for_status()
+            stored = await wait_for_row(system.database_url, "acuity", str(added.json()["id"]), status="scheduled")
+            job_id = str(stored["last_job_id"])
+
+            wanted = {("apptsync-webhook-receiver", "webhook notification"), ("apptsync-fetcher", "import job")}
+            for _poll in range(300):  # the job span is exported when the job ends (bounded wait)
+                about = [s for s in receiver.spans() if s.attributes.get("apptsync.job_id") == job_id]
+                if wanted <= {(s.service, s.name) for s in about}:
+                    break
+                await asyncio.sleep(0.1)
+            about_job = [s for s in receiver.spans() if s.attributes.get("apptsync.job_id") == job_id]
+            notified = [s for s in about_job if s.name == "webhook notification"]
+            assert notified, "no receiver span names the job"
+            (job_span,) = [s for s in about_job if s.name == "import job"]
+            assert notified[0].kind == SPAN_KIND_SERVER
+            # The first notification queued the job: its span is the job span's parent, one trace.
+            assert job_span.parent_span_id in {s.span_id for s in notified}
+            assert job_span.attributes.get("apptsync.job_kind") == "targeted"
+            trace = [s for s in receiver.spans() if s.trace_id == job_span.trace_id]
+            assert any(s.service == "apptsync-writer" for s in trace), "the writer's spans are in the trace"

@@ -98,14 +98,14 @@ def _cmd_webhook_receiver(_args: argparse.Namespace) -> int:
     _register_service_secrets(database, credentials)
 
     async def serve(stop: asyncio.Event) -> None:
-        pool = await create_pool(database, application_name="apptsync-webhooks")
+        pool = await create_pool(database, application_name="apptsync-webhook-receiver")
         try:
             await serve_webhook_receiver(pool, Keyring.from_settings(credentials), settings, stop=stop)
         finally:
             await pool.close()
 
     with process_telemetry(
-        service_name="apptsync-webhooks",
+        service_name="apptsync-webhook-receiver",
         host_name=socket.gethostname(),
         metrics_host=settings.metrics_host,
         metrics_port=settings.metrics_port,
