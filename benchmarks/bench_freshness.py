@@ -16,7 +16,8 @@ What it does (every process is real and listens on 127.0.0.1 only):
      for each appointment, the writer stores it. Freshness of one change = the row's `updated_at`
      (PostgreSQL's clock, the writing transaction's start) minus the moment just before the
      mutation's admin request was sent (the same machine's clock): p50 / p95 / max. Where the time goes:
-     the simulator's delivery lag (notification sent - change made, from its delivery log), and the
+     the simulator's delivery lag (notification sent - change made, from its delivery log), the
+     receiver's answer time (answered - sent: verification and the durable handoff), and the
      targeted jobs' queue wait (claimed - queued) and run time (finished - claimed). Meanwhile forged
      notifications are sent to the connection's real notification URL (wrong signature, no signature)
      and to unknown tokens; `notifications_forged_accepted` counts those answered 2xx (must be 0);
@@ -270,6 +271,10 @@ async def benchmark(args: argparse.Namespace) -> int:
                     (datetime.fromisoformat(d["sent_at"]) - datetime.fromisoformat(d["mutation_at"])).total_seconds()
                     for d in log["deliveries"] if d.get("sent_at") and d.get("mutation_at")
                 ]  # fmt: skip
+                answers = [
+                    (datetime.fromisoformat(d["answered_at"]) - datetime.fromisoformat(d["sent_at"])).total_seconds()
+                    for d in log["deliveries"] if d.get("answered_at") and d.get("sent_at")
+                ]  # fmt: skip
                 owner = await tenant_connection(stack.postgres.database_url)
                 try:
                     jobs = await owner.fetch(
@@ -292,7 +297,8 @@ async def benchmark(args: argparse.Namespace) -> int:
                 )
                 print(
                     f"  where the time goes: simulator delivery lag p50 {statistics.median(lags):.3f} s, "
-                    f"p95 {percentile(lags, 0.95):.3f} s; "
+                    f"p95 {percentile(lags, 0.95):.3f} s; receiver answer (verified, stored) p50 "
+                    f"{statistics.median(answers):.3f} s, p95 {percentile(answers, 0.95):.3f} s; "
                     f"targeted job queue wait p50 {statistics.median(waits):.3f} s, "
                     f"p95 {percentile(waits, 0.95):.3f} s; run p50 {statistics.median(runs):.3f} s, "
                     f"p95 {percentile(runs, 0.95):.3f} s; targets per job p50 {statistics.median(targets_per_job):g}, "
@@ -354,6 +360,8 @@ async def benchmark(args: argparse.Namespace) -> int:
         "targeted_jobs": targeted,
         "targets_per_job_max": max(targets_per_job),
         "delivery_lag_p95_seconds": round(percentile(lags, 0.95), 4),
+        "receiver_answer_p50_seconds": round(statistics.median(answers), 4),
+        "receiver_answer_p95_seconds": round(percentile(answers, 0.95), 4),
         "targeted_queue_wait_p95_seconds": round(percentile(waits, 0.95), 4),
         "targeted_run_p95_seconds": round(percentile(runs, 0.95), 4),
         "reconciliation_catch_up_p50_seconds": round(statistics.median(catch_up), 2),

@@ -35,7 +35,7 @@ from apptsync.shared.db.pool import DATABASE_ERRORS
 from apptsync.shared.errors import ApptsyncError
 from apptsync.shared.provider_access import PUBLIC_API_URLS
 from apptsync.shared.settings import WebhookSettings
-from apptsync.shared.telemetry.logs import log_event
+from apptsync.shared.telemetry.logs import log_event, register_secrets
 from apptsync.shared.telemetry.metrics import METRICS
 from apptsync.shared.telemetry.propagation import current_traceparent, trace_id_hex
 from apptsync.shared.webhooks import (
@@ -151,6 +151,7 @@ async def _inspect(
         return Inspection(Verdict.UNKNOWN_CONNECTION)
     record, credentials = connection
     secrets = {**loaded[1]}
+    register_secrets(*secrets.values(), credentials.get("api_key", ""))  # redacted by value from every log line
     if source is Source.ACUITY:
         secrets["api_key"] = credentials.get("api_key", "")
     return inspect_notification(
