@@ -255,3 +255,19 @@ async def test_google_duplicates_by_message_number_are_acknowledged_but_not_hand
     assert len(await receiver.jobs("google-main")) == 1
     assert await receiver.post("google_calendar", b"", headers(3)) == 200
     assert len(await receiver.jobs("google-main")) == 2
+
+
+async def test_a_succeeded_targeted_job_does_not_make_the_next_import_a_resync(receiver: Receiver) -> None:
+    """The connection's first StartImport still walks everything after notifications were synced."""
+    assert await receiver.acuity(1) == 200
+    async with receiver.pool.acquire() as conn:
+        targeted = await jobs_db.claim_job(conn, lease_owner="f1", lease_seconds=30, now=NOW)
+        assert targeted is not None and targeted.kind == "targeted"
+        await jobs_db.finish_job(conn, job_id=targeted.job_id, lease_owner="f1", state="SUCCEEDED",
+                                 stop_reason="provider exhausted", error="", now=NOW)  # fmt: skip
+        first, _existed = await jobs_db.create_job(conn, jobs_db.NewJob(
+            tenant_id=receiver.tenant, external_source="acuity", connection_id="acuity-main",
+            window_start=NOW - timedelta(days=1), window_end=NOW + timedelta(days=1),
+            options=jobs_db.JobOptions(100, 10, 4, "NO_NEW_RECORDS", 1, 600), idempotency_key=None,
+        ), now=NOW)  # fmt: skip
+    assert first.first_import

@@ -201,9 +201,10 @@ async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) ->
     """
     async with tenant_transaction(connection, job.tenant_id):
         for _attempt in range(5):
+            # Only a walk counts: a targeted job (webhooks) fetched a few records, not the window.
             first_import = not await connection.fetchval(
                 """SELECT EXISTS (SELECT 1 FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
-                                  AND connection_id = $3 AND state = 'SUCCEEDED')""",
+                                  AND connection_id = $3 AND state = 'SUCCEEDED' AND kind = 'sync')""",
                 uuid.UUID(job.tenant_id),
                 job.external_source,
                 job.connection_id,
