@@ -270,3 +270,60 @@ async def test_one_trace_runs_from_the_notification_to_the_written_row(
             assert job_span.attributes.get("apptsync.job_kind") == "targeted"
             trace = [s for s in receiver.spans() if s.trace_id == job_span.trace_id]
             assert any(s.service == "apptsync-writer" for s in trace), "the writer's spans are in the trace"
+
+
+async def test_duplicated_reordered_and_forged_notifications_leave_the_right_rows(system: RunningSystem) -> None:
+    """The simulator's fault knobs: duplicates and reordering change nothing (each targeted job asks
+    Acuity for the appointment as it is now); forged notifications are refused (401) and their change
+    waits for the polling sync, which brings it."""
+    simulator_url = system.services.addresses.simulator_url
+    await system.stub.PutConnection(
+        imports_pb2.PutConnectionRequest(
+            tenant_id=TENANT_ID, connection_id="acuity", source=imports_pb2.SOURCE_ACUITY,
+            base_url=f"{simulator_url}/acuity/api/v1", credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
+        ),
+        metadata=system.metadata, timeout=10,
+    )  # fmt: skip
+    admin = "/_admin/acuity/accounts/1001/appointments"
+    now = datetime.now(UTC)
+    async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
+        faults = {"duplicate_probability": 0.5, "reorder": True, "reorder_hold_seconds": 0.5, "seed": 3}
+        (await simulator.put("/_admin/webhooks/faults", json=faults)).raise_for_status()
+        booked = []
+        for day in range(1, 7):
+            start = minute(now + timedelta(days=day, hours=day))
+            booked.append(((await simulator.post(admin, json={"datetime": start.isoformat()})).json(), start))
+        moved_to = minute(now + timedelta(days=8))
+        first = booked[0][0]
+        (await simulator.post(f"{admin}/{first['id']}/reschedule", json={"datetime": moved_to.isoformat()})
+         ).raise_for_status()  # fmt: skip
+        for appointment, start in booked[1:]:
+            await wait_for_row(system.database_url, "acuity", str(appointment["id"]), status="scheduled",
+                               starts_at=start)  # fmt: skip
+        await wait_for_row(system.database_url, "acuity", str(first["id"]), status="scheduled", starts_at=moved_to)
+
+        (await simulator.put("/_admin/webhooks/faults", json={"forge_probability": 1.0, "duplicate_probability": 0,
+                                                             "reorder": False})).raise_for_status()  # fmt: skip
+        forged_start = minute(now + timedelta(days=3, hours=7))
+        forged = (await simulator.post(admin, json={"datetime": forged_start.isoformat()})).json()
+        attempts = []
+        for _poll in range(300):
+            log = (await simulator.get("/_admin/webhooks/deliveries", params={"provider": "acuity"})).json()
+            attempts = [d for d in log["deliveries"] if d["record"] == str(forged["id"])]
+            if attempts and all(d["state"] != "pending" for d in attempts):
+                break
+            await asyncio.sleep(0.1)
+        assert attempts and all(d["forged"] and d["state"] == "failed" and d["status"] == 401 for d in attempts)
+        assert await row(system.database_url, "acuity", str(forged["id"])) is None
+        (await simulator.delete("/_admin/webhooks/faults")).raise_for_status()
+
+    # The reconciliation: the frequent sync (what the every-15-minutes CronJob starts) brings it.
+    response = await system.stub.StartImport(
+        imports_pb2.StartImportRequest(
+            tenant_id=TENANT_ID, source=imports_pb2.SOURCE_ACUITY, connection_id="acuity",
+            options=imports_pb2.ImportOptions(stop_policy=imports_pb2.STOP_POLICY_NO_NEW_RECORDS),
+        ),
+        metadata=system.metadata, timeout=10,
+    )  # fmt: skip
+    assert response.job.job_id
+    await wait_for_row(system.database_url, "acuity", str(forged["id"]), status="scheduled", starts_at=forged_start)
