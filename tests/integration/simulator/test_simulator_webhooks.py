@@ -179,6 +179,7 @@ async def test_calendly_reschedule_sends_canceled_then_created_signed_with_the_s
             and by_event["invitee.created"]["old_invitee"] == old["uri"]
         )
         assert by_event["invitee.created"]["scheduled_event"]["uri"] == new["event"]
+        assert {b["created_by"] for b in bodies} == {account["user"]}
         for r in received:
             t, v1 = (part.split("=", 1)[1] for part in r.headers["Calendly-Webhook-Signature"].split(","))
             assert v1 == hmac.new(b"sim-signing-key", f"{t}.".encode() + r.body, hashlib.sha256).hexdigest()
@@ -223,3 +224,28 @@ async def test_google_channel_gets_sync_then_exists_until_it_expires(receiver: R
             json={"id": "channel-1", "resourceId": channel["resourceId"]},
         )  # fmt: skip
         assert stopped.status_code == 204
+
+
+async def test_fault_knobs_forge_and_drop_over_http(receiver: Receiver) -> None:
+    async with (
+        running_simulator(SETTINGS, clock=lambda: NOW) as simulator,
+        httpx.AsyncClient(base_url=simulator.base_url, timeout=30, trust_env=False) as client,
+    ):
+        await client.post(
+            f"{simulator.acuity_base_url}/webhooks", json={"event": "appointment.changed", "target": receiver.url},
+            headers={"Authorization": ACUITY_AUTH},
+        )  # fmt: skip
+        assert (await client.post("/_admin/webhooks/faults", json={"forge_probability": 1.0, "seed": 3})).is_success
+        await client.post("/_admin/mutations", json={"seed": 2, "count": 3, "providers": ["acuity"]})
+
+        received = await receiver.wait_for(1)
+
+        genuine = base64.b64encode(hmac.new(DEMO_API_KEY.encode(), received[0].body, hashlib.sha256).digest()).decode()
+        assert received[0].headers["X-Acuity-Signature"] != genuine
+        await client.put("/_admin/webhooks/faults", json={"forge_probability": 0.0, "drop_probability": 1.0})
+        await client.post("/_admin/mutations", json={"seed": 4, "count": 3, "providers": ["acuity"]})
+        log: Any = (await client.get("/_admin/webhooks/deliveries")).json()
+        assert log["counts"]["dropped"] == 3 and log["counts"]["forged"] == 3
+        assert [d["state"] for d in log["deliveries"]][-3:] == ["dropped"] * 3
+        assert all(d["forged"] for d in log["deliveries"][:3])
+        assert (await client.delete("/_admin/webhooks/faults")).json()["drop_probability"] == 0.0

@@ -52,6 +52,13 @@ deletions, no-shows, payment changes (and Google series / instance deletions) at
 clock and answers what it applied; `GET /_admin/{provider}/truth/{account}` answers, per record the
 account has or had, the fields a mirror must hold. No record is ever stamped later than the
 simulator's clock (real time when served).
+
+Change notifications (see _webhooks_api for the routes, docs/simulator-webhooks.md for the shapes):
+every admin change and every `POST /_admin/mutations` change is sent to the account's subscriptions
+(Acuity `POST /webhooks`, Calendly `POST /webhook_subscriptions`, Google `events.watch` channels),
+signed as the provider signs, by a background task that delivers to loopback targets only and retries
+non-2xx answers. Knobs `/_admin/webhooks/faults` (drop, duplicate, delay, reorder, forge; seeded),
+log `GET /_admin/webhooks/deliveries`.
 """
 
 from apptsync.simulator._acuity_data import (
@@ -66,8 +73,11 @@ from apptsync.simulator._acuity_data import (
 from apptsync.simulator._faults import FaultKnobs
 from apptsync.simulator._server import RunningSimulator, build_app, build_state, running_simulator, serve
 from apptsync.simulator._state import SimulatorState
+from apptsync.simulator._webhooks import ACUITY_MAX_WEBHOOKS, CALENDLY_APP_SIGNING_KEY, WebhookFaultKnobs
 
 __all__ = [
+    "ACUITY_MAX_WEBHOOKS",
+    "CALENDLY_APP_SIGNING_KEY",
     "DEMO_ACCESS_TOKEN",
     "DEMO_API_KEY",
     "DEMO_USER_ID",
@@ -76,6 +86,7 @@ __all__ = [
     "FaultKnobs",
     "RunningSimulator",
     "SimulatorState",
+    "WebhookFaultKnobs",
     "account_for",
     "build_app",
     "build_state",

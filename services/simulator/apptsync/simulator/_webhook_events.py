@@ -59,8 +59,8 @@ def calendly_invitee_changed(
     """Notifications of `event_name` for one invitee: its resource with its `scheduled_event`."""
     store = state.calendly
     invitee = store.invitees[number].get(invitee_uuid)
-    if invitee is None:
-        return []
+    if invitee is None or not state.webhooks.calendly_subscriptions(number):
+        return []  # nothing to render for (a benchmark without subscriptions pays nothing)
     event = store.events[number][invitee.event_uuid]
     payload = {**render_invitee(invitee), "scheduled_event": render_event(event, store.invitees_of(number, event.uuid))}
     return state.webhooks.calendly_changed(

@@ -131,6 +131,7 @@ class CalendlySubscription:
     scope: str  # user | organization
     organization: str
     user: str | None
+    creator: str  # the user who made it (Calendly's `creator`, and `created_by` of its deliveries)
     signing_key: str
     created_at: datetime
 
@@ -152,7 +153,7 @@ class CalendlySubscription:
             "organization": self.organization,
             "user": self.user,
             "group": None,
-            "creator": self.user,
+            "creator": self.creator,
         }
 
 
@@ -449,7 +450,7 @@ class WebhookHub:
         uuid = _calendly_uuid(account, next(self._calendly_numbers))
         subscription = CalendlySubscription(
             uuid=uuid, account=account, callback_url=url, events=tuple(str(e) for e in events), scope=str(scope),
-            organization=organization_uri, user=user_uri if scope == "user" else None,
+            organization=organization_uri, user=user_uri if scope == "user" else None, creator=user_uri,
             signing_key=key or CALENDLY_APP_SIGNING_KEY, created_at=now,
         )  # fmt: skip
         self.calendly[uuid] = subscription
@@ -475,7 +476,7 @@ class WebhookHub:
             if event_name not in subscription.events:
                 continue
             body = encode({
-                "created_at": created_at_text, "created_by": subscription.user or subscription.organization,
+                "created_at": created_at_text, "created_by": subscription.creator,
                 "event": event_name, "payload": dict(payload),
             })  # fmt: skip
             made.append(Notification(
