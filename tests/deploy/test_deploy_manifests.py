@@ -120,7 +120,9 @@ def test_every_checkov_skip_names_a_check_and_gives_a_reason(overlay: tuple[str,
 def test_pods_meet_the_restricted_pod_security_standard(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
     workloads = _workloads(docs)
-    assert len(workloads) == 7  # 3 Deployments, the migration Job, 2 sync CronJobs, the retention CronJob
+    # 4 Deployments (gateway, fetcher, writer, webhook receiver), the migration Job, 2 sync CronJobs, the
+    # retention and the subscription-renewal CronJobs.
+    assert len(workloads) == 9
     for doc in workloads:
         pod = _pod_spec(doc)
         where = f"{doc['kind']}/{doc['metadata']['name']}"
@@ -282,6 +284,7 @@ def test_cronjobs_sync_frequently_with_early_stop_and_nightly_in_full(overlay: t
     _, docs = overlay
     cronjobs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CronJob"}
     cronjobs.pop("apptsync-retention")  # test_retention_prunes_daily_as_the_services_role_within_its_deadline
+    cronjobs.pop("apptsync-renew-subscriptions")  # test_the_webhook_receiver_is_reached_only_through_the_ingress
     policies = {}
     for name, cronjob in cronjobs.items():
         spec = cronjob["spec"]
@@ -340,7 +343,10 @@ def test_network_policies_deny_by_default_and_open_only_what_is_needed(overlay: 
     assert egress_ports["*"] == {53, 4317, 4318}
     assert egress_ports["fetcher"] == {5432, 9092, 9093, 443}
     assert egress_ports["writer"] == {5432, 9092, 9093}
-    assert egress_ports["gateway"] == {5432}
+    # The gateway checks credentials with providers and subscribes connections to their webhooks.
+    assert egress_ports["gateway"] == {5432, 443}
+    assert egress_ports["webhook-receiver"] == {5432}
+    assert egress_ports["renew-subscriptions"] == {5432, 443}
     assert egress_ports["migrate"] == {5432}
     assert egress_ports["sync"] == {50051}
     assert [p["port"] for p in policies["apptsync-gateway"]["ingress"][0]["ports"]] == [50051]
@@ -363,7 +369,8 @@ def test_services_serve_metrics_to_prometheus_and_export_traces(overlay: tuple[s
     (scrape,) = scrape_policies
     assert [p["port"] for rule in scrape["ingress"] for p in rule["ports"]] == [METRICS_PORT]
     (components,) = scrape["podSelector"]["matchExpressions"]
-    assert components["key"] == "app.kubernetes.io/component" and set(components["values"]) == set(SERVICES)
+    assert components["key"] == "app.kubernetes.io/component"
+    assert set(components["values"]) == {*SERVICES, "webhook-receiver"}
     for service in SERVICES:
         template = _one(docs, "Deployment", f"apptsync-{service}")["spec"]["template"]
         annotations = template["metadata"]["annotations"]
@@ -444,3 +451,31 @@ def test_schema_validation_rejects_typos_and_unknown_custom_resources(
     assert "4 documents, 4 invalid" in result.stdout, result.stdout
     assert "dataa" in result.stdout and "Widget" in result.stdout and "partitions" in result.stdout
     assert "'fro' was unexpected" in result.stdout, result.stdout
+
+
+def test_the_webhook_receiver_is_reached_only_through_the_ingress(overlay: tuple[str, list[Doc]]) -> None:
+    """Its own Deployment with HTTP probes; the Ingress routes only /webhooks/ to it; its NetworkPolicy
+    admits only the ingress controller's namespace; its channels are renewed by a CronJob."""
+    _, docs = overlay
+    deployment = _one(docs, "Deployment", "apptsync-webhook-receiver")
+    (container,) = _pod_spec(deployment)["containers"]
+    assert container["args"] == ["webhook-receiver"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    values = {v["name"]: v.get("value") for v in container["env"]}
+    assert values["APPTSYNC_WEBHOOK_METRICS_PORT"] == str(METRICS_PORT)
+    assert values["OTEL_SERVICE_NAME"] == "apptsync-webhook-receiver"
+    ingress = _one(docs, "Ingress", "apptsync-webhook-receiver")
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    assert [(p["path"], p["backend"]["service"]["name"]) for p in paths] == [
+        ("/webhooks/", "apptsync-webhook-receiver")
+    ]
+    assert ingress["spec"]["tls"], "providers deliver to https"
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    (rule,) = policies["apptsync-webhook-receiver"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
+    assert [p["port"] for p in rule["ports"]] == [8080]
+    renew = _one(docs, "CronJob", "apptsync-renew-subscriptions")
+    assert _pod_spec(renew)["containers"][0]["args"] == ["renew-subscriptions"]
+    assert renew["spec"]["concurrencyPolicy"] == "Forbid"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ import asyncpg
 import grpc
 import httpx
 
-from apptsync.cli.devstack import ServiceSet, format_dev_keyring
+from apptsync.cli.devstack import SERVICE_NAMES, ServiceSet, format_dev_keyring
 from apptsync.gateway.auth import token_digest
 from apptsync.shared.counts import counts_add_up
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
@@ -72,7 +72,13 @@ def system_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 
 def service_set(
-    *, database_url: str, service_database_url: str, bootstrap_servers: str, tmp_path: Path, env: dict[str, str]
+    *,
+    database_url: str,
+    service_database_url: str,
+    bootstrap_servers: str,
+    tmp_path: Path,
+    env: dict[str, str],
+    services: Sequence[str] = SERVICE_NAMES,
 ) -> ServiceSet:
     """Gateway, fetcher, writer and simulator for one test: the services connect as the role row-level
     security binds (`service_database_url`); migrations and the tests' checks of the truth use the
@@ -84,6 +90,7 @@ def service_set(
         log_dir=tmp_path / "logs",
         credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
         extra_env=env,
+        services=services,
     )
 
 

@@ -87,33 +87,36 @@ def test_choose_port_without_preference_picks_a_free_port(preferred: int | None)
     assert asked == []
 
 
+EIGHT_PORTS = [1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008]
+
+
 def test_assign_service_ports_gives_the_gateway_its_preferred_port_when_free() -> None:
     ports = assign_service_ports(
-        [1001, 1002, 1003, 1004, 1005, 1006, 1007], preferred_gateway_port=50051, preferred_gateway_port_is_free=True
+        EIGHT_PORTS, preferred_gateway_port=50051, preferred_gateway_port_is_free=True
     )
     assert ports.gateway == 50051
     assert ports.simulator == 1007
-    assert len({*vars(ports).values()}) == 7
+    assert len({*vars(ports).values()}) == 8
 
 
 def test_assign_service_ports_falls_back_when_the_preferred_gateway_port_is_taken() -> None:
     ports = assign_service_ports(
-        [1001, 1002, 1003, 1004, 1005, 1006, 1007], preferred_gateway_port=50051, preferred_gateway_port_is_free=False
+        EIGHT_PORTS, preferred_gateway_port=50051, preferred_gateway_port_is_free=False
     )
     assert ports.gateway == 1001
-    assert len({*vars(ports).values()}) == 7
+    assert len({*vars(ports).values()}) == 8
 
 
 def test_assign_service_ports_never_gives_the_gateway_a_port_another_service_got() -> None:
     ports = assign_service_ports(
-        [1001, 1002, 1003, 1004, 1005, 1006, 1007], preferred_gateway_port=1003, preferred_gateway_port_is_free=True
+        EIGHT_PORTS, preferred_gateway_port=1003, preferred_gateway_port_is_free=True
     )
     assert ports.gateway == 1001
-    assert len({*vars(ports).values()}) == 7
+    assert len({*vars(ports).values()}) == 8
 
 
-def test_assign_service_ports_needs_seven_ports() -> None:
-    with pytest.raises(ValueError, match="7 free ports"):
+def test_assign_service_ports_needs_eight_ports() -> None:
+    with pytest.raises(ValueError, match="8 free ports"):
         assign_service_ports([1, 2, 3], preferred_gateway_port=None, preferred_gateway_port_is_free=False)
 
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from apptsync.fetcher.progress import JobProgress, PageOutcome, StopPolicy
-from apptsync.fetcher.reconciliation import reconciles
+from apptsync.fetcher.reconciliation import TARGETED_KIND, reconciles
 from apptsync.shared.appointments import Source
 
 pytestmark = pytest.mark.unit
@@ -26,3 +26,15 @@ def test_acuity_and_calendly_reconcile_after_a_complete_walk_google_never_does()
     assert reconciles(Source.CALENDLY, complete_walk())
     # Google's sync-token pass lists changes only; it reports deletions as cancelled events instead.
     assert not reconciles(Source.GOOGLE_CALENDAR, complete_walk())
+
+
+def test_a_targeted_job_never_reconciles_even_when_its_walk_ended_exhausted() -> None:
+    """A job queued by notifications fetched only the records they named: absence proves nothing."""
+    progress = JobProgress(
+        policy=StopPolicy.NEVER, stop_after_pages=1, max_pages=10, max_in_flight_pages=2, first_import=False,
+        deadline_at=datetime(2100, 1, 1, tzinfo=UTC),
+    )
+    progress.provider_exhausted()
+    assert progress.walked_whole_window
+    assert reconciles(Source.ACUITY, progress)
+    assert not reconciles(Source.ACUITY, progress, kind=TARGETED_KIND)

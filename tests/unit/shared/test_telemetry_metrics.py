@@ -29,6 +29,10 @@ EXPECTED_FAMILIES = {
     "apptsync_writer_dead_letters_total": "counter",
     "apptsync_writer_consumer_lag_messages": "gauge",
     "apptsync_gateway_imports_started_total": "counter",
+    "apptsync_webhook_notifications_total": "counter",
+    "apptsync_webhook_handoff_duration_seconds": "histogram",
+    "apptsync_webhook_subscription_changes_total": "counter",
+    "apptsync_webhook_subscriptions_unhealthy": "gauge",
 }
 
 

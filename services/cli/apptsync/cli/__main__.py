@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import logging
 import os
 import signal
@@ -61,7 +62,7 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
     from apptsync.shared.credentials import Keyring
     from apptsync.shared.db.pool import create_pool
     from apptsync.shared.outbound import OutboundPolicy
-    from apptsync.shared.settings import GatewaySettings, OutboundSettings
+    from apptsync.shared.settings import GatewaySettings, OutboundSettings, WebhookSettings
 
     settings, database, credentials = GatewaySettings(), DatabaseSettings(), CredentialSettings()
     _register_service_secrets(database, credentials)
@@ -71,7 +72,10 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
     async def serve(stop: asyncio.Event) -> None:
         pool = await create_pool(database, application_name="apptsync-gateway")
         try:
-            await serve_gateway(pool, Keyring.from_settings(credentials), settings, outbound=outbound, stop=stop)
+            await serve_gateway(
+                pool, Keyring.from_settings(credentials), settings, outbound=outbound, stop=stop,
+                webhooks=WebhookSettings(),
+            )  # fmt: skip
         finally:
             await pool.close()
 
@@ -82,6 +86,57 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
         metrics_port=settings.metrics_port,
     ):
         return _run_until_signalled(serve)
+
+
+def _cmd_webhook_receiver(_args: argparse.Namespace) -> int:
+    from apptsync.gateway.webhooks import serve_webhook_receiver
+    from apptsync.shared.credentials import Keyring
+    from apptsync.shared.db.pool import create_pool
+    from apptsync.shared.settings import WebhookSettings
+
+    settings, database, credentials = WebhookSettings(), DatabaseSettings(), CredentialSettings()
+    _register_service_secrets(database, credentials)
+
+    async def serve(stop: asyncio.Event) -> None:
+        pool = await create_pool(database, application_name="apptsync-webhook-receiver")
+        try:
+            await serve_webhook_receiver(pool, Keyring.from_settings(credentials), settings, stop=stop)
+        finally:
+            await pool.close()
+
+    with process_telemetry(
+        service_name="apptsync-webhook-receiver",
+        host_name=socket.gethostname(),
+        metrics_host=settings.metrics_host,
+        metrics_port=settings.metrics_port,
+    ):
+        return _run_until_signalled(serve)
+
+
+def _cmd_renew_subscriptions(_args: argparse.Namespace) -> int:
+    from apptsync.gateway.subscriptions import renew_subscriptions
+    from apptsync.shared.credentials import Keyring
+    from apptsync.shared.db.pool import create_pool
+    from apptsync.shared.outbound import OutboundPolicy
+    from apptsync.shared.settings import GatewaySettings, OutboundSettings, WebhookSettings
+
+    database, credentials = DatabaseSettings(), CredentialSettings()
+    _register_service_secrets(database, credentials)
+    outbound = OutboundPolicy.from_settings(OutboundSettings())
+
+    async def run() -> tuple[int, int]:
+        pool = await create_pool(database, application_name="apptsync-renew-subscriptions")
+        try:
+            return await renew_subscriptions(
+                pool, Keyring.from_settings(credentials), WebhookSettings(), outbound=outbound,
+                timeout_seconds=GatewaySettings().credential_probe_timeout_seconds,
+            )  # fmt: skip
+        finally:
+            await pool.close()
+
+    renewed, failed = asyncio.run(run())
+    print(json.dumps({"renewed": renewed, "failed": failed}))
+    return EXIT_OK if failed == 0 else EXIT_UNAVAILABLE
 
 
 def _cmd_fetcher(_args: argparse.Namespace) -> int:
@@ -296,10 +351,12 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
 
     for name, handler, text in (
         ("gateway", _cmd_gateway, "run the gRPC gateway"),
+        ("webhook-receiver", _cmd_webhook_receiver, "run the HTTP receiver of provider notifications (webhooks)"),
         ("fetcher", _cmd_fetcher, "run a fetcher (claims and runs import jobs)"),
         ("writer", _cmd_writer, "run a writer (stores pages from Kafka)"),
         ("simulator", _cmd_simulator, "run the provider simulator (Acuity-shaped API over HTTP)"),
         ("migrate", _cmd_migrate, "apply database migrations"),
+        ("renew-subscriptions", _cmd_renew_subscriptions, "replace Google push channels that expire soon (a CronJob)"),
     ):
         commands.add_parser(name, help=text).set_defaults(handler=handler)
 

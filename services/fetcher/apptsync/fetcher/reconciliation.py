@@ -21,6 +21,12 @@ from apptsync.shared.appointments import Source
 SOURCES_LISTED_IN_FULL = frozenset({Source.ACUITY, Source.CALENDLY})
 
 
-def reconciles(source: Source, progress: JobProgress) -> bool:
-    """Whether the finishing job marks the rows of its window that it did not see as deleted."""
-    return source in SOURCES_LISTED_IN_FULL and progress.walked_whole_window
+# The kind of job the webhook receiver queues (import_jobs.kind, migration 0012): it fetches only the
+# records notifications named, so it never saw "everything" whatever its progress says.
+TARGETED_KIND = "targeted"
+
+
+def reconciles(source: Source, progress: JobProgress, *, kind: str = "sync") -> bool:
+    """Whether the finishing job marks the rows of its window that it did not see as deleted: only a
+    window-walking job (not a targeted one) of a source listed in full that walked its whole window."""
+    return kind != TARGETED_KIND and source in SOURCES_LISTED_IN_FULL and progress.walked_whole_window

@@ -36,8 +36,9 @@ from apptsync.fetcher.providers import (
     ProviderSession,
     near_term_window,
     open_session,
+    open_targeted_session,
 )
-from apptsync.fetcher.reconciliation import reconciles
+from apptsync.fetcher.reconciliation import TARGETED_KIND, reconciles
 from apptsync.fetcher.results import ResultRouter
 from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
@@ -113,6 +114,8 @@ async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
             "apptsync.source": job.external_source,
             "apptsync.connection_id": job.connection_id,
             "apptsync.first_page_no": job.next_page_no,
+            "apptsync.job_kind": job.kind,
+            "apptsync.targets": len(job.targets),
         },
     )
     source_token = JOB_SOURCE.set(job.external_source)
@@ -151,33 +154,49 @@ async def _page_loop(
         record, secrets = loaded
         register_secrets(*secrets.values())  # redacted by value from every log line of this process
         window = JobWindow(job.window_start, job.window_end)
-        session = open_session(
-            Source(job.external_source),
-            http=ctx.http,
-            connection=ConnectionConfig(
-                base_url=record.base_url,
-                credentials=secrets,
-                settings=record.settings,
-                scope_key=f"{job.tenant_id}/{job.connection_id}",
-            ),
-            window=window,
-            page_size=job.options.page_size,
-            cursor=job.cursor,
-            clock=ctx.clock,
-            state=PostgresConnectionStateStore(
-                pool=ctx.pool,
-                keyring=ctx.keyring,
-                tenant_id=job.tenant_id,
-                connection_id=job.connection_id,
-                clock=ctx.clock,
-                refresh_owner=_lease_owner(job),
-            ),
-            # Every job walks the coming days first (a resumed one keeps its cursor's order); only
-            # an early-stopping job depends on it, the order never changes what a full walk covers.
-            near_term=near_term_window(
-                now=ctx.clock(), horizon=timedelta(days=ctx.settings.freshness_horizon_days), window=window
-            ),
+        config = ConnectionConfig(
+            base_url=record.base_url,
+            credentials=secrets,
+            settings=record.settings,
+            scope_key=f"{job.tenant_id}/{job.connection_id}",
         )
+        state = PostgresConnectionStateStore(
+            pool=ctx.pool,
+            keyring=ctx.keyring,
+            tenant_id=job.tenant_id,
+            connection_id=job.connection_id,
+            clock=ctx.clock,
+            refresh_owner=_lease_owner(job),
+        )
+        if job.kind == TARGETED_KIND:
+            # Queued by provider notifications (the webhook receiver): only the named records.
+            session = open_targeted_session(
+                Source(job.external_source),
+                http=ctx.http,
+                connection=config,
+                window=window,
+                page_size=job.options.page_size,
+                targets=job.targets,
+                cursor=job.cursor,
+                clock=ctx.clock,
+                state=state,
+            )
+        else:
+            session = open_session(
+                Source(job.external_source),
+                http=ctx.http,
+                connection=config,
+                window=window,
+                page_size=job.options.page_size,
+                cursor=job.cursor,
+                clock=ctx.clock,
+                state=state,
+                # Every job walks the coming days first (a resumed one keeps its cursor's order); only
+                # an early-stopping job depends on it, the order never changes what a full walk covers.
+                near_term=near_term_window(
+                    now=ctx.clock(), horizon=timedelta(days=ctx.settings.freshness_horizon_days), window=window
+                ),
+            )
     near_term_pages = 0 if session is None else session.near_term_pages
     progress.resume(
         job.next_page_no, {n: PageOutcome(n, *r) for n, r in written.items()}, near_term_pages=near_term_pages
@@ -300,7 +319,7 @@ async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProg
     job row is the record; the event is a notification for downstream consumers)."""
     outcome = progress.outcome or Outcome.FAILED
     async with conn.transaction():
-        if reconciles(Source(job.external_source), progress):
+        if reconciles(Source(job.external_source), progress, kind=job.kind):
             deleted = await jobs_db.reconcile_deletions(
                 conn, job_id=job.job_id, lease_owner=_lease_owner(job), now=ctx.clock()
             )
@@ -314,6 +333,10 @@ async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProg
             error=progress.error,
             now=ctx.clock(),
         )
+        if job.kind == TARGETED_KIND:
+            # The connection's next targeted job (queued meanwhile) waited for this one: wake every
+            # fetcher at commit, not only this process (whose freed slot claims again anyway).
+            await conn.execute("SELECT pg_notify($1, $2)", jobs_db.JOBS_QUEUED_CHANNEL, job.job_id)
     _job_finished(finished)
     event = imports_pb2.JobFinished(job=job_to_proto(finished))
     async with kafka_errors():

@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 from opentelemetry import trace
 
 from apptsync.gateway.auth import ANONYMOUS_DEVELOPER, PermissionDenied, Principal, TokenTable, Unauthenticated
+from apptsync.gateway.subscriptions import ProviderSubscriptions, SubscriptionManager
 from apptsync.gateway.translate import (
     FieldViolation,
     RequestInvalid,
@@ -38,9 +39,11 @@ from apptsync.gateway.translate import (
 )
 from apptsync.gateway.verify import CredentialProbe
 from apptsync.gateway.watch import JobChangeHub
+from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
+from apptsync.shared.db import webhooks as webhooks_db
 from apptsync.shared.errors import (
     ApptsyncError,
     InvalidArgumentError,
@@ -51,7 +54,7 @@ from apptsync.shared.errors import (
 from apptsync.shared.health import HealthEndpoint, health_enabled
 from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
 from apptsync.shared.outbound import OutboundPolicy
-from apptsync.shared.settings import GatewaySettings
+from apptsync.shared.settings import GatewaySettings, WebhookSettings
 from apptsync.shared.telemetry.logs import register_secrets
 from apptsync.shared.telemetry.metrics import METRICS
 from apptsync.shared.telemetry.propagation import current_traceparent, trace_id_hex
@@ -132,7 +135,9 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         *,
         outbound: OutboundPolicy,
         probe: CredentialProbe,
+        subscriptions: SubscriptionManager | None = None,
     ) -> None:
+        self._subscriptions = subscriptions
         self._pool = pool
         self._outbound = outbound
         self._probe = probe
@@ -304,7 +309,19 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                     settings=given.settings,
                     now=self._clock(),
                 )
-            return connection_to_proto(record)
+            # After the commit: the connection is stored (and polled) whatever the provider answers; a
+            # refused subscription is stored FAILED and reported below, not raised.
+            subscription = None
+            if self._subscriptions is not None and self._subscriptions.enabled:
+                subscription = await self._subscriptions.subscribe(
+                    tenant_id=given.tenant_id,
+                    connection_id=given.connection_id,
+                    source=Source(given.external_source),
+                    base_url=given.base_url,
+                    credentials=given.credentials,
+                    settings=given.settings,
+                )
+            return connection_to_proto(record, subscription)
 
         return await self._run(context, body)
 
@@ -318,9 +335,12 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                 record = await connections_db.get_connection(
                     conn, tenant_id=tenant_id, connection_id=request.connection_id
                 )
+                subscription = await webhooks_db.get_subscription(
+                    conn, tenant_id=tenant_id, connection_id=request.connection_id
+                )
             if record is None:
                 raise NotFoundError(f"connection {request.connection_id!r} not found")
-            return connection_to_proto(record)
+            return connection_to_proto(record, subscription)
 
         return await self._run(context, body)
 
@@ -341,8 +361,12 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                 records = await connections_db.list_connections(
                     conn, tenant_ids=tenant_ids, limit=limit + 1, after=after
                 )
+                subscriptions = [
+                    await webhooks_db.get_subscription(conn, tenant_id=r.tenant_id, connection_id=r.connection_id)
+                    for r in records[:limit]
+                ]
             response = imports_pb2.ListConnectionsResponse(
-                connections=[connection_to_proto(r) for r in records[:limit]]
+                connections=[connection_to_proto(r, s) for r, s in zip(records[:limit], subscriptions, strict=True)]
             )
             if len(records) > limit:
                 last = records[limit - 1]
@@ -357,6 +381,19 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         async def body(principal: Principal) -> imports_pb2.DeleteConnectionResponse:
             (tenant_id,) = _ids(tenant_id=request.tenant_id)
             principal.require(tenant_id)
+            if self._subscriptions is not None:
+                # Before the row goes: removing the provider side needs the connection's credentials
+                # (the subscription row would go with the connection anyway, ON DELETE CASCADE).
+                async with self._pool.acquire() as conn:
+                    loaded = await connections_db.load_connection_secrets(
+                        conn, keyring=self._keyring, tenant_id=tenant_id, connection_id=request.connection_id
+                    )
+                if loaded is not None:
+                    record, credentials = loaded
+                    await self._subscriptions.unsubscribe(
+                        tenant_id=tenant_id, connection_id=request.connection_id,
+                        source=Source(record.external_source), base_url=record.base_url, credentials=credentials,
+                    )  # fmt: skip
             async with self._pool.acquire() as conn:
                 deleted = await connections_db.delete_connection(
                     conn, tenant_id=tenant_id, connection_id=request.connection_id
@@ -436,6 +473,7 @@ async def serve_gateway(
     outbound: OutboundPolicy,
     stop: asyncio.Event,
     ready: Callable[[int], None] | None = None,
+    webhooks: WebhookSettings | None = None,
 ) -> None:
     """Serves until `stop` is set, then stops intake, lets calls in flight finish (bounded), returns.
     PutConnection accepts only the URLs `outbound` allows (see apptsync.shared.outbound) and, unless
@@ -450,11 +488,20 @@ async def serve_gateway(
     hub = JobChangeHub(pool)
     await hub.start()
     credential_probe = CredentialProbe(outbound=outbound, timeout_seconds=settings.credential_probe_timeout_seconds)
+    webhook_settings = webhooks if webhooks is not None else WebhookSettings()
+    provider_subscriptions = ProviderSubscriptions(
+        outbound=outbound, timeout_seconds=settings.credential_probe_timeout_seconds
+    )
+    subscriptions = SubscriptionManager(
+        pool=pool, keyring=keyring, settings=webhook_settings, provider=provider_subscriptions, clock=_utc_now
+    )
     # The hub holds a pooled connection that pool.close() would wait for forever: it is released
     # also when serving never began (e.g. the port is taken).
     try:
         server = grpc.aio.server(options=options)
-        servicer = ImportServicer(pool, keyring, settings, hub, tokens, outbound=outbound, probe=credential_probe)
+        servicer = ImportServicer(
+            pool, keyring, settings, hub, tokens, outbound=outbound, probe=credential_probe, subscriptions=subscriptions
+        )
         imports_pb2_grpc.add_ImportServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -490,5 +537,6 @@ async def serve_gateway(
             if probe is not None:
                 await probe.stop()
     finally:
+        await provider_subscriptions.aclose()
         await credential_probe.aclose()
         await hub.stop()

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from apptsync.shared.db.connections import ConnectionRecord
 from apptsync.shared.db.jobs import FingerprintValue, JobOptions, NewJob
+from apptsync.shared.db.webhooks import Subscription
 from apptsync.shared.errors import PermanentError
 from apptsync.shared.job_messages import POLICY_FROM_PROTO, SOURCE_FROM_PROTO, SOURCE_TO_PROTO
 from apptsync.shared.outbound import OutboundPolicy
@@ -174,8 +175,32 @@ def request_fingerprint(request: imports_pb2.StartImportRequest) -> dict[str, Fi
     }
 
 
-def connection_to_proto(record: ConnectionRecord) -> imports_pb2.Connection:
+_WEBHOOK_STATES = {
+    "PENDING": imports_pb2.WebhookStatus.PENDING,
+    "ACTIVE": imports_pb2.WebhookStatus.ACTIVE,
+    "FAILED": imports_pb2.WebhookStatus.FAILED,
+}
+
+
+def webhook_status_to_proto(subscription: Subscription | None) -> imports_pb2.WebhookStatus:
+    """A connection's webhook health; POLLING_ONLY without a subscription."""
+    if subscription is None:
+        return imports_pb2.WebhookStatus(state=imports_pb2.WebhookStatus.POLLING_ONLY)
+    status = imports_pb2.WebhookStatus(
+        state=_WEBHOOK_STATES[subscription.state],
+        last_error=subscription.last_error,
+        notifications_accepted=subscription.notifications_accepted,
+    )
+    if subscription.expires_at is not None:
+        status.expires_at.CopyFrom(timestamp(subscription.expires_at))
+    if subscription.last_notification_at is not None:
+        status.last_notification_at.CopyFrom(timestamp(subscription.last_notification_at))
+    return status
+
+
+def connection_to_proto(record: ConnectionRecord, subscription: Subscription | None = None) -> imports_pb2.Connection:
     return imports_pb2.Connection(
+        webhooks=webhook_status_to_proto(subscription),
         tenant_id=record.tenant_id,
         connection_id=record.connection_id,
         source=SOURCE_TO_PROTO[record.external_source],

@@ -140,6 +140,32 @@ class GatewaySettings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 
 
+class WebhookSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APPTSYNC_WEBHOOK_", extra="ignore")
+
+    public_base_url: str = Field(
+        "",
+        description="https URL under which the internet reaches the webhook receiver (its Ingress), e.g. "
+        "https://hooks.example.com; PutConnection subscribes each connection to provider notifications at "
+        "<this>/webhooks/<source>/<token>. Empty: no subscriptions, polling only.",
+    )
+    listen_address: str = Field("127.0.0.1:8720", description="host:port the webhook receiver's HTTP server binds.")
+    max_body_bytes: int = Field(
+        64 * 1024, ge=1024, le=1024 * 1024, description="Largest notification body accepted (larger: 413, unread)."
+    )
+    calendly_tolerance_seconds: float = Field(
+        180.0, gt=0, le=3600, description="A Calendly notification signed longer ago than this is a replay (403)."
+    )
+    google_channel_seconds: int = Field(
+        7 * 24 * 3600, ge=3600, description="Lifetime asked for a Google Calendar push channel (Google may shorten it)."
+    )
+    renew_before_seconds: int = Field(
+        24 * 3600, ge=60, description="Google channels expiring within this are replaced by `renew-subscriptions`."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
+
+
 class FetcherSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_FETCHER_", extra="ignore")
 
@@ -305,6 +331,7 @@ SETTINGS_GROUPS: tuple[type[BaseSettings], ...] = (
     KafkaSettings,
     CredentialSettings,
     GatewaySettings,
+    WebhookSettings,
     FetcherSettings,
     OutboundSettings,
     WriterSettings,

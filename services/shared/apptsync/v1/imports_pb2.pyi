@@ -735,6 +735,7 @@ class Connection(_message.Message):
     CREDENTIAL_FIELDS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    WEBHOOKS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     connection_id: _builtins.str
     source: Global___Source.ValueType
@@ -749,6 +750,10 @@ class Connection(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def webhooks(self) -> Global___WebhookStatus:
+        """How the connection learns about changes besides polling (provider webhooks; README "Webhooks")."""
+
     def __init__(
         self,
         *,
@@ -760,11 +765,74 @@ class Connection(_message.Message):
         credential_fields: _abc.Iterable[_builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        webhooks: Global___WebhookStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at", "webhooks", b"webhooks"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "connection_id", b"connection_id", "created_at", b"created_at", "credential_fields", b"credential_fields", "settings", b"settings", "source", b"source", "tenant_id", b"tenant_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "connection_id", b"connection_id", "created_at", b"created_at", "credential_fields", b"credential_fields", "settings", b"settings", "source", b"source", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "webhooks", b"webhooks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Connection: _TypeAlias = Connection  # noqa: Y015
+
+@_typing.final
+class WebhookStatus(_message.Message):
+    """A connection's provider notifications. Polling stays the reconciliation whatever this says."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WebhookStatus._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: WebhookStatus._State.ValueType  # 0
+        POLLING_ONLY: WebhookStatus._State.ValueType  # 1
+        """No subscription: the gateway has no public base URL (APPTSYNC_WEBHOOK_PUBLIC_BASE_URL), or none was made."""
+        ACTIVE: WebhookStatus._State.ValueType  # 2
+        """Subscribed at the provider; notifications trigger targeted syncs."""
+        FAILED: WebhookStatus._State.ValueType  # 3
+        """The provider refused or did not answer the subscription (or its renewal): see last_error."""
+        PENDING: WebhookStatus._State.ValueType  # 4
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: WebhookStatus.State.ValueType  # 0
+    POLLING_ONLY: WebhookStatus.State.ValueType  # 1
+    """No subscription: the gateway has no public base URL (APPTSYNC_WEBHOOK_PUBLIC_BASE_URL), or none was made."""
+    ACTIVE: WebhookStatus.State.ValueType  # 2
+    """Subscribed at the provider; notifications trigger targeted syncs."""
+    FAILED: WebhookStatus.State.ValueType  # 3
+    """The provider refused or did not answer the subscription (or its renewal): see last_error."""
+    PENDING: WebhookStatus.State.ValueType  # 4
+
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    LAST_NOTIFICATION_AT_FIELD_NUMBER: _builtins.int
+    NOTIFICATIONS_ACCEPTED_FIELD_NUMBER: _builtins.int
+    state: Global___WebhookStatus.State.ValueType
+    last_error: _builtins.str
+    notifications_accepted: _builtins.int
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the provider side expires (Google channels; renewed before then). Unset: it does not expire."""
+
+    @_builtins.property
+    def last_notification_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        state: Global___WebhookStatus.State.ValueType = ...,
+        last_error: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        last_notification_at: _timestamp_pb2.Timestamp | None = ...,
+        notifications_accepted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "last_notification_at", b"last_notification_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "last_error", b"last_error", "last_notification_at", b"last_notification_at", "notifications_accepted", b"notifications_accepted", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookStatus: _TypeAlias = WebhookStatus  # noqa: Y015

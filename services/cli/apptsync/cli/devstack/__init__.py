@@ -11,6 +11,8 @@ from apptsync.cli.devstack.broker import EmbeddedBroker
 from apptsync.cli.devstack.environment import (
     DEFAULT_GATEWAY_PORT,
     SERVICE_NAMES,
+    WEBHOOK_RECEIVER,
+    WITH_WEBHOOKS,
     ServicePorts,
     StackAddresses,
     build_service_env,
@@ -42,6 +44,8 @@ __all__ = [
     "DURABLE_SERVER_SETTINGS",
     "FAST_UNSAFE_SERVER_SETTINGS",
     "SERVICE_NAMES",
+    "WEBHOOK_RECEIVER",
+    "WITH_WEBHOOKS",
     "ChildProcess",
     "DataDirectoryInUseError",
     "DevStack",

@@ -21,12 +21,19 @@ from apptsync.shared.settings import (
     KafkaSettings,
     OutboundSettings,
     SimulatorSettings,
+    WebhookSettings,
     WriterSettings,
 )
 
 # Start order; they stop in reverse. The writer is up before the fetcher produces its first page,
 # and the gateway (the front door) opens last, when everything behind it is ready.
 SERVICE_NAMES: Final[tuple[str, ...]] = ("simulator", "writer", "fetcher", "gateway")
+# The webhook receiver runs only when asked for (e.g. `services=WITH_WEBHOOKS`): then the gateway
+# subscribes connections at the simulator with the receiver's loopback URL as the public base URL.
+WEBHOOK_RECEIVER: Final[str] = "webhook-receiver"
+# Every service in start order (the receiver before the gateway, whose PutConnection subscribes).
+KNOWN_SERVICE_NAMES: Final[tuple[str, ...]] = ("simulator", "writer", "fetcher", WEBHOOK_RECEIVER, "gateway")
+WITH_WEBHOOKS: Final[tuple[str, ...]] = KNOWN_SERVICE_NAMES
 SIMULATOR_HEALTH_PATH: Final[str] = "/_admin/health"
 DEFAULT_GATEWAY_PORT: Final[int] = 50051
 
@@ -42,6 +49,7 @@ class ServicePorts:
     writer_health: int
     writer_metrics: int
     simulator: int
+    webhook_receiver: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class StackAddresses:
     gateway_address: str
     fetcher_health_address: str
     writer_health_address: str
+    webhook_receiver_url: str
     # None while the service's settings have no `metrics_port` (the field is optional per service).
     gateway_metrics_url: str | None
     fetcher_metrics_url: str | None
@@ -74,6 +83,7 @@ def plan_addresses(
         gateway_address=f"{host}:{ports.gateway}",
         fetcher_health_address=f"{host}:{ports.fetcher_health}",
         writer_health_address=f"{host}:{ports.writer_health}",
+        webhook_receiver_url=f"http://{host}:{ports.webhook_receiver}",
         gateway_metrics_url=_metrics_url(GatewaySettings, host, ports.gateway_metrics),
         fetcher_metrics_url=_metrics_url(FetcherSettings, host, ports.fetcher_metrics),
         writer_metrics_url=_metrics_url(WriterSettings, host, ports.writer_metrics),
@@ -101,6 +111,7 @@ def build_service_env(
     *,
     credentials_keyring: str,
     runs_simulator: bool,
+    runs_webhook_receiver: bool = False,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The variables every service process gets (the same set for all: each reads its own groups).
@@ -123,6 +134,9 @@ def build_service_env(
     }
     if runs_simulator:
         env[env_var(OutboundSettings, "allowed_origins")] = addresses.simulator_url
+    if runs_webhook_receiver:
+        env[env_var(WebhookSettings, "listen_address")] = f"{LOOPBACK_HOST}:{ports.webhook_receiver}"
+        env[env_var(WebhookSettings, "public_base_url")] = addresses.webhook_receiver_url
     metrics_ports = (
         (GatewaySettings, ports.gateway_metrics),
         (FetcherSettings, ports.fetcher_metrics),

@@ -19,7 +19,9 @@ from types import TracebackType
 from typing import Any, Final
 
 from apptsync.cli.devstack.environment import (
+    KNOWN_SERVICE_NAMES,
     SERVICE_NAMES,
+    WEBHOOK_RECEIVER,
     ServicePorts,
     StackAddresses,
     build_service_env,
@@ -38,7 +40,7 @@ from apptsync.cli.devstack.process import (
 from apptsync.shared.settings import DatabaseSettings
 
 MIGRATE: Final[str] = "migrate"
-_PORTS_PER_SET: Final[int] = 7
+_PORTS_PER_SET: Final[int] = 8
 
 # name -> argv of the process to run for that service (the default is `python -m apptsync.cli NAME`).
 CommandFactory = Callable[[str], Sequence[str]]
@@ -72,6 +74,7 @@ def assign_service_ports(
         writer_health=rest[3],
         writer_metrics=rest[4],
         simulator=rest[5],
+        webhook_receiver=rest[6],
     )
 
 
@@ -91,6 +94,7 @@ def readiness_probe_for(name: str, addresses: StackAddresses) -> ReadinessProbe:
         "fetcher": GrpcHealthProbe(addresses.fetcher_health_address),
         "writer": GrpcHealthProbe(addresses.writer_health_address),
         "simulator": HttpGetProbe(addresses.simulator_health_url),
+        WEBHOOK_RECEIVER: HttpGetProbe(addresses.webhook_receiver_url + "/readyz"),
     }
     return probes[name]
 
@@ -151,9 +155,9 @@ class ServiceSet:
         migrate_timeout_seconds: float = 120.0,
         stop_timeout_seconds: float = 15.0,
     ) -> None:
-        unknown = set(services) - set(SERVICE_NAMES)
+        unknown = set(services) - set(KNOWN_SERVICE_NAMES)
         if unknown:
-            raise DevStackError(f"unknown services {sorted(unknown)}; known: {', '.join(SERVICE_NAMES)}")
+            raise DevStackError(f"unknown services {sorted(unknown)}; known: {', '.join(KNOWN_SERVICE_NAMES)}")
         self.log_dir = log_dir
         self.ports = ports or pick_service_ports(preferred_gateway_port=gateway_port)
         self.addresses = plan_addresses(
@@ -164,6 +168,7 @@ class ServiceSet:
             self.ports,
             credentials_keyring=credentials_keyring,
             runs_simulator="simulator" in services,
+            runs_webhook_receiver=WEBHOOK_RECEIVER in services,
             extra=extra_env,
         )
         self._child_env = child_environment(self.service_env, inherited_env)
@@ -185,7 +190,7 @@ class ServiceSet:
                 ready_timeout_seconds=ready_timeout_seconds,
                 argv=command(name),
             )
-            for name in SERVICE_NAMES
+            for name in KNOWN_SERVICE_NAMES
             if name in services
         }
 

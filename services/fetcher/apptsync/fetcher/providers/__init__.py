@@ -29,7 +29,12 @@ from apptsync.fetcher.providers._model import (
     ProviderSession,
 )
 from apptsync.fetcher.providers._near_term import NEAR_TERM_LOOKBACK, near_term_window
-from apptsync.fetcher.providers._registry import SessionFactory, open_session, supported_sources
+from apptsync.fetcher.providers._registry import (
+    SessionFactory,
+    open_session,
+    open_targeted_session,
+    supported_sources,
+)
 from apptsync.fetcher.providers._state import ConnectionStateStore, CredentialRefresh, InMemoryConnectionStateStore
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "backoff_seconds",
     "near_term_window",
     "open_session",
+    "open_targeted_session",
     "provider_error_reasons",
     "rate_limit_pause_seconds",
     "retry_after_seconds",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -10,7 +10,9 @@ from apptsync.fetcher.providers._http import ProviderHttp
 from apptsync.fetcher.providers._model import ConnectionConfig, JobWindow, JsonValue, ProviderSession
 from apptsync.fetcher.providers._state import ConnectionStateStore
 from apptsync.fetcher.providers.acuity import open_acuity_session
+from apptsync.fetcher.providers.acuity._targeted import AcuityTargetedSession
 from apptsync.fetcher.providers.calendly import open_calendly_session
+from apptsync.fetcher.providers.calendly._targeted import CalendlyTargetedSession
 from apptsync.fetcher.providers.google_calendar import open_google_calendar_session
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import InvalidArgumentError
@@ -80,3 +82,36 @@ def open_session(
         state=state,
         near_term=near_term,
     )
+
+
+def open_targeted_session(
+    source: Source,
+    *,
+    http: ProviderHttp,
+    connection: ConnectionConfig,
+    window: JobWindow,
+    page_size: int,
+    targets: Sequence[str],
+    cursor: JsonValue | None,
+    clock: Callable[[], datetime],
+    state: ConnectionStateStore,
+) -> ProviderSession:
+    """A session for a targeted job (queued by provider notifications): Acuity fetches each target
+    appointment id, Calendly pages the verified invitees (with their events) the notifications carried
+    (see apptsync.shared.webhooks.calendly_target), Google runs its incremental sync
+    with the stored sync token (a Google notification names no event). Same pages as any session.
+
+    Raises InvalidArgumentError for an unsupported source, malformed targets or cursor."""
+    if source is Source.ACUITY:
+        return AcuityTargetedSession(
+            http=http, connection=connection, window=window, page_size=page_size, targets=targets,
+            cursor=cursor, clock=clock,
+        )
+    if source is Source.CALENDLY:
+        return CalendlyTargetedSession(window=window, page_size=page_size, targets=targets, cursor=cursor, clock=clock)
+    if source is Source.GOOGLE_CALENDAR:
+        return open_google_calendar_session(
+            http=http, connection=connection, window=window, page_size=page_size, cursor=cursor, clock=clock,
+            state=state,
+        )
+    raise InvalidArgumentError("source", f"{source.value} has no targeted sync")

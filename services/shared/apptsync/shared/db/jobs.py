@@ -116,6 +116,10 @@ class JobRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # 'sync' (StartImport: a walk of the window) or 'targeted' (queued by the webhook receiver: fetches
+    # `targets` only, never reconciles deletions; migration 0012).
+    kind: str = "sync"
+    targets: tuple[str, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -157,6 +161,8 @@ def record_from_row(row: asyncpg.Record) -> JobRecord:
         created_at=created_at,
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        kind=row.get("kind", "sync"),
+        targets=tuple(json.loads(row["targets"])) if row.get("targets") is not None else (),
     )
 
 
@@ -195,9 +201,10 @@ async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) ->
     """
     async with tenant_transaction(connection, job.tenant_id):
         for _attempt in range(5):
+            # Only a walk counts: a targeted job (webhooks) fetched a few records, not the window.
             first_import = not await connection.fetchval(
                 """SELECT EXISTS (SELECT 1 FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
-                                  AND connection_id = $3 AND state = 'SUCCEEDED')""",
+                                  AND connection_id = $3 AND state = 'SUCCEEDED' AND kind = 'sync')""",
                 uuid.UUID(job.tenant_id),
                 job.external_source,
                 job.connection_id,
@@ -256,7 +263,7 @@ async def create_job(connection: DbConnection, job: NewJob, *, now: datetime) ->
             if existing is None:
                 existing = await connection.fetchrow(
                     """SELECT * FROM import_jobs WHERE tenant_id = $1 AND external_source = $2
-                       AND connection_id = $3 AND state IN ('QUEUED', 'RUNNING')""",
+                       AND connection_id = $3 AND state IN ('QUEUED', 'RUNNING') AND kind = 'sync'""",
                     uuid.UUID(job.tenant_id),
                     job.external_source,
                     job.connection_id,

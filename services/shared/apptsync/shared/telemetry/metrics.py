@@ -143,6 +143,34 @@ class Metrics:
             ["source", "result"],
             registry=registry,
         )
+        # webhook receiver
+        self.webhook_notifications = Counter(
+            "apptsync_webhook_notifications_total",
+            "Provider notifications the webhook receiver answered, by outcome (accepted, ignored, duplicate, "
+            "forged, replayed, malformed, oversized, unknown_connection, overflowed).",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.webhook_handoff_duration = Histogram(
+            "apptsync_webhook_handoff_duration_seconds",
+            "Time from a notification's arrival to its answer (verification and the durable handoff).",
+            ["source"],
+            buckets=UPSERT_LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        # subscription lifecycle (gateway: PutConnection/DeleteConnection; renewal)
+        self.webhook_subscription_changes = Counter(
+            "apptsync_webhook_subscription_changes_total",
+            "Webhook subscriptions created, renewed or removed at a provider, by result (ok, failed).",
+            ["source", "action", "result"],
+            registry=registry,
+        )
+        self.webhook_subscriptions_unhealthy = Gauge(
+            "apptsync_webhook_subscriptions_unhealthy",
+            "Subscriptions the last renewal pass found FAILED or expiring without a successful renewal.",
+            ["source"],
+            registry=registry,
+        )
 
 
 METRICS = Metrics(REGISTRY)
