@@ -24,7 +24,8 @@ from apptsync.writer.accounting import (
     drop_refused_records,
     refused_page_counts,
 )
-from apptsync.writer.service import PageWriter, crash_after_commit_hook
+from apptsync.writer.service import PageWriter
+from tests.hooked_services import crash_after_commit_hook
 from tests.unit.writer.page_builders import JOB, appointment, page
 
 pytestmark = pytest.mark.unit

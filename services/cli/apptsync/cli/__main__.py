@@ -14,8 +14,9 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apptsync.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_OTHER, EXIT_UNAVAILABLE, exit_code_table
 from apptsync.cli.moments import EXAMPLES
@@ -25,6 +26,9 @@ from apptsync.shared.provider_access import credential_summary
 from apptsync.shared.settings import CliSettings, CredentialSettings, DatabaseSettings
 from apptsync.shared.telemetry import process_telemetry
 from apptsync.shared.telemetry.logs import configure_logging, dsn_secrets, keyring_secrets, register_secrets
+
+if TYPE_CHECKING:
+    from apptsync.fetcher.providers import RateBudget
 
 _log = logging.getLogger("apptsync.cli")
 EPILOG = (
@@ -85,6 +89,13 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
 
 
 def _cmd_fetcher(_args: argparse.Namespace) -> int:
+    return run_fetcher_process()
+
+
+def run_fetcher_process(*, rate_budget_overrides: Mapping[Source, RateBudget] | None = None) -> int:
+    """`apptsync fetcher`: settings from the environment, telemetry, run until SIGTERM/SIGINT.
+    `rate_budget_overrides` is for benchmarks and tests against the simulator (tests/hooked_services.py);
+    the command passes none."""
     from apptsync.fetcher.runner import new_worker_id
     from apptsync.fetcher.service import run_fetcher
     from apptsync.shared.credentials import Keyring
@@ -105,6 +116,7 @@ def _cmd_fetcher(_args: argparse.Namespace) -> int:
             outbound=outbound,
             worker_id=worker_id,
             stop=stop,
+            rate_budget_overrides=rate_budget_overrides,
         )
 
     with process_telemetry(
@@ -117,6 +129,12 @@ def _cmd_fetcher(_args: argparse.Namespace) -> int:
 
 
 def _cmd_writer(_args: argparse.Namespace) -> int:
+    return run_writer_process()
+
+
+def run_writer_process(*, after_commit: Callable[[], None] | None = None) -> int:
+    """`apptsync writer`: settings from the environment, telemetry, run until SIGTERM/SIGINT.
+    `after_commit` is the crash tests' fault hook (tests/hooked_services.py); the command passes none."""
     from apptsync.shared.settings import KafkaSettings, WriterSettings
     from apptsync.writer import run_writer
 
@@ -124,7 +142,7 @@ def _cmd_writer(_args: argparse.Namespace) -> int:
     _register_service_secrets(database, CredentialSettings())
 
     async def serve(stop: asyncio.Event) -> None:
-        await run_writer(database, KafkaSettings(), settings, stop=stop)
+        await run_writer(database, KafkaSettings(), settings, stop=stop, after_commit=after_commit)
 
     with process_telemetry(
         service_name="apptsync-writer",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import asyncpg
@@ -39,16 +39,6 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def benchmark_rate_budgets(requests_per_second: float | None) -> dict[Source, RateBudget]:
-    """Every provider's budget replaced by `requests_per_second` (benchmarks against our own simulator:
-    a real provider's published limit would measure the limit, not apptsync); None: no override."""
-    if requests_per_second is None:
-        return {}
-    # One request per 1/requests_per_second seconds (see RateBudget: a leaky bucket of one request).
-    budget = RateBudget(requests_per_period=1, period_seconds=1.0 / requests_per_second, max_concurrent=20)
-    return dict.fromkeys(Source, budget)
-
-
 async def run_fetcher(
     database: DatabaseSettings,
     kafka: KafkaSettings,
@@ -60,9 +50,12 @@ async def run_fetcher(
     stop: asyncio.Event,
     clock: Callable[[], datetime] = _utc_now,
     http_transport: httpx.AsyncBaseTransport | None = None,
+    rate_budget_overrides: Mapping[Source, RateBudget] | None = None,
 ) -> None:
     """Runs until `stop` is set, then drains and returns. Every provider request passes `outbound`
-    (the deployment's policy; see apptsync.shared.outbound). Raises StorageUnavailableError or
+    (the deployment's policy; see apptsync.shared.outbound). `rate_budget_overrides` replaces
+    providers' published request budgets (benchmarks and tests against the simulator; production
+    passes none). Raises StorageUnavailableError or
     BrokerUnavailableError when PostgreSQL or Kafka cannot be reached at start-up."""
     health = HealthEndpoint(settings.health_address) if health_enabled(settings.health_address) else None
     if health is not None:
@@ -90,7 +83,7 @@ async def run_fetcher(
         timeout_seconds=settings.http_timeout_seconds,
         outbound=outbound,
         transport=metered,
-        rate_budget_overrides=benchmark_rate_budgets(settings.benchmark_provider_requests_per_second),
+        rate_budget_overrides=rate_budget_overrides,
         shared_budget=shared_budget if sources else None,
     )
     async with kafka_errors():

@@ -165,12 +165,6 @@ class FetcherSettings(BaseSettings):
         "whatever its stop policy: an early-stopping sync never misses a new booking, reschedule or "
         "cancellation there. 0 = no near term (newest first).",
     )
-    benchmark_provider_requests_per_second: float | None = Field(
-        None,
-        gt=0,
-        description="Benchmarks against the simulator only: replaces every provider's published request "
-        "rate budget (Acuity: 10 per 1.1 s); empty = the providers' own limits.",
-    )
     shared_budget_providers: str = Field(
         "acuity",
         description="Providers (comma-separated) whose request rate and concurrency budget every fetcher "
@@ -203,14 +197,6 @@ class WriterSettings(BaseSettings):
 
     max_batch_pages: int = Field(8, ge=1, description="Consecutive pages applied in one transaction.")
     health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
-    fault_crash_after_commit_probability: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
-        description="Crash tests only: chance the writer SIGKILLs itself after a database commit, "
-        "before its results or offsets are committed.",
-    )
-    fault_seed: int | None = Field(None, description="Crash tests only: seed of the fault's random choices.")
     metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 

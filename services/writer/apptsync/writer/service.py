@@ -22,9 +22,7 @@ import contextlib
 import functools
 import importlib.metadata
 import logging
-import os
 import random
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -102,7 +100,8 @@ class PageWriting(Protocol):
 
 Report = PageOutcome | DeadLetter
 # Called between a database commit and the offset commit (twice per unit: before and after its
-# reports are produced); the crash tests' fault hook lives here, production passes a no-op.
+# reports are produced). Production passes nothing; the crash tests inject their fault here
+# (tests/hooked_services.py), so no fault code ships in the writer.
 AfterCommitHook = Callable[[], None]
 
 
@@ -112,20 +111,6 @@ async def _nothing_to_recreate() -> None:
 
 def _no_fault() -> None:
     return None
-
-
-def crash_after_commit_hook(probability: float, rng: random.Random) -> AfterCommitHook:
-    """Test-only fault: with `probability` per call, the process SIGKILLs itself (no cleanup, no
-    offset commit), like a node lost right after PostgreSQL committed."""
-    if probability <= 0:
-        return _no_fault
-
-    def maybe_crash() -> None:
-        if rng.random() < probability:
-            log.warning("writer: fault hook: SIGKILL after a database commit")
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return maybe_crash
 
 
 class PageWriter:
@@ -434,6 +419,7 @@ async def run_writer(
     *,
     stop: asyncio.Event,
     rng: random.Random | None = None,
+    after_commit: AfterCommitHook | None = None,
 ) -> None:
     """Runs the writer until `stop` is set: then stops intake, finishes and commits the poll in hand,
     leaves the consumer group (a static member, `kafka.writer_group_instance_id`, stays in it until
@@ -442,7 +428,8 @@ async def run_writer(
     Creates the apptsync topics if missing; serves gRPC health on `writer.health_address` unless its
     port is 0 (SERVING while consuming, NOT_SERVING while draining). Raises StorageUnavailableError /
     BrokerUnavailableError when PostgreSQL / the broker cannot be reached at start-up, and
-    PermanentError for failures no retry can fix."""
+    PermanentError for failures no retry can fix. `after_commit` runs after each database commit,
+    before the offsets are committed (a no-op unless a crash test injects its fault)."""
     health = HealthEndpoint(writer.health_address) if health_enabled(writer.health_address) else None
     if health is not None:
         await health.start()
@@ -475,9 +462,7 @@ async def run_writer(
                         writer=writer,
                         version=service_version(),
                         rng=rng or random.Random(),  # noqa: S311 -- backoff jitter, not a secret
-                        after_commit=crash_after_commit_hook(
-                            writer.fault_crash_after_commit_probability, random.Random(writer.fault_seed)  # noqa: S311 -- crash-test fault injection, not a secret
-                        ),
+                        after_commit=after_commit or _no_fault,
                         recreate_topics=functools.partial(ensure_topics, kafka),
                     )
                     await page_writer.run(stop)
