@@ -153,7 +153,21 @@ def run_writer_process(*, after_commit: Callable[[], None] | None = None) -> int
         return _run_until_signalled(serve)
 
 
+def _embedded_parts_missing(command: str, parts: Sequence[tuple[str, str]]) -> bool:
+    """True (after one line on stderr saying what to install) when `command` cannot run here."""
+    from apptsync.cli.embedded import missing_parts, missing_parts_message
+
+    missing = missing_parts(parts)
+    if missing:
+        print(f"error: {missing_parts_message(command, missing)}", file=sys.stderr)
+    return bool(missing)
+
+
 def _cmd_simulator(_args: argparse.Namespace) -> int:
+    from apptsync.cli.embedded import SIMULATOR
+
+    if _embedded_parts_missing("simulator", [SIMULATOR]):
+        return EXIT_OTHER
     from apptsync.shared.settings import SimulatorSettings
     from apptsync.simulator import serve as serve_simulator
 
@@ -266,12 +280,20 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev_up(args: argparse.Namespace) -> int:
+    from apptsync.cli.embedded import EMBEDDED_STACK
+
+    if _embedded_parts_missing("dev up", EMBEDDED_STACK):
+        return EXIT_OTHER
     from apptsync.cli.devstack import dev_up
 
     return asyncio.run(dev_up(Path(args.state_dir), fast_unsafe_postgres=args.fast_unsafe_postgres))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from apptsync.cli.embedded import EMBEDDED_STACK
+
+    if _embedded_parts_missing("demo", EMBEDDED_STACK):
+        return EXIT_OTHER
     from apptsync.cli.demo import run_demo
 
     return asyncio.run(
