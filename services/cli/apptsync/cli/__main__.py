@@ -61,9 +61,8 @@ def _run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> i
 
 
 def _cmd_gateway(_args: argparse.Namespace) -> int:
-    from apptsync.gateway.server import serve_gateway
+    from apptsync.gateway.server import run_gateway
     from apptsync.shared.credentials import Keyring
-    from apptsync.shared.db.pool import create_pool
     from apptsync.shared.outbound import OutboundPolicy
     from apptsync.shared.settings import GatewaySettings, OutboundSettings
 
@@ -73,11 +72,7 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
     outbound = OutboundPolicy.from_settings(OutboundSettings())
 
     async def serve(stop: asyncio.Event) -> None:
-        pool = await create_pool(database, application_name="apptsync-gateway")
-        try:
-            await serve_gateway(pool, Keyring.from_settings(credentials), settings, outbound=outbound, stop=stop)
-        finally:
-            await pool.close()
+        await run_gateway(database, Keyring.from_settings(credentials), settings, outbound=outbound, stop=stop)
 
     with process_telemetry(
         service_name="apptsync-gateway",

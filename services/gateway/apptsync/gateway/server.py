@@ -48,10 +48,10 @@ from apptsync.shared.errors import (
     ProviderUnavailableError,
     RetriableError,
 )
-from apptsync.shared.health import HealthEndpoint, health_enabled
 from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
+from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources
 from apptsync.shared.outbound import OutboundPolicy
-from apptsync.shared.settings import GatewaySettings
+from apptsync.shared.settings import DatabaseSettings, GatewaySettings
 from apptsync.shared.telemetry.logs import register_secrets
 from apptsync.shared.telemetry.metrics import METRICS
 from apptsync.shared.telemetry.propagation import current_traceparent, trace_id_hex
@@ -428,50 +428,60 @@ def load_tokens(settings: GatewaySettings) -> TokenTable | None:
     )
 
 
-async def serve_gateway(
-    pool: asyncpg.Pool,
+async def run_gateway(
+    database: DatabaseSettings,
     keyring: Keyring,
     settings: GatewaySettings,
     *,
     outbound: OutboundPolicy,
     stop: asyncio.Event,
     ready: Callable[[int], None] | None = None,
+    resources: ServiceResources = DEFAULT_RESOURCES,
 ) -> None:
     """Serves until `stop` is set, then stops intake, lets calls in flight finish (bounded), returns.
     PutConnection accepts only the URLs `outbound` allows (see apptsync.shared.outbound) and, unless
-    the caller opts out, credentials the provider accepts (see apptsync.gateway.verify)."""
+    the caller opts out, credentials the provider accepts (see apptsync.gateway.verify). `ready` gets
+    the bound port once serving. Whatever start-up opened is closed again when a later step fails (see
+    apptsync.shared.lifecycle; `resources` says how each part is opened)."""
     tokens = load_tokens(settings)
-    # Before anything holds a pooled connection: a bad TLS setting fails startup instead of hanging it.
+    # Before anything is opened: a bad TLS setting fails startup instead of hanging it.
     credentials = _server_credentials(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    hub = JobChangeHub(pool)
-    await hub.start()
-    credential_probe = CredentialProbe(outbound=outbound, timeout_seconds=settings.credential_probe_timeout_seconds)
-    # The hub holds a pooled connection that pool.close() would wait for forever: it is released
-    # also when serving never began (e.g. the port is taken).
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(resources.pool(database, "apptsync-gateway"))
+        # The hub holds a pooled connection that pool.close() would wait for forever: it is stopped first.
+        hub = JobChangeHub(pool)
+        stack.push_async_callback(hub.stop)
+        await hub.start()
+        credential_probe = CredentialProbe(outbound=outbound, timeout_seconds=settings.credential_probe_timeout_seconds)
+        stack.push_async_callback(credential_probe.aclose)
+        # Plaintext, health only: the kubelet's gRPC probe cannot speak TLS, and the API never
+        # listens here, so a TLS gateway stays TLS-only for every call that carries a token.
+        # NOT_SERVING until the API serves; it stops after the server.
+        probe = await stack.enter_async_context(resources.health(settings.health_address))
         server = grpc.aio.server(options=options)
+        # Binding the port below already holds it: the server is stopped on exit even if it never started.
+        # Calls in flight finish (bounded) before the hub and the pool close.
+        stack.push_async_callback(server.stop, 10.0)
         servicer = ImportServicer(pool, keyring, settings, hub, tokens, outbound=outbound, probe=credential_probe)
         imports_pb2_grpc.add_ImportServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         import_service = imports_pb2.DESCRIPTOR.services_by_name["ImportService"].full_name
         reflection.enable_server_reflection((import_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        if credentials is None:
-            port = server.add_insecure_port(settings.listen_address)
-        else:
-            port = server.add_secure_port(settings.listen_address, credentials)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(settings.listen_address)
+            else:
+                port = server.add_secure_port(settings.listen_address, credentials)
+        except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
+            raise OSError(f"cannot bind {settings.listen_address}: {exc}") from exc
         if port == 0:
             raise OSError(f"cannot bind {settings.listen_address}")
-        # Plaintext, health only: the kubelet's gRPC probe cannot speak TLS, and the API never
-        # listens here, so a TLS gateway stays TLS-only for every call that carries a token.
-        probe = HealthEndpoint(settings.health_address) if health_enabled(settings.health_address) else None
         await server.start()
-        if probe is not None:
-            await probe.start()
         for name in ("", import_service):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         if probe is not None:
@@ -479,16 +489,9 @@ async def serve_gateway(
         _log.info("gateway listening on port %d", port)
         if ready is not None:
             ready(port)
-        try:
-            await stop.wait()
-        finally:
-            for name in ("", import_service):
-                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-            if probe is not None:
-                await probe.set_serving(False)
-            await server.stop(grace=10.0)
-            if probe is not None:
-                await probe.stop()
-    finally:
-        await credential_probe.aclose()
-        await hub.stop()
+        await stop.wait()
+        # Stop intake: probes see NOT_SERVING before the server stops (on the stack, above).
+        for name in ("", import_service):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if probe is not None:
+            await probe.set_serving(False)
