@@ -43,6 +43,7 @@ from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
+from apptsync.shared.db.pool import acquired
 from apptsync.shared.errors import ApptsyncError, PermanentError, RetriableError
 from apptsync.shared.job_messages import job_to_proto
 from apptsync.shared.kafka import kafka_errors
@@ -415,7 +416,7 @@ async def _renew_lease(job_id: str, lease_owner: str, ctx: FetcherContext, watch
             await asyncio.wait_for(watch.recheck.wait(), timeout=interval_seconds)
         watch.recheck.clear()
         try:
-            async with ctx.pool.acquire() as conn:
+            async with acquired(ctx.pool) as conn:
                 if await jobs_db.renew_lease(
                     conn,
                     job_id=job_id,
@@ -426,9 +427,9 @@ async def _renew_lease(job_id: str, lease_owner: str, ctx: FetcherContext, watch
                     watch.requested.set()
         except jobs_db.LeaseLostError:
             raise
-        except (ApptsyncError, OSError, asyncpg.PostgresError) as exc:
+        except ApptsyncError as exc:
             # A missed renewal is not fatal while the lease still runs; the next one may succeed.
-            _log.warning("lease renewal of job %s failed: %s", job_id, type(exc).__name__)
+            _log.warning("lease renewal of job %s failed: %s", job_id, exc)
 
 
 def new_worker_id(hostname: str, pid: int) -> str:

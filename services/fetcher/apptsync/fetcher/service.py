@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-import asyncpg
 import httpx
 
 from apptsync.fetcher.providers import ProviderHttp, RateBudget
@@ -25,6 +24,8 @@ from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db.listen import NotificationListener
+from apptsync.shared.db.pool import acquired
+from apptsync.shared.errors import StorageRefusedError, StorageUnavailableError
 from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources
 from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import DatabaseSettings, FetcherSettings, KafkaSettings
@@ -159,7 +160,7 @@ async def _claim_loop(
             try:
                 # Idle polling: a trace per poll would bury the traces of imports.
                 with untraced():
-                    async with ctx.pool.acquire() as conn:
+                    async with acquired(ctx.pool) as conn:
                         job = await jobs_db.claim_job(
                             conn,
                             lease_owner=f"{ctx.worker_id}#{next(claims)}",
@@ -167,11 +168,10 @@ async def _claim_loop(
                             now=ctx.clock(),
                             max_running_per_tenant=ctx.settings.max_running_jobs_per_tenant,
                         )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-                # asyncpg reports a connection PostgreSQL dropped mid-operation (a restart) as an
-                # InterfaceError or InternalClientError: retried like any other lost connection, or
-                # one restart would end the process and leave its interrupted jobs with nobody to resume them.
-                _log.warning("claiming failed (%s); retrying", type(exc).__name__)
+            except (StorageUnavailableError, StorageRefusedError) as exc:
+                # Retried whatever the database said (a restart drops connections mid-operation), or one
+                # restart would end the process and leave its interrupted jobs with nobody to resume them.
+                _log.warning("claiming failed (%s); retrying", exc)
         if job is not None:
             task = group.create_task(_guarded(job, ctx))
             running.add(task)
@@ -188,10 +188,9 @@ async def _claim_loop(
 
 
 async def _guarded(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
-    """One job's failure must not stop the process: the job's lease expires and it is resumed."""
+    """One job's failure must not stop the process: the job's lease expires and it is resumed.
+    Cancellation, KeyboardInterrupt and SystemExit pass through."""
     try:
         await run_job(job, ctx)
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:
-        _log.error("job %s interrupted: %r; it resumes when its lease expires", job.job_id, exc)
+    except Exception:
+        _log.exception("job %s interrupted; it resumes when its lease expires", job.job_id)

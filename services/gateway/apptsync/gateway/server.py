@@ -24,7 +24,13 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from opentelemetry import trace
 
-from apptsync.gateway.auth import ANONYMOUS_DEVELOPER, PermissionDenied, Principal, TokenTable, Unauthenticated
+from apptsync.gateway.auth import (
+    ANONYMOUS_DEVELOPER,
+    PermissionDeniedError,
+    Principal,
+    TokenTable,
+    UnauthenticatedError,
+)
 from apptsync.gateway.translate import (
     FieldViolation,
     RequestInvalid,
@@ -41,12 +47,14 @@ from apptsync.gateway.watch import JobChangeHub
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
+from apptsync.shared.db.pool import acquired
 from apptsync.shared.errors import (
     ApptsyncError,
     InvalidArgumentError,
     NotFoundError,
     ProviderUnavailableError,
     RetriableError,
+    StorageRefusedError,
 )
 from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
 from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources
@@ -151,7 +159,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         """Runs one RPC body and maps our errors to status codes (never INTERNAL for a known error)."""
         try:
             return await call(self._principal(context))
-        except (ApptsyncError, asyncpg.exceptions.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        except (ApptsyncError, OSError) as exc:
             await _abort_for(context, exc)
         raise AssertionError("unreachable: context.abort raises")
 
@@ -174,7 +182,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                 traceparent=current_traceparent(),
             )
             principal.require(new_job.tenant_id)
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with acquired(self._pool) as conn, conn.transaction():
                 known = await connections_db.get_connection(
                     conn, tenant_id=new_job.tenant_id, connection_id=new_job.connection_id
                 )
@@ -193,7 +201,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
     async def _job(self, principal: Principal, tenant_field: str, job_field: str) -> jobs_db.JobRecord:
         tenant_id, job_id = _ids(tenant_id=tenant_field, job_id=job_field)
         principal.require(tenant_id)
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             job = await jobs_db.get_job(conn, tenant_id=tenant_id, job_id=job_id)
         if job is None:
             raise NotFoundError(f"job {job_id} not found")
@@ -222,7 +230,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                     raise RequestInvalid(
                         [FieldViolation("page_token", "is not a page token this server issued")]
                     ) from exc
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 jobs = await jobs_db.list_jobs(
                     conn,
                     tenant_id=tenant_id,
@@ -243,7 +251,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         changes collapse into one snapshot (a watcher wants the state, not every counter step)."""
         try:
             job = await self._job(self._principal(context), request.tenant_id, request.job_id)
-        except (ApptsyncError, asyncpg.exceptions.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        except (ApptsyncError, OSError) as exc:
             await _abort_for(context, exc)
             return
         changed = self._hub.watch(job.job_id)
@@ -259,7 +267,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                 changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=WATCH_FALLBACK_SECONDS)
-                async with self._pool.acquire() as conn:
+                async with acquired(self._pool) as conn:
                     fresh = await jobs_db.get_job(conn, tenant_id=job.tenant_id, job_id=job.job_id)
                 if fresh is None:
                     return
@@ -271,7 +279,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         async def body(principal: Principal) -> imports_pb2.Job:
             tenant_id, job_id = _ids(tenant_id=request.tenant_id, job_id=request.job_id)
             principal.require(tenant_id)
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 job = await jobs_db.request_cancel(conn, tenant_id=tenant_id, job_id=job_id, now=self._clock())
             if job is None:
                 raise NotFoundError(f"job {job_id} not found")
@@ -292,7 +300,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                 _log.info("storing connection %s unverified (skip_verification)", given.connection_id)
             else:
                 await self._probe.verify(given)
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 record = await connections_db.put_connection(
                     conn,
                     keyring=self._keyring,
@@ -314,7 +322,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         async def body(principal: Principal) -> imports_pb2.Connection:
             (tenant_id,) = _ids(tenant_id=request.tenant_id)
             principal.require(tenant_id)
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 record = await connections_db.get_connection(
                     conn, tenant_id=tenant_id, connection_id=request.connection_id
                 )
@@ -337,7 +345,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
             limit = page_size(request.page_size, "page_size")
             keyset = decode_page_token(request.page_token, "page_token", 2)
             after = None if keyset is None else (_ids(page_token=keyset[0])[0], keyset[1])
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 records = await connections_db.list_connections(
                     conn, tenant_ids=tenant_ids, limit=limit + 1, after=after
                 )
@@ -357,7 +365,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         async def body(principal: Principal) -> imports_pb2.DeleteConnectionResponse:
             (tenant_id,) = _ids(tenant_id=request.tenant_id)
             principal.require(tenant_id)
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 deleted = await connections_db.delete_connection(
                     conn, tenant_id=tenant_id, connection_id=request.connection_id
                 )
@@ -370,9 +378,13 @@ async def _abort_for(context: Context, exc: Exception) -> None:
     """Ends the call with the status our error means; raises (grpc's abort always does)."""
     if isinstance(exc, RequestInvalid):
         await _abort_invalid(context, exc)
-    elif isinstance(exc, Unauthenticated):
+    elif isinstance(exc, InvalidArgumentError):
+        # The other "bad input" error (raised below the gateway, e.g. by the credentials or outbound
+        # code): the same INVALID_ARGUMENT with a field violation, never FAILED_PRECONDITION.
+        await _abort_invalid(context, RequestInvalid([FieldViolation(exc.field, exc.message)]))
+    elif isinstance(exc, UnauthenticatedError):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-    elif isinstance(exc, PermissionDenied):
+    elif isinstance(exc, PermissionDeniedError):
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
     elif isinstance(exc, NotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
@@ -381,16 +393,13 @@ async def _abort_for(context: Context, exc: Exception) -> None:
     elif isinstance(exc, ProviderUnavailableError):
         # The credential probe could not get an answer: its message says which provider and what to do.
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    elif isinstance(
-        exc,
-        RetriableError
-        | asyncpg.exceptions.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.InternalClientError
-        | OSError,
-    ):
+    elif isinstance(exc, RetriableError | OSError):
         _log.warning("transient failure: %s", type(exc).__name__)
         await context.abort(grpc.StatusCode.UNAVAILABLE, "temporarily unavailable, try again")
+    elif isinstance(exc, StorageRefusedError):
+        # Our bug or a broken deployment, not the caller's: PostgreSQL's message stays in the log.
+        _log.error("database refused a statement: %s", exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     else:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
