@@ -60,7 +60,7 @@ import httpx
 
 from apptsync.cli.devstack import DevStack, durability_settings
 from apptsync.shared.counts import counts_add_up
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 # The legacy algorithm and the COPY floor are bench_writer's (one definition for both benchmarks).

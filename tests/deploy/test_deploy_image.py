@@ -38,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from apptsync.cli.exits import EXIT_OTHER
 from apptsync.shared.counts import counts_add_up
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.containers.fixtures import (
     BrokerContainer,

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (

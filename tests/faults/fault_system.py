@@ -24,7 +24,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from apptsync.cli.devstack import ServiceSet, format_dev_keyring
 from apptsync.cli.devstack.services import CommandFactory
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.e2e.system import (
     TERMINAL,

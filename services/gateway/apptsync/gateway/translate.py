@@ -21,9 +21,9 @@ from apptsync.shared.db.jobs import FingerprintValue, JobOptions, NewJob
 from apptsync.shared.errors import PermanentError
 from apptsync.shared.job_messages import POLICY_FROM_PROTO, SOURCE_FROM_PROTO, SOURCE_TO_PROTO
 from apptsync.shared.outbound import OutboundPolicy
-from apptsync.shared.pages import from_timestamp, timestamp
 from apptsync.shared.provider_access import credential_violations
 from apptsync.shared.settings import GatewaySettings
+from apptsync.shared.timestamps import from_timestamp, timestamp
 from apptsync.v1 import imports_pb2
 
 # Connection ids and idempotency keys are client-chosen names: keep them printable and bounded.

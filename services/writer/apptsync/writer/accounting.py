@@ -34,7 +34,8 @@ from google.protobuf.message import DecodeError
 
 from apptsync.shared.appointments import AppointmentStatus, Source
 from apptsync.shared.errors import PermanentError, PoisonMessageError
-from apptsync.shared.pages import STATUS_FROM_PROTO, from_timestamp
+from apptsync.shared.pages import STATUS_FROM_PROTO
+from apptsync.shared.timestamps import from_timestamp
 from apptsync.v1 import pages_pb2
 
 CONTENT_HASH_BYTES = 32  # SHA-256, see apptsync.shared.appointments.content_hash
