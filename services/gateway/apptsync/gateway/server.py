@@ -36,11 +36,12 @@ from apptsync.gateway.translate import (
     RequestInvalid,
     connection_from_request,
     connection_to_proto,
-    decode_page_token,
-    encode_page_token,
+    connections_page,
+    connections_query,
+    jobs_page,
+    jobs_query,
     new_job_from_request,
-    page_size,
-    parse_uuid,
+    parse_ids,
 )
 from apptsync.gateway.verify import CredentialProbe
 from apptsync.gateway.watch import JobChangeHub
@@ -56,7 +57,7 @@ from apptsync.shared.errors import (
     RetriableError,
     StorageRefusedError,
 )
-from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
+from apptsync.shared.job_messages import job_to_proto
 from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources
 from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import DatabaseSettings, GatewaySettings
@@ -69,7 +70,6 @@ _log = logging.getLogger("apptsync.gateway")
 _T = TypeVar("_T")
 Clock = Callable[[], datetime]
 Context = grpc.aio.ServicerContext[object, object]
-STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
 # WatchJob re-reads the job at least this often even without a notification.
 WATCH_FALLBACK_SECONDS = 5.0
 
@@ -117,15 +117,6 @@ async def _abort_invalid(context: Context, error: RequestInvalid) -> None:
     packed.Pack(details)
     status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(error), details=[packed])
     await context.abort_with_status(rpc_status.to_status(status))
-
-
-def _ids(**fields: str) -> list[str]:
-    """Parses UUID fields; raises RequestInvalid naming every malformed one."""
-    violations: list[FieldViolation] = []
-    parsed = [parse_uuid(value, name, violations) for name, value in fields.items()]
-    if violations:
-        raise RequestInvalid(violations)
-    return parsed
 
 
 class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
@@ -199,7 +190,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         return await self._run(context, body)
 
     async def _job(self, principal: Principal, tenant_field: str, job_field: str) -> jobs_db.JobRecord:
-        tenant_id, job_id = _ids(tenant_id=tenant_field, job_id=job_field)
+        tenant_id, job_id = parse_ids(tenant_id=tenant_field, job_id=job_field)
         principal.require(tenant_id)
         async with acquired(self._pool) as conn:
             job = await jobs_db.get_job(conn, tenant_id=tenant_id, job_id=job_id)
@@ -215,34 +206,14 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
 
     async def ListJobs(self, request: imports_pb2.ListJobsRequest, context: Context) -> imports_pb2.ListJobsResponse:
         async def body(principal: Principal) -> imports_pb2.ListJobsResponse:
-            (tenant_id,) = _ids(tenant_id=request.tenant_id)
+            (tenant_id,) = parse_ids(tenant_id=request.tenant_id)
             principal.require(tenant_id)
-            unknown = [s for s in request.states if s not in STATE_FROM_PROTO]
-            if unknown:
-                raise RequestInvalid([FieldViolation("states", f"unknown job states {unknown}")])
-            limit = page_size(request.page_size, "page_size")
-            keyset = decode_page_token(request.page_token, "page_token", 2)
-            after = None
-            if keyset is not None:
-                try:
-                    after = (datetime.fromisoformat(keyset[0]), str(_ids(page_token=keyset[1])[0]))
-                except ValueError as exc:
-                    raise RequestInvalid(
-                        [FieldViolation("page_token", "is not a page token this server issued")]
-                    ) from exc
+            query = jobs_query(request)
             async with acquired(self._pool) as conn:
                 jobs = await jobs_db.list_jobs(
-                    conn,
-                    tenant_id=tenant_id,
-                    states=[STATE_FROM_PROTO[s] for s in request.states],
-                    limit=limit + 1,
-                    after=after,
+                    conn, tenant_id=tenant_id, states=query.states, limit=query.limit + 1, after=query.after
                 )
-            response = imports_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs[:limit]])
-            if len(jobs) > limit:
-                last = jobs[limit - 1]
-                response.next_page_token = encode_page_token([last.created_at.isoformat(), last.job_id])
-            return response
+            return jobs_page(jobs, query.limit)
 
         return await self._run(context, body)
 
@@ -277,7 +248,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
 
     async def CancelJob(self, request: imports_pb2.CancelJobRequest, context: Context) -> imports_pb2.Job:
         async def body(principal: Principal) -> imports_pb2.Job:
-            tenant_id, job_id = _ids(tenant_id=request.tenant_id, job_id=request.job_id)
+            tenant_id, job_id = parse_ids(tenant_id=request.tenant_id, job_id=request.job_id)
             principal.require(tenant_id)
             async with acquired(self._pool) as conn:
                 job = await jobs_db.request_cancel(conn, tenant_id=tenant_id, job_id=job_id, now=self._clock())
@@ -320,7 +291,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         self, request: imports_pb2.GetConnectionRequest, context: Context
     ) -> imports_pb2.Connection:
         async def body(principal: Principal) -> imports_pb2.Connection:
-            (tenant_id,) = _ids(tenant_id=request.tenant_id)
+            (tenant_id,) = parse_ids(tenant_id=request.tenant_id)
             principal.require(tenant_id)
             async with acquired(self._pool) as conn:
                 record = await connections_db.get_connection(
@@ -337,25 +308,17 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
     ) -> imports_pb2.ListConnectionsResponse:
         async def body(principal: Principal) -> imports_pb2.ListConnectionsResponse:
             if request.tenant_id:
-                (tenant_id,) = _ids(tenant_id=request.tenant_id)
+                (tenant_id,) = parse_ids(tenant_id=request.tenant_id)
                 principal.require(tenant_id)
                 tenant_ids: list[str] | None = [tenant_id]
             else:
                 tenant_ids = None if principal.tenants is None else sorted(principal.tenants)
-            limit = page_size(request.page_size, "page_size")
-            keyset = decode_page_token(request.page_token, "page_token", 2)
-            after = None if keyset is None else (_ids(page_token=keyset[0])[0], keyset[1])
+            query = connections_query(request)
             async with acquired(self._pool) as conn:
                 records = await connections_db.list_connections(
-                    conn, tenant_ids=tenant_ids, limit=limit + 1, after=after
+                    conn, tenant_ids=tenant_ids, limit=query.limit + 1, after=query.after
                 )
-            response = imports_pb2.ListConnectionsResponse(
-                connections=[connection_to_proto(r) for r in records[:limit]]
-            )
-            if len(records) > limit:
-                last = records[limit - 1]
-                response.next_page_token = encode_page_token([last.tenant_id, last.connection_id])
-            return response
+            return connections_page(records, query.limit)
 
         return await self._run(context, body)
 
@@ -363,7 +326,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         self, request: imports_pb2.DeleteConnectionRequest, context: Context
     ) -> imports_pb2.DeleteConnectionResponse:
         async def body(principal: Principal) -> imports_pb2.DeleteConnectionResponse:
-            (tenant_id,) = _ids(tenant_id=request.tenant_id)
+            (tenant_id,) = parse_ids(tenant_id=request.tenant_id)
             principal.require(tenant_id)
             async with acquired(self._pool) as conn:
                 deleted = await connections_db.delete_connection(
