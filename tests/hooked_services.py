@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--crash-after-commit-probability", type=float, default=0.0)
     parser.add_argument("--fault-seed", type=int, default=0)
     args = parser.parse_args(argv)
-    configure_logging(CliSettings().log_level, service=f"apptsync-{args.service}")
+    configure_logging(CliSettings.from_environment(os.environ).log_level, service=f"apptsync-{args.service}")
     if args.service == "fetcher":
         overrides = None
         if args.provider_requests_per_second is not None:

@@ -16,14 +16,14 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from apptsync.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_OTHER, EXIT_UNAVAILABLE, exit_code_table
 from apptsync.cli.moments import EXAMPLES
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import InvalidArgumentError
 from apptsync.shared.provider_access import credential_summary
-from apptsync.shared.settings import CliSettings, CredentialSettings, DatabaseSettings
+from apptsync.shared.settings import CliSettings, CredentialSettings, DatabaseSettings, SettingsGroup
 from apptsync.shared.telemetry import process_telemetry
 from apptsync.shared.telemetry.logs import configure_logging, dsn_secrets, keyring_secrets, register_secrets
 
@@ -35,6 +35,14 @@ EPILOG = (
     "exit codes (for scripts; sync-all exits 0 when every connection has its job, else with the\n"
     "highest code among its connections):\n" + exit_code_table()
 )
+
+
+_Group = TypeVar("_Group", bound=SettingsGroup)
+
+
+def _from_environment(group: type[_Group]) -> _Group:
+    """`group` as this process's environment sets it: the one place os.environ is handed in."""
+    return group.from_environment(os.environ)
 
 
 def _register_service_secrets(database: DatabaseSettings, credentials: CredentialSettings) -> None:
@@ -66,10 +74,11 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
     from apptsync.shared.outbound import OutboundPolicy
     from apptsync.shared.settings import GatewaySettings, OutboundSettings
 
-    settings, database, credentials = GatewaySettings(), DatabaseSettings(), CredentialSettings()
+    settings = _from_environment(GatewaySettings)
+    database, credentials = _from_environment(DatabaseSettings), _from_environment(CredentialSettings)
     _register_service_secrets(database, credentials)
     # Before anything starts: a malformed allowed origin fails start-up instead of a request.
-    outbound = OutboundPolicy.from_settings(OutboundSettings())
+    outbound = OutboundPolicy.from_settings(_from_environment(OutboundSettings))
 
     async def serve(stop: asyncio.Event) -> None:
         await run_gateway(database, Keyring.from_settings(credentials), settings, outbound=outbound, stop=stop)
@@ -97,15 +106,16 @@ def run_fetcher_process(*, rate_budget_overrides: Mapping[Source, RateBudget] | 
     from apptsync.shared.outbound import OutboundPolicy
     from apptsync.shared.settings import FetcherSettings, KafkaSettings, OutboundSettings
 
-    settings, database, credentials = FetcherSettings(), DatabaseSettings(), CredentialSettings()
+    settings = _from_environment(FetcherSettings)
+    database, credentials = _from_environment(DatabaseSettings), _from_environment(CredentialSettings)
     _register_service_secrets(database, credentials)
-    outbound = OutboundPolicy.from_settings(OutboundSettings())
+    outbound = OutboundPolicy.from_settings(_from_environment(OutboundSettings))
     worker_id = settings.worker_id or new_worker_id(socket.gethostname(), os.getpid())
 
     async def serve(stop: asyncio.Event) -> None:
         await run_fetcher(
             database,
-            KafkaSettings(),
+            _from_environment(KafkaSettings),
             settings,
             Keyring.from_settings(credentials),
             outbound=outbound,
@@ -133,11 +143,11 @@ def run_writer_process(*, after_commit: Callable[[], None] | None = None) -> int
     from apptsync.shared.settings import KafkaSettings, WriterSettings
     from apptsync.writer import run_writer
 
-    settings, database = WriterSettings(), DatabaseSettings()
-    _register_service_secrets(database, CredentialSettings())
+    settings, database = _from_environment(WriterSettings), _from_environment(DatabaseSettings)
+    _register_service_secrets(database, _from_environment(CredentialSettings))
 
     async def serve(stop: asyncio.Event) -> None:
-        await run_writer(database, KafkaSettings(), settings, stop=stop, after_commit=after_commit)
+        await run_writer(database, _from_environment(KafkaSettings), settings, stop=stop, after_commit=after_commit)
 
     with process_telemetry(
         service_name="apptsync-writer",
@@ -167,7 +177,7 @@ def _cmd_simulator(_args: argparse.Namespace) -> int:
     from apptsync.simulator import serve as serve_simulator
 
     async def serve(stop: asyncio.Event) -> None:
-        task = asyncio.create_task(serve_simulator(SimulatorSettings()))
+        task = asyncio.create_task(serve_simulator(_from_environment(SimulatorSettings)))
         await stop.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -182,7 +192,8 @@ def _cmd_migrate(_args: argparse.Namespace) -> int:
 
     async def run() -> list[int]:
         # As the tables' owner (APPTSYNC_DATABASE_MIGRATION_URL); the services connect as apptsync_service.
-        connection = await connect(DatabaseSettings().for_migrations(), application_name="apptsync-migrate")
+        owner = _from_environment(DatabaseSettings).for_migrations()
+        connection = await connect(owner, application_name="apptsync-migrate")
         try:
             return await migrate(connection)
         finally:
@@ -205,7 +216,7 @@ def _cmd_rotate_credentials_key(args: argparse.Namespace) -> int:
     from apptsync.shared.db.connections import KeyRotationReport, reencrypt_credentials
     from apptsync.shared.db.pool import connect
 
-    database, credentials = DatabaseSettings(), CredentialSettings()
+    database, credentials = _from_environment(DatabaseSettings), _from_environment(CredentialSettings)
     _register_service_secrets(database, credentials)
     keyring = Keyring.from_settings(credentials)
 
@@ -244,8 +255,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from apptsync.shared.retention import PruneBudget, retention_cutoffs
     from apptsync.shared.settings import RetentionSettings
 
-    settings = RetentionSettings()
-    database = DatabaseSettings()
+    settings = _from_environment(RetentionSettings)
+    database = _from_environment(DatabaseSettings)
     register_secrets(*dsn_secrets(database.url.get_secret_value()))
     cutoffs = retention_cutoffs(
         datetime.now(UTC), raw_payload_days=settings.raw_payload_days, ledger_days=settings.ledger_days
@@ -475,7 +486,7 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        cli_settings = CliSettings()
+        cli_settings = _from_environment(CliSettings)
     except InvalidArgumentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
