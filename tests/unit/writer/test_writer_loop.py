@@ -14,11 +14,11 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from apptsync.shared.errors import PermanentError, PoisonMessageError, StorageUnavailableError
+from apptsync.shared.messages.page_results import PageCounts
 from apptsync.shared.settings import KafkaSettings, WriterSettings
 from apptsync.v1 import pages_pb2
 from apptsync.writer.accounting import (
     DecodedPage,
-    PageCounts,
     PageOutcome,
     RefusedRecord,
     drop_refused_records,

@@ -27,6 +27,7 @@ from apptsync.shared.db.listen import NotificationListener
 from apptsync.shared.db.pool import acquired
 from apptsync.shared.errors import StorageRefusedError, StorageUnavailableError
 from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources
+from apptsync.shared.messages.page_results import page_results_topic
 from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import DatabaseSettings, FetcherSettings, KafkaSettings
 from apptsync.shared.telemetry.http_metrics import MeteredTransport
@@ -66,7 +67,7 @@ async def run_fetcher(
         producer = await stack.enter_async_context(resources.producer(kafka, f"apptsync-fetcher-{worker_id}"))
         router = ResultRouter(
             resources.consumer(kafka, group_id=None, client_id=f"apptsync-fetcher-results-{worker_id}"),
-            kafka.page_results_topic,
+            page_results_topic(kafka),
         )
         stack.push_async_callback(router.stop)
         await router.start()

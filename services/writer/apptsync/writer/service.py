@@ -36,6 +36,7 @@ from apptsync.shared.errors import BrokerUnavailableError, PoisonMessageError, R
 from apptsync.shared.health import HealthEndpoint
 from apptsync.shared.kafka import commit_offsets, ensure_topics, kafka_errors
 from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources, cancel_and_wait
+from apptsync.shared.messages.page_results import page_results_topic
 from apptsync.shared.settings import DatabaseSettings, KafkaSettings, WriterSettings
 from apptsync.shared.telemetry.logs import log_event
 from apptsync.shared.telemetry.metrics import METRICS, RECORD_OUTCOMES
@@ -313,8 +314,8 @@ class PageWriter:
                         ))
                     else:
                         acknowledgements.append(await self._producer.send(
-                            self._kafka.page_results_topic,
-                            value=report.to_proto().SerializeToString(),
+                            page_results_topic(self._kafka),
+                            value=report.encode(),
                             key=report.counts.job_id.encode("utf-8"),
                         ))
             await asyncio.gather(*acknowledgements)
