@@ -22,7 +22,7 @@ import grpc
 import httpx
 from google.protobuf.duration_pb2 import Duration
 
-from apptsync.cli.devstack import ServiceSet, format_dev_keyring
+from apptsync.cli.devstack import ServiceSet
 from apptsync.cli.devstack.services import CommandFactory
 from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
@@ -30,6 +30,7 @@ from tests.e2e.system import (
     TERMINAL,
     all_tenants_tokens_file,
     assert_counts_add_up,
+    service_set,
     stored_external_ids,
     system_env,
     wait_for_job,
@@ -102,14 +103,13 @@ async def fault_system(
 ) -> AsyncIterator[FaultSystem]:
     """Migrates the database, starts the services, yields the system; stops everything on exit.
     `command` says how a service is started (e.g. under a profiler)."""
-    services = ServiceSet(
-        command=command,
-        database_url=service_database_url,
-        migration_database_url=owner_database_url,
+    services = service_set(
+        database_url=owner_database_url,
+        service_database_url=service_database_url,
         bootstrap_servers=bootstrap_servers,
-        log_dir=tmp_path / "logs",
-        credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
-        extra_env=env,
+        tmp_path=tmp_path,
+        env=env,
+        command=command,
     )
     async with (
         services,

@@ -8,7 +8,7 @@ redelivered page; every fetcher's ResultRouter decodes it (`decode_page_result`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from google.protobuf.message import DecodeError
 
@@ -74,6 +74,10 @@ class PageCounts:
             )
 
 
+# SkipCounts' fields are the proto's SkipCounts fields, name for name.
+_SKIP_FIELDS = tuple(f.name for f in fields(SkipCounts))
+
+
 @dataclass(frozen=True, slots=True)
 class PageResult:
     """One page's counts and whether they were replayed from the writer's ledger (a redelivery)."""
@@ -96,13 +100,7 @@ def encode_page_result(result: PageResult) -> bytes:
         inserted=counts.inserted,
         updated=counts.updated,
         unchanged=counts.unchanged,
-        skipped=pages_pb2.SkipCounts(
-            out_of_window=skipped.out_of_window,
-            invalid=skipped.invalid,
-            dead_letter=skipped.dead_letter,
-            duplicate_in_page=skipped.duplicate_in_page,
-            unknown_deletion=skipped.unknown_deletion,
-        ),
+        skipped=pages_pb2.SkipCounts(**{name: getattr(skipped, name) for name in _SKIP_FIELDS}),
         contacts_unmatched=counts.contacts_unmatched,
         redelivered=result.redelivered,
         stale=counts.stale,
@@ -126,13 +124,7 @@ def decode_page_result(value: bytes) -> PageResult:
             inserted=message.inserted,
             updated=message.updated,
             unchanged=message.unchanged,
-            skipped=SkipCounts(
-                out_of_window=skipped.out_of_window,
-                invalid=skipped.invalid,
-                dead_letter=skipped.dead_letter,
-                duplicate_in_page=skipped.duplicate_in_page,
-                unknown_deletion=skipped.unknown_deletion,
-            ),
+            skipped=SkipCounts(**{name: getattr(skipped, name) for name in _SKIP_FIELDS}),
             contacts_unmatched=message.contacts_unmatched,
             stale=message.stale,
         )
