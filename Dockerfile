@@ -1,4 +1,5 @@
-# One image for every apptsync process: `apptsync gateway|fetcher|writer|migrate|sync-all|simulator`.
+# One image for every apptsync process: `apptsync gateway|fetcher|writer|migrate|sync-all|prune|...`
+# (the services only: no simulator, no embedded PostgreSQL or broker).
 #
 # BASE_IMAGE must provide python3 (3.11) with the venv module on PATH; the build and final stages
 # use the same base so the venv's interpreter symlink resolves. Defaults to the public slim image;
@@ -31,6 +32,9 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyprojec
     && /opt/apptsync/bin/python -m pip install --quiet --only-binary=:all: -r /src/requirements.txt
 COPY README.md /src/README.md
 COPY services /src/services
+# The product only: .dockerignore keeps services/simulator (a development and test tool, like the
+# embedded PostgreSQL and broker of the `embedded` extra, which the requirements above leave out) out of
+# the context, so the wheel has no apptsync.simulator; `apptsync simulator` then says what to install.
 # A regular (non-editable) install; pip compiles the .pyc files here, so the read-only runtime never has to.
 RUN /opt/apptsync/bin/python -m pip install --quiet --no-deps /src \
     && /opt/apptsync/bin/python -m pip uninstall --quiet --yes pip \

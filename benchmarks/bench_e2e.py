@@ -18,8 +18,9 @@ What it does (every process is real and listens on 127.0.0.1 only):
      the import stored, in the same PostgreSQL;
   4. a second stack whose account holds `--large-appointments` appointments (0 skips it): one import,
      peak RSS per service, compared with step 1 (memory must not grow with job size).
-The fetcher's provider rate budget is lifted (APPTSYNC_FETCHER_BENCHMARK_PROVIDER_REQUESTS_PER_SECOND):
-the simulator is ours, and Acuity's 10 requests/s would measure Acuity's limit, not apptsync.
+The fetcher's provider rate budget is lifted (`--provider-requests-per-second`, injected by starting the
+fetcher through tests/hooked_services.py; production settings have no such knob): the simulator is
+ours, and Acuity's 10 requests/s would measure Acuity's limit, not apptsync.
 
 Every import is checked (state SUCCEEDED, inserted == appointments == rows in PostgreSQL, exact
 counts); a wrong result exits 1 (a benchmark of a broken pipeline measures nothing). Nothing about
@@ -59,12 +60,13 @@ import httpx
 
 from apptsync.cli.devstack import DevStack, durability_settings
 from apptsync.shared.counts import counts_add_up
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 # The legacy algorithm and the COPY floor are bench_writer's (one definition for both benchmarks).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_writer import COPY_COLUMNS, LEGACY_INSERT, LEGACY_UPDATE, jsonb_binary, jsonb_text
+from tests.hooked_services import hooked_command
 
 TENANT_ID = str(uuid.UUID("5b0c4a2e-7d1f-4e3a-9c8b-6a5f4e3d2c1b"))
 CONNECTION_ID = "bench-e2e"
@@ -161,13 +163,12 @@ class ProcessWatch:
 # --------------------------------------------------------------------------- the stack
 
 
-def stack_env(appointments: int, spread_days: int, requests_per_second: float) -> dict[str, str]:
+def stack_env(appointments: int, spread_days: int) -> dict[str, str]:
     return {
         "APPTSYNC_SIMULATOR_ACUITY_SPREAD_DAYS": str(spread_days),
         "APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT": str(appointments),
         "APPTSYNC_SIMULATOR_ACCOUNTS_PER_PROVIDER": "1",
         "APPTSYNC_SIMULATOR_SEEDED_PROVIDERS": "acuity",
-        "APPTSYNC_FETCHER_BENCHMARK_PROVIDER_REQUESTS_PER_SECOND": str(requests_per_second),
         "APPTSYNC_CLI_LOG_LEVEL": "WARNING",
     }
 
@@ -380,9 +381,11 @@ class MainPhase:
 
 
 async def main_phase(args: argparse.Namespace, state_dir: Path) -> MainPhase:
-    env = stack_env(args.appointments, args.spread_days, args.provider_requests_per_second)
+    env = stack_env(args.appointments, args.spread_days)
     async with DevStack(
-        state_dir, gateway_port=None, extra_env=env, ready_timeout_seconds=600,
+        state_dir, gateway_port=None, extra_env=env,
+        command=hooked_command(provider_requests_per_second=args.provider_requests_per_second),
+        ready_timeout_seconds=600,
         fast_unsafe_postgres=args.fsync == "off",
     ) as stack:
         count, expected_ids = await simulator_ids(stack.addresses.simulator_url, keep=True)
@@ -424,9 +427,11 @@ async def main_phase(args: argparse.Namespace, state_dir: Path) -> MainPhase:
 
 
 async def large_phase(args: argparse.Namespace, state_dir: Path) -> ImportRun:
-    env = stack_env(args.large_appointments, args.large_spread_days, args.provider_requests_per_second)
+    env = stack_env(args.large_appointments, args.large_spread_days)
     async with DevStack(
-        state_dir, gateway_port=None, extra_env=env, ready_timeout_seconds=900,
+        state_dir, gateway_port=None, extra_env=env,
+        command=hooked_command(provider_requests_per_second=args.provider_requests_per_second),
+        ready_timeout_seconds=900,
         fast_unsafe_postgres=args.fsync == "off",
     ) as stack:
         count, _ = await simulator_ids(stack.addresses.simulator_url, keep=False)

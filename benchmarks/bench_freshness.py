@@ -57,7 +57,7 @@ import grpc
 import httpx
 
 from apptsync.cli.devstack import WITH_WEBHOOKS, DevStack
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 TENANT_ID = str(uuid.UUID("8c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"))

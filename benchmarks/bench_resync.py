@@ -28,7 +28,7 @@ import asyncpg
 import grpc
 
 from apptsync.cli.devstack import DevStack, durability_settings
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 TENANT_ID = str(uuid.UUID("0c4f3e2a-1b5d-4c6e-8f70-9a1b2c3d4e5f"))

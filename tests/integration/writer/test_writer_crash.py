@@ -1,10 +1,11 @@
-"""The writer process (`python -m apptsync.cli writer`) SIGKILLed at random points, 10 seeded runs.
+"""The writer process (`apptsync writer`, started through tests/hooked_services.py) SIGKILLed at random
+points, 10 seeded runs.
 
 Guards invariants 1 and 3 under crashes: the page ledger written in the same transaction as the rows
 (a redelivered page replays its stored result instead of counting again), results produced before
 the offsets are committed, and the unique key (no duplicates). Kills come from two sides: the test
 SIGKILLs the process at a random moment after it made progress, and the writer's test-only fault
-hook (APPTSYNC_WRITER_FAULT_CRASH_AFTER_COMMIT_PROBABILITY) SIGKILLs it right after a database
+hook (`--crash-after-commit-probability`, injected by tests/hooked_services.py) SIGKILLs it right after a database
 commit, before its results or offsets are committed. Remove the ledger replay and the inserted
 counts double; commit offsets before the database and rows go missing.
 
@@ -17,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import random
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -38,6 +38,7 @@ from apptsync.shared.kafka import ensure_topics
 from apptsync.shared.settings import KafkaSettings
 from apptsync.v1 import pages_pb2
 from tests.containers.fixtures import BrokerContainer, free_port
+from tests.hooked_services import hooked_command
 from tests.integration.writer.writer_database import insert_job, padded
 from tests.unit.writer.page_builders import T0, page
 
@@ -108,8 +109,8 @@ def run_settings(broker: BrokerContainer, run: int) -> KafkaSettings:
     )
 
 
-def writer_env(database_url: str, kafka: KafkaSettings, *, batch_pages: int, fault_probability: float,
-               fault_seed: int, health_address: str = "127.0.0.1:0") -> dict[str, str]:
+def writer_env(database_url: str, kafka: KafkaSettings, *, batch_pages: int,
+               health_address: str = "127.0.0.1:0") -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("APPTSYNC_")}
     env.update({
         "APPTSYNC_DATABASE_URL": database_url,
@@ -124,8 +125,6 @@ def writer_env(database_url: str, kafka: KafkaSettings, *, batch_pages: int, fau
         "APPTSYNC_KAFKA_SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
         "APPTSYNC_KAFKA_HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
         "APPTSYNC_WRITER_MAX_BATCH_PAGES": str(batch_pages),
-        "APPTSYNC_WRITER_FAULT_CRASH_AFTER_COMMIT_PROBABILITY": str(fault_probability),
-        "APPTSYNC_WRITER_FAULT_SEED": str(fault_seed),
         "APPTSYNC_WRITER_HEALTH_ADDRESS": health_address,
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
@@ -133,10 +132,12 @@ def writer_env(database_url: str, kafka: KafkaSettings, *, batch_pages: int, fau
     return env
 
 
-async def start_writer(env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
+async def start_writer(env: dict[str, str], log_path: Path, *, fault_probability: float,
+                       fault_seed: int) -> asyncio.subprocess.Process:
+    """The writer with the crash fault injected (a SIGKILL after a database commit, per chance)."""
+    command = hooked_command(crash_after_commit_probability=fault_probability, fault_seed=fault_seed)("writer")
     with log_path.open("ab") as log:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "apptsync.cli", "writer", env=env, stdout=log, stderr=log)
+        return await asyncio.create_subprocess_exec(*command, env=env, stdout=log, stderr=log)
 
 
 async def recorded_pages(owner: asyncpg.Connection, job_id: str) -> int:
@@ -238,9 +239,9 @@ async def _crash_run(run: int, owner: asyncpg.Connection, service_url: str, brok
     for _launch in range(rng.randint(1, MAX_CRASH_LAUNCHES)):
         if await recorded_pages(owner, job_id) == PAGES_PER_RUN:
             break
-        env = writer_env(service_url, kafka, batch_pages=rng.choice([1, 2, 3]),
-                         fault_probability=FAULT_PROBABILITY, fault_seed=rng.getrandbits(32))
-        process = await start_writer(env, log_path)
+        env = writer_env(service_url, kafka, batch_pages=rng.choice([1, 2, 3]))
+        process = await start_writer(env, log_path, fault_probability=FAULT_PROBABILITY,
+                                     fault_seed=rng.getrandbits(32))
         report.launches += 1
         try:
             await wait_for_progress(process, owner, job_id, await recorded_pages(owner, job_id), LAUNCH_SECONDS)
@@ -252,9 +253,8 @@ async def _crash_run(run: int, owner: asyncpg.Connection, service_url: str, brok
             await asyncio.wait_for(process.wait(), timeout=10)
 
     health_address = f"127.0.0.1:{free_port()}"
-    env = writer_env(service_url, kafka, batch_pages=rng.choice([1, 2, 3]), fault_probability=0.0, fault_seed=0,
-                     health_address=health_address)
-    process = await start_writer(env, log_path)
+    env = writer_env(service_url, kafka, batch_pages=rng.choice([1, 2, 3]), health_address=health_address)
+    process = await start_writer(env, log_path, fault_probability=0.0, fault_seed=0)
     report.launches += 1
     try:
         deadline = time.monotonic() + FINISH_SECONDS

@@ -182,7 +182,7 @@ def test_plan_addresses_puts_everything_on_loopback() -> None:
         assert addresses.writer_metrics_url is None
 
 
-def test_services_reading_the_built_env_get_the_planned_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_services_reading_the_built_env_get_the_planned_addresses() -> None:
     addresses = plan_addresses(
         database_url="postgresql://apptsync@127.0.0.1:5999/apptsync", bootstrap_servers="127.0.0.1:19092", ports=PORTS
     )
@@ -194,28 +194,25 @@ def test_services_reading_the_built_env_get_the_planned_addresses(monkeypatch: p
         runs_simulator=True,
         extra={"APPTSYNC_KAFKA_SESSION_TIMEOUT_MS": "1000"},
     )
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
 
-    assert DatabaseSettings().url.get_secret_value() == addresses.database_url
-    assert KafkaSettings().bootstrap_servers == "127.0.0.1:19092"
-    assert KafkaSettings().session_timeout_ms == 1000
-    assert CredentialSettings().keyring.get_secret_value() == keyring
-    assert GatewaySettings().listen_address == "127.0.0.1:50051"
-    assert FetcherSettings().health_address == "127.0.0.1:41002"
-    assert WriterSettings().health_address == "127.0.0.1:41004"
-    assert SimulatorSettings().listen_address == "127.0.0.1:41006"
-    assert OutboundPolicy.from_settings(OutboundSettings()) == OutboundPolicy.allowing("http://127.0.0.1:41006")
+    assert DatabaseSettings.from_environment(env).url.get_secret_value() == addresses.database_url
+    assert KafkaSettings.from_environment(env).bootstrap_servers == "127.0.0.1:19092"
+    assert KafkaSettings.from_environment(env).session_timeout_ms == 1000
+    assert CredentialSettings.from_environment(env).keyring.get_secret_value() == keyring
+    assert GatewaySettings.from_environment(env).listen_address == "127.0.0.1:50051"
+    assert FetcherSettings.from_environment(env).health_address == "127.0.0.1:41002"
+    assert WriterSettings.from_environment(env).health_address == "127.0.0.1:41004"
+    assert SimulatorSettings.from_environment(env).listen_address == "127.0.0.1:41006"
+    assert OutboundPolicy.from_settings(OutboundSettings.from_environment(env)) == OutboundPolicy.allowing("http://127.0.0.1:41006")
 
 
-def test_the_outbound_policy_allows_the_stacks_simulator_and_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_outbound_policy_allows_the_stacks_simulator_and_nothing_else() -> None:
     addresses = plan_addresses(
         database_url="postgresql://x@127.0.0.1:1/x", bootstrap_servers="127.0.0.1:2", ports=PORTS
     )
     with_simulator = build_service_env(addresses, PORTS, credentials_keyring="dev:AAAA", runs_simulator=True)
     assert with_simulator["APPTSYNC_OUTBOUND_ALLOWED_ORIGINS"] == addresses.simulator_url
-    monkeypatch.setenv("APPTSYNC_OUTBOUND_ALLOWED_ORIGINS", with_simulator["APPTSYNC_OUTBOUND_ALLOWED_ORIGINS"])
-    policy = OutboundPolicy.from_settings(OutboundSettings())
+    policy = OutboundPolicy.from_settings(OutboundSettings.from_environment(with_simulator))
     assert policy.refusal(f"{addresses.simulator_url}/acuity/api/v1", source=Source.ACUITY) is None
     for other_port in (PORTS.gateway, PORTS.fetcher_health, PORTS.writer_metrics, 5432, 9092):
         assert policy.refusal(f"http://127.0.0.1:{other_port}/", source=Source.ACUITY) is not None
@@ -238,16 +235,12 @@ def test_extra_env_overrides_the_planned_values() -> None:
     assert env["APPTSYNC_DATABASE_URL"] == "postgresql://other"
 
 
-def test_the_dev_stack_gateway_accepts_unauthenticated_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in dev_stack_env_defaults().items():
-        monkeypatch.setenv(name, value)
-    assert GatewaySettings().allow_unauthenticated is True
+def test_the_dev_stack_gateway_accepts_unauthenticated_calls() -> None:
+    assert GatewaySettings.from_environment(dev_stack_env_defaults()).allow_unauthenticated is True
 
 
-def test_the_dev_stack_writer_rejoins_its_group_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in dev_stack_env_defaults().items():
-        monkeypatch.setenv(name, value)
-    kafka = KafkaSettings()
+def test_the_dev_stack_writer_rejoins_its_group_fast() -> None:
+    kafka = KafkaSettings.from_environment(dev_stack_env_defaults())
     assert (kafka.session_timeout_ms, kafka.heartbeat_interval_ms) == (1000, 200)
     assert kafka.writer_group_instance_id == ""  # static membership would add the broker's 6 s of pauses
 

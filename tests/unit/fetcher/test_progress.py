@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apptsync.fetcher.progress import JobProgress, Outcome, PageOutcome, StopPolicy
+from apptsync.fetcher.progress import JobProgress, Outcome, StopPolicy, WrittenPage
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -28,8 +28,8 @@ def progress(
     )
 
 
-def result(page_no: int, inserted: int = 0, updated: int = 0, records: int = 10) -> PageOutcome:
-    return PageOutcome(page_no, records, inserted, updated)
+def result(page_no: int, inserted: int = 0, updated: int = 0, records: int = 10) -> WrittenPage:
+    return WrittenPage(page_no, records, inserted, updated)
 
 
 def test_backpressure_caps_pages_without_a_result() -> None:
@@ -181,7 +181,7 @@ def test_resume_awaits_pages_sent_before_the_crash() -> None:
 # --------------------------------------------------------------------------- a walk of the whole window
 
 
-def walked(policy: StopPolicy, *, results: list[PageOutcome], end: str = "exhausted") -> JobProgress:
+def walked(policy: StopPolicy, *, results: list[WrittenPage], end: str = "exhausted") -> JobProgress:
     p = progress(policy, in_flight=10)
     for _ in results:
         p.page_sent()
@@ -205,7 +205,7 @@ def test_only_a_never_job_exhausting_the_provider_with_every_record_read_walked_
     for end in ("cancel", "fail", "deadline"):
         assert not walked(StopPolicy.NEVER, results=pages, end=end).walked_whole_window, end
     assert not walked(StopPolicy.NO_NEW_RECORDS, results=pages).walked_whole_window
-    unreadable = [result(1, inserted=3), PageOutcome(2, 10, 0, 0, unreadable=1)]
+    unreadable = [result(1, inserted=3), WrittenPage(2, 10, 0, 0, unreadable=1)]
     assert not walked(StopPolicy.NEVER, results=unreadable).walked_whole_window
 
 
@@ -224,7 +224,7 @@ def test_a_job_still_waiting_for_results_or_ended_by_max_pages_has_not_walked_it
 
 def test_a_resumed_job_counts_unreadable_records_of_pages_written_before_it() -> None:
     p = progress(StopPolicy.NEVER, in_flight=5)
-    p.resume(3, {1: PageOutcome(1, 10, 10, 0), 2: PageOutcome(2, 10, 9, 0, unreadable=1)})
+    p.resume(3, {1: WrittenPage(1, 10, 10, 0), 2: WrittenPage(2, 10, 9, 0, unreadable=1)})
     p.provider_exhausted()
     assert p.finished and not p.walked_whole_window
 

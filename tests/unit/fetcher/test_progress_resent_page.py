@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apptsync.fetcher.progress import JobProgress, Outcome, PageOutcome, StopPolicy
+from apptsync.fetcher.progress import JobProgress, Outcome, StopPolicy, WrittenPage
 
 pytestmark = pytest.mark.unit
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -20,7 +20,7 @@ def resumed_at_page_3_with_page_3_written() -> JobProgress:
         first_import=True,
         deadline_at=NOW + timedelta(hours=1),
     )
-    written = {n: PageOutcome(n, 10, 10, 0) for n in (1, 2, 3)}
+    written = {n: WrittenPage(n, 10, 10, 0) for n in (1, 2, 3)}
     p.resume(3, written)  # the stored cursor still points at page 3, whose result is stored
     return p
 
@@ -30,7 +30,7 @@ def test_a_page_sent_again_is_settled_by_its_replayed_result_and_counted_once() 
     assert p.page_sent() == 3
     assert p.outstanding_pages == {3}
 
-    p.result_received(PageOutcome(3, 10, 10, 0))  # the writer replays the stored result
+    p.result_received(WrittenPage(3, 10, 10, 0))  # the writer replays the stored result
 
     assert p.in_flight == 0
     p.provider_exhausted()
@@ -42,8 +42,8 @@ def test_a_duplicate_result_of_a_settled_page_changes_nothing() -> None:
     p = resumed_at_page_3_with_page_3_written()
     p.page_sent()
     p.page_sent()
-    p.result_received(PageOutcome(3, 10, 10, 0))
-    p.result_received(PageOutcome(3, 10, 10, 0))
+    p.result_received(WrittenPage(3, 10, 10, 0))
+    p.result_received(WrittenPage(3, 10, 10, 0))
     assert p.outstanding_pages == {4}
-    p.result_received(PageOutcome(9, 10, 10, 0))  # never sent: ignored
+    p.result_received(WrittenPage(9, 10, 10, 0))  # never sent: ignored
     assert p.outstanding_pages == {4}

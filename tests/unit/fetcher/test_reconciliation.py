@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apptsync.fetcher.progress import JobProgress, PageOutcome, StopPolicy
+from apptsync.fetcher.progress import JobProgress, StopPolicy, WrittenPage
 from apptsync.fetcher.reconciliation import TARGETED_KIND, reconciles
 from apptsync.shared.appointments import Source
 
@@ -16,7 +16,7 @@ def complete_walk() -> JobProgress:
     p = JobProgress(policy=StopPolicy.NEVER, stop_after_pages=1, max_pages=10, max_in_flight_pages=4,
                     first_import=False, deadline_at=NOW + timedelta(hours=1))
     p.page_sent()
-    p.result_received(PageOutcome(1, 5, 0, 0))
+    p.result_received(WrittenPage(1, 5, 0, 0))
     p.provider_exhausted()
     return p
 

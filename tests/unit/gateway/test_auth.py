@@ -2,7 +2,7 @@
 
 import pytest
 
-from apptsync.gateway.auth import PermissionDenied, TokenTable, Unauthenticated, token_digest
+from apptsync.gateway.auth import PermissionDeniedError, TokenTable, UnauthenticatedError, token_digest
 from apptsync.shared.errors import InvalidArgumentError
 
 pytestmark = pytest.mark.unit
@@ -17,7 +17,7 @@ TABLE = TokenTable.parse({"tokens": [
 def test_a_token_acts_only_for_its_tenants() -> None:
     clinic = TABLE.authenticate([("authorization", "Bearer clinic-token")])
     clinic.require(TENANT_A)
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(PermissionDeniedError):
         clinic.require(TENANT_B)
     TABLE.authenticate([("authorization", "bearer cron-token")]).require(TENANT_B)
 
@@ -25,7 +25,7 @@ def test_a_token_acts_only_for_its_tenants() -> None:
 @pytest.mark.parametrize("metadata", [[], [("authorization", "Basic abc")], [("authorization", "Bearer nope")],
                                       [("authorization", "Bearer ")]])
 def test_missing_malformed_or_unknown_tokens_are_unauthenticated(metadata: list[tuple[str, str]]) -> None:
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(UnauthenticatedError):
         TABLE.authenticate(metadata)
 
 

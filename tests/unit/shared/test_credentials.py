@@ -1,11 +1,19 @@
 """Credentials at rest: AES-GCM bound to tenant and connection, keys rotate."""
 
+import base64
+import os
+
 import pytest
 
-from apptsync.shared.credentials import CredentialDecryptError, Keyring, generate_key_text
+from apptsync.shared.credentials import CredentialDecryptError, Keyring
 from apptsync.shared.errors import InvalidArgumentError
 
 pytestmark = pytest.mark.unit
+
+
+def generate_key_text(key_id: str) -> str:
+    """A new keyring entry `key_id:base64(32 random bytes)`."""
+    return f"{key_id}:{base64.b64encode(os.urandom(32)).decode()}"
 SECRET = {"user_id": "1001", "api_key": "canary-5b1f"}
 
 

@@ -146,7 +146,7 @@ def test_an_allowed_origin_that_is_not_a_bare_origin_fails_the_setting(bad: str)
     assert caught.value.field == ALLOWED_ORIGINS_SETTING
 
 
-def test_the_policy_comes_from_the_deployment_setting_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert OutboundPolicy.from_settings(OutboundSettings()) == PROVIDERS_ONLY
-    monkeypatch.setenv(ALLOWED_ORIGINS_SETTING, SIMULATOR)
-    assert OutboundPolicy.from_settings(OutboundSettings()) == WITH_SIMULATOR
+def test_the_policy_comes_from_the_deployment_setting_only() -> None:
+    assert OutboundPolicy.from_settings(OutboundSettings.from_environment({})) == PROVIDERS_ONLY
+    environ = {ALLOWED_ORIGINS_SETTING: SIMULATOR}
+    assert OutboundPolicy.from_settings(OutboundSettings.from_environment(environ)) == WITH_SIMULATOR

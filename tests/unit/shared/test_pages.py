@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import pytest
 
 from apptsync.shared.appointments import AppointmentStatus, CancellationStub, CanonicalAppointment, PageRecord
-from apptsync.shared.pages import appointment_to_proto, build_page, from_timestamp
+from apptsync.shared.pages import build_page
+from apptsync.shared.timestamps import from_timestamp
 from apptsync.v1 import pages_pb2
 
 pytestmark = pytest.mark.unit
@@ -40,8 +41,13 @@ def page_of(records: list[PageRecord], *, records_fetched: int | None = None) ->
     )  # fmt: skip
 
 
+def encoded(record: PageRecord) -> pages_pb2.Appointment:
+    """`record` as the page carries it."""
+    return page_of([record]).appointments[0]
+
+
 def test_a_stub_carries_its_key_status_payload_hash_and_observation_and_no_times() -> None:
-    message = appointment_to_proto(STUB)
+    message = encoded(STUB)
     assert message.stub is True
     assert (message.external_id, message.status, message.raw_json) == (
         STUB.external_id, pages_pb2.APPOINTMENT_STATUS_CANCELED, STUB.raw_json,
@@ -54,10 +60,10 @@ def test_a_stub_carries_its_key_status_payload_hash_and_observation_and_no_times
 
 
 def test_a_full_record_is_no_stub_and_carries_its_reschedule_links() -> None:
-    plain = appointment_to_proto(APPOINTMENT)
+    plain = encoded(APPOINTMENT)
     assert plain.stub is False and plain.HasField("starts_at")
     assert (plain.rescheduled_to_external_id, plain.rescheduled_from_external_id) == ("", "")
-    linked = appointment_to_proto(
+    linked = encoded(
         replace(APPOINTMENT, rescheduled_from_external_id="ABCDABCDABCDABCD", rescheduled_to_external_id="LATER")
     )
     assert (linked.rescheduled_from_external_id, linked.rescheduled_to_external_id) == ("ABCDABCDABCDABCD", "LATER")

@@ -8,6 +8,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from apptsync.shared.telemetry.propagation import (
     ConsumerSpans,
@@ -16,12 +17,18 @@ from apptsync.shared.telemetry.propagation import (
     context_from_traceparent,
     current_traceparent,
     start_consumer_span,
-    trace_headers,
     trace_id_hex,
     use_span_safely,
 )
 
 pytestmark = pytest.mark.unit
+
+
+def trace_headers() -> list[tuple[str, bytes]]:
+    """`traceparent`/`tracestate` headers of the current span, as a producer's instrumentation adds them."""
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return [(name, value.encode("utf-8")) for name, value in carrier.items()]
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 

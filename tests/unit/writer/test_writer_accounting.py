@@ -10,14 +10,19 @@ import pytest
 
 from apptsync.shared.appointments import CanonicalAppointment, Contact
 from apptsync.shared.errors import PoisonMessageError
+from apptsync.shared.messages.page_results import (
+    AccountingError,
+    PageCounts,
+    PageResult,
+    SkipCounts,
+    decode_page_result,
+    encode_page_result,
+)
 from apptsync.v1 import pages_pb2
 from apptsync.writer.accounting import (
-    AccountingError,
     Decision,
     DecodedPage,
-    PageCounts,
     PageKey,
-    SkipCounts,
     StoredVersion,
     assemble_outcomes,
     classify,
@@ -184,19 +189,6 @@ def test_page_counts_refuse_to_break_the_accounting_identity() -> None:
                    skipped=SkipCounts(), contacts_unmatched=0)
 
 
-def test_page_counts_to_proto_keeps_every_count() -> None:
-    counts = PageCounts(job_id=JOB, page_no=4, records_fetched=10, inserted=3, updated=2, unchanged=1,
-                        skipped=SkipCounts(1, 1, 1, 1), contacts_unmatched=2)
-
-    result = counts.to_proto(redelivered=True)
-
-    assert (result.job_id, result.page_no, result.inserted, result.updated, result.unchanged) == (
-        JOB, 4, 3, 2, 1)
-    assert (result.skipped.out_of_window, result.skipped.invalid, result.skipped.dead_letter,
-            result.skipped.duplicate_in_page) == (1, 1, 1, 1)
-    assert result.contacts_unmatched == 2 and result.redelivered
-
-
 def test_job_totals_sum_pages_per_job() -> None:
     def counts(job: str, page_no: int, inserted: int) -> PageCounts:
         return PageCounts(job_id=job, page_no=page_no, records_fetched=inserted + 1, inserted=inserted,
@@ -296,7 +288,7 @@ def test_stale_records_are_counted_on_their_own_with_both_times() -> None:
 
     assert (counts[0].stale, counts[0].unchanged) == (1, 0)
     assert [(r.external_id, r.stored_observed_at, r.offered_observed_at) for r in plan.stale] == [("a", newer, T0)]
-    assert counts[0].to_proto(redelivered=False).stale == 1
+    assert decode_page_result(encode_page_result(PageResult(counts[0], redelivered=False))).counts.stale == 1
 
 
 def test_the_content_digest_ignores_fetch_time_and_follows_content() -> None:

@@ -14,17 +14,18 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from apptsync.shared.errors import PermanentError, PoisonMessageError, StorageUnavailableError
+from apptsync.shared.messages.page_results import PageCounts
 from apptsync.shared.settings import KafkaSettings, WriterSettings
 from apptsync.v1 import pages_pb2
 from apptsync.writer.accounting import (
     DecodedPage,
-    PageCounts,
     PageOutcome,
     RefusedRecord,
     drop_refused_records,
     refused_page_counts,
 )
-from apptsync.writer.service import PageWriter, crash_after_commit_hook
+from apptsync.writer.service import PageWriter
+from tests.hooked_services import crash_after_commit_hook
 from tests.unit.writer.page_builders import JOB, appointment, page
 
 pytestmark = pytest.mark.unit

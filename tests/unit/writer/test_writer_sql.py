@@ -7,10 +7,9 @@ import re
 import pytest
 
 from apptsync.shared.db.migrator import load_migrations
+from apptsync.shared.messages.page_results import PageCounts, SkipCounts
 from apptsync.writer import sql
 from apptsync.writer.accounting import (
-    PageCounts,
-    SkipCounts,
     decode_page,
     job_totals,
     plan_batch,

@@ -15,23 +15,35 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from apptsync.cli.exits import EXIT_INVALID, EXIT_OK, EXIT_OTHER, EXIT_UNAVAILABLE, exit_code_table
 from apptsync.cli.moments import EXAMPLES
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import InvalidArgumentError
 from apptsync.shared.provider_access import credential_summary
-from apptsync.shared.settings import CliSettings, CredentialSettings, DatabaseSettings
+from apptsync.shared.settings import CliSettings, CredentialSettings, DatabaseSettings, SettingsGroup
 from apptsync.shared.telemetry import process_telemetry
 from apptsync.shared.telemetry.logs import configure_logging, dsn_secrets, keyring_secrets, register_secrets
+
+if TYPE_CHECKING:
+    from apptsync.fetcher.providers import RateBudget
 
 _log = logging.getLogger("apptsync.cli")
 EPILOG = (
     "exit codes (for scripts; sync-all exits 0 when every connection has its job, else with the\n"
     "highest code among its connections):\n" + exit_code_table()
 )
+
+
+_Group = TypeVar("_Group", bound=SettingsGroup)
+
+
+def _from_environment(group: type[_Group]) -> _Group:
+    """`group` as this process's environment sets it: the one place os.environ is handed in."""
+    return group.from_environment(os.environ)
 
 
 def _register_service_secrets(database: DatabaseSettings, credentials: CredentialSettings) -> None:
@@ -58,26 +70,22 @@ def _run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> i
 
 
 def _cmd_gateway(_args: argparse.Namespace) -> int:
-    from apptsync.gateway.server import serve_gateway
+    from apptsync.gateway.server import run_gateway
     from apptsync.shared.credentials import Keyring
-    from apptsync.shared.db.pool import create_pool
     from apptsync.shared.outbound import OutboundPolicy
     from apptsync.shared.settings import GatewaySettings, OutboundSettings, WebhookSettings
 
-    settings, database, credentials = GatewaySettings(), DatabaseSettings(), CredentialSettings()
+    settings = _from_environment(GatewaySettings)
+    database, credentials = _from_environment(DatabaseSettings), _from_environment(CredentialSettings)
     _register_service_secrets(database, credentials)
     # Before anything starts: a malformed allowed origin fails start-up instead of a request.
-    outbound = OutboundPolicy.from_settings(OutboundSettings())
+    outbound = OutboundPolicy.from_settings(_from_environment(OutboundSettings))
+    webhooks = _from_environment(WebhookSettings)
 
     async def serve(stop: asyncio.Event) -> None:
-        pool = await create_pool(database, application_name="apptsync-gateway")
-        try:
-            await serve_gateway(
-                pool, Keyring.from_settings(credentials), settings, outbound=outbound, stop=stop,
-                webhooks=WebhookSettings(),
-            )  # fmt: skip
-        finally:
-            await pool.close()
+        await run_gateway(
+            database, Keyring.from_settings(credentials), settings, outbound=outbound, stop=stop, webhooks=webhooks
+        )
 
     with process_telemetry(
         service_name="apptsync-gateway",
@@ -89,20 +97,16 @@ def _cmd_gateway(_args: argparse.Namespace) -> int:
 
 
 def _cmd_webhook_receiver(_args: argparse.Namespace) -> int:
-    from apptsync.gateway.webhooks import serve_webhook_receiver
+    from apptsync.gateway.webhooks import run_webhook_receiver
     from apptsync.shared.credentials import Keyring
-    from apptsync.shared.db.pool import create_pool
     from apptsync.shared.settings import WebhookSettings
 
-    settings, database, credentials = WebhookSettings(), DatabaseSettings(), CredentialSettings()
+    settings = _from_environment(WebhookSettings)
+    database, credentials = _from_environment(DatabaseSettings), _from_environment(CredentialSettings)
     _register_service_secrets(database, credentials)
 
     async def serve(stop: asyncio.Event) -> None:
-        pool = await create_pool(database, application_name="apptsync-webhook-receiver")
-        try:
-            await serve_webhook_receiver(pool, Keyring.from_settings(credentials), settings, stop=stop)
-        finally:
-            await pool.close()
+        await run_webhook_receiver(database, Keyring.from_settings(credentials), settings, stop=stop)
 
     with process_telemetry(
         service_name="apptsync-webhook-receiver",
@@ -120,16 +124,17 @@ def _cmd_renew_subscriptions(_args: argparse.Namespace) -> int:
     from apptsync.shared.outbound import OutboundPolicy
     from apptsync.shared.settings import GatewaySettings, OutboundSettings, WebhookSettings
 
-    database, credentials = DatabaseSettings(), CredentialSettings()
+    database, credentials = _from_environment(DatabaseSettings), _from_environment(CredentialSettings)
     _register_service_secrets(database, credentials)
-    outbound = OutboundPolicy.from_settings(OutboundSettings())
+    outbound = OutboundPolicy.from_settings(_from_environment(OutboundSettings))
+    webhooks, gateway = _from_environment(WebhookSettings), _from_environment(GatewaySettings)
 
     async def run() -> tuple[int, int]:
         pool = await create_pool(database, application_name="apptsync-renew-subscriptions")
         try:
             return await renew_subscriptions(
-                pool, Keyring.from_settings(credentials), WebhookSettings(), outbound=outbound,
-                timeout_seconds=GatewaySettings().credential_probe_timeout_seconds,
+                pool, Keyring.from_settings(credentials), webhooks, outbound=outbound,
+                timeout_seconds=gateway.credential_probe_timeout_seconds,
             )  # fmt: skip
         finally:
             await pool.close()
@@ -140,26 +145,35 @@ def _cmd_renew_subscriptions(_args: argparse.Namespace) -> int:
 
 
 def _cmd_fetcher(_args: argparse.Namespace) -> int:
+    return run_fetcher_process()
+
+
+def run_fetcher_process(*, rate_budget_overrides: Mapping[Source, RateBudget] | None = None) -> int:
+    """`apptsync fetcher`: settings from the environment, telemetry, run until SIGTERM/SIGINT.
+    `rate_budget_overrides` is for benchmarks and tests against the simulator (tests/hooked_services.py);
+    the command passes none."""
     from apptsync.fetcher.runner import new_worker_id
     from apptsync.fetcher.service import run_fetcher
     from apptsync.shared.credentials import Keyring
     from apptsync.shared.outbound import OutboundPolicy
     from apptsync.shared.settings import FetcherSettings, KafkaSettings, OutboundSettings
 
-    settings, database, credentials = FetcherSettings(), DatabaseSettings(), CredentialSettings()
+    settings = _from_environment(FetcherSettings)
+    database, credentials = _from_environment(DatabaseSettings), _from_environment(CredentialSettings)
     _register_service_secrets(database, credentials)
-    outbound = OutboundPolicy.from_settings(OutboundSettings())
+    outbound = OutboundPolicy.from_settings(_from_environment(OutboundSettings))
     worker_id = settings.worker_id or new_worker_id(socket.gethostname(), os.getpid())
 
     async def serve(stop: asyncio.Event) -> None:
         await run_fetcher(
             database,
-            KafkaSettings(),
+            _from_environment(KafkaSettings),
             settings,
             Keyring.from_settings(credentials),
             outbound=outbound,
             worker_id=worker_id,
             stop=stop,
+            rate_budget_overrides=rate_budget_overrides,
         )
 
     with process_telemetry(
@@ -172,14 +186,20 @@ def _cmd_fetcher(_args: argparse.Namespace) -> int:
 
 
 def _cmd_writer(_args: argparse.Namespace) -> int:
+    return run_writer_process()
+
+
+def run_writer_process(*, after_commit: Callable[[], None] | None = None) -> int:
+    """`apptsync writer`: settings from the environment, telemetry, run until SIGTERM/SIGINT.
+    `after_commit` is the crash tests' fault hook (tests/hooked_services.py); the command passes none."""
     from apptsync.shared.settings import KafkaSettings, WriterSettings
     from apptsync.writer import run_writer
 
-    settings, database = WriterSettings(), DatabaseSettings()
-    _register_service_secrets(database, CredentialSettings())
+    settings, database = _from_environment(WriterSettings), _from_environment(DatabaseSettings)
+    _register_service_secrets(database, _from_environment(CredentialSettings))
 
     async def serve(stop: asyncio.Event) -> None:
-        await run_writer(database, KafkaSettings(), settings, stop=stop)
+        await run_writer(database, _from_environment(KafkaSettings), settings, stop=stop, after_commit=after_commit)
 
     with process_telemetry(
         service_name="apptsync-writer",
@@ -190,12 +210,26 @@ def _cmd_writer(_args: argparse.Namespace) -> int:
         return _run_until_signalled(serve)
 
 
+def _embedded_parts_missing(command: str, parts: Sequence[tuple[str, str]]) -> bool:
+    """True (after one line on stderr saying what to install) when `command` cannot run here."""
+    from apptsync.cli.embedded import missing_parts, missing_parts_message
+
+    missing = missing_parts(parts)
+    if missing:
+        print(f"error: {missing_parts_message(command, missing)}", file=sys.stderr)
+    return bool(missing)
+
+
 def _cmd_simulator(_args: argparse.Namespace) -> int:
+    from apptsync.cli.embedded import SIMULATOR
+
+    if _embedded_parts_missing("simulator", [SIMULATOR]):
+        return EXIT_OTHER
     from apptsync.shared.settings import SimulatorSettings
     from apptsync.simulator import serve as serve_simulator
 
     async def serve(stop: asyncio.Event) -> None:
-        task = asyncio.create_task(serve_simulator(SimulatorSettings()))
+        task = asyncio.create_task(serve_simulator(_from_environment(SimulatorSettings)))
         await stop.wait()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -210,7 +244,8 @@ def _cmd_migrate(_args: argparse.Namespace) -> int:
 
     async def run() -> list[int]:
         # As the tables' owner (APPTSYNC_DATABASE_MIGRATION_URL); the services connect as apptsync_service.
-        connection = await connect(DatabaseSettings().for_migrations(), application_name="apptsync-migrate")
+        owner = _from_environment(DatabaseSettings).for_migrations()
+        connection = await connect(owner, application_name="apptsync-migrate")
         try:
             return await migrate(connection)
         finally:
@@ -233,7 +268,7 @@ def _cmd_rotate_credentials_key(args: argparse.Namespace) -> int:
     from apptsync.shared.db.connections import KeyRotationReport, reencrypt_credentials
     from apptsync.shared.db.pool import connect
 
-    database, credentials = DatabaseSettings(), CredentialSettings()
+    database, credentials = _from_environment(DatabaseSettings), _from_environment(CredentialSettings)
     _register_service_secrets(database, credentials)
     keyring = Keyring.from_settings(credentials)
 
@@ -272,8 +307,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from apptsync.shared.retention import PruneBudget, retention_cutoffs
     from apptsync.shared.settings import RetentionSettings
 
-    settings = RetentionSettings()
-    database = DatabaseSettings()
+    settings = _from_environment(RetentionSettings)
+    database = _from_environment(DatabaseSettings)
     register_secrets(*dsn_secrets(database.url.get_secret_value()))
     cutoffs = retention_cutoffs(
         datetime.now(UTC), raw_payload_days=settings.raw_payload_days, ledger_days=settings.ledger_days
@@ -303,12 +338,20 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_dev_up(args: argparse.Namespace) -> int:
+    from apptsync.cli.embedded import EMBEDDED_STACK
+
+    if _embedded_parts_missing("dev up", EMBEDDED_STACK):
+        return EXIT_OTHER
     from apptsync.cli.devstack import dev_up
 
     return asyncio.run(dev_up(Path(args.state_dir), fast_unsafe_postgres=args.fast_unsafe_postgres))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from apptsync.cli.embedded import EMBEDDED_STACK
+
+    if _embedded_parts_missing("demo", EMBEDDED_STACK):
+        return EXIT_OTHER
     from apptsync.cli.demo import run_demo
 
     return asyncio.run(
@@ -497,7 +540,7 @@ def build_parser(cli_settings: CliSettings) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        cli_settings = CliSettings()
+        cli_settings = _from_environment(CliSettings)
     except InvalidArgumentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -27,7 +27,7 @@ from apptsync.cli.client import message_dict
 from apptsync.cli.devstack import DevStack
 from apptsync.shared.counts import counts_add_up, skipped_total
 from apptsync.shared.db.pool import tenant_transaction
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 DEMO_TENANT_ID = "5e1d7c3a-9f2b-4c61-8a47-0d3e2b1c9a10"

@@ -27,8 +27,9 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True)
-class PageOutcome:
-    """The part of a writer's PageResult the stop policy needs."""
+class WrittenPage:
+    """A page the writer has written, as far as the stop policy needs it (from its PageResult, or
+    from the job's ledger when the job resumes)."""
 
     page_no: int
     records_fetched: int
@@ -68,7 +69,7 @@ class JobProgress:
     first_import: bool
     deadline_at: datetime
     next_page_no: int = 1
-    _results: dict[int, PageOutcome] = field(default_factory=dict)
+    _results: dict[int, WrittenPage] = field(default_factory=dict)
     _outstanding: set[int] = field(default_factory=set)
     _judged_through: int = 0
     _streak: int = 0
@@ -114,7 +115,7 @@ class JobProgress:
         """True when a stop is decided and every sent page has its result."""
         return self.stopped and not self._outstanding
 
-    def resume(self, next_page_no: int, written: dict[int, PageOutcome], *, near_term_pages: int = 0) -> None:
+    def resume(self, next_page_no: int, written: dict[int, WrittenPage], *, near_term_pages: int = 0) -> None:
         """Restores state after another fetcher died: pages below next_page_no were sent; those in
         `written` have results, the rest are awaited; pages 1..near_term_pages were near-term pages
         (the session's count, kept in its cursor)."""
@@ -142,7 +143,7 @@ class JobProgress:
             self._stop(Outcome.SUCCEEDED, f"max_pages reached ({self.max_pages})")
         return page_no
 
-    def result_received(self, outcome: PageOutcome) -> None:
+    def result_received(self, outcome: WrittenPage) -> None:
         """Records a page's result; unknown pages are ignored, and a duplicate (a redelivery) counts
         nothing again but still settles its page: a job resumed from a cursor stored before a page
         whose send timed out at the broker yet landed sends that page again, and the writer answers
@@ -192,7 +193,7 @@ class JobProgress:
         if self.outcome is None:
             self.outcome, self.stop_reason, self.error = outcome, reason, error
 
-    def _qualifies(self, outcome: PageOutcome) -> bool:
+    def _qualifies(self, outcome: WrittenPage) -> bool:
         if self.policy is StopPolicy.NO_NEW_RECORDS:
             return outcome.inserted == 0
         return outcome.inserted + outcome.updated == 0

@@ -14,9 +14,10 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry import trace
 
+from apptsync.shared.errors import PoisonMessageError
 from apptsync.shared.kafka import kafka_errors
+from apptsync.shared.messages.page_results import PageResult, decode_page_result
 from apptsync.shared.telemetry.propagation import consumer_span
-from apptsync.v1 import pages_pb2
 
 _log = logging.getLogger("apptsync.fetcher.results")
 _tracer = trace.get_tracer("apptsync.fetcher")
@@ -26,7 +27,7 @@ class ResultRouter:
     def __init__(self, consumer: AIOKafkaConsumer, topic: str) -> None:
         self._consumer = consumer
         self._topic = topic
-        self._inboxes: dict[str, asyncio.Queue[pages_pb2.PageResult]] = {}
+        self._inboxes: dict[str, asyncio.Queue[PageResult]] = {}
 
     async def start(self) -> None:
         """Starts the consumer positioned at the end of every partition.
@@ -53,8 +54,8 @@ class ResultRouter:
     async def stop(self) -> None:
         await self._consumer.stop()
 
-    def subscribe(self, job_id: str) -> asyncio.Queue[pages_pb2.PageResult]:
-        inbox: asyncio.Queue[pages_pb2.PageResult] = asyncio.Queue()
+    def subscribe(self, job_id: str) -> asyncio.Queue[PageResult]:
+        inbox: asyncio.Queue[PageResult] = asyncio.Queue()
         self._inboxes[job_id] = inbox
         return inbox
 
@@ -68,13 +69,13 @@ class ResultRouter:
                 batches = await self._consumer.getmany(timeout_ms=500, max_records=1000)
             for records in batches.values():
                 for record in records:
-                    result = pages_pb2.PageResult()
                     try:
-                        result.ParseFromString(record.value or b"")
-                    except Exception:  # protobuf raises DecodeError or ValueError subclasses
-                        _log.warning("skipping an undecodable page result at offset %d", record.offset)
+                        result = decode_page_result(record.value or b"")
+                    except PoisonMessageError as exc:
+                        _log.warning("skipping an undecodable page result at offset %d: %s", record.offset, exc)
                         continue
-                    inbox = self._inboxes.get(result.job_id)
+                    counts = result.counts
+                    inbox = self._inboxes.get(counts.job_id)
                     if inbox is not None:
                         # The last hop of a page's trace: fetcher -> writer -> back to this job.
                         with consumer_span(
@@ -84,11 +85,11 @@ class ResultRouter:
                             partition=record.partition,
                             offset=record.offset,
                             attributes={
-                                "apptsync.job_id": result.job_id,
-                                "apptsync.page_no": result.page_no,
-                                "apptsync.inserted": result.inserted,
-                                "apptsync.updated": result.updated,
-                                "apptsync.unchanged": result.unchanged,
+                                "apptsync.job_id": counts.job_id,
+                                "apptsync.page_no": counts.page_no,
+                                "apptsync.inserted": counts.inserted,
+                                "apptsync.updated": counts.updated,
+                                "apptsync.unchanged": counts.unchanged,
                                 "apptsync.redelivered": result.redelivered,
                             },
                         ):

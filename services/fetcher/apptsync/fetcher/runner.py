@@ -27,7 +27,7 @@ from opentelemetry import trace
 
 from apptsync.fetcher.cancellation import CancelSignals, CancelWatch
 from apptsync.fetcher.connection_state import PostgresConnectionStateStore
-from apptsync.fetcher.progress import JobProgress, Outcome, PageOutcome, StopPolicy
+from apptsync.fetcher.progress import JobProgress, Outcome, StopPolicy, WrittenPage
 from apptsync.fetcher.providers import (
     ConnectionConfig,
     JobWindow,
@@ -44,15 +44,17 @@ from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
+from apptsync.shared.db.pool import acquired
 from apptsync.shared.errors import ApptsyncError, PermanentError, RetriableError
 from apptsync.shared.job_messages import job_to_proto
 from apptsync.shared.kafka import kafka_errors
+from apptsync.shared.messages.page_results import PageResult
 from apptsync.shared.pages import build_page
 from apptsync.shared.settings import FetcherSettings, KafkaSettings
 from apptsync.shared.telemetry.logs import bound_log_fields, log_event, register_secrets
 from apptsync.shared.telemetry.metrics import METRICS
 from apptsync.shared.telemetry.propagation import context_from_traceparent, mark_error, use_span_safely
-from apptsync.v1 import imports_pb2, pages_pb2
+from apptsync.v1 import imports_pb2
 
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
@@ -84,11 +86,10 @@ class FetcherContext:
     cancellations: CancelSignals = field(default_factory=CancelSignals)
 
 
-def outcome_of(result: pages_pb2.PageResult) -> PageOutcome:
-    return PageOutcome(
-        result.page_no, result.records_fetched, result.inserted, result.updated,
-        unreadable=result.skipped.invalid + result.skipped.dead_letter,
-    )
+def outcome_of(result: PageResult) -> WrittenPage:
+    counts = result.counts
+    return WrittenPage(counts.page_no, counts.records_fetched, counts.inserted, counts.updated,
+                       unreadable=result.unreadable)  # fmt: skip
 
 
 async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
@@ -141,7 +142,7 @@ async def _page_loop(
     job: jobs_db.JobRecord,
     ctx: FetcherContext,
     progress: JobProgress,
-    inbox: asyncio.Queue[pages_pb2.PageResult],
+    inbox: asyncio.Queue[PageResult],
     cancel_requested: asyncio.Event,
 ) -> None:
     async with ctx.pool.acquire() as conn:
@@ -199,7 +200,7 @@ async def _page_loop(
             )
     near_term_pages = 0 if session is None else session.near_term_pages
     progress.resume(
-        job.next_page_no, {n: PageOutcome(n, *r) for n, r in written.items()}, near_term_pages=near_term_pages
+        job.next_page_no, {n: WrittenPage(n, *r) for n, r in written.items()}, near_term_pages=near_term_pages
     )
     if session is None:
         progress.fail(f"connection {job.connection_id!r} no longer exists")
@@ -307,7 +308,7 @@ async def _recover_results(job_id: str, ctx: FetcherContext, progress: JobProgre
     async with ctx.pool.acquire() as conn:
         stored = await jobs_db.page_results(conn, job_id, page_nos=outstanding)
     for page_no, counts in stored.items():
-        progress.result_received(PageOutcome(page_no, *counts))
+        progress.result_received(WrittenPage(page_no, *counts))
     return progress.in_flight < len(outstanding)
 
 
@@ -344,7 +345,7 @@ async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProg
 
 
 async def _release_after_drain(
-    job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress, inbox: asyncio.Queue[pages_pb2.PageResult]
+    job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress, inbox: asyncio.Queue[PageResult]
 ) -> None:
     """SIGTERM: no new page; give pages in flight a short while, then hand the job to another fetcher."""
     loop = asyncio.get_running_loop()
@@ -438,7 +439,7 @@ async def _renew_lease(job_id: str, lease_owner: str, ctx: FetcherContext, watch
             await asyncio.wait_for(watch.recheck.wait(), timeout=interval_seconds)
         watch.recheck.clear()
         try:
-            async with ctx.pool.acquire() as conn:
+            async with acquired(ctx.pool) as conn:
                 if await jobs_db.renew_lease(
                     conn,
                     job_id=job_id,
@@ -449,9 +450,9 @@ async def _renew_lease(job_id: str, lease_owner: str, ctx: FetcherContext, watch
                     watch.requested.set()
         except jobs_db.LeaseLostError:
             raise
-        except (ApptsyncError, OSError, asyncpg.PostgresError) as exc:
+        except ApptsyncError as exc:
             # A missed renewal is not fatal while the lease still runs; the next one may succeed.
-            _log.warning("lease renewal of job %s failed: %s", job_id, type(exc).__name__)
+            _log.warning("lease renewal of job %s failed: %s", job_id, exc)
 
 
 def new_worker_id(hostname: str, pid: int) -> str:

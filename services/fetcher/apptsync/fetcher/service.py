@@ -8,12 +8,12 @@ On stop (SIGTERM): stop claiming, let each job drain its pages in flight, releas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-import asyncpg
 import httpx
 
 from apptsync.fetcher.providers import ProviderHttp, RateBudget
@@ -24,9 +24,10 @@ from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db.listen import NotificationListener
-from apptsync.shared.db.pool import create_pool
-from apptsync.shared.health import HealthEndpoint, health_enabled
-from apptsync.shared.kafka import create_consumer, create_producer, ensure_topics, kafka_errors
+from apptsync.shared.db.pool import acquired
+from apptsync.shared.errors import StorageRefusedError, StorageUnavailableError
+from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources
+from apptsync.shared.messages.page_results import page_results_topic
 from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import DatabaseSettings, FetcherSettings, KafkaSettings
 from apptsync.shared.telemetry.http_metrics import MeteredTransport
@@ -37,16 +38,6 @@ _log = logging.getLogger("apptsync.fetcher")
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def benchmark_rate_budgets(requests_per_second: float | None) -> dict[Source, RateBudget]:
-    """Every provider's budget replaced by `requests_per_second` (benchmarks against our own simulator:
-    a real provider's published limit would measure the limit, not apptsync); None: no override."""
-    if requests_per_second is None:
-        return {}
-    # One request per 1/requests_per_second seconds (see RateBudget: a leaky bucket of one request).
-    budget = RateBudget(requests_per_period=1, period_seconds=1.0 / requests_per_second, max_concurrent=20)
-    return dict.fromkeys(Source, budget)
 
 
 async def run_fetcher(
@@ -60,94 +51,88 @@ async def run_fetcher(
     stop: asyncio.Event,
     clock: Callable[[], datetime] = _utc_now,
     http_transport: httpx.AsyncBaseTransport | None = None,
+    rate_budget_overrides: Mapping[Source, RateBudget] | None = None,
+    resources: ServiceResources = DEFAULT_RESOURCES,
 ) -> None:
     """Runs until `stop` is set, then drains and returns. Every provider request passes `outbound`
-    (the deployment's policy; see apptsync.shared.outbound). Raises StorageUnavailableError or
-    BrokerUnavailableError when PostgreSQL or Kafka cannot be reached at start-up."""
-    health = HealthEndpoint(settings.health_address) if health_enabled(settings.health_address) else None
-    if health is not None:
-        await health.start()
-    pool = await create_pool(database, application_name="apptsync-fetcher")
-    await ensure_topics(kafka)
-    producer = create_producer(kafka, client_id=f"apptsync-fetcher-{worker_id}")
-    router = ResultRouter(
-        create_consumer(kafka, group_id=None, client_id=f"apptsync-fetcher-results-{worker_id}"),
-        kafka.page_results_topic,
-    )
-    # Every provider request (each retry too) is metered by the job's source; see runner.JOB_SOURCE.
-    metered = MeteredTransport(
-        http_transport or httpx.AsyncHTTPTransport(), provider_of=lambda _request: JOB_SOURCE.get()
-    )
-    sources = shared_sources(settings.shared_budget_providers)
-    shared_budget = PostgresSharedBudget(
-        pool,
-        sources=sources,
-        budget_key=settings.shared_budget_key,
-        holder=worker_id,
-        http_timeout_seconds=settings.http_timeout_seconds,
-    )
-    http = ProviderHttp(
-        timeout_seconds=settings.http_timeout_seconds,
-        outbound=outbound,
-        transport=metered,
-        rate_budget_overrides=benchmark_rate_budgets(settings.benchmark_provider_requests_per_second),
-        shared_budget=shared_budget if sources else None,
-    )
-    async with kafka_errors():
-        await producer.start()
-    await router.start()
-    ctx = FetcherContext(
-        pool=pool,
-        producer=producer,
-        results=router,
-        http=http,
-        keyring=keyring,
-        kafka=kafka,
-        settings=settings,
-        worker_id=worker_id,
-        clock=clock,
-    )
-    wake = asyncio.Event()
-    # A re-subscription wakes the claim loop too: a job queued while PostgreSQL was away sent no
-    # notification we could hear.
-    listener = NotificationListener(
-        pool, jobs_db.JOBS_QUEUED_CHANNEL, on_notification=lambda _payload: wake.set(), on_resubscribed=wake.set
-    )
-    await listener.start()
-    # CancelJob's notification reaches the run of the job in this process at once; after a
-    # re-subscription (notifications missed meanwhile) every run re-reads its job row.
-    cancel_listener = NotificationListener(
-        pool,
-        jobs_db.JOB_CANCEL_CHANNEL,
-        on_notification=_hear_cancel(ctx),
-        on_resubscribed=ctx.cancellations.recheck_all,
-    )
-    try:
+    (the deployment's policy; see apptsync.shared.outbound). `rate_budget_overrides` replaces
+    providers' published request budgets (benchmarks and tests against the simulator; production
+    passes none). Raises StorageUnavailableError or BrokerUnavailableError when PostgreSQL or Kafka
+    cannot be reached at start-up; whatever was opened by then is closed first (see
+    apptsync.shared.lifecycle; `resources` says how each part is opened)."""
+    async with contextlib.AsyncExitStack() as stack:
+        health = await stack.enter_async_context(resources.health(settings.health_address))
+        pool = await stack.enter_async_context(resources.pool(database, "apptsync-fetcher"))
+        await resources.topics(kafka)
+        producer = await stack.enter_async_context(resources.producer(kafka, f"apptsync-fetcher-{worker_id}"))
+        router = ResultRouter(
+            resources.consumer(kafka, group_id=None, client_id=f"apptsync-fetcher-results-{worker_id}"),
+            page_results_topic(kafka),
+        )
+        stack.push_async_callback(router.stop)
+        await router.start()
+        # Every provider request (each retry too) is metered by the job's source; see runner.JOB_SOURCE.
+        metered = MeteredTransport(
+            http_transport or httpx.AsyncHTTPTransport(), provider_of=lambda _request: JOB_SOURCE.get()
+        )
+        sources = shared_sources(settings.shared_budget_providers)
+        shared_budget = PostgresSharedBudget(
+            pool,
+            sources=sources,
+            budget_key=settings.shared_budget_key,
+            holder=worker_id,
+            http_timeout_seconds=settings.http_timeout_seconds,
+        )
+        http = ProviderHttp(
+            timeout_seconds=settings.http_timeout_seconds,
+            outbound=outbound,
+            transport=metered,
+            rate_budget_overrides=rate_budget_overrides,
+            shared_budget=shared_budget if sources else None,
+        )
+        stack.push_async_callback(http.aclose)
+        ctx = FetcherContext(
+            pool=pool,
+            producer=producer,
+            results=router,
+            http=http,
+            keyring=keyring,
+            kafka=kafka,
+            settings=settings,
+            worker_id=worker_id,
+            clock=clock,
+        )
+        wake = asyncio.Event()
+        # A re-subscription wakes the claim loop too: a job queued while PostgreSQL was away sent no
+        # notification we could hear.
+        listener = NotificationListener(
+            pool, jobs_db.JOBS_QUEUED_CHANNEL, on_notification=lambda _payload: wake.set(), on_resubscribed=wake.set
+        )
+        stack.push_async_callback(listener.stop)
+        await listener.start()
+        # CancelJob's notification reaches the run of the job in this process at once; after a
+        # re-subscription (notifications missed meanwhile) every run re-reads its job row.
+        cancel_listener = NotificationListener(
+            pool,
+            jobs_db.JOB_CANCEL_CHANNEL,
+            on_notification=_hear_cancel(ctx),
+            on_resubscribed=ctx.cancellations.recheck_all,
+        )
+        stack.push_async_callback(cancel_listener.stop)
         await cancel_listener.start()
-    except BaseException:
-        await listener.stop()
-        raise
-    try:
+
         if health is not None:
             await health.set_serving(True)
         async with asyncio.TaskGroup() as group:
             routing = group.create_task(router.run())
             running = await _claim_loop(ctx, group, wake, stop)
+            # Stop intake (no claims since `stop`), then drain: each job finishes its pages in flight.
             if health is not None:
                 await health.set_serving(False)
             ctx.draining.set()
             if running:
                 await asyncio.wait(running)
             routing.cancel()
-    finally:
-        await cancel_listener.stop()
-        await listener.stop()
-        await router.stop()
-        await producer.stop()
-        await http.aclose()
-        await pool.close()
-        if health is not None:
-            await health.stop()
 
 
 def _hear_cancel(ctx: FetcherContext) -> Callable[[str], None]:
@@ -176,7 +161,7 @@ async def _claim_loop(
             try:
                 # Idle polling: a trace per poll would bury the traces of imports.
                 with untraced():
-                    async with ctx.pool.acquire() as conn:
+                    async with acquired(ctx.pool) as conn:
                         job = await jobs_db.claim_job(
                             conn,
                             lease_owner=f"{ctx.worker_id}#{next(claims)}",
@@ -184,11 +169,10 @@ async def _claim_loop(
                             now=ctx.clock(),
                             max_running_per_tenant=ctx.settings.max_running_jobs_per_tenant,
                         )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
-                # asyncpg reports a connection PostgreSQL dropped mid-operation (a restart) as an
-                # InterfaceError or InternalClientError: retried like any other lost connection, or
-                # one restart would end the process and leave its interrupted jobs with nobody to resume them.
-                _log.warning("claiming failed (%s); retrying", type(exc).__name__)
+            except (StorageUnavailableError, StorageRefusedError) as exc:
+                # Retried whatever the database said (a restart drops connections mid-operation), or one
+                # restart would end the process and leave its interrupted jobs with nobody to resume them.
+                _log.warning("claiming failed (%s); retrying", exc)
         if job is not None:
             task = group.create_task(_guarded(job, ctx))
             running.add(task)
@@ -205,10 +189,9 @@ async def _claim_loop(
 
 
 async def _guarded(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
-    """One job's failure must not stop the process: the job's lease expires and it is resumed."""
+    """One job's failure must not stop the process: the job's lease expires and it is resumed.
+    Cancellation, KeyboardInterrupt and SystemExit pass through."""
     try:
         await run_job(job, ctx)
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:
-        _log.error("job %s interrupted: %r; it resumes when its lease expires", job.job_id, exc)
+    except Exception:
+        _log.exception("job %s interrupted; it resumes when its lease expires", job.job_id)

@@ -22,11 +22,11 @@ from apptsync.shared.errors import InvalidArgumentError, PermanentError
 ALL_TENANTS = "*"
 
 
-class Unauthenticated(PermanentError):
+class UnauthenticatedError(PermanentError):
     """No token, a malformed header, or an unknown token."""
 
 
-class PermissionDenied(PermanentError):
+class PermissionDeniedError(PermanentError):
     """A valid token that may not act for the requested tenant."""
 
 
@@ -40,9 +40,9 @@ class Principal:
         return self.tenants is None or tenant_id in self.tenants
 
     def require(self, tenant_id: str) -> None:
-        """Raises PermissionDenied unless this principal may act for `tenant_id`."""
+        """Raises PermissionDeniedError unless this principal may act for `tenant_id`."""
         if not self.may_act_for(tenant_id):
-            raise PermissionDenied(f"{self.name} may not act for tenant {tenant_id}")
+            raise PermissionDeniedError(f"{self.name} may not act for tenant {tenant_id}")
 
 
 ANONYMOUS_DEVELOPER = Principal(name="unauthenticated (development)", tenants=None)
@@ -78,17 +78,17 @@ class TokenTable:
         return cls.parse(json.loads(Path(path).read_text("utf-8")))
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]]) -> Principal:
-        """The principal of the call's `authorization: Bearer <token>`. Raises Unauthenticated."""
+        """The principal of the call's `authorization: Bearer <token>`. Raises UnauthenticatedError."""
         header = next((value for key, value in metadata if key.lower() == "authorization"), None)
         if header is None:
-            raise Unauthenticated("missing authorization metadata (Bearer token)")
+            raise UnauthenticatedError("missing authorization metadata (Bearer token)")
         text = header.decode() if isinstance(header, bytes) else header
         scheme, _, token = text.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("authorization must be 'Bearer <token>'")
+            raise UnauthenticatedError("authorization must be 'Bearer <token>'")
         principal = self._by_digest.get(token_digest(token.strip()))
         if principal is None:
-            raise Unauthenticated("unknown token")
+            raise UnauthenticatedError("unknown token")
         return principal
 
 

@@ -24,18 +24,25 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from opentelemetry import trace
 
-from apptsync.gateway.auth import ANONYMOUS_DEVELOPER, PermissionDenied, Principal, TokenTable, Unauthenticated
+from apptsync.gateway.auth import (
+    ANONYMOUS_DEVELOPER,
+    PermissionDeniedError,
+    Principal,
+    TokenTable,
+    UnauthenticatedError,
+)
 from apptsync.gateway.subscriptions import ProviderSubscriptions, SubscriptionManager
 from apptsync.gateway.translate import (
     FieldViolation,
     RequestInvalid,
     connection_from_request,
     connection_to_proto,
-    decode_page_token,
-    encode_page_token,
+    connections_page,
+    connections_query,
+    jobs_page,
+    jobs_query,
     new_job_from_request,
-    page_size,
-    parse_uuid,
+    parse_ids,
 )
 from apptsync.gateway.verify import CredentialProbe
 from apptsync.gateway.watch import JobChangeHub
@@ -44,17 +51,19 @@ from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db import webhooks as webhooks_db
+from apptsync.shared.db.pool import acquired
 from apptsync.shared.errors import (
     ApptsyncError,
     InvalidArgumentError,
     NotFoundError,
     ProviderUnavailableError,
     RetriableError,
+    StorageRefusedError,
 )
-from apptsync.shared.health import HealthEndpoint, health_enabled
-from apptsync.shared.job_messages import STATE_TO_PROTO, job_to_proto
+from apptsync.shared.job_messages import job_to_proto
+from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources
 from apptsync.shared.outbound import OutboundPolicy
-from apptsync.shared.settings import GatewaySettings, WebhookSettings
+from apptsync.shared.settings import DatabaseSettings, GatewaySettings, WebhookSettings
 from apptsync.shared.telemetry.logs import register_secrets
 from apptsync.shared.telemetry.metrics import METRICS
 from apptsync.shared.telemetry.propagation import current_traceparent, trace_id_hex
@@ -64,7 +73,6 @@ _log = logging.getLogger("apptsync.gateway")
 _T = TypeVar("_T")
 Clock = Callable[[], datetime]
 Context = grpc.aio.ServicerContext[object, object]
-STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
 # WatchJob re-reads the job at least this often even without a notification.
 WATCH_FALLBACK_SECONDS = 5.0
 
@@ -114,15 +122,6 @@ async def _abort_invalid(context: Context, error: RequestInvalid) -> None:
     await context.abort_with_status(rpc_status.to_status(status))
 
 
-def _ids(**fields: str) -> list[str]:
-    """Parses UUID fields; raises RequestInvalid naming every malformed one."""
-    violations: list[FieldViolation] = []
-    parsed = [parse_uuid(value, name, violations) for name, value in fields.items()]
-    if violations:
-        raise RequestInvalid(violations)
-    return parsed
-
-
 class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
     def __init__(
         self,
@@ -156,7 +155,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         """Runs one RPC body and maps our errors to status codes (never INTERNAL for a known error)."""
         try:
             return await call(self._principal(context))
-        except (ApptsyncError, asyncpg.exceptions.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        except (ApptsyncError, OSError) as exc:
             await _abort_for(context, exc)
         raise AssertionError("unreachable: context.abort raises")
 
@@ -179,7 +178,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                 traceparent=current_traceparent(),
             )
             principal.require(new_job.tenant_id)
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with acquired(self._pool) as conn, conn.transaction():
                 known = await connections_db.get_connection(
                     conn, tenant_id=new_job.tenant_id, connection_id=new_job.connection_id
                 )
@@ -196,9 +195,9 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         return await self._run(context, body)
 
     async def _job(self, principal: Principal, tenant_field: str, job_field: str) -> jobs_db.JobRecord:
-        tenant_id, job_id = _ids(tenant_id=tenant_field, job_id=job_field)
+        tenant_id, job_id = parse_ids(tenant_id=tenant_field, job_id=job_field)
         principal.require(tenant_id)
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             job = await jobs_db.get_job(conn, tenant_id=tenant_id, job_id=job_id)
         if job is None:
             raise NotFoundError(f"job {job_id} not found")
@@ -212,34 +211,14 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
 
     async def ListJobs(self, request: imports_pb2.ListJobsRequest, context: Context) -> imports_pb2.ListJobsResponse:
         async def body(principal: Principal) -> imports_pb2.ListJobsResponse:
-            (tenant_id,) = _ids(tenant_id=request.tenant_id)
+            (tenant_id,) = parse_ids(tenant_id=request.tenant_id)
             principal.require(tenant_id)
-            unknown = [s for s in request.states if s not in STATE_FROM_PROTO]
-            if unknown:
-                raise RequestInvalid([FieldViolation("states", f"unknown job states {unknown}")])
-            limit = page_size(request.page_size, "page_size")
-            keyset = decode_page_token(request.page_token, "page_token", 2)
-            after = None
-            if keyset is not None:
-                try:
-                    after = (datetime.fromisoformat(keyset[0]), str(_ids(page_token=keyset[1])[0]))
-                except ValueError as exc:
-                    raise RequestInvalid(
-                        [FieldViolation("page_token", "is not a page token this server issued")]
-                    ) from exc
-            async with self._pool.acquire() as conn:
+            query = jobs_query(request)
+            async with acquired(self._pool) as conn:
                 jobs = await jobs_db.list_jobs(
-                    conn,
-                    tenant_id=tenant_id,
-                    states=[STATE_FROM_PROTO[s] for s in request.states],
-                    limit=limit + 1,
-                    after=after,
+                    conn, tenant_id=tenant_id, states=query.states, limit=query.limit + 1, after=query.after
                 )
-            response = imports_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs[:limit]])
-            if len(jobs) > limit:
-                last = jobs[limit - 1]
-                response.next_page_token = encode_page_token([last.created_at.isoformat(), last.job_id])
-            return response
+            return jobs_page(jobs, query.limit)
 
         return await self._run(context, body)
 
@@ -248,7 +227,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         changes collapse into one snapshot (a watcher wants the state, not every counter step)."""
         try:
             job = await self._job(self._principal(context), request.tenant_id, request.job_id)
-        except (ApptsyncError, asyncpg.exceptions.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+        except (ApptsyncError, OSError) as exc:
             await _abort_for(context, exc)
             return
         changed = self._hub.watch(job.job_id)
@@ -264,7 +243,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                 changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=WATCH_FALLBACK_SECONDS)
-                async with self._pool.acquire() as conn:
+                async with acquired(self._pool) as conn:
                     fresh = await jobs_db.get_job(conn, tenant_id=job.tenant_id, job_id=job.job_id)
                 if fresh is None:
                     return
@@ -274,9 +253,9 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
 
     async def CancelJob(self, request: imports_pb2.CancelJobRequest, context: Context) -> imports_pb2.Job:
         async def body(principal: Principal) -> imports_pb2.Job:
-            tenant_id, job_id = _ids(tenant_id=request.tenant_id, job_id=request.job_id)
+            tenant_id, job_id = parse_ids(tenant_id=request.tenant_id, job_id=request.job_id)
             principal.require(tenant_id)
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 job = await jobs_db.request_cancel(conn, tenant_id=tenant_id, job_id=job_id, now=self._clock())
             if job is None:
                 raise NotFoundError(f"job {job_id} not found")
@@ -297,7 +276,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                 _log.info("storing connection %s unverified (skip_verification)", given.connection_id)
             else:
                 await self._probe.verify(given)
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 record = await connections_db.put_connection(
                     conn,
                     keyring=self._keyring,
@@ -329,9 +308,9 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         self, request: imports_pb2.GetConnectionRequest, context: Context
     ) -> imports_pb2.Connection:
         async def body(principal: Principal) -> imports_pb2.Connection:
-            (tenant_id,) = _ids(tenant_id=request.tenant_id)
+            (tenant_id,) = parse_ids(tenant_id=request.tenant_id)
             principal.require(tenant_id)
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 record = await connections_db.get_connection(
                     conn, tenant_id=tenant_id, connection_id=request.connection_id
                 )
@@ -349,29 +328,21 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
     ) -> imports_pb2.ListConnectionsResponse:
         async def body(principal: Principal) -> imports_pb2.ListConnectionsResponse:
             if request.tenant_id:
-                (tenant_id,) = _ids(tenant_id=request.tenant_id)
+                (tenant_id,) = parse_ids(tenant_id=request.tenant_id)
                 principal.require(tenant_id)
                 tenant_ids: list[str] | None = [tenant_id]
             else:
                 tenant_ids = None if principal.tenants is None else sorted(principal.tenants)
-            limit = page_size(request.page_size, "page_size")
-            keyset = decode_page_token(request.page_token, "page_token", 2)
-            after = None if keyset is None else (_ids(page_token=keyset[0])[0], keyset[1])
-            async with self._pool.acquire() as conn:
+            query = connections_query(request)
+            async with acquired(self._pool) as conn:
                 records = await connections_db.list_connections(
-                    conn, tenant_ids=tenant_ids, limit=limit + 1, after=after
+                    conn, tenant_ids=tenant_ids, limit=query.limit + 1, after=query.after
                 )
                 subscriptions = [
                     await webhooks_db.get_subscription(conn, tenant_id=r.tenant_id, connection_id=r.connection_id)
-                    for r in records[:limit]
+                    for r in records[: query.limit]
                 ]
-            response = imports_pb2.ListConnectionsResponse(
-                connections=[connection_to_proto(r, s) for r, s in zip(records[:limit], subscriptions, strict=True)]
-            )
-            if len(records) > limit:
-                last = records[limit - 1]
-                response.next_page_token = encode_page_token([last.tenant_id, last.connection_id])
-            return response
+            return connections_page(records, subscriptions, query.limit)
 
         return await self._run(context, body)
 
@@ -379,12 +350,12 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         self, request: imports_pb2.DeleteConnectionRequest, context: Context
     ) -> imports_pb2.DeleteConnectionResponse:
         async def body(principal: Principal) -> imports_pb2.DeleteConnectionResponse:
-            (tenant_id,) = _ids(tenant_id=request.tenant_id)
+            (tenant_id,) = parse_ids(tenant_id=request.tenant_id)
             principal.require(tenant_id)
             if self._subscriptions is not None:
                 # Before the row goes: removing the provider side needs the connection's credentials
                 # (the subscription row would go with the connection anyway, ON DELETE CASCADE).
-                async with self._pool.acquire() as conn:
+                async with acquired(self._pool) as conn:
                     loaded = await connections_db.load_connection_secrets(
                         conn, keyring=self._keyring, tenant_id=tenant_id, connection_id=request.connection_id
                     )
@@ -394,7 +365,7 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
                         tenant_id=tenant_id, connection_id=request.connection_id,
                         source=Source(record.external_source), base_url=record.base_url, credentials=credentials,
                     )  # fmt: skip
-            async with self._pool.acquire() as conn:
+            async with acquired(self._pool) as conn:
                 deleted = await connections_db.delete_connection(
                     conn, tenant_id=tenant_id, connection_id=request.connection_id
                 )
@@ -407,9 +378,13 @@ async def _abort_for(context: Context, exc: Exception) -> None:
     """Ends the call with the status our error means; raises (grpc's abort always does)."""
     if isinstance(exc, RequestInvalid):
         await _abort_invalid(context, exc)
-    elif isinstance(exc, Unauthenticated):
+    elif isinstance(exc, InvalidArgumentError):
+        # The other "bad input" error (raised below the gateway, e.g. by the credentials or outbound
+        # code): the same INVALID_ARGUMENT with a field violation, never FAILED_PRECONDITION.
+        await _abort_invalid(context, RequestInvalid([FieldViolation(exc.field, exc.message)]))
+    elif isinstance(exc, UnauthenticatedError):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-    elif isinstance(exc, PermissionDenied):
+    elif isinstance(exc, PermissionDeniedError):
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
     elif isinstance(exc, NotFoundError):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
@@ -418,16 +393,13 @@ async def _abort_for(context: Context, exc: Exception) -> None:
     elif isinstance(exc, ProviderUnavailableError):
         # The credential probe could not get an answer: its message says which provider and what to do.
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    elif isinstance(
-        exc,
-        RetriableError
-        | asyncpg.exceptions.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.InternalClientError
-        | OSError,
-    ):
+    elif isinstance(exc, RetriableError | OSError):
         _log.warning("transient failure: %s", type(exc).__name__)
         await context.abort(grpc.StatusCode.UNAVAILABLE, "temporarily unavailable, try again")
+    elif isinstance(exc, StorageRefusedError):
+        # Our bug or a broken deployment, not the caller's: PostgreSQL's message stays in the log.
+        _log.error("database refused a statement: %s", exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     else:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
@@ -465,8 +437,8 @@ def load_tokens(settings: GatewaySettings) -> TokenTable | None:
     )
 
 
-async def serve_gateway(
-    pool: asyncpg.Pool,
+async def run_gateway(
+    database: DatabaseSettings,
     keyring: Keyring,
     settings: GatewaySettings,
     *,
@@ -474,31 +446,47 @@ async def serve_gateway(
     stop: asyncio.Event,
     ready: Callable[[int], None] | None = None,
     webhooks: WebhookSettings | None = None,
+    resources: ServiceResources = DEFAULT_RESOURCES,
 ) -> None:
     """Serves until `stop` is set, then stops intake, lets calls in flight finish (bounded), returns.
     PutConnection accepts only the URLs `outbound` allows (see apptsync.shared.outbound) and, unless
-    the caller opts out, credentials the provider accepts (see apptsync.gateway.verify)."""
+    the caller opts out, credentials the provider accepts (see apptsync.gateway.verify). `ready` gets
+    the bound port once serving. Whatever start-up opened is closed again when a later step fails (see
+    apptsync.shared.lifecycle; `resources` says how each part is opened)."""
     tokens = load_tokens(settings)
-    # Before anything holds a pooled connection: a bad TLS setting fails startup instead of hanging it.
+    # Before anything is opened: a bad TLS setting fails startup instead of hanging it.
     credentials = _server_credentials(settings)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    hub = JobChangeHub(pool)
-    await hub.start()
-    credential_probe = CredentialProbe(outbound=outbound, timeout_seconds=settings.credential_probe_timeout_seconds)
-    webhook_settings = webhooks if webhooks is not None else WebhookSettings()
-    provider_subscriptions = ProviderSubscriptions(
-        outbound=outbound, timeout_seconds=settings.credential_probe_timeout_seconds
-    )
-    subscriptions = SubscriptionManager(
-        pool=pool, keyring=keyring, settings=webhook_settings, provider=provider_subscriptions, clock=_utc_now
-    )
-    # The hub holds a pooled connection that pool.close() would wait for forever: it is released
-    # also when serving never began (e.g. the port is taken).
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(resources.pool(database, "apptsync-gateway"))
+        # The hub holds a pooled connection that pool.close() would wait for forever: it is stopped first.
+        hub = JobChangeHub(pool)
+        stack.push_async_callback(hub.stop)
+        await hub.start()
+        credential_probe = CredentialProbe(outbound=outbound, timeout_seconds=settings.credential_probe_timeout_seconds)
+        stack.push_async_callback(credential_probe.aclose)
+        provider_subscriptions = ProviderSubscriptions(
+            outbound=outbound, timeout_seconds=settings.credential_probe_timeout_seconds
+        )
+        stack.push_async_callback(provider_subscriptions.aclose)
+        subscriptions = SubscriptionManager(
+            pool=pool,
+            keyring=keyring,
+            settings=webhooks if webhooks is not None else WebhookSettings(),
+            provider=provider_subscriptions,
+            clock=_utc_now,
+        )
+        # Plaintext, health only: the kubelet's gRPC probe cannot speak TLS, and the API never
+        # listens here, so a TLS gateway stays TLS-only for every call that carries a token.
+        # NOT_SERVING until the API serves; it stops after the server.
+        probe = await stack.enter_async_context(resources.health(settings.health_address))
         server = grpc.aio.server(options=options)
+        # Binding the port below already holds it: the server is stopped on exit even if it never started.
+        # Calls in flight finish (bounded) before the hub and the pool close.
+        stack.push_async_callback(server.stop, 10.0)
         servicer = ImportServicer(
             pool, keyring, settings, hub, tokens, outbound=outbound, probe=credential_probe, subscriptions=subscriptions
         )
@@ -507,18 +495,16 @@ async def serve_gateway(
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         import_service = imports_pb2.DESCRIPTOR.services_by_name["ImportService"].full_name
         reflection.enable_server_reflection((import_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        if credentials is None:
-            port = server.add_insecure_port(settings.listen_address)
-        else:
-            port = server.add_secure_port(settings.listen_address, credentials)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(settings.listen_address)
+            else:
+                port = server.add_secure_port(settings.listen_address, credentials)
+        except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
+            raise OSError(f"cannot bind {settings.listen_address}: {exc}") from exc
         if port == 0:
             raise OSError(f"cannot bind {settings.listen_address}")
-        # Plaintext, health only: the kubelet's gRPC probe cannot speak TLS, and the API never
-        # listens here, so a TLS gateway stays TLS-only for every call that carries a token.
-        probe = HealthEndpoint(settings.health_address) if health_enabled(settings.health_address) else None
         await server.start()
-        if probe is not None:
-            await probe.start()
         for name in ("", import_service):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         if probe is not None:
@@ -526,17 +512,9 @@ async def serve_gateway(
         _log.info("gateway listening on port %d", port)
         if ready is not None:
             ready(port)
-        try:
-            await stop.wait()
-        finally:
-            for name in ("", import_service):
-                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-            if probe is not None:
-                await probe.set_serving(False)
-            await server.stop(grace=10.0)
-            if probe is not None:
-                await probe.stop()
-    finally:
-        await provider_subscriptions.aclose()
-        await credential_probe.aclose()
-        await hub.stop()
+        await stop.wait()
+        # Stop intake: probes see NOT_SERVING before the server stops (on the stack, above).
+        for name in ("", import_service):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if probe is not None:
+            await probe.set_serving(False)

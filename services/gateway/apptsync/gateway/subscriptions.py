@@ -35,6 +35,7 @@ from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import webhooks as webhooks_db
+from apptsync.shared.db.pool import acquired
 from apptsync.shared.errors import ApptsyncError
 from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.provider_access import PUBLIC_API_URLS, auth_headers, google_calendar_ids
@@ -245,7 +246,7 @@ class SubscriptionManager:
             state, error = "FAILED", str(exc)[:MAX_ERROR_CHARACTERS]
             METRICS.webhook_subscription_changes.labels(source.value, "subscribe", "failed").inc()
             _log.warning("webhook subscription of %s failed: %s", connection_id, type(exc).__name__)
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             return await webhooks_db.put_subscription(
                 conn, keyring=self._keyring, tenant_id=tenant_id, connection_id=connection_id,
                 external_source=source.value, token_sha256=token_digest(token), secrets=stored_secrets,
@@ -258,7 +259,7 @@ class SubscriptionManager:
         """Deletes the stored subscription and removes it at the provider (best effort: a provider
         failure is counted and logged; the notification URL's token is gone either way, so anything
         the provider still sends is answered 404). False when there was none."""
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             deleted = await webhooks_db.delete_subscription(conn, tenant_id=tenant_id, connection_id=connection_id)
         if deleted is None:
             return False
@@ -276,7 +277,7 @@ class SubscriptionManager:
         notification URL and channel token, new channel id), then stops the old. Returns (renewed,
         failed); the failed ones are stored FAILED with the reason (and alert)."""
         before = self._clock() + timedelta(seconds=self._settings.renew_before_seconds)
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             routes = await webhooks_db.expiring_subscriptions(conn, before=before, limit=limit)
         renewed = failed = 0
         for route in routes:
@@ -289,7 +290,7 @@ class SubscriptionManager:
 
     async def _renew_one(self, route: webhooks_db.Route) -> bool:
         source = Source(route.external_source)
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             loaded = await webhooks_db.load_subscription_secrets(
                 conn, keyring=self._keyring, tenant_id=route.tenant_id, connection_id=route.connection_id
             )
@@ -311,7 +312,7 @@ class SubscriptionManager:
         except (ApptsyncError, KeyError, TypeError, ValueError) as exc:
             state, error = "FAILED", str(exc)[:MAX_ERROR_CHARACTERS]
             METRICS.webhook_subscription_changes.labels(source.value, "renew", "failed").inc()
-        async with self._pool.acquire() as conn:
+        async with acquired(self._pool) as conn:
             await webhooks_db.update_subscription(
                 conn, tenant_id=route.tenant_id, connection_id=route.connection_id, provider_refs=refs, state=state,
                 last_error=error, expires_at=channel_expiry(refs["google_channels"]) if state == "ACTIVE" else None,

@@ -13,23 +13,32 @@ import binascii
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from apptsync.shared.db.connections import ConnectionRecord
-from apptsync.shared.db.jobs import FingerprintValue, JobOptions, NewJob
+from apptsync.shared.db.jobs import FingerprintValue, JobOptions, JobRecord, NewJob
 from apptsync.shared.db.webhooks import Subscription
 from apptsync.shared.errors import PermanentError
-from apptsync.shared.job_messages import POLICY_FROM_PROTO, SOURCE_FROM_PROTO, SOURCE_TO_PROTO
+from apptsync.shared.job_messages import (
+    POLICY_FROM_PROTO,
+    SOURCE_FROM_PROTO,
+    SOURCE_TO_PROTO,
+    STATE_TO_PROTO,
+    job_to_proto,
+)
 from apptsync.shared.outbound import OutboundPolicy
-from apptsync.shared.pages import from_timestamp, timestamp
 from apptsync.shared.provider_access import credential_violations
 from apptsync.shared.settings import GatewaySettings
+from apptsync.shared.timestamps import from_timestamp, timestamp
 from apptsync.v1 import imports_pb2
 
 # Connection ids and idempotency keys are client-chosen names: keep them printable and bounded.
 _NAME = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 _MAX_PAGE_SIZE = 1000
+# What a page token we did not issue (or one altered) is told.
+_NOT_ISSUED_HERE = "is not a page token this server issued"
 _MAX_IN_FLIGHT_PAGES = 64
 _MAX_STOP_AFTER_PAGES = 1000
 _MAX_DEADLINE = timedelta(days=1)
@@ -59,6 +68,16 @@ def parse_uuid(value: str, field: str, violations: list[FieldViolation]) -> str:
     except ValueError:
         violations.append(FieldViolation(field, "must be a UUID"))
         return ""
+
+
+def parse_ids(**fields: str) -> list[str]:
+    """The UUID `fields` (name=value) in canonical form, in order. Raises RequestInvalid naming every
+    malformed one."""
+    violations: list[FieldViolation] = []
+    parsed = [parse_uuid(value, name, violations) for name, value in fields.items()]
+    if violations:
+        raise RequestInvalid(violations)
+    return parsed
 
 
 def check_name(value: str, field: str, violations: list[FieldViolation]) -> None:
@@ -291,9 +310,9 @@ def decode_page_token(token: str, field: str, size: int) -> list[str] | None:
     try:
         keyset = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, binascii.Error) as exc:
-        raise RequestInvalid([FieldViolation(field, "is not a page token this server issued")]) from exc
+        raise RequestInvalid([FieldViolation(field, _NOT_ISSUED_HERE)]) from exc
     if not isinstance(keyset, list) or len(keyset) != size or not all(isinstance(v, str) for v in keyset):
-        raise RequestInvalid([FieldViolation(field, "is not a page token this server issued")])
+        raise RequestInvalid([FieldViolation(field, _NOT_ISSUED_HERE)])
     return keyset
 
 
@@ -304,3 +323,75 @@ def page_size(value: int, field: str, *, default: int = 50, upper: int = 500) ->
     if violations:
         raise RequestInvalid(violations)
     return size
+
+
+STATE_FROM_PROTO = {v: k for k, v in STATE_TO_PROTO.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class JobsQuery:
+    """A validated ListJobs page request: job states (empty: all), page length, and the keyset
+    (created_at, job_id) of the previous page's last job (None: the first page)."""
+
+    states: list[str]
+    limit: int
+    after: tuple[datetime, str] | None
+
+
+def jobs_query(request: imports_pb2.ListJobsRequest) -> JobsQuery:
+    """The query of a ListJobs request (its tenant is parsed and authorized by the caller). Raises
+    RequestInvalid for unknown states, an out-of-range page size or a forged page token."""
+    unknown = [s for s in request.states if s not in STATE_FROM_PROTO]
+    if unknown:
+        raise RequestInvalid([FieldViolation("states", f"unknown job states {unknown}")])
+    limit = page_size(request.page_size, "page_size")
+    keyset = decode_page_token(request.page_token, "page_token", 2)
+    after = None
+    if keyset is not None:
+        try:
+            after = (datetime.fromisoformat(keyset[0]), parse_ids(page_token=keyset[1])[0])
+        except ValueError as exc:
+            raise RequestInvalid([FieldViolation("page_token", _NOT_ISSUED_HERE)]) from exc
+    return JobsQuery(states=[STATE_FROM_PROTO[s] for s in request.states], limit=limit, after=after)
+
+
+def jobs_page(jobs: Sequence[JobRecord], limit: int) -> imports_pb2.ListJobsResponse:
+    """The response for up to `limit` of `jobs` (fetched as limit + 1: one more means a next page,
+    whose token is the keyset of this page's last job)."""
+    response = imports_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in jobs[:limit]])
+    if len(jobs) > limit:
+        last = jobs[limit - 1]
+        response.next_page_token = encode_page_token([last.created_at.isoformat(), last.job_id])
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionsQuery:
+    """A validated ListConnections page request: page length and the keyset (tenant_id,
+    connection_id) of the previous page's last connection (None: the first page)."""
+
+    limit: int
+    after: tuple[str, str] | None
+
+
+def connections_query(request: imports_pb2.ListConnectionsRequest) -> ConnectionsQuery:
+    """The page of a ListConnections request (its tenants are decided by the caller, who knows the
+    principal). Raises RequestInvalid for an out-of-range page size or a forged page token."""
+    limit = page_size(request.page_size, "page_size")
+    keyset = decode_page_token(request.page_token, "page_token", 2)
+    after = None if keyset is None else (parse_ids(page_token=keyset[0])[0], keyset[1])
+    return ConnectionsQuery(limit=limit, after=after)
+
+
+def connections_page(
+    records: Sequence[ConnectionRecord], subscriptions: Sequence[Subscription | None], limit: int
+) -> imports_pb2.ListConnectionsResponse:
+    """The response for up to `limit` of `records` (fetched as limit + 1, as `jobs_page`), each with
+    its webhook subscription (`subscriptions[i]` belongs to `records[i]`; None: none)."""
+    response = imports_pb2.ListConnectionsResponse(
+        connections=[connection_to_proto(r, s) for r, s in zip(records[:limit], subscriptions, strict=False)]
+    )
+    if len(records) > limit:
+        last = records[limit - 1]
+        response.next_page_token = encode_page_token([last.tenant_id, last.connection_id])
+    return response

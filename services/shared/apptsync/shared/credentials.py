@@ -114,8 +114,3 @@ def ciphertext_key_id(ciphertext: bytes) -> str | None:
 
 def _aad(tenant_id: str, connection_id: str) -> bytes:
     return f"apptsync.credentials/{tenant_id}/{connection_id}".encode()
-
-
-def generate_key_text(key_id: str, *, random_bytes: Callable[[int], bytes] = os.urandom) -> str:
-    """A new keyring entry `key_id:base64(32 random bytes)`."""
-    return f"{key_id}:{base64.b64encode(random_bytes(32)).decode()}"

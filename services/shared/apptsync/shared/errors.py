@@ -86,6 +86,11 @@ class StorageUnavailableError(RetriableError):
     """PostgreSQL is unreachable or the transaction was aborted for a transient reason."""
 
 
+class StorageRefusedError(PermanentError):
+    """PostgreSQL refused a statement for good (a constraint, a missing table, bad SQL): a bug or a
+    broken deployment, not the caller's input. The message is PostgreSQL's, for logs, not for clients."""
+
+
 class BrokerUnavailableError(RetriableError):
     """The Kafka broker is unreachable or a request to it timed out."""
 

@@ -18,7 +18,10 @@ class HealthEndpoint:
         self._server = grpc.aio.server()
         self._servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, self._server)
-        self.port = self._server.add_insecure_port(address)
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
+            raise OSError(f"cannot bind the health endpoint to {address}: {exc}") from exc
         if self.port == 0:
             raise OSError(f"cannot bind the health endpoint to {address}")
 

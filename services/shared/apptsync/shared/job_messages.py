@@ -8,7 +8,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from apptsync.shared.appointments import Source
 from apptsync.shared.db.jobs import JobRecord
-from apptsync.shared.pages import timestamp
+from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2
 
 SOURCE_FROM_PROTO: dict[int, Source] = {

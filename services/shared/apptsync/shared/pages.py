@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from apptsync.shared.appointments import (
     AppointmentStatus,
@@ -16,6 +14,7 @@ from apptsync.shared.appointments import (
     content_hash,
     stub_content_hash,
 )
+from apptsync.shared.timestamps import timestamp, timestamp_fields
 from apptsync.v1 import pages_pb2
 
 STATUS_TO_PROTO: dict[AppointmentStatus, pages_pb2.AppointmentStatus.ValueType] = {
@@ -25,40 +24,6 @@ STATUS_TO_PROTO: dict[AppointmentStatus, pages_pb2.AppointmentStatus.ValueType] 
     AppointmentStatus.NO_SHOW: pages_pb2.APPOINTMENT_STATUS_NO_SHOW,
 }
 STATUS_FROM_PROTO: dict[int, AppointmentStatus] = {v: k for k, v in STATUS_TO_PROTO.items()}
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def timestamp(moment: datetime) -> Timestamp:
-    """A protobuf Timestamp of an aware datetime. Raises ValueError for a naive one."""
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime")
-    # What Timestamp.FromDatetime computes, by integer arithmetic: it runs three times per record.
-    since_epoch = moment - _EPOCH
-    return Timestamp(seconds=since_epoch.days * 86_400 + since_epoch.seconds, nanos=since_epoch.microseconds * 1000)
-
-
-# The range Timestamp.ToDatetime accepts: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
-_MIN_TIMESTAMP_SECONDS = -62_135_596_800
-_MAX_TIMESTAMP_SECONDS = 253_402_300_799
-
-
-def from_timestamp(message: Timestamp) -> datetime:
-    """The aware UTC datetime of a Timestamp (nanoseconds truncated to microseconds), as
-    Timestamp.ToDatetime(tzinfo=UTC) gives it, by integer arithmetic (it runs three times per record).
-    Raises ValueError for seconds or nanos out of range, as ToDatetime does."""
-    seconds, nanos = message.seconds, message.nanos
-    if not (_MIN_TIMESTAMP_SECONDS <= seconds <= _MAX_TIMESTAMP_SECONDS and 0 <= nanos <= 999_999_999):
-        raise ValueError(f"Timestamp out of range: seconds {seconds}, nanos {nanos}")
-    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
-
-
-def _timestamp_fields(moment: datetime) -> dict[str, int]:
-    """`timestamp(moment)` as constructor keywords (a protobuf message takes a dict for a message
-    field and builds it in place, cheaper than building a Timestamp and copying it in)."""
-    since_epoch = moment - _EPOCH
-    return {"seconds": since_epoch.days * 86_400 + since_epoch.seconds, "nanos": since_epoch.microseconds * 1000}
 
 
 def _appointment_fields(record: PageRecord) -> dict[str, Any]:
@@ -72,8 +37,8 @@ def _appointment_fields(record: PageRecord) -> dict[str, Any]:
     contact = a.contact
     fields: dict[str, Any] = {
         "external_id": a.external_id,
-        "starts_at": _timestamp_fields(a.starts_at),
-        "ends_at": _timestamp_fields(a.ends_at),
+        "starts_at": timestamp_fields(a.starts_at),
+        "ends_at": timestamp_fields(a.ends_at),
         "timezone": a.timezone,
         "status": STATUS_TO_PROTO[a.status],
         "title": a.title,
@@ -88,7 +53,7 @@ def _appointment_fields(record: PageRecord) -> dict[str, Any]:
         "external_url": a.external_url,
         "raw_json": a.raw_json,
         "content_hash": content_hash(a),
-        "observed_at": _timestamp_fields(a.observed_at),
+        "observed_at": timestamp_fields(a.observed_at),
     }
     if a.price is not None:
         fields["price"] = _money_fields(a.price)
@@ -108,17 +73,13 @@ def _stub_fields(stub: CancellationStub) -> dict[str, Any]:
         "status": STATUS_TO_PROTO[stub.status],
         "raw_json": stub.raw_json,
         "content_hash": stub_content_hash(stub),
-        "observed_at": _timestamp_fields(stub.observed_at),
+        "observed_at": timestamp_fields(stub.observed_at),
         "stub": True,
     }
 
 
 def _money_fields(money: Money) -> dict[str, Any]:
     return {"amount_minor": money.amount_minor, "currency": money.currency}
-
-
-def appointment_to_proto(record: PageRecord) -> pages_pb2.Appointment:
-    return pages_pb2.Appointment(**_appointment_fields(record))
 
 
 def build_page(

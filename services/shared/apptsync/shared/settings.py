@@ -1,23 +1,61 @@
-"""Every setting of every apptsync process, read from the environment (the only module that does).
+"""Every setting of every apptsync process, read from an environment mapping (the only module that does).
 
-Each group has its own prefix, e.g. `APPTSYNC_DATABASE_URL`. `all_settings_fields()` lists every
-variable with its default, for the README's configuration table (a unit test keeps the two in step).
+Each group has its own prefix, e.g. `APPTSYNC_DATABASE_URL`. `Group.from_environment(environ)` reads a
+group from the mapping it is given (the CLI passes `os.environ`; nothing else reads the process's
+environment); `Group(field=...)` takes explicit values only, the defaults for the rest.
+`all_settings_fields()` lists every variable with its default, for the README's configuration table
+(a unit test keeps the two in step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from apptsync.shared.errors import InvalidArgumentError
 
 
-class DatabaseSettings(BaseSettings):
+class _MappingEnvironment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+class SettingsGroup(BaseSettings):
+    """A group of settings sharing one prefix: explicit values, else `from_environment`'s mapping."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only what the caller passes: the environment comes in through from_environment, never implicitly.
+        return (init_settings,)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Self:
+        """The group as `environ` (e.g. `os.environ`, or a test's dict) sets it; defaults for the rest.
+        Raises pydantic's ValidationError for a malformed value (InvalidArgumentError where a
+        validator says so)."""
+        return cls(**_MappingEnvironment(cls, environ)())
+
+
+class DatabaseSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_DATABASE_", extra="ignore")
 
     url: SecretStr = Field(
@@ -50,7 +88,7 @@ class DatabaseSettings(BaseSettings):
         return self.model_copy(update={"url": self.migration_url})
 
 
-class KafkaSettings(BaseSettings):
+class KafkaSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_KAFKA_", extra="ignore")
 
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated Kafka bootstrap servers.")
@@ -90,7 +128,7 @@ class KafkaSettings(BaseSettings):
     )
 
 
-class CredentialSettings(BaseSettings):
+class CredentialSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_CREDENTIALS_", extra="ignore")
 
     keyring: SecretStr = Field(
@@ -101,7 +139,7 @@ class CredentialSettings(BaseSettings):
     keyring_file: str = Field("", description="File holding the keyring (overrides KEYRING; e.g. a mounted Secret).")
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_GATEWAY_", extra="ignore")
 
     listen_address: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds.")
@@ -140,7 +178,7 @@ class GatewaySettings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 
 
-class WebhookSettings(BaseSettings):
+class WebhookSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_WEBHOOK_", extra="ignore")
 
     public_base_url: str = Field(
@@ -166,7 +204,7 @@ class WebhookSettings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 
 
-class FetcherSettings(BaseSettings):
+class FetcherSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_FETCHER_", extra="ignore")
 
     worker_id: str = Field("", description="Lease owner name; empty means hostname-pid.")
@@ -191,12 +229,6 @@ class FetcherSettings(BaseSettings):
         "whatever its stop policy: an early-stopping sync never misses a new booking, reschedule or "
         "cancellation there. 0 = no near term (newest first).",
     )
-    benchmark_provider_requests_per_second: float | None = Field(
-        None,
-        gt=0,
-        description="Benchmarks against the simulator only: replaces every provider's published request "
-        "rate budget (Acuity: 10 per 1.1 s); empty = the providers' own limits.",
-    )
     shared_budget_providers: str = Field(
         "acuity",
         description="Providers (comma-separated) whose request rate and concurrency budget every fetcher "
@@ -213,7 +245,7 @@ class FetcherSettings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 
 
-class OutboundSettings(BaseSettings):
+class OutboundSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_OUTBOUND_", extra="ignore")
 
     allowed_origins: str = Field(
@@ -224,24 +256,16 @@ class OutboundSettings(BaseSettings):
     )
 
 
-class WriterSettings(BaseSettings):
+class WriterSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_WRITER_", extra="ignore")
 
     max_batch_pages: int = Field(8, ge=1, description="Consecutive pages applied in one transaction.")
     health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
-    fault_crash_after_commit_probability: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
-        description="Crash tests only: chance the writer SIGKILLs itself after a database commit, "
-        "before its results or offsets are committed.",
-    )
-    fault_seed: int | None = Field(None, description="Crash tests only: seed of the fault's random choices.")
     metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 
 
-class SimulatorSettings(BaseSettings):
+class SimulatorSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_SIMULATOR_", extra="ignore")
 
     listen_address: str = Field("127.0.0.1:8710", description="host:port the provider simulator binds.")
@@ -271,7 +295,7 @@ class SimulatorSettings(BaseSettings):
     )
 
 
-class RetentionSettings(BaseSettings):
+class RetentionSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_RETENTION_", extra="ignore")
 
     raw_payload_days: int = Field(
@@ -293,7 +317,7 @@ class RetentionSettings(BaseSettings):
     )
 
 
-class CliSettings(BaseSettings):
+class CliSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_CLI_", extra="ignore")
 
     gateway_address: str = Field("127.0.0.1:50051", description="Gateway the client commands call.")

@@ -33,17 +33,19 @@ from typing import Literal
 from google.protobuf.message import DecodeError
 
 from apptsync.shared.appointments import AppointmentStatus, Source
-from apptsync.shared.errors import PermanentError, PoisonMessageError
-from apptsync.shared.pages import STATUS_FROM_PROTO, from_timestamp
+from apptsync.shared.errors import PoisonMessageError
+from apptsync.shared.messages.page_results import (
+    PageCounts,
+    PageResult,
+    SkipCounts,
+    encode_page_result,
+)
+from apptsync.shared.pages import STATUS_FROM_PROTO
+from apptsync.shared.timestamps import from_timestamp
 from apptsync.v1 import pages_pb2
 
 CONTENT_HASH_BYTES = 32  # SHA-256, see apptsync.shared.appointments.content_hash
 _SOURCES = frozenset(source.value for source in Source)
-
-
-class AccountingError(PermanentError):
-    """Counts that break `inserted + updated + unchanged + skipped == records_fetched`: a bug, never
-    stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,23 +109,6 @@ def contact_match_key(email: str, phone: str, provider_client_id: str) -> str | 
 
 
 @dataclass(frozen=True, slots=True)
-class SkipCounts:
-    out_of_window: int = 0
-    invalid: int = 0
-    dead_letter: int = 0
-    duplicate_in_page: int = 0
-    # Cancellation stubs for keys never stored.
-    unknown_deletion: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.out_of_window + self.invalid + self.dead_letter + self.duplicate_in_page + self.unknown_deletion
-
-    def as_tuple(self) -> tuple[int, int, int, int, int]:
-        return (self.out_of_window, self.invalid, self.dead_letter, self.duplicate_in_page, self.unknown_deletion)
-
-
-@dataclass(frozen=True, slots=True)
 class PageKey:
     """Identifies a page across deliveries: `(job_id, page_no)`."""
 
@@ -174,57 +159,6 @@ class DecodedPage:
 
 
 @dataclass(frozen=True, slots=True)
-class PageCounts:
-    """The outcome of one page, as stored in import_job_pages and emitted as a PageResult.
-
-    Raises AccountingError on construction unless
-    `inserted + updated + unchanged + skipped.total == records_fetched` and no count is negative."""
-
-    job_id: str
-    page_no: int
-    records_fetched: int
-    inserted: int
-    updated: int
-    unchanged: int
-    skipped: SkipCounts
-    contacts_unmatched: int
-    stale: int = 0
-
-    def __post_init__(self) -> None:
-        counts = (self.inserted, self.updated, self.unchanged, self.stale, *self.skipped.as_tuple(),
-                  self.contacts_unmatched)
-        if min(counts) < 0:
-            raise AccountingError(f"page {self.job_id}/{self.page_no}: negative count in {counts}")
-        accounted = self.inserted + self.updated + self.unchanged + self.stale + self.skipped.total
-        if accounted != self.records_fetched:
-            raise AccountingError(
-                f"page {self.job_id}/{self.page_no}: inserted {self.inserted} + updated {self.updated} + "
-                f"unchanged {self.unchanged} + stale {self.stale} + skipped {self.skipped.total} = {accounted} "
-                f"!= records fetched {self.records_fetched}"
-            )
-
-    def to_proto(self, *, redelivered: bool) -> pages_pb2.PageResult:
-        return pages_pb2.PageResult(
-            job_id=self.job_id,
-            page_no=self.page_no,
-            records_fetched=self.records_fetched,
-            inserted=self.inserted,
-            updated=self.updated,
-            unchanged=self.unchanged,
-            skipped=pages_pb2.SkipCounts(
-                out_of_window=self.skipped.out_of_window,
-                invalid=self.skipped.invalid,
-                dead_letter=self.skipped.dead_letter,
-                duplicate_in_page=self.skipped.duplicate_in_page,
-                unknown_deletion=self.skipped.unknown_deletion,
-            ),
-            contacts_unmatched=self.contacts_unmatched,
-            redelivered=redelivered,
-            stale=self.stale,
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class RefusedRecord:
     """A record of a page that PostgreSQL refused (e.g. a constraint or data error): dead-lettered
     and counted as `skipped.dead_letter`, while the rest of its page was stored."""
@@ -248,8 +182,9 @@ class PageOutcome:
     def key(self) -> PageKey:
         return PageKey(self.counts.job_id, self.counts.page_no)
 
-    def to_proto(self) -> pages_pb2.PageResult:
-        return self.counts.to_proto(redelivered=self.redelivered)
+    def encode(self) -> bytes:
+        """The PageResult message of this outcome (see apptsync.shared.messages.page_results)."""
+        return encode_page_result(PageResult(self.counts, redelivered=self.redelivered))
 
 
 # --------------------------------------------------------------------------- decoding

@@ -22,9 +22,7 @@ import contextlib
 import functools
 import importlib.metadata
 import logging
-import os
 import random
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,16 +32,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from opentelemetry import trace
 
-from apptsync.shared.db.pool import create_pool
 from apptsync.shared.errors import BrokerUnavailableError, PoisonMessageError, RetriableError
-from apptsync.shared.health import HealthEndpoint, health_enabled
-from apptsync.shared.kafka import (
-    commit_offsets,
-    create_consumer,
-    create_producer,
-    ensure_topics,
-    kafka_errors,
-)
+from apptsync.shared.health import HealthEndpoint
+from apptsync.shared.kafka import commit_offsets, ensure_topics, kafka_errors
+from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources, cancel_and_wait
+from apptsync.shared.messages.page_results import page_results_topic
 from apptsync.shared.settings import DatabaseSettings, KafkaSettings, WriterSettings
 from apptsync.shared.telemetry.logs import log_event
 from apptsync.shared.telemetry.metrics import METRICS, RECORD_OUTCOMES
@@ -102,7 +95,8 @@ class PageWriting(Protocol):
 
 Report = PageOutcome | DeadLetter
 # Called between a database commit and the offset commit (twice per unit: before and after its
-# reports are produced); the crash tests' fault hook lives here, production passes a no-op.
+# reports are produced). Production passes nothing; the crash tests inject their fault here
+# (tests/hooked_services.py), so no fault code ships in the writer.
 AfterCommitHook = Callable[[], None]
 
 
@@ -112,20 +106,6 @@ async def _nothing_to_recreate() -> None:
 
 def _no_fault() -> None:
     return None
-
-
-def crash_after_commit_hook(probability: float, rng: random.Random) -> AfterCommitHook:
-    """Test-only fault: with `probability` per call, the process SIGKILLs itself (no cleanup, no
-    offset commit), like a node lost right after PostgreSQL committed."""
-    if probability <= 0:
-        return _no_fault
-
-    def maybe_crash() -> None:
-        if rng.random() < probability:
-            log.warning("writer: fault hook: SIGKILL after a database commit")
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return maybe_crash
 
 
 class PageWriter:
@@ -334,8 +314,8 @@ class PageWriter:
                         ))
                     else:
                         acknowledgements.append(await self._producer.send(
-                            self._kafka.page_results_topic,
-                            value=report.to_proto().SerializeToString(),
+                            page_results_topic(self._kafka),
+                            value=report.encode(),
                             key=report.counts.job_id.encode("utf-8"),
                         ))
             await asyncio.gather(*acknowledgements)
@@ -420,11 +400,10 @@ def _page_written(outcome: PageOutcome, span: trace.Span) -> None:
               records_fetched=counts.records_fetched, redelivered=outcome.redelivered, **by_outcome)
 
 
-async def _report_draining(stop: asyncio.Event, health: HealthEndpoint | None) -> None:
+async def _report_draining(stop: asyncio.Event, health: HealthEndpoint) -> None:
     """NOT_SERVING as soon as a stop is requested, while the batch in hand is still finishing."""
     await stop.wait()
-    if health is not None:
-        await health.set_serving(False)
+    await health.set_serving(False)
 
 
 async def run_writer(
@@ -434,6 +413,8 @@ async def run_writer(
     *,
     stop: asyncio.Event,
     rng: random.Random | None = None,
+    after_commit: AfterCommitHook | None = None,
+    resources: ServiceResources = DEFAULT_RESOURCES,
 ) -> None:
     """Runs the writer until `stop` is set: then stops intake, finishes and commits the poll in hand,
     leaves the consumer group (a static member, `kafka.writer_group_instance_id`, stays in it until
@@ -442,57 +423,43 @@ async def run_writer(
     Creates the apptsync topics if missing; serves gRPC health on `writer.health_address` unless its
     port is 0 (SERVING while consuming, NOT_SERVING while draining). Raises StorageUnavailableError /
     BrokerUnavailableError when PostgreSQL / the broker cannot be reached at start-up, and
-    PermanentError for failures no retry can fix."""
-    health = HealthEndpoint(writer.health_address) if health_enabled(writer.health_address) else None
-    if health is not None:
-        await health.start()
-    try:
-        await ensure_topics(kafka)
-        pool = await create_pool(database, application_name=CLIENT_ID)
-        try:
-            producer = create_producer(kafka, client_id=CLIENT_ID)
-            consumer = create_consumer(
-                kafka,
-                kafka.pages_topic,
-                group_id=kafka.writer_group_id,
-                client_id=CLIENT_ID,
-                group_instance_id=kafka.writer_group_instance_id or None,
-            )
-            async with kafka_errors():
-                await producer.start()
-            try:
-                async with kafka_errors():
-                    await consumer.start()
-                draining = asyncio.create_task(_report_draining(stop, health))
-                try:
-                    if health is not None:
-                        await health.set_serving(True)
-                    page_writer = PageWriter(
-                        consumer=consumer,
-                        producer=producer,
-                        store=PageStore(pool),
-                        kafka=kafka,
-                        writer=writer,
-                        version=service_version(),
-                        rng=rng or random.Random(),  # noqa: S311 -- backoff jitter, not a secret
-                        after_commit=crash_after_commit_hook(
-                            writer.fault_crash_after_commit_probability, random.Random(writer.fault_seed)  # noqa: S311 -- crash-test fault injection, not a secret
-                        ),
-                        recreate_topics=functools.partial(ensure_topics, kafka),
-                    )
-                    await page_writer.run(stop)
-                finally:
-                    draining.cancel()
-                    if health is not None:
-                        await health.set_serving(False)
-                    # A dynamic member leaves the group: its partitions move on at once. A static one
-                    # does not (aiokafka sends no LeaveGroup for it): the restart that usually follows
-                    # takes them back without a rebalance.
-                    await consumer.stop()
-            finally:
-                await producer.stop()
-        finally:
-            await pool.close()
-    finally:
+    PermanentError for failures no retry can fix. `after_commit` runs after each database commit,
+    before the offsets are committed (a no-op unless a crash test injects its fault). Whatever start-up
+    opened is closed again when a later step fails (see apptsync.shared.lifecycle; `resources` says how
+    each part is opened)."""
+    async with contextlib.AsyncExitStack() as stack:
+        health = await stack.enter_async_context(resources.health(writer.health_address))
+        await resources.topics(kafka)
+        pool = await stack.enter_async_context(resources.pool(database, CLIENT_ID))
+        producer = await stack.enter_async_context(resources.producer(kafka, CLIENT_ID))
+        consumer = resources.consumer(
+            kafka,
+            kafka.pages_topic,
+            group_id=kafka.writer_group_id,
+            client_id=CLIENT_ID,
+            group_instance_id=kafka.writer_group_instance_id or None,
+        )
+        # A dynamic member leaves the group on stop: its partitions move on at once. A static one does
+        # not (aiokafka sends no LeaveGroup for it): the restart that usually follows takes them back
+        # without a rebalance.
+        stack.push_async_callback(consumer.stop)
+        async with kafka_errors():
+            await consumer.start()
         if health is not None:
-            await health.stop()
+            # NOT_SERVING as soon as a stop is requested, while the batch in hand is still finishing.
+            stack.push_async_callback(health.set_serving, False)
+            stack.push_async_callback(cancel_and_wait, asyncio.create_task(_report_draining(stop, health)))
+            await health.set_serving(True)
+        page_writer = PageWriter(
+            consumer=consumer,
+            producer=producer,
+            store=PageStore(pool),
+            kafka=kafka,
+            writer=writer,
+            version=service_version(),
+            rng=rng or random.Random(),  # noqa: S311 -- backoff jitter, not a secret
+            after_commit=after_commit or _no_fault,
+            recreate_topics=functools.partial(ensure_topics, kafka),
+        )
+        # Stops intake at `stop`, after finishing and committing the poll in hand.
+        await page_writer.run(stop)

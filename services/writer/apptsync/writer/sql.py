@@ -11,14 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from apptsync.shared.messages.page_results import PageCounts, SkipCounts
 from apptsync.writer.accounting import (
     ContactWrite,
     JobTotals,
-    PageCounts,
     PageKey,
     RefusedRecord,
     RowWrite,
-    SkipCounts,
 )
 
 # Transaction-local settings: the tenant for row-level security, and a plan made for each execution's

@@ -20,11 +20,11 @@ from apptsync.shared.errors import (
     PoisonMessageError,
     StorageUnavailableError,
 )
+from apptsync.shared.messages.page_results import PageCounts
 from apptsync.writer import sql
 from apptsync.writer.accounting import (
     BatchPlan,
     DecodedPage,
-    PageCounts,
     PageKey,
     PageOutcome,
     RecordKey,

@@ -6,6 +6,6 @@ notification and hands it on to the jobs table (import-linter keeps `apptsync.ga
 this package). The decisions are `apptsync.shared.webhooks` (pure); this package is the HTTP adapter.
 """
 
-from apptsync.gateway.webhooks.receiver import build_receiver_app, serve_webhook_receiver
+from apptsync.gateway.webhooks.receiver import build_receiver_app, run_webhook_receiver
 
-__all__ = ["build_receiver_app", "serve_webhook_receiver"]
+__all__ = ["build_receiver_app", "run_webhook_receiver"]

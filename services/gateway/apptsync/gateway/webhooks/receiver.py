@@ -19,6 +19,7 @@ is the root of the trace the targeted job continues (its traceparent is stored i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,10 +32,11 @@ from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import CredentialDecryptError, Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import webhooks as webhooks_db
-from apptsync.shared.db.pool import DATABASE_ERRORS
+from apptsync.shared.db.pool import acquired
 from apptsync.shared.errors import ApptsyncError
+from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources
 from apptsync.shared.provider_access import PUBLIC_API_URLS
-from apptsync.shared.settings import WebhookSettings
+from apptsync.shared.settings import DatabaseSettings, WebhookSettings
 from apptsync.shared.telemetry.logs import log_event, register_secrets
 from apptsync.shared.telemetry.metrics import METRICS
 from apptsync.shared.telemetry.propagation import current_traceparent, trace_id_hex
@@ -54,7 +56,8 @@ _SOURCES = {source.value: source for source in Source}
 # Tokens are 43 url-safe characters; anything far longer is not one of ours (and is not hashed).
 _MAX_TOKEN_CHARS = 128
 # What answers 503 (the provider delivers again): storage down, a credential that does not decrypt.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (*DATABASE_ERRORS, ApptsyncError, OSError, CredentialDecryptError)
+# Database failures arrive translated (acquired): the project's error tree, never asyncpg's classes.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (ApptsyncError, OSError, CredentialDecryptError)
 _POOL_KEY = web.AppKey("pool", asyncpg.Pool)
 _KEYRING_KEY = web.AppKey("keyring", Keyring)
 _SETTINGS_KEY = web.AppKey("settings", WebhookSettings)
@@ -93,7 +96,7 @@ async def _notification(request: web.Request) -> web.Response:
         if body_too_large(request.content_length, settings.max_body_bytes):
             return _answer(label, Verdict.OVERSIZED, started)
         try:
-            async with pool.acquire() as conn:
+            async with acquired(pool) as conn:
                 route = await webhooks_db.route_by_token_digest(conn, token_digest(token))
                 if route is None or route.external_source != source.value:
                     return _answer(label, Verdict.UNKNOWN_CONNECTION, started)
@@ -194,17 +197,36 @@ def build_receiver_app(
     return app
 
 
-async def serve_webhook_receiver(
-    pool: asyncpg.Pool, keyring: Keyring, settings: WebhookSettings, *, stop: asyncio.Event
+async def run_webhook_receiver(
+    database: DatabaseSettings,
+    keyring: Keyring,
+    settings: WebhookSettings,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[int], None] | None = None,
+    resources: ServiceResources = DEFAULT_RESOURCES,
 ) -> None:
-    """Serves until `stop` is set, then stops accepting and finishes requests in progress."""
+    """Serves until `stop` is set, then stops accepting and finishes requests in progress (bounded),
+    in the lifecycle shape of every service (apptsync.shared.lifecycle): what start-up opened is closed
+    also when a later step fails (the port taken: OSError). `ready` gets the bound port."""
     host, _, port = settings.listen_address.rpartition(":")
-    runner = web.AppRunner(build_receiver_app(pool, keyring, settings), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port), shutdown_timeout=5.0)
-    await site.start()
-    log_event(_log, "webhook receiver serving", address=settings.listen_address)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(resources.pool(database, "apptsync-webhook-receiver"))
+        runner = web.AppRunner(build_receiver_app(pool, keyring, settings), access_log=None)
+        await runner.setup()
+        # Stops the listening site, then lets requests in flight finish, before the pool closes.
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, host or "127.0.0.1", int(port), shutdown_timeout=5.0)
+        await site.start()
+        bound = _bound_port(runner, int(port))
+        log_event(_log, "webhook receiver serving", address=f"{host or '127.0.0.1'}:{bound}")
+        if ready is not None:
+            ready(bound)
         await stop.wait()
-    finally:
-        await runner.cleanup()
+
+
+def _bound_port(runner: web.AppRunner, configured: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return configured

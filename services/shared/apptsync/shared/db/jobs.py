@@ -282,13 +282,6 @@ async def get_job(connection: DbConnection, *, tenant_id: str, job_id: str) -> J
     return None if row is None else record_from_row(row)
 
 
-async def get_job_by_id(connection: DbConnection, job_id: str) -> JobRecord | None:
-    """The job by id alone, within the tenant set for the caller's transaction (row-level security:
-    None without one)."""
-    row = await connection.fetchrow("SELECT * FROM import_jobs WHERE job_id = $1", uuid.UUID(job_id))
-    return None if row is None else record_from_row(row)
-
-
 async def list_jobs(
     connection: DbConnection, *, tenant_id: str, states: list[str], limit: int, after: tuple[datetime, str] | None
 ) -> list[JobRecord]:

@@ -1,23 +1,29 @@
 """PostgreSQL connections for every apptsync process (asyncpg), and what their failures mean.
 
-`create_pool` / `connect` open connections and translate a failure to connect into
-`StorageUnavailableError`. `is_transient_database_error` / `translate_database_error` tell a failure
-that may go away (connection lost, server restarting, serialization failure, deadlock, timeout) from
-one that will not (constraint violation, bad SQL), so callers retry only what a retry can fix.
+The one place asyncpg's exceptions become the project's error tree: `create_pool` / `connect` open
+connections (a failure to connect raises `StorageUnavailableError`); `acquired(pool)` lends a pooled
+connection and `database_errors()` wraps any other database call, both raising
+`StorageUnavailableError` (transient) or `StorageRefusedError` (permanent) `from` asyncpg's exception,
+so callers above the adapters never name an asyncpg class. `is_transient_database_error` /
+`translate_database_error` tell a failure that may go away (connection lost, server restarting,
+serialization failure, deadlock, timeout) from one that will not (constraint violation, bad SQL), so
+callers retry only what a retry can fix.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from apptsync.shared.errors import ApptsyncError, PermanentError, StorageUnavailableError
+from apptsync.shared.errors import ApptsyncError, StorageRefusedError, StorageUnavailableError
 from apptsync.shared.settings import DatabaseSettings
 
 if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
     from apptsync.shared.db import DbConnection
 
 # Row-level security (migration 0004) compares every tenant table's tenant_id with this setting.
@@ -61,13 +67,32 @@ def is_transient_database_error(exc: BaseException) -> bool:
 
 def translate_database_error(exc: BaseException) -> ApptsyncError:
     """The apptsync error for a database failure: StorageUnavailableError when transient, else
-    PermanentError. Use as `raise translate_database_error(exc) from exc`."""
+    StorageRefusedError (a PermanentError). Use as `raise translate_database_error(exc) from exc`."""
     if isinstance(exc, ApptsyncError):
         return exc
     message = f"{type(exc).__name__}: {exc}"
     if is_transient_database_error(exc):
         return StorageUnavailableError(message)
-    return PermanentError(message)
+    return StorageRefusedError(message)
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Translates what asyncpg (or the socket below it) raises inside the block via
+    `translate_database_error`; the project's own errors pass unchanged."""
+    try:
+        yield
+    except DATABASE_ERRORS as exc:
+        raise translate_database_error(exc) from exc
+
+
+@asynccontextmanager
+async def acquired(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+    """A connection from `pool` for the block. A database failure while acquiring it or inside the
+    block raises StorageUnavailableError / StorageRefusedError (see `database_errors`)."""
+    with database_errors():
+        async with pool.acquire() as connection:
+            yield connection
 
 
 async def create_pool(settings: DatabaseSettings, *, application_name: str = "apptsync") -> asyncpg.Pool:

@@ -75,13 +75,6 @@ def context_from_headers(headers: HeaderPairs | None) -> Context:
     return _W3C.extract(list(headers or ()), context=Context(), getter=_HEADER_GETTER)
 
 
-def trace_headers(context: Context | None = None) -> list[tuple[str, bytes]]:
-    """`traceparent`/`tracestate` headers for `context` (default: the current one); [] without a span."""
-    carrier: dict[str, str] = {}
-    _W3C.inject(carrier, context=context)
-    return [(name, value.encode("utf-8")) for name, value in carrier.items()]
-
-
 def start_consumer_span(
     tracer: Tracer,
     *,
