@@ -70,6 +70,7 @@ async def run_fetcher(
     pool = await create_pool(database, application_name="apptsync-fetcher")
     await ensure_topics(kafka)
     producer = create_producer(kafka, client_id=f"apptsync-fetcher-{worker_id}")
+    events_producer = create_producer(kafka, client_id=f"apptsync-fetcher-events-{worker_id}", downstream=True)
     router = ResultRouter(
         create_consumer(kafka, group_id=None, client_id=f"apptsync-fetcher-results-{worker_id}"),
         kafka.page_results_topic,
@@ -95,10 +96,12 @@ async def run_fetcher(
     )
     async with kafka_errors():
         await producer.start()
+        await events_producer.start()
     await router.start()
     ctx = FetcherContext(
         pool=pool,
         producer=producer,
+        events_producer=events_producer,
         results=router,
         http=http,
         keyring=keyring,
@@ -144,6 +147,7 @@ async def run_fetcher(
         await listener.stop()
         await router.stop()
         await producer.stop()
+        await events_producer.stop()
         await http.aclose()
         await pool.close()
         if health is not None:

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from opentelemetry import trace
 
+from apptsync.shared.change_events import change_events_topic
 from apptsync.shared.db.pool import create_pool
 from apptsync.shared.errors import BrokerUnavailableError, PoisonMessageError, RetriableError
 from apptsync.shared.health import HealthEndpoint, health_enabled
@@ -49,6 +50,7 @@ from apptsync.shared.telemetry.logs import log_event
 from apptsync.shared.telemetry.metrics import METRICS, RECORD_OUTCOMES
 from apptsync.shared.telemetry.propagation import ConsumerSpans, HeaderPairs, start_consumer_span
 from apptsync.writer.accounting import DecodedPage, PageOutcome, refused_page_counts
+from apptsync.writer.change_relay import ChangeRelay
 from apptsync.writer.intake import (
     DeadLetter,
     DeliveredPage,
@@ -145,6 +147,7 @@ class PageWriter:
         retry_cap_seconds: float = 10.0,
         after_commit: AfterCommitHook = _no_fault,
         recreate_topics: Callable[[], Awaitable[None]] = _nothing_to_recreate,
+        committed: Callable[[], None] = _no_fault,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -158,6 +161,7 @@ class PageWriter:
         self._consecutive_failures = 0
         self._after_commit = after_commit
         self._recreate_topics = recreate_topics
+        self._committed = committed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Processes polls until `stop` is set; the poll in hand is finished and committed first.
@@ -251,6 +255,7 @@ class PageWriter:
                     elapsed_seconds = time.perf_counter() - started
                     for _ in unit.pages:  # each page waited for the whole transaction
                         METRICS.page_upsert_duration.observe(elapsed_seconds)
+                self._committed()  # the change relay publishes the batch's change events
                 self._after_commit()
             await self._send_reports(reports, spans)
             self._after_commit()
@@ -437,7 +442,13 @@ async def run_writer(
 ) -> None:
     """Runs the writer until `stop` is set: then stops intake, finishes and commits the poll in hand,
     leaves the consumer group (a static member, `kafka.writer_group_instance_id`, stays in it until
-    its session times out or the same instance comes back) and returns.
+    its session times out or the same instance comes back), lets the change relay publish what is
+    pending (at most `writer.change_relay_drain_seconds`) and returns.
+
+    Two long-lived tasks share the process's pool and lifecycle: the page writer (consume, store,
+    report, commit offsets) and the change relay (apptsync.writer.change_relay: the outbox the page
+    writer's transactions fill, to the change-events topic, through its own producer compressed for
+    downstream clients). A permanent failure of either stops both.
 
     Creates the apptsync topics if missing; serves gRPC health on `writer.health_address` unless its
     port is 0 (SERVING while consuming, NOT_SERVING while draining). Raises StorageUnavailableError /
@@ -451,6 +462,7 @@ async def run_writer(
         pool = await create_pool(database, application_name=CLIENT_ID)
         try:
             producer = create_producer(kafka, client_id=CLIENT_ID)
+            change_producer = create_producer(kafka, client_id=f"{CLIENT_ID}-changes", downstream=True)
             consumer = create_consumer(
                 kafka,
                 kafka.pages_topic,
@@ -462,33 +474,49 @@ async def run_writer(
                 await producer.start()
             try:
                 async with kafka_errors():
-                    await consumer.start()
-                draining = asyncio.create_task(_report_draining(stop, health))
+                    await change_producer.start()
                 try:
-                    if health is not None:
-                        await health.set_serving(True)
-                    page_writer = PageWriter(
-                        consumer=consumer,
-                        producer=producer,
-                        store=PageStore(pool),
-                        kafka=kafka,
-                        writer=writer,
-                        version=service_version(),
-                        rng=rng or random.Random(),  # noqa: S311 -- backoff jitter, not a secret
-                        after_commit=crash_after_commit_hook(
-                            writer.fault_crash_after_commit_probability, random.Random(writer.fault_seed)  # noqa: S311 -- crash-test fault injection, not a secret
-                        ),
-                        recreate_topics=functools.partial(ensure_topics, kafka),
+                    async with kafka_errors():
+                        await consumer.start()
+                    relay = ChangeRelay(
+                        pool=pool,
+                        producer=change_producer,
+                        topic=change_events_topic(kafka),
+                        batch_size=writer.change_relay_batch_size,
+                        poll_interval_seconds=writer.change_relay_poll_interval_seconds,
+                        drain_seconds=writer.change_relay_drain_seconds,
+                        rng=random.Random(),  # noqa: S311 -- spreads relays over shards, not a secret
+                        monotonic=time.monotonic,
                     )
-                    await page_writer.run(stop)
+                    draining = asyncio.create_task(_report_draining(stop, health))
+                    try:
+                        if health is not None:
+                            await health.set_serving(True)
+                        page_writer = PageWriter(
+                            consumer=consumer,
+                            producer=producer,
+                            store=PageStore(pool),
+                            kafka=kafka,
+                            writer=writer,
+                            version=service_version(),
+                            rng=rng or random.Random(),  # noqa: S311 -- backoff jitter, not a secret
+                            after_commit=crash_after_commit_hook(
+                                writer.fault_crash_after_commit_probability, random.Random(writer.fault_seed)  # noqa: S311 -- crash-test fault injection, not a secret
+                            ),
+                            recreate_topics=functools.partial(ensure_topics, kafka),
+                            committed=relay.wake,
+                        )
+                        await _run_together(page_writer, relay, stop)
+                    finally:
+                        draining.cancel()
+                        if health is not None:
+                            await health.set_serving(False)
+                        # A dynamic member leaves the group: its partitions move on at once. A static one
+                        # does not (aiokafka sends no LeaveGroup for it): the restart that usually follows
+                        # takes them back without a rebalance.
+                        await consumer.stop()
                 finally:
-                    draining.cancel()
-                    if health is not None:
-                        await health.set_serving(False)
-                    # A dynamic member leaves the group: its partitions move on at once. A static one
-                    # does not (aiokafka sends no LeaveGroup for it): the restart that usually follows
-                    # takes them back without a rebalance.
-                    await consumer.stop()
+                    await change_producer.stop()
             finally:
                 await producer.stop()
         finally:
@@ -496,3 +524,26 @@ async def run_writer(
     finally:
         if health is not None:
             await health.stop()
+
+
+async def _run_together(page_writer: PageWriter, relay: ChangeRelay, stop: asyncio.Event) -> None:
+    """Runs both tasks until `stop`; the relay drains after the page writer finished its last batch
+    (its commits are the relay's last work). A task that fails sets `stop` for the other, then its
+    error is raised."""
+    relay_stop = asyncio.Event()
+
+    async def writing() -> None:
+        try:
+            await page_writer.run(stop)
+        finally:
+            relay_stop.set()
+
+    async def relaying() -> None:
+        try:
+            await relay.run(relay_stop)
+        finally:
+            stop.set()
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(writing())
+        group.create_task(relaying())
