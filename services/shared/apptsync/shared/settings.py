@@ -229,7 +229,7 @@ class WriterSettings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="Crash tests only: chance the writer SIGKILLs itself after a database commit, "
-        "before its results or offsets are committed.",
+        "before its results or offsets are committed (and its change relay after a send, before its commit).",
     )
     fault_seed: int | None = Field(None, description="Crash tests only: seed of the fault's random choices.")
     metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")

@@ -53,7 +53,10 @@ class ChangeRelay:
         drain_seconds: float,
         rng: random.Random,
         monotonic: Callable[[], float],
+        after_send: Callable[[], None] = lambda: None,
     ) -> None:
+        """`after_send` runs between the broker's acknowledgement and the outbox commit: the crash
+        tests' fault hook (a kill there must lead to a duplicate, never a loss); production: a no-op."""
         self._pool = pool
         self._producer = producer
         self._topic = topic
@@ -64,6 +67,7 @@ class ChangeRelay:
         self._monotonic = monotonic
         self._wake = asyncio.Event()
         self._failures = 0
+        self._after_send = after_send
 
     def wake(self) -> None:
         """Look for changes now (called after this process committed some)."""
@@ -122,6 +126,7 @@ class ChangeRelay:
                     METRICS.change_outbox_pending.set(await pending_changes(connection))
                     return 0
                 await self._send(changes)
+                self._after_send()
                 await delete_changes(connection, [change.change_id for change in changes])
         except DATABASE_ERRORS as exc:
             raise translate_database_error(exc) from exc

@@ -487,6 +487,10 @@ async def run_writer(
                         drain_seconds=writer.change_relay_drain_seconds,
                         rng=random.Random(),  # noqa: S311 -- spreads relays over shards, not a secret
                         monotonic=time.monotonic,
+                        after_send=crash_after_commit_hook(
+                            writer.fault_crash_after_commit_probability,
+                            random.Random(None if writer.fault_seed is None else writer.fault_seed + 1),  # noqa: S311 -- crash-test fault injection, not a secret
+                        ),
                     )
                     draining = asyncio.create_task(_report_draining(stop, health))
                     try:
