@@ -78,6 +78,8 @@ class ChangeRelay:
         returns. Retriable failures (PostgreSQL, broker) are retried with backoff; a PermanentError
         is raised."""
         while not stop.is_set():
+            # Cleared before the round, not after: a commit during the round wakes the next one.
+            self._wake.clear()
             published = await self._round_or_backoff(stop)
             if published == 0:
                 await self._idle(stop)
@@ -105,7 +107,6 @@ class ChangeRelay:
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Until woken, stopped, or the poll interval passed."""
-        self._wake.clear()
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
             await asyncio.wait(waiters, timeout=self._poll_interval_seconds, return_when=asyncio.FIRST_COMPLETED)

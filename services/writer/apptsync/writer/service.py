@@ -548,6 +548,7 @@ async def _run_together(page_writer: PageWriter, relay: ChangeRelay, stop: async
         finally:
             stop.set()
 
-    async with asyncio.TaskGroup() as group:
-        group.create_task(writing())
-        group.create_task(relaying())
+    outcomes = await asyncio.gather(writing(), relaying(), return_exceptions=True)
+    for outcome in outcomes:  # the first failure as itself (a TaskGroup would wrap it in a group)
+        if isinstance(outcome, BaseException):
+            raise outcome
