@@ -13,6 +13,10 @@ while the rest of its page lands, counted as `skipped.dead_letter`. A page Postg
 whole (e.g. its job does not exist) is copied there and still gets a PageResult counting all its
 records as dead letters (recorded in the job's counters when the job exists), so its fetcher never
 waits for a result that cannot come.
+
+Beside the page writer runs the change relay (apptsync.writer.change_relay): the change events the
+page writer's transactions left in the outbox go to the change-events topic after the commit that
+made them, woken by each commit (docs/design.md invariant 11).
 """
 
 from __future__ import annotations
