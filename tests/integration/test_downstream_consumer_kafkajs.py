@@ -34,7 +34,7 @@ from apptsync.v1 import imports_pb2
 from apptsync.writer.change_relay import ChangeRelay
 from apptsync.writer.store import write_pages
 from tests.containers.fixtures import BrokerContainer
-from tests.integration.writer.test_change_events import rows_page, stubs_page
+from tests.integration.writer.test_writer_change_events import rows_page, stubs_page
 from tests.integration.writer.writer_database import insert_job
 from tests.unit.writer.page_builders import TENANT
 

@@ -1,6 +1,6 @@
 """The change relay's loop (apptsync.writer.change_relay.ChangeRelay.run): rounds until stopped, then a
 bounded drain; retriable failures are retried, permanent ones raised. The rounds themselves (claim,
-send, delete against PostgreSQL and a broker) are tested in tests/integration/writer/test_change_events.py."""
+send, delete against PostgreSQL and a broker) are tested in tests/integration/writer/test_writer_change_events.py."""
 
 from __future__ import annotations
 
