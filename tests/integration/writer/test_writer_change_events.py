@@ -257,3 +257,43 @@ async def test_the_relay_publishes_every_change_in_order_per_key_and_empties_the
     # Per key, versions arrive in order (Kafka keeps one partition's order; a key has one partition).
     assert {key: sorted(found) for key, found in by_key.items()} == by_key
     assert sorted(len(found) for found in by_key.values()) == [1] * 20 + [2] * 5 + [3] * 5
+
+
+async def test_two_relays_draining_together_keep_every_keys_order(
+    connection: asyncpg.Connection, service_database_url: str, broker: BrokerContainer, create_job: CreateJob
+) -> None:
+    # Writer replicas each run a relay: they split the shards, and a key's events still arrive oldest first.
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers,
+                          change_events_topic=f"changes-{uuid.uuid4().hex[:8]}", topic_partitions=3)
+    await ensure_topics(kafka, topics=[kafka.change_events_topic])
+    pool = await asyncpg.create_pool(service_database_url, min_size=2, max_size=3)
+    assert pool is not None
+    producers = [create_producer(kafka, client_id=f"relay-{i}", downstream=True) for i in range(2)]
+    for producer in producers:
+        await producer.start()
+    try:
+        job = await create_job(TENANT)
+        ids = [f"k{i:02d}" for i in range(40)]
+        async with pool.acquire() as conn:
+            for version in range(3):
+                await write_pages(conn, [rows_page(job, ids, page_no=version + 1, version=version)])
+        relays = [
+            ChangeRelay(pool=pool, producer=producer, topic=kafka.change_events_topic, batch_size=4,
+                        poll_interval_seconds=0.05, drain_seconds=30, rng=random.Random(i), monotonic=time.monotonic)
+            for i, producer in enumerate(producers)
+        ]
+        stop = asyncio.Event()
+        stop.set()  # drain only
+        await asyncio.wait_for(asyncio.gather(*(relay.run(stop) for relay in relays)), timeout=60)
+        messages = await consumed(kafka, want=120)
+    finally:
+        for producer in producers:
+            await producer.stop()
+        await pool.close()
+
+    by_key: dict[bytes, list[int]] = {}
+    for key, message in messages:
+        by_key.setdefault(key, []).append(message.row_version)
+    assert len(by_key) == 40
+    assert all(found == [1, 2, 3] for found in by_key.values()), by_key
+    assert await connection.fetchval("SELECT count(*) FROM appointment_changes") == 0
