@@ -514,7 +514,9 @@ async def run_writer(
                             recreate_topics=functools.partial(ensure_topics, kafka),
                             committed=relay.wake,
                         )
-                        await _run_together(page_writer, relay, stop)
+                        # The consumer leaves as soon as the page writer is done, not after the relay's
+                        # drain: its partitions move on meanwhile (consumer.stop is idempotent).
+                        await _run_together(page_writer, relay, stop, after_writing=consumer.stop)
                     finally:
                         draining.cancel()
                         if health is not None:
@@ -534,10 +536,12 @@ async def run_writer(
             await health.stop()
 
 
-async def _run_together(page_writer: PageWriter, relay: ChangeRelay, stop: asyncio.Event) -> None:
-    """Runs both tasks until `stop`; the relay drains after the page writer finished its last batch
-    (its commits are the relay's last work). A task that fails sets `stop` for the other, then its
-    error is raised."""
+async def _run_together(
+    page_writer: PageWriter, relay: ChangeRelay, stop: asyncio.Event, *, after_writing: Callable[[], Awaitable[None]]
+) -> None:
+    """Runs both tasks until `stop`; `after_writing` runs once the page writer finished its last batch,
+    then the relay drains (the page writer's commits are its last work). A task that fails sets `stop`
+    for the other, then its error is raised."""
     relay_stop = asyncio.Event()
 
     async def writing() -> None:
@@ -545,6 +549,7 @@ async def _run_together(page_writer: PageWriter, relay: ChangeRelay, stop: async
             await page_writer.run(stop)
         finally:
             relay_stop.set()
+            await after_writing()
 
     async def relaying() -> None:
         try:
