@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo dev audit test test-unit test-integration test-e2e test-fidelity fidelity lint protos containers image deploy-validate bench-resync bench-writer bench-freshness bench clean
+.PHONY: install demo dev audit test test-unit test-integration test-e2e test-fidelity fidelity lint protos containers image deploy-validate bench-resync bench-writer bench-freshness bench-change-relay bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -95,6 +95,11 @@ bench-freshness: install
 bench-writer: install
 	mkdir -p bench-results
 	$(BIN)/python benchmarks/bench_writer.py | tee bench-results/writer.txt
+
+## bench-change-relay: events/s the writer's change relay publishes from the outbox (gzip and none)
+bench-change-relay: install
+	mkdir -p bench-results
+	$(BIN)/python benchmarks/bench_change_relay.py | tee bench-results/change-relay.txt
 
 ## protos: regenerate the Python bindings after editing protos/
 protos: install

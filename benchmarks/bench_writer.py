@@ -16,6 +16,9 @@ Scenarios, pages of `--page-rows` records (~1 KB of provider JSON each), `--tena
   COPY floor      all rows in one COPY into a logged table with the unique index (not idempotent)
   legacy          one connection, autocommit, per row: UPDATE, then INSERT when nothing was updated
 
+`--change-events off` disables the change-event triggers (migration 0013) to measure what they cost
+the write path; the outbox is not drained during the run (the relay runs beside the writer).
+
 A page's latency is that of the transaction it was written in (its result is emitted after it).
 The last line printed is one JSON object with every figure in base units (rows, seconds, bytes).
 Exit status 1 when a scenario's counts are wrong (a benchmark of a broken writer measures nothing).
@@ -357,6 +360,12 @@ async def benchmark(args: argparse.Namespace) -> int:
             owner = await asyncpg.connect(postgres.database_url)
             try:
                 await migrate(owner)
+                if args.change_events == "off":
+                    # The write path as it was before change events (migration 0013): its triggers off,
+                    # so both variants run on the same schema, server and data in one comparison.
+                    await owner.execute(
+                        "ALTER TABLE appointments DISABLE TRIGGER appointments_row_version, "
+                        "DISABLE TRIGGER appointments_inserted_changes, DISABLE TRIGGER appointments_updated_changes")
                 durability = await durability_settings(owner)
                 print(f"PostgreSQL {await owner.fetchval('SHOW server_version')} on 127.0.0.1:{postgres.port}, "
                       f"{', '.join(f'{name}={value}' for name, value in durability.items())}; "
@@ -385,6 +394,7 @@ async def benchmark(args: argparse.Namespace) -> int:
                                                   rerun_pages, workers=args.workers, batch_pages=args.batch_pages)
                 update = await run_writer_scenario("10% changed", postgres.service_database_url, owner,
                                                    changed_pages, workers=args.workers, batch_pages=args.batch_pages)
+                change_events_written = await owner.fetchval("SELECT count(*) FROM appointment_changes")
                 floor = await copy_floor(owner, first_pages)
             finally:
                 await owner.close()
@@ -392,8 +402,11 @@ async def benchmark(args: argparse.Namespace) -> int:
 
     scenarios = [first, rerun, update, floor, old]
     report(scenarios, durability)
+    print(f"change events: {args.change_events}, outbox rows written: {change_events_written:,}")
     figures: dict[str, float | int | str] = {"rows": args.rows, "page_rows": args.page_rows,
-                                             "batch_pages": args.batch_pages, "workers": args.workers}
+                                             "batch_pages": args.batch_pages, "workers": args.workers,
+                                             "change_events": args.change_events,
+                                             "change_events_written": change_events_written}
     figures |= {f"postgres_{name}": value for name, value in durability.items()}
     for key, s in (("first_load", first), ("identical_rerun", rerun), ("changed_10pct", update)):
         figures |= {
@@ -419,6 +432,9 @@ async def benchmark(args: argparse.Namespace) -> int:
                 "changed_10pct": (0, args.rows // 10, args.rows - args.rows // 10)}
     wrong = [key for key, counts in expected.items()
              if (figures[f"{key}_inserted"], figures[f"{key}_updated"], figures[f"{key}_unchanged"]) != counts]
+    # One change event per inserted or updated row, none for the unchanged rerun.
+    if change_events_written != (args.rows + args.rows // 10 if args.change_events == "on" else 0):
+        wrong.append("change_events_written")
     if wrong:
         print(f"WRONG COUNTS in {wrong}: the figures measure a broken writer", file=sys.stderr)
     print(json.dumps(figures, sort_keys=True))
@@ -439,6 +455,11 @@ def main() -> int:
         "--fsync", choices=["on", "off"], default="on",
         help="on: PostgreSQL durable (fsync, synchronous_commit, full_page_writes on), as production runs; "
              "off: all three off (fast, unsafe)",
+    )
+    parser.add_argument(
+        "--change-events", choices=["on", "off"], default="on",
+        help="on: the change-event triggers fill the outbox (production); off: triggers disabled (the write path "
+             "before change events, to measure their cost)",
     )
     return asyncio.run(benchmark(parser.parse_args()))
 

@@ -18,7 +18,9 @@ REPO_ROOT = PROTO_ROOT.parent
 BINDINGS_ROOT = REPO_ROOT / "services" / "shared"
 PACKAGE_DIR = Path("apptsync") / "v1"
 # Generated files that carry no content for message-only protos are not kept.
-_EMPTY_GRPC_MODULES = {"pages_pb2_grpc.py", "pages_pb2_grpc.pyi"}
+_EMPTY_GRPC_MODULES = {
+    "pages_pb2_grpc.py", "pages_pb2_grpc.pyi", "change_events_pb2_grpc.py", "change_events_pb2_grpc.pyi",
+}
 
 
 def generate(out_root: Path) -> list[Path]:

@@ -91,8 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.provider_requests_per_second is not None:
             overrides = rate_budgets(args.provider_requests_per_second)
         return run_fetcher_process(rate_budget_overrides=overrides)
-    rng = random.Random(args.fault_seed)
-    return run_writer_process(after_commit=crash_after_commit_hook(args.crash_after_commit_probability, rng))
+    # The page writer crashes after a database commit, the change relay after the broker acknowledged
+    # a batch (before its outbox commit): each by its own seeded chance.
+    return run_writer_process(
+        after_commit=crash_after_commit_hook(args.crash_after_commit_probability, random.Random(args.fault_seed)),
+        after_send=crash_after_commit_hook(args.crash_after_commit_probability, random.Random(args.fault_seed + 1)),
+    )
 
 
 if __name__ == "__main__":

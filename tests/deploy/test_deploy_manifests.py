@@ -29,7 +29,8 @@ VALIDATE_TIMEOUT_SECONDS = 900
 WORKLOAD_KINDS = ("Deployment", "Job", "CronJob")
 SERVICES = ("gateway", "fetcher", "writer")
 TMP = "/tmp"  # noqa: S108 - the mount path the manifests must give an emptyDir, not a file we use
-TOPICS = {"apptsync.pages", "apptsync.page-results", "apptsync.dead-letters", "apptsync.job-events"}
+TOPICS = {"apptsync.pages", "apptsync.page-results", "apptsync.dead-letters", "apptsync.job-events",
+          "apptsync.appointment-changes"}
 METRICS_PORT = 9464
 # Prometheus runs in this namespace (deploy/README.md, "Observability"); the policies admit it.
 MONITORING_NAMESPACE = "monitoring"

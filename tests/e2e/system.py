@@ -61,6 +61,7 @@ def system_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "APPTSYNC_KAFKA_PAGE_RESULTS_TOPIC": f"e2e-{suffix}.page-results",
         "APPTSYNC_KAFKA_DEAD_LETTER_TOPIC": f"e2e-{suffix}.dead-letters",
         "APPTSYNC_KAFKA_JOB_EVENTS_TOPIC": f"e2e-{suffix}.job-events",
+        "APPTSYNC_KAFKA_CHANGE_EVENTS_TOPIC": f"e2e-{suffix}.appointment-changes",
         "APPTSYNC_KAFKA_WRITER_GROUP_ID": f"e2e-{suffix}.writer",
         "APPTSYNC_KAFKA_SESSION_TIMEOUT_MS": "1000",
         "APPTSYNC_KAFKA_HEARTBEAT_INTERVAL_MS": "200",

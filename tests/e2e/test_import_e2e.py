@@ -13,9 +13,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from apptsync.shared.change_events import decode_change
 from apptsync.shared.counts import counts_add_up
 from apptsync.shared.timestamps import timestamp
-from apptsync.v1 import imports_pb2
+from apptsync.v1 import change_events_pb2, imports_pb2
 from tests.e2e.system import OTHER_TENANT_ID, TENANT_ID, TERMINAL, RunningSystem
 
 pytestmark = pytest.mark.e2e
@@ -97,6 +98,44 @@ async def job_finished_event(system: RunningSystem, job_id: str) -> imports_pb2.
     raise AssertionError(f"no JobFinished event for job {job_id}")
 
 
+async def row_versions(database_url: str) -> dict[str, int]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT external_id, row_version FROM appointments WHERE tenant_id = $1", uuid.UUID(TENANT_ID))
+    finally:
+        await connection.close()
+    return {row["external_id"]: row["row_version"] for row in rows}
+
+
+async def change_events_of(system: RunningSystem, expected: set[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """(external id, row version, kind) of every change event of the tenant, read until every expected
+    (external id, version) arrived and two polls were quiet (bounded)."""
+    consumer = AIOKafkaConsumer(
+        system.services.service_env["APPTSYNC_KAFKA_CHANGE_EVENTS_TOPIC"],
+        bootstrap_servers=system.services.addresses.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    events: list[tuple[str, int, int]] = []
+    try:
+        quiet = 0
+        for _ in range(120):
+            batch = await consumer.getmany(timeout_ms=250)
+            for records in batch.values():
+                for record in records:
+                    change = decode_change(record.value or b"")
+                    if change.tenant_id == TENANT_ID:
+                        events.append((change.external_id, change.row_version, change.kind))
+            quiet = 0 if batch else quiet + 1
+            if expected <= {(e[0], e[1]) for e in events} and quiet >= 2:
+                break
+    finally:
+        await consumer.stop()
+    return events
+
+
 async def test_import_lands_the_source_exactly_and_a_rerun_stops_after_the_near_term(
     running_system: RunningSystem,
 ) -> None:
@@ -123,6 +162,11 @@ async def test_import_lands_the_source_exactly_and_a_rerun_stops_after_the_near_
     event = await job_finished_event(system, first.job_id)
     assert event.job.state == imports_pb2.JOB_STATE_SUCCEEDED
     assert event.job.counts == first.counts
+    # One change event per stored row: inserted, version 1 (the writer's relay published the outbox).
+    inserted = {(external_id, 1) for external_id in stored}
+    changes = await change_events_of(system, inserted)
+    assert {(e[0], e[1]) for e in changes} == inserted
+    assert {e[2] for e in changes} == {change_events_pb2.CHANGE_KIND_INSERTED}
 
     second = await run_import(system, window, imports_pb2.ImportOptions(page_size=50))
     assert second.state == imports_pb2.JOB_STATE_SUCCEEDED, second.error
@@ -134,6 +178,11 @@ async def test_import_lands_the_source_exactly_and_a_rerun_stops_after_the_near_
     assert second.counts.pages_fetched < first.counts.pages_fetched
     assert second.counts.pages_written == second.counts.pages_fetched
     assert sorted(await stored_rows(system.database_url)) == sorted(stored)
+    # The re-run changed nothing it saw unchanged: one more event per row it updated, none for the rest.
+    versions = await row_versions(system.database_url)
+    every_version = {(key, version) for key, last in versions.items() for version in range(1, last + 1)}
+    assert len(every_version) == len(stored) + second.counts.updated
+    assert {(e[0], e[1]) for e in await change_events_of(system, every_version)} == every_version
 
 
 async def test_gateway_rejects_missing_tokens_and_other_tenants(running_system: RunningSystem) -> None:

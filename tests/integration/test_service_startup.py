@@ -49,8 +49,8 @@ T = TypeVar("T")
 RUN_TIMEOUT_SECONDS = 60.0
 # The order each service opens its parts in (see its run function).
 GATEWAY_STEPS = ("pool", "health")
-FETCHER_STEPS = ("health", "pool", "topics", "producer", "consumer")
-WRITER_STEPS = ("health", "topics", "pool", "producer", "consumer")
+FETCHER_STEPS = ("health", "pool", "topics", "producer", "downstream_producer", "consumer")
+WRITER_STEPS = ("health", "topics", "pool", "producer", "downstream_producer", "consumer")
 RECEIVER_STEPS = ("pool",)
 
 
@@ -103,6 +103,9 @@ class Ledger:
             topics=topics,
             producer=lambda kafka, name: self.recorded("producer", started_producer(kafka, name), self.producers),
             consumer=consumer,
+            downstream_producer=lambda kafka, name: self.recorded(
+                "downstream_producer", started_producer(kafka, name, downstream=True), self.producers
+            ),
         )
 
     def assert_nothing_left_open(self) -> None:

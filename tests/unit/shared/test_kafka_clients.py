@@ -102,7 +102,18 @@ def test_headers_round_trip_as_text() -> None:
     assert header_text([("x", b"\xff")], "x") == "\ufffd"
 
 
-def test_apptsync_topics_are_pages_results_dead_letters_and_job_events() -> None:
-    chosen = settings(pages_topic="p", page_results_topic="r", dead_letter_topic="d", job_events_topic="e")
+def test_apptsync_topics_are_pages_results_dead_letters_job_events_and_change_events() -> None:
+    chosen = settings(pages_topic="p", page_results_topic="r", dead_letter_topic="d", job_events_topic="e",
+                      change_events_topic="c")
 
-    assert apptsync_topics(chosen) == ("p", "r", "d", "e")
+    assert apptsync_topics(chosen) == ("p", "r", "d", "e", "c")
+
+
+def test_downstream_producers_compress_with_a_codec_every_client_has() -> None:
+    # kafkajs (and other mainstream clients) read gzip without plugins, not zstd: the topics other
+    # teams read are gzip by default while the pages stay zstd.
+    chosen = settings(compression_type="zstd")
+    assert producer_config(chosen, client_id="p")["compression_type"] == "zstd"
+    assert producer_config(chosen, client_id="p", downstream=True)["compression_type"] == "gzip"
+    plain = settings(compression_type="zstd", downstream_compression_type="none")
+    assert producer_config(plain, client_id="p", downstream=True)["compression_type"] is None

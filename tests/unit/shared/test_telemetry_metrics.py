@@ -28,6 +28,8 @@ EXPECTED_FAMILIES = {
     "apptsync_writer_page_upsert_duration_seconds": "histogram",
     "apptsync_writer_dead_letters_total": "counter",
     "apptsync_writer_consumer_lag_messages": "gauge",
+    "apptsync_writer_change_events_published_total": "counter",
+    "apptsync_writer_change_outbox_pending": "gauge",
     "apptsync_gateway_imports_started_total": "counter",
     "apptsync_webhook_notifications_total": "counter",
     "apptsync_webhook_handoff_duration_seconds": "histogram",

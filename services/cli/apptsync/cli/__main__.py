@@ -189,9 +189,12 @@ def _cmd_writer(_args: argparse.Namespace) -> int:
     return run_writer_process()
 
 
-def run_writer_process(*, after_commit: Callable[[], None] | None = None) -> int:
+def run_writer_process(
+    *, after_commit: Callable[[], None] | None = None, after_send: Callable[[], None] | None = None
+) -> int:
     """`apptsync writer`: settings from the environment, telemetry, run until SIGTERM/SIGINT.
-    `after_commit` is the crash tests' fault hook (tests/hooked_services.py); the command passes none."""
+    `after_commit` / `after_send` are the crash tests' fault hooks (tests/hooked_services.py: after a
+    database commit, after the change relay's send); the command passes none."""
     from apptsync.shared.settings import KafkaSettings, WriterSettings
     from apptsync.writer import run_writer
 
@@ -199,7 +202,10 @@ def run_writer_process(*, after_commit: Callable[[], None] | None = None) -> int
     _register_service_secrets(database, _from_environment(CredentialSettings))
 
     async def serve(stop: asyncio.Event) -> None:
-        await run_writer(database, _from_environment(KafkaSettings), settings, stop=stop, after_commit=after_commit)
+        await run_writer(
+            database, _from_environment(KafkaSettings), settings, stop=stop, after_commit=after_commit,
+            after_send=after_send,
+        )  # fmt: skip
 
     with process_telemetry(
         service_name="apptsync-writer",

@@ -75,6 +75,9 @@ class FetcherContext:
 
     pool: asyncpg.Pool
     producer: AIOKafkaProducer
+    # JobFinished events: a topic downstream services read, compressed for any client (see
+    # apptsync.shared.kafka.producer_config); the pages go through `producer`.
+    events_producer: AIOKafkaProducer
     results: ResultRouter
     http: ProviderHttp
     keyring: Keyring
@@ -341,7 +344,9 @@ async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProg
     _job_finished(finished)
     event = imports_pb2.JobFinished(job=job_to_proto(finished))
     async with kafka_errors():
-        await ctx.producer.send_and_wait(ctx.kafka.job_events_topic, event.SerializeToString(), key=job.job_id.encode())
+        await ctx.events_producer.send_and_wait(
+            ctx.kafka.job_events_topic, event.SerializeToString(), key=job.job_id.encode()
+        )
 
 
 async def _release_after_drain(

@@ -65,6 +65,9 @@ async def run_fetcher(
         pool = await stack.enter_async_context(resources.pool(database, "apptsync-fetcher"))
         await resources.topics(kafka)
         producer = await stack.enter_async_context(resources.producer(kafka, f"apptsync-fetcher-{worker_id}"))
+        events_producer = await stack.enter_async_context(
+            resources.downstream_producer(kafka, f"apptsync-fetcher-events-{worker_id}")
+        )
         router = ResultRouter(
             resources.consumer(kafka, group_id=None, client_id=f"apptsync-fetcher-results-{worker_id}"),
             page_results_topic(kafka),
@@ -94,6 +97,7 @@ async def run_fetcher(
         ctx = FetcherContext(
             pool=pool,
             producer=producer,
+            events_producer=events_producer,
             results=router,
             http=http,
             keyring=keyring,

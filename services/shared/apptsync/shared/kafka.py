@@ -2,7 +2,7 @@
 
 - `create_producer` / `create_consumer` build unstarted aiokafka clients from `KafkaSettings`
   (`producer_config` / `consumer_config` are the pure parts, for tests and for readers).
-- `ensure_topics` creates the pages, page-results and dead-letter topics if they are missing.
+- `ensure_topics` creates apptsync's topics (`apptsync_topics`) if they are missing.
 - `translate_kafka_error` / `kafka_errors()` map aiokafka failures onto the error tree:
   BrokerUnavailableError (retriable) or PermanentError.
 - Headers are `list[tuple[str, bytes]]` (aiokafka's shape); `text_headers` / `header_text` convert.
@@ -50,14 +50,19 @@ ENSURE_TOPICS_BACKOFF_SECONDS = 0.5
 COMMIT_TIMEOUT_SECONDS = 30.0
 
 
-def producer_config(settings: KafkaSettings, *, client_id: str) -> dict[str, Any]:
+def producer_config(settings: KafkaSettings, *, client_id: str, downstream: bool = False) -> dict[str, Any]:
     """Keyword arguments of `AIOKafkaProducer`: acks from all replicas, compression and idempotence
-    as configured, a short linger so bursts share a request."""
+    as configured, a short linger so bursts share a request.
+
+    Compression is per producer in aiokafka, hence per topic here: `downstream` producers (job events,
+    change events: topics other teams' clients read) use `downstream_compression_type` (gzip or none,
+    built into every client), the others `compression_type` (zstd by default: apptsync's own pages)."""
+    compression = settings.downstream_compression_type if downstream else settings.compression_type
     return {
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": client_id,
         "acks": "all",
-        "compression_type": None if settings.compression_type == "none" else settings.compression_type,
+        "compression_type": None if compression == "none" else compression,
         "enable_idempotence": settings.enable_idempotence,
         "linger_ms": PRODUCER_LINGER_MS,
         "max_request_size": MAX_REQUEST_BYTES,
@@ -89,9 +94,10 @@ def consumer_config(
     }
 
 
-def create_producer(settings: KafkaSettings, *, client_id: str) -> AIOKafkaProducer:
-    """An unstarted producer (`await producer.start()` inside `kafka_errors()`; `stop()` when done)."""
-    return AIOKafkaProducer(**producer_config(settings, client_id=client_id))
+def create_producer(settings: KafkaSettings, *, client_id: str, downstream: bool = False) -> AIOKafkaProducer:
+    """An unstarted producer (`await producer.start()` inside `kafka_errors()`; `stop()` when done);
+    `downstream` for the topics downstream services read (see producer_config)."""
+    return AIOKafkaProducer(**producer_config(settings, client_id=client_id, downstream=downstream))
 
 
 def create_consumer(
@@ -175,12 +181,13 @@ async def commit_offsets(
 
 
 def apptsync_topics(settings: KafkaSettings) -> tuple[str, ...]:
-    """The topics apptsync creates itself: pages, page results, dead letters, job events."""
+    """The topics apptsync creates itself: pages, page results, dead letters, job events, change events."""
     return (
         settings.pages_topic,
         settings.page_results_topic,
         settings.dead_letter_topic,
         settings.job_events_topic,
+        settings.change_events_topic,
     )
 
 

@@ -5,6 +5,7 @@
         pool = await stack.enter_async_context(resources.pool(database, "apptsync-NAME"))
         await resources.topics(kafka)
         producer = await stack.enter_async_context(resources.producer(kafka, "apptsync-NAME"))
+        events = await stack.enter_async_context(resources.downstream_producer(kafka, "apptsync-NAME-events"))
         ...                          # the service's own parts, each closed by a callback on the stack
         serve until `stop` is set    # SIGTERM/SIGINT in the CLI
         stop intake, drain, commit   # the service's own order (see each service's docstring)
@@ -57,16 +58,24 @@ async def opened_pool(database: DatabaseSettings, application_name: str) -> Asyn
 
 
 @asynccontextmanager
-async def started_producer(kafka: KafkaSettings, client_id: str) -> AsyncIterator[AIOKafkaProducer]:
-    """A started producer, stopped (after its pending sends) on exit, also when starting it failed.
+async def started_producer(
+    kafka: KafkaSettings, client_id: str, *, downstream: bool = False
+) -> AsyncIterator[AIOKafkaProducer]:
+    """A started producer, stopped (after its pending sends) on exit, also when starting it failed;
+    `downstream` for the topics other services read (their own compression, see kafka.producer_config).
     Raises BrokerUnavailableError / PermanentError when it cannot start."""
-    producer = create_producer(kafka, client_id=client_id)
+    producer = create_producer(kafka, client_id=client_id, downstream=downstream)
     try:
         async with kafka_errors():
             await producer.start()
         yield producer
     finally:
         await producer.stop()
+
+
+def started_downstream_producer(kafka: KafkaSettings, client_id: str) -> AbstractAsyncContextManager[AIOKafkaProducer]:
+    """`started_producer` for the topics downstream services read (job events, change events)."""
+    return started_producer(kafka, client_id, downstream=True)
 
 
 def unstarted_consumer(
@@ -93,6 +102,10 @@ class ServiceResources:
     topics: Callable[[KafkaSettings], Awaitable[None]] = ensure_topics
     producer: Callable[[KafkaSettings, str], AbstractAsyncContextManager[AIOKafkaProducer]] = started_producer
     consumer: Callable[..., AIOKafkaConsumer] = unstarted_consumer
+    # For job events and change events: the topics downstream services read.
+    downstream_producer: Callable[[KafkaSettings, str], AbstractAsyncContextManager[AIOKafkaProducer]] = (
+        started_downstream_producer
+    )
 
 
 DEFAULT_RESOURCES = ServiceResources()

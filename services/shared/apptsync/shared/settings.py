@@ -96,6 +96,10 @@ class KafkaSettings(SettingsGroup):
     page_results_topic: str = Field("apptsync.page-results", description="Topic of PageResult messages.")
     dead_letter_topic: str = Field("apptsync.dead-letters", description="Pages or records the writer cannot store.")
     job_events_topic: str = Field("apptsync.job-events", description="JobFinished events for downstream consumers.")
+    change_events_topic: str = Field(
+        "apptsync.appointment-changes",
+        description="AppointmentChange events for downstream consumers (key: tenant/source/external id).",
+    )
     topic_partitions: int = Field(4, ge=1, description="Partitions of topics apptsync creates itself.")
     topic_replication_factor: int = Field(
         1, ge=1, description="Replication factor of topics apptsync creates itself (3 on a production cluster)."
@@ -104,7 +108,12 @@ class KafkaSettings(SettingsGroup):
         False, description="Idempotent producer; on for Apache Kafka, off for the Tansu test broker."
     )
     compression_type: Literal["none", "zstd", "lz4", "gzip"] = Field(
-        "zstd", description="Producer compression of pages and results."
+        "zstd", description="Producer compression of pages and results (internal topics)."
+    )
+    downstream_compression_type: Literal["none", "gzip"] = Field(
+        "gzip",
+        description="Producer compression of the topics downstream services read (job events, change events): "
+        "gzip or none, codecs every Kafka client has built in (kafkajs reads no zstd without a plugin).",
     )
     # 6 s is the shortest session a stock Apache Kafka broker accepts (group.min.session.timeout.ms):
     # a writer killed without leaving its group holds its partitions that long before a restarted
@@ -261,6 +270,18 @@ class WriterSettings(SettingsGroup):
 
     max_batch_pages: int = Field(8, ge=1, description="Consecutive pages applied in one transaction.")
     health_address: str = Field("127.0.0.1:0", description="host:port of the gRPC health server; port 0 disables.")
+    change_relay_batch_size: int = Field(
+        500, ge=1, le=10_000, description="Change events the relay publishes per transaction (one outbox shard)."
+    )
+    change_relay_poll_interval_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="How often the change relay looks for changes committed by other processes (this writer's "
+        "own commits wake it at once).",
+    )
+    change_relay_drain_seconds: float = Field(
+        10.0, ge=0, description="On SIGTERM, how long the change relay goes on publishing pending changes."
+    )
     metrics_host: str = Field("127.0.0.1", description="Interface the Prometheus /metrics endpoint binds.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables.")
 

@@ -13,6 +13,10 @@ while the rest of its page lands, counted as `skipped.dead_letter`. A page Postg
 whole (e.g. its job does not exist) is copied there and still gets a PageResult counting all its
 records as dead letters (recorded in the job's counters when the job exists), so its fetcher never
 waits for a result that cannot come.
+
+Beside the page writer runs the change relay (apptsync.writer.change_relay): the change events the
+page writer's transactions left in the outbox go to the change-events topic after the commit that
+made them, woken by each commit (docs/design.md invariant 11).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from opentelemetry import trace
 
+from apptsync.shared.change_events import change_events_topic
 from apptsync.shared.errors import BrokerUnavailableError, PoisonMessageError, RetriableError
 from apptsync.shared.health import HealthEndpoint
 from apptsync.shared.kafka import commit_offsets, ensure_topics, kafka_errors
@@ -42,6 +47,7 @@ from apptsync.shared.telemetry.logs import log_event
 from apptsync.shared.telemetry.metrics import METRICS, RECORD_OUTCOMES
 from apptsync.shared.telemetry.propagation import ConsumerSpans, HeaderPairs, start_consumer_span
 from apptsync.writer.accounting import DecodedPage, PageOutcome, refused_page_counts
+from apptsync.writer.change_relay import ChangeRelay
 from apptsync.writer.intake import (
     DeadLetter,
     DeliveredPage,
@@ -125,6 +131,7 @@ class PageWriter:
         retry_cap_seconds: float = 10.0,
         after_commit: AfterCommitHook = _no_fault,
         recreate_topics: Callable[[], Awaitable[None]] = _nothing_to_recreate,
+        committed: Callable[[], None] = _no_fault,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -138,6 +145,7 @@ class PageWriter:
         self._consecutive_failures = 0
         self._after_commit = after_commit
         self._recreate_topics = recreate_topics
+        self._committed = committed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Processes polls until `stop` is set; the poll in hand is finished and committed first.
@@ -231,6 +239,7 @@ class PageWriter:
                     elapsed_seconds = time.perf_counter() - started
                     for _ in unit.pages:  # each page waited for the whole transaction
                         METRICS.page_upsert_duration.observe(elapsed_seconds)
+                self._committed()  # the change relay publishes the batch's change events
                 self._after_commit()
             await self._send_reports(reports, spans)
             self._after_commit()
@@ -414,11 +423,18 @@ async def run_writer(
     stop: asyncio.Event,
     rng: random.Random | None = None,
     after_commit: AfterCommitHook | None = None,
+    after_send: AfterCommitHook | None = None,
     resources: ServiceResources = DEFAULT_RESOURCES,
 ) -> None:
     """Runs the writer until `stop` is set: then stops intake, finishes and commits the poll in hand,
     leaves the consumer group (a static member, `kafka.writer_group_instance_id`, stays in it until
-    its session times out or the same instance comes back) and returns.
+    its session times out or the same instance comes back), lets the change relay publish what is
+    pending (at most `writer.change_relay_drain_seconds`) and returns.
+
+    Two long-lived tasks share the process's pool and lifecycle: the page writer (consume, store,
+    report, commit offsets) and the change relay (apptsync.writer.change_relay: the outbox the page
+    writer's transactions fill, to the change-events topic, through its own producer compressed for
+    downstream clients). A permanent failure of either stops both.
 
     Creates the apptsync topics if missing; serves gRPC health on `writer.health_address` unless its
     port is 0 (SERVING while consuming, NOT_SERVING while draining). Raises StorageUnavailableError /
@@ -426,12 +442,16 @@ async def run_writer(
     PermanentError for failures no retry can fix. `after_commit` runs after each database commit,
     before the offsets are committed (a no-op unless a crash test injects its fault). Whatever start-up
     opened is closed again when a later step fails (see apptsync.shared.lifecycle; `resources` says how
-    each part is opened)."""
+    each part is opened). `after_send` runs in the change relay after the broker acknowledged a batch,
+    before the outbox rows are deleted (crash tests only, as `after_commit`)."""
     async with contextlib.AsyncExitStack() as stack:
         health = await stack.enter_async_context(resources.health(writer.health_address))
         await resources.topics(kafka)
         pool = await stack.enter_async_context(resources.pool(database, CLIENT_ID))
         producer = await stack.enter_async_context(resources.producer(kafka, CLIENT_ID))
+        change_producer = await stack.enter_async_context(
+            resources.downstream_producer(kafka, f"{CLIENT_ID}-changes")
+        )
         consumer = resources.consumer(
             kafka,
             kafka.pages_topic,
@@ -450,6 +470,17 @@ async def run_writer(
             stack.push_async_callback(health.set_serving, False)
             stack.push_async_callback(cancel_and_wait, asyncio.create_task(_report_draining(stop, health)))
             await health.set_serving(True)
+        relay = ChangeRelay(
+            pool=pool,
+            producer=change_producer,
+            topic=change_events_topic(kafka),
+            batch_size=writer.change_relay_batch_size,
+            poll_interval_seconds=writer.change_relay_poll_interval_seconds,
+            drain_seconds=writer.change_relay_drain_seconds,
+            rng=random.Random(),  # noqa: S311 -- spreads relays over shards, not a secret
+            monotonic=time.monotonic,
+            after_send=after_send or _no_fault,
+        )
         page_writer = PageWriter(
             consumer=consumer,
             producer=producer,
@@ -460,6 +491,36 @@ async def run_writer(
             rng=rng or random.Random(),  # noqa: S311 -- backoff jitter, not a secret
             after_commit=after_commit or _no_fault,
             recreate_topics=functools.partial(ensure_topics, kafka),
+            committed=relay.wake,
         )
-        # Stops intake at `stop`, after finishing and committing the poll in hand.
-        await page_writer.run(stop)
+        # Stops intake at `stop`, after finishing and committing the poll in hand; the consumer leaves
+        # as soon as the page writer is done, not after the relay's drain: its partitions move on
+        # meanwhile (consumer.stop is idempotent; it is on the stack too).
+        await _run_together(page_writer, relay, stop, after_writing=consumer.stop)
+
+
+async def _run_together(
+    page_writer: PageWriter, relay: ChangeRelay, stop: asyncio.Event, *, after_writing: Callable[[], Awaitable[None]]
+) -> None:
+    """Runs both tasks until `stop`; `after_writing` runs once the page writer finished its last batch,
+    then the relay drains (the page writer's commits are its last work). A task that fails sets `stop`
+    for the other, then its error is raised."""
+    relay_stop = asyncio.Event()
+
+    async def writing() -> None:
+        try:
+            await page_writer.run(stop)
+        finally:
+            relay_stop.set()
+            await after_writing()
+
+    async def relaying() -> None:
+        try:
+            await relay.run(relay_stop)
+        finally:
+            stop.set()
+
+    outcomes = await asyncio.gather(writing(), relaying(), return_exceptions=True)
+    for outcome in outcomes:  # the first failure as itself (a TaskGroup would wrap it in a group)
+        if isinstance(outcome, BaseException):
+            raise outcome

@@ -136,6 +136,17 @@ class Metrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self.change_events_published = Counter(
+            "apptsync_writer_change_events_published_total",
+            "Change events the relay published and the broker acknowledged (a redelivery after a crash counts again).",
+            ["kind"],
+            registry=registry,
+        )
+        self.change_outbox_pending = Gauge(
+            "apptsync_writer_change_outbox_pending",
+            "Committed changes not yet published (read by the relay when it finds nothing to claim or after a batch).",
+            registry=registry,
+        )
         # gateway
         self.imports_started = Counter(
             "apptsync_gateway_imports_started_total",
