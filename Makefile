@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo dev audit test test-unit test-integration test-e2e test-fidelity fidelity lint protos containers image deploy-validate bench-resync bench-writer bench clean
+.PHONY: install demo dev audit test test-unit test-integration test-e2e test-fidelity fidelity lint protos containers image deploy-validate bench-resync bench-writer bench bench-report bench-peers bench-fleet clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,11 @@ bench-resync: install
 bench-writer: install
 	mkdir -p bench-results
 	$(BIN)/python benchmarks/bench_writer.py | tee bench-results/writer.txt
+
+## bench-report: the README's figures table (between <!-- bench:begin --> and <!-- bench:end -->) from the
+##               result files the benchmarks wrote (bench-results/*.json); formatting only
+bench-report: install
+	$(BIN)/python benchmarks/report.py --results bench-results --readme README.md
 
 ## protos: regenerate the Python bindings after editing protos/
 protos: install
