@@ -90,6 +90,21 @@ bench-writer: install
 	mkdir -p bench-results
 	$(BIN)/python benchmarks/bench_writer.py | tee bench-results/writer.txt
 
+## bench-peers: apptsync and dlt's REST API source (its own venv, .venv-peers) on the same simulator data and
+##              durable PostgreSQL, 3 interleaved rounds, Calendly and Acuity: first load, unchanged full
+##              re-run, re-run after 5% changes; last line JSON (dlt wall / apptsync wall, medians)
+PEERS_VENV := .venv-peers
+PEERS_ARGS ?=
+$(PEERS_VENV)/.installed-dlt:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet 'dlt[postgres]>=1.31,<2'
+	touch $@
+
+bench-peers: install $(PEERS_VENV)/.installed-dlt
+	mkdir -p bench-results
+	nice -n 10 $(BIN)/python benchmarks/peers/bench_peers.py --dlt-python $(PEERS_VENV)/bin/python $(PEERS_ARGS) \
+		| tee bench-results/peers.txt
+
 ## bench-report: the README's figures table (between <!-- bench:begin --> and <!-- bench:end -->) from the
 ##               result files the benchmarks wrote (bench-results/*.json); formatting only
 bench-report: install
