@@ -319,7 +319,8 @@ class ProviderHttp:
     provider's budget is shared across all tenants and jobs. Every attempt (retries included) waits for
     both. A response that says a per-account budget is spent (`X-RateLimit-Remaining: 0`) pauses every
     later request of the same `rate_limit_scope` until its `X-RateLimit-Reset`. `transport` defaults to
-    ProviderTransport (tests pass httpx.MockTransport, the service wraps it in its metrics); `sleep`, `clock` and `rng` drive the backoff and the pauses.
+    ProviderTransport (tests pass httpx.MockTransport, the service wraps it in its metrics); `sleep`,
+    `clock` and `rng` drive the backoff and the pauses.
     `rate_budget_overrides` replaces a provider's budget (tests, or a provider plan with other limits).
     `shared_budget` makes the providers it covers draw, after this process's limiter and semaphore,
     from a budget shared with other fetcher processes; a 429 from such a provider pauses it for all.
