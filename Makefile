@@ -78,7 +78,7 @@ deploy-validate:
 ##        writer, re-sync p50/p95, peak RSS per service, a 1,000,000-appointment job, legacy and COPY floor
 bench: install
 	mkdir -p bench-results
-	$(BIN)/python benchmarks/bench_e2e.py --output bench-results/e2e.txt
+	nice -n 10 $(BIN)/python benchmarks/bench_e2e.py --output bench-results/e2e.txt
 
 ## bench-resync: StartImport -> SUCCEEDED latency of an up-to-date tenant's re-sync (p50/p95 of 20 runs)
 bench-resync: install
@@ -102,8 +102,16 @@ $(PEERS_VENV)/.installed-dlt:
 
 bench-peers: install $(PEERS_VENV)/.installed-dlt
 	mkdir -p bench-results
-	nice -n 10 $(BIN)/python benchmarks/peers/bench_peers.py --dlt-python $(PEERS_VENV)/bin/python $(PEERS_ARGS) \
+	set -o pipefail; nice -n 10 $(BIN)/python benchmarks/peers/bench_peers.py --dlt-python $(PEERS_VENV)/bin/python $(PEERS_ARGS) \
 		| tee bench-results/peers.txt
+
+## bench-fleet: 1,000 small tenants (FLEET_ARGS='--tenants 100 --result-name fleet-100' for the growth point)
+##              synced by sync-all rounds under the providers' real limits; last line JSON (tenants,
+##              round_seconds, tenant_done_p95_seconds, bottleneck)
+FLEET_ARGS ?=
+bench-fleet: install
+	mkdir -p bench-results
+	set -o pipefail; nice -n 10 $(BIN)/python benchmarks/bench_fleet.py $(FLEET_ARGS) | tee bench-results/fleet.txt
 
 ## bench-report: the README's figures table (between <!-- bench:begin --> and <!-- bench:end -->) from the
 ##               result files the benchmarks wrote (bench-results/*.json); formatting only

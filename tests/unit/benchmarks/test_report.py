@@ -56,6 +56,17 @@ def test_runs_on_different_machines_name_each_machine_in_its_row() -> None:
     assert "| `make bench-writer` | first load, rows/s | 13,891 |" in block
 
 
+def test_a_named_variant_is_shown_as_a_run_of_its_benchmark() -> None:
+    growth = result_document("fleet-100", {"tenants": 100, "round_seconds": 412.5, "bottleneck": "provider"},
+                             recorded_at=datetime(2026, 12, 7, tzinfo=UTC), machine=MACHINE,
+                             command="benchmarks/bench_fleet.py --tenants 100")  # fmt: skip
+    block = render_table([growth])
+
+    assert "| `make bench-fleet` (100) | tenants in one sync-all round | 100 |" in block
+    assert "| `make bench-fleet` (100) | round time | 412.5 s |" in block
+    assert "| `make bench-fleet` (100) | bottleneck | provider |" in block
+
+
 def test_only_the_marked_block_is_replaced() -> None:
     readme = f"# Title\n\nbefore\n{BEGIN_MARKER}\nold table\n{END_MARKER}\nafter\n"
 
