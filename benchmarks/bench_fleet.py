@@ -18,7 +18,8 @@ ended (bounded by `--round-timeout-seconds`). Per round: round time (sync-all st
 end), per-tenant time-to-done p50/p95 (its job's end, from the round's start), jobs/s, provider
 requests per provider and per 1,000 appointments, peak RSS per service, CPU seconds per process,
 and the bottleneck: `provider` when the time the providers' published limits need for the requests
-made (Acuity: requests x 1.1 s / 10; Calendly: the busiest user's requests over 500 per minute) is a
+made (Acuity: requests x 1.1 s / 10; Calendly: the minutes beyond the first that a user's requests
+need at 500 per minute, with the mean user's requests: the simulator counts no user apart) is a
 larger share of the round than the CPU utilisation of the machine (all processes' CPU seconds over
 round time x cores), else `cpu`. The last line is one JSON object (the first round's figures as
 `tenants`, `round_seconds`, `tenant_done_p95_seconds`, `bottleneck`, the others prefixed by the
@@ -217,9 +218,9 @@ def round_figures(r: Round, tenants: Sequence[Tenant], cores: int) -> dict[str, 
     # The busiest Calendly user bounds the round when it needs more windows than the round lasted;
     # without a per-account counter, the mean per user is the lower bound.
     calendly_user_requests = r.busiest_calendly_user_requests or r.requests["calendly"] / max(1, calendly_users)
-    provider_floor_seconds = max(
-        r.requests["acuity"] * ACUITY_SECONDS_PER_REQUEST, calendly_user_requests / CALENDLY_REQUESTS_PER_MINUTE * 60
-    )
+    # Calendly's limit is a window: a user's first 500 requests of a minute wait for nothing.
+    calendly_floor_seconds = max(0, math.ceil(calendly_user_requests / CALENDLY_REQUESTS_PER_MINUTE) - 1) * 60.0
+    provider_floor_seconds = max(r.requests["acuity"] * ACUITY_SECONDS_PER_REQUEST, calendly_floor_seconds)
     provider_share = provider_floor_seconds / r.seconds
     return {
         "round_seconds": round(r.seconds, 2),
