@@ -18,8 +18,10 @@ ended (bounded by `--round-timeout-seconds`). Per round: round time (sync-all st
 end), per-tenant time-to-done p50/p95 (its job's end, from the round's start), jobs/s, provider
 requests per provider and per 1,000 appointments, peak RSS per service, CPU seconds per process,
 and the bottleneck: `provider` when the time the providers' published limits need for the requests
-made (Acuity: requests x 1.1 s / 10; Calendly: the minutes beyond the first that a user's requests
-need at 500 per minute, with the mean user's requests: the simulator counts no user apart) is a
+made (Acuity: requests x 1.1 s / 10; Calendly: the minutes beyond the first that the largest
+account's requests need at 500 per minute, its requests estimated by its share of the appointments:
+the simulator counts no user apart; a job waiting out its user's window holds one of the fetcher's
+job slots) is a
 larger share of the round than the CPU utilisation of the machine (all processes' CPU seconds over
 round time x cores), else `cpu`. The last line is one JSON object (the first round's figures as
 `tenants`, `round_seconds`, `tenant_done_p95_seconds`, `bottleneck`, the others prefixed by the
@@ -214,10 +216,13 @@ async def run_round(stack: DevStack, admin: httpx.AsyncClient, name: str, tenant
 def round_figures(r: Round, tenants: Sequence[Tenant], cores: int) -> dict[str, Any]:
     appointments = {p: sum(t.appointments for t in tenants if t.provider == p) for p in PROVIDERS}
     cpu_utilisation = sum(r.cpu_seconds.values()) / (r.seconds * cores)
-    calendly_users = sum(1 for t in tenants if t.provider == "calendly")
-    # The busiest Calendly user bounds the round when it needs more windows than the round lasted;
-    # without a per-account counter, the mean per user is the lower bound.
-    calendly_user_requests = r.busiest_calendly_user_requests or r.requests["calendly"] / max(1, calendly_users)
+    # The busiest Calendly user (the largest account) bounds the round: its job waits out its own
+    # per-user window. The simulator counts requests per provider, not per user: the largest
+    # account's share of the Calendly requests, by its share of the appointments, estimates it.
+    largest_calendly = max((t.appointments for t in tenants if t.provider == "calendly"), default=0)
+    calendly_user_requests = r.busiest_calendly_user_requests or (
+        r.requests["calendly"] * largest_calendly / max(1, appointments["calendly"])
+    )
     # Calendly's limit is a window: a user's first 500 requests of a minute wait for nothing.
     calendly_floor_seconds = max(0, math.ceil(calendly_user_requests / CALENDLY_REQUESTS_PER_MINUTE) - 1) * 60.0
     provider_floor_seconds = max(r.requests["acuity"] * ACUITY_SECONDS_PER_REQUEST, calendly_floor_seconds)
@@ -240,6 +245,7 @@ def round_figures(r: Round, tenants: Sequence[Tenant], cores: int) -> dict[str, 
         **{f"{s}_peak_rss_bytes": r.peak_rss_bytes.get(s, 0) for s in SERVICES},
         **{f"{n}_cpu_seconds": round(s, 2) for n, s in r.cpu_seconds.items()},
         "cpu_utilisation": round(cpu_utilisation, 3),
+        "largest_calendly_user_requests": round(calendly_user_requests),
         "provider_floor_seconds": round(provider_floor_seconds, 1),
         "provider_floor_share": round(provider_share, 3),
         "bottleneck": "provider" if provider_share >= cpu_utilisation else "cpu",

@@ -65,3 +65,13 @@ def test_calendly_requests_beyond_a_users_window_count_whole_minutes() -> None:
                             TENANTS, cores=2)  # fmt: skip
 
     assert figures["provider_floor_seconds"] == 120.0  # 1,200 requests: three windows, two waited for
+
+
+def test_the_largest_calendly_account_bounds_the_calendly_floor() -> None:
+    tenants = [*TENANTS, Tenant("small", "calendly", 500, imports_pb2.PutConnectionRequest())]
+    # 1,500 requests over 2,500 invitees: the 2,000-invitee account made ~1,200 of them (three windows).
+    figures = round_figures(measured(200.0, acuity_requests=0, calendly_requests=1500, cpu_seconds=10.0),
+                            tenants, cores=2)  # fmt: skip
+
+    assert figures["largest_calendly_user_requests"] == 1200
+    assert figures["provider_floor_seconds"] == 120.0
