@@ -112,8 +112,7 @@ FIGURES: Mapping[str, tuple[str, Sequence[Figure]]] = {
         "`make bench-peers`",
         (
             Figure("rounds", "interleaved rounds"),
-            Figure("calendly_invitees", "Calendly invitees"),
-            Figure("acuity_appointments", "Acuity appointments"),
+            Figure("records_per_account", "records per simulated account"),
             Figure("calendly_first_load_speedup_vs_dlt", "Calendly first load, dlt wall / apptsync wall", _ratio),
             Figure("calendly_full_rerun_speedup_vs_dlt", "Calendly unchanged full re-run, dlt / apptsync", _ratio),
             Figure("calendly_changed_rerun_speedup_vs_dlt", "Calendly re-run after 5% changes, dlt / apptsync", _ratio),
@@ -134,7 +133,25 @@ FIGURES: Mapping[str, tuple[str, Sequence[Figure]]] = {
             Figure("tenant_done_p95_seconds", "tenant time-to-done p95", _seconds),
             Figure("jobs_per_second", "jobs/s", lambda value: f"{value:.2f}"),
             Figure("provider_requests", "provider requests"),
+            *(
+                Figure(
+                    f"{prefix}{provider}_requests_per_1000_appointments",
+                    f"{label}: {provider.capitalize()} requests per 1,000 appointments",
+                    _plain,
+                )
+                for prefix, label in (
+                    ("", "first load"),
+                    ("full_", "unchanged full sync"),
+                    ("frequent_", "frequent sync"),
+                )
+                for provider in ("acuity", "calendly", "google")
+            ),
+            Figure("full_round_seconds", "unchanged full sync round", _seconds),
+            Figure("frequent_round_seconds", "frequent sync round", _seconds),
+            Figure("frequent_tenant_done_p95_seconds", "frequent sync, tenant time-to-done p95", _seconds),
             Figure("peak_rss_bytes", "largest peak RSS of a service", _mebibytes),
+            Figure("cpu_utilisation", "CPU utilisation of the machine (all processes)", _plain),
+            Figure("provider_floor_share", "share of the round the provider limits need", _plain),
             Figure("bottleneck", "bottleneck", _plain),
         ),
     ),
