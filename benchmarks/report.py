@@ -128,7 +128,9 @@ FIGURES: Mapping[str, tuple[str, Sequence[Figure]]] = {
         (
             Figure("tenants", "tenants in one sync-all round"),
             Figure("appointments", "appointments over all tenants"),
-            Figure("round_seconds", "round time", _seconds),
+            Figure("jobs", "jobs the round started"),
+            Figure("jobs_succeeded", "jobs SUCCEEDED within the round's time bound"),
+            Figure("round_seconds", "round time (to the last job's end, or the bound)", _seconds),
             Figure("tenant_done_p50_seconds", "tenant time-to-done p50", _seconds),
             Figure("tenant_done_p95_seconds", "tenant time-to-done p95", _seconds),
             Figure("jobs_per_second", "jobs/s", lambda value: f"{value:.2f}"),

@@ -63,7 +63,7 @@ def test_a_named_variant_is_shown_as_a_run_of_its_benchmark() -> None:
     block = render_table([growth])
 
     assert "| `make bench-fleet` (100) | tenants in one sync-all round | 100 |" in block
-    assert "| `make bench-fleet` (100) | round time | 412.5 s |" in block
+    assert "| `make bench-fleet` (100) | round time (to the last job's end, or the bound) | 412.5 s |" in block
     assert "| `make bench-fleet` (100) | bottleneck | provider |" in block
 
 
