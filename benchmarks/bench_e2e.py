@@ -25,8 +25,12 @@ ours, and Acuity's 10 requests/s would measure Acuity's limit, not apptsync.
 Every import is checked (state SUCCEEDED, inserted == appointments == rows in PostgreSQL, exact
 counts); a wrong result exits 1 (a benchmark of a broken pipeline measures nothing). Nothing about
 time is asserted. Prints a table, writes it to `--output`; the last line is one JSON object with every
-figure in base units (seconds, bytes, appointments): `e2e_appointments_per_second` (the main import),
-`resync_p50_seconds`, `peak_rss_bytes` (the largest peak of gateway, fetcher and writer over both
+figure in base units (seconds, bytes, appointments), also written to `bench-results/e2e.json` (the README's
+figures table is rendered from it: `make bench-report`): `e2e_appointments_per_second` (the main import),
+`resync_p50_seconds`, `postgres_fsync` ("on"/"off", as the server reported it), `e2e_vs_copy_floor_ratio`
+(against the durable COPY floor measured in the same run and PostgreSQL),
+`cpu_microseconds_per_appointment` (CPU of every process of the stack, PostgreSQL's backends included,
+per imported appointment), `peak_rss_bytes` (the largest peak of gateway, fetcher and writer over both
 imports), `e2e_vs_legacy_ratio`, and per service and job `*_peak_rss_bytes` / `*_cpu_seconds`.
 
 The simulator's appointments are read once through its admin API before each import: that checks the
@@ -66,6 +70,7 @@ from apptsync.v1 import imports_pb2, imports_pb2_grpc
 # The legacy algorithm and the COPY floor are bench_writer's (one definition for both benchmarks).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_writer import COPY_COLUMNS, LEGACY_INSERT, LEGACY_UPDATE, jsonb_binary, jsonb_text
+from benchmarks.results import write_result
 from tests.hooked_services import hooked_command
 
 TENANT_ID = str(uuid.UUID("5b0c4a2e-7d1f-4e3a-9c8b-6a5f4e3d2c1b"))
@@ -519,6 +524,10 @@ def report_lines(
         if large is not None:
             line += f"{large.cpu_seconds.get(name, 0.0):>16.1f}"
         lines.append(line)
+    lines.append(
+        f"{'all processes':<14}{sum(run.cpu_seconds.values()):>14.1f}  "
+        f"({sum(run.cpu_seconds.values()) * 1e6 / run.appointments:.0f} CPU-us per appointment)"
+    )
     c = run.job.counts
     lines += [
         "",
@@ -548,6 +557,9 @@ def report_lines(
         "e2e_vs_copy_floor_ratio": round(e2e / main.floor.rows_per_second, 4),
         **{f"{name}_peak_rss_bytes": run.peak_rss_bytes[name] for name in SERVICES},
         **{f"{name}_cpu_seconds": round(seconds, 2) for name, seconds in run.cpu_seconds.items()},
+        # Every watched process (services, simulator, broker, PostgreSQL with its backends) summed.
+        "cpu_seconds": round(sum(run.cpu_seconds.values()), 2),
+        "cpu_microseconds_per_appointment": round(sum(run.cpu_seconds.values()) * 1e6 / run.appointments, 1),
         "peak_rss_bytes": max(
             (r.peak_rss_bytes[name] for r in (run, *([large] if large else [])) for name in SERVICES), default=0
         ),
@@ -581,6 +593,7 @@ async def benchmark(args: argparse.Namespace) -> int:
         shutil.rmtree(state_root, ignore_errors=True)
     lines, figures = report_lines(args, main, large)
     lines.append(json.dumps(figures, sort_keys=True))
+    write_result("e2e", figures)
     text = "\n".join(lines) + "\n"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

@@ -18,6 +18,7 @@ import json
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -30,6 +31,10 @@ import grpc
 from apptsync.cli.devstack import DevStack, durability_settings
 from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
+
+# The result file is benchmarks/results.py's (run as a script, only benchmarks/ itself is on the path).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.results import write_result
 
 TENANT_ID = str(uuid.UUID("0c4f3e2a-1b5d-4c6e-8f70-9a1b2c3d4e5f"))
 TERMINAL = {imports_pb2.JOB_STATE_SUCCEEDED, imports_pb2.JOB_STATE_FAILED, imports_pb2.JOB_STATE_CANCELED}
@@ -125,3 +130,4 @@ if __name__ == "__main__":
     for name, value in figures.items():
         print(f"{name:28} {value}")
     print(json.dumps(figures))
+    write_result("resync", figures)

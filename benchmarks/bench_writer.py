@@ -53,6 +53,10 @@ from apptsync.shared.pages import build_page
 from apptsync.writer.accounting import DecodedPage, PageOutcome, decode_page
 from apptsync.writer.store import write_pages
 
+# The result file is benchmarks/results.py's (run as a script, only benchmarks/ itself is on the path).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.results import write_result
+
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 SOURCE = "acuity"
 
@@ -438,6 +442,7 @@ async def benchmark(args: argparse.Namespace) -> int:
     if wrong:
         print(f"WRONG COUNTS in {wrong}: the figures measure a broken writer", file=sys.stderr)
     print(json.dumps(figures, sort_keys=True))
+    write_result("writer", figures)
     return 1 if wrong else 0
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from apptsync.fetcher.providers import ProviderHttp, RateBudget
+from apptsync.fetcher.providers import ProviderHttp, ProviderTransport, RateBudget
 from apptsync.fetcher.results import ResultRouter
 from apptsync.fetcher.runner import JOB_SOURCE, FetcherContext, run_job
 from apptsync.fetcher.shared_budget import PostgresSharedBudget, shared_sources
@@ -75,9 +75,7 @@ async def run_fetcher(
         stack.push_async_callback(router.stop)
         await router.start()
         # Every provider request (each retry too) is metered by the job's source; see runner.JOB_SOURCE.
-        metered = MeteredTransport(
-            http_transport or httpx.AsyncHTTPTransport(), provider_of=lambda _request: JOB_SOURCE.get()
-        )
+        metered = MeteredTransport(http_transport or ProviderTransport(), provider_of=lambda _request: JOB_SOURCE.get())
         sources = shared_sources(settings.shared_budget_providers)
         shared_budget = PostgresSharedBudget(
             pool,

@@ -17,6 +17,7 @@ from apptsync.simulator._admin_api import add_admin_routes
 from apptsync.simulator._calendly_api import API_PREFIX as CALENDLY_PREFIX
 from apptsync.simulator._calendly_api import add_calendly_routes
 from apptsync.simulator._fidelity_api import add_fidelity_routes
+from apptsync.simulator._fleet import add_fleet_routes
 from apptsync.simulator._google_api import API_PREFIX as GOOGLE_PREFIX
 from apptsync.simulator._google_api import TOKEN_PATH as GOOGLE_TOKEN_PATH
 from apptsync.simulator._google_api import add_google_routes
@@ -84,6 +85,7 @@ def build_app(state: SimulatorState, *, clock: Callable[[], datetime] = _utc_now
     add_calendly_routes(app, state, clock=clock)
     add_google_routes(app, state, clock=clock)
     add_fidelity_routes(app, state, clock=clock)
+    add_fleet_routes(app, state, clock=clock)
 
     async def webhook_sender(app: web.Application) -> AsyncIterator[None]:
         async with sending(state.webhooks):
