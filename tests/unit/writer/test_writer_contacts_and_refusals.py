@@ -8,7 +8,6 @@ from apptsync.shared.appointments import Contact
 from apptsync.shared.errors import PoisonMessageError
 from apptsync.v1 import pages_pb2
 from apptsync.writer.accounting import (
-    contact_match_key,
     decode_page,
     drop_refused_records,
     plan_batch,
@@ -26,30 +25,36 @@ pytestmark = pytest.mark.unit
     [
         (" Ada@Example.ORG ", "+49 30 123456", "c1", "email:ada@example.org"),
         ("not-an-email", "+49 (30) 123-456", "c1", "phone:+4930123456"),
-        ("", "030 123456", "", "phone:030123456"),
-        ("", "12", " c-7 ", "client:c-7"),  # too few digits to identify anyone
+        ("", "(415) 555-0123", "", "phone:+14155550123"),  # the page's default region (US)
+        ("", "12", " c-7 ", "client:acuity:c-7"),  # too few digits to identify anyone
         ("", "", "", None),
         ("   ", " - ", "  ", None),
     ],
 )
-def test_the_match_key_is_email_then_phone_then_client_id(
+def test_the_contact_key_is_email_then_phone_then_client_id(
     email: str, phone: str, client_id: str, expected: str | None
 ) -> None:
-    assert contact_match_key(email, phone, client_id) == expected
+    decoded = decode_page(page([appointment(
+        "a", contact=Contact(email=email, phone=phone, provider_client_id=client_id))]).SerializeToString())
+
+    assert decoded.rows[0].contact_key == expected
 
 
-def test_unmatched_rows_are_counted_and_contacts_are_planned_once_per_key() -> None:
+def test_unmatched_rows_are_counted_and_the_batch_lists_its_people_in_order() -> None:
     decoded = decode_page(page([
         appointment("a", contact=Contact(name="Ada", email="ada@example.org", phone="+4930123456")),
         appointment("b", contact=Contact(name="", email="ADA@example.org")),
-        appointment("c", contact=Contact(name="Nobody")),
+        appointment("c", contact=Contact(name=" ", phone="12")),  # nothing to match by
     ]).SerializeToString())
+    plan = plan_batch([decoded], {})
 
-    contacts = plan_contacts(plan_batch([decoded], {}).writes.values())
+    contacts = plan_contacts([decoded], plan.writes.values())
 
     assert decoded.contacts_unmatched == 1
-    assert [(c.match_key, c.name, c.email, c.phone) for c in contacts] == [
-        ("email:ada@example.org", "Ada", "ADA@example.org", "+4930123456")]
+    assert [found for _, found in contacts.observations] == [
+        (("email", "ada@example.org"), ("phone", "+4930123456")), (("email", "ada@example.org"),)]
+    assert contacts.write_index == {("acuity", "a"): 0, ("acuity", "b"): 1}
+    assert contacts.all_identities == [("email", "ada@example.org"), ("phone", "+4930123456")]
 
 
 def test_dropped_records_become_dead_letters_and_the_identity_holds() -> None:
