@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from apptsync.simulator._clock import fixed_clock
+from apptsync.simulator._contacts_truth import acuity_contacts
 from apptsync.simulator._mutations import AppliedMutation, Kind, apply_mutations
 from apptsync.simulator._state import ACUITY, CALENDLY, GOOGLE, SimulatorState
 from apptsync.simulator._truth import TruthRecord, acuity_truth, calendly_truth, google_truth, minor_units
@@ -53,8 +54,10 @@ def test_every_kind_happens_on_every_provider() -> None:
     assert len(applied) == 600
     kinds = Counter((m.provider, m.kind) for m in applied)
     for provider, expected in (
-        (ACUITY, {Kind.NEW, Kind.RESCHEDULE, Kind.CANCEL, Kind.DELETE, Kind.NO_SHOW, Kind.PAYMENT}),
-        (CALENDLY, {Kind.NEW, Kind.RESCHEDULE, Kind.CANCEL, Kind.DELETE, Kind.NO_SHOW, Kind.PAYMENT}),
+        (ACUITY, {Kind.NEW, Kind.RESCHEDULE, Kind.CANCEL, Kind.DELETE, Kind.NO_SHOW, Kind.PAYMENT, Kind.NEW_CLIENT,
+                  Kind.REFUND}),
+        (CALENDLY, {Kind.NEW, Kind.RESCHEDULE, Kind.CANCEL, Kind.DELETE, Kind.NO_SHOW, Kind.PAYMENT,
+                    Kind.PAID_INVITEE}),
         (GOOGLE, {Kind.NEW, Kind.NEW_SERIES, Kind.RESCHEDULE, Kind.CANCEL, Kind.DELETE, Kind.DELETE_INSTANCE}),
     ):
         assert {kind for p, kind in kinds if p == provider} == expected
@@ -71,6 +74,10 @@ def test_every_touched_key_is_in_the_truth_with_what_the_mutation_did() -> None:
     s = state()
     for seed in range(300):
         (m,) = mutate(s, seed, 1)
+        if m.kind == Kind.NEW_CLIENT:  # a client is no booking: its key is its contact's identity
+            contacts = acuity_contacts(s.acuity, 1001).contacts
+            assert m.key in {c.email for c in contacts} | {c.phone for c in contacts}, m
+            continue
         truth = truths(s)[m.provider]
         assert all(key in truth for key in m.keys), m
         record = truth[m.key]

@@ -238,6 +238,11 @@ class SimulatorSettings(BaseSettings):
     acuity_spread_days: int = Field(
         180, ge=0, le=3650, description="Seeded Acuity appointments start within +-N days of the anchor date."
     )
+    legacy_acuity_account: bool = Field(
+        True,
+        description="Also seed the legacy-shaped Acuity account 1100 (650 clients, 2,000 appointments within "
+        "+-85 days of now, 99 of them ahead, 17 paying contacts, $5,856.00 of revenue; see apptsync.simulator).",
+    )
 
 
 class RetentionSettings(BaseSettings):

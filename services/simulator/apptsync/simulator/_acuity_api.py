@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from decimal import Decimal, InvalidOperation
 from typing import cast
 
 from aiohttp import web
 
+from apptsync.simulator._acuity_clients import CENT, select_clients
 from apptsync.simulator._acuity_data import AcuityAccount, AcuityAppointment, QueryError, select_appointments
 from apptsync.simulator._provider_guard import EncodedJson, JsonReply, error_reply, guarded
 from apptsync.simulator._state import ACUITY, SimulatorState
@@ -26,6 +28,12 @@ def add_acuity_routes(app: web.Application, state: SimulatorState) -> None:
 
     async def get_appointment(request: web.Request) -> web.StreamResponse:
         return await guarded(request, provider, lambda r: _get_appointment(r, state))
+
+    async def list_clients(request: web.Request) -> web.StreamResponse:
+        return await guarded(request, provider, lambda r: _list_clients(r, state))
+
+    async def list_payments(request: web.Request) -> web.StreamResponse:
+        return await guarded(request, provider, lambda r: _list_payments(r, state))
 
     async def me(request: web.Request) -> web.Response:
         # Not `guarded`: PutConnection's credential check is no listing traffic, so it neither counts
@@ -48,14 +56,35 @@ def add_acuity_routes(app: web.Application, state: SimulatorState) -> None:
     async def reschedule(request: web.Request) -> web.Response:
         return await _admin_reschedule(request, state)
 
+    async def admin_clients(request: web.Request) -> web.Response:
+        return _json([c.to_json() for c in state.acuity.clients(_user_id(request, state))])
+
+    async def admin_add_client(request: web.Request) -> web.Response:
+        user_id = _user_id(request, state)
+        return _json(state.acuity.add_client(user_id, await _body(request)).to_json(), status=201)
+
+    async def admin_payments(request: web.Request) -> web.Response:
+        return await _admin_payments(request, state)
+
+    async def admin_add_payment(request: web.Request) -> web.Response:
+        return await _admin_add_payment(request, state)
+
     app.router.add_get(f"{API_PREFIX}/me", me)
     app.router.add_get(f"{API_PREFIX}/appointments", list_appointments)
     app.router.add_get(f"{API_PREFIX}/appointments/{{appointment_id}}", get_appointment)
+    app.router.add_get(f"{API_PREFIX}/appointments/{{appointment_id}}/payments", list_payments)
+    app.router.add_get(f"{API_PREFIX}/clients", list_clients)
     app.router.add_get(f"{ADMIN_PREFIX}/accounts", accounts)
     app.router.add_get(f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments", data_set)
     app.router.add_post(f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments", add)
     app.router.add_post(f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments/{{appointment_id}}/cancel", cancel)
     app.router.add_post(f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments/{{appointment_id}}/reschedule", reschedule)
+    app.router.add_get(f"{ADMIN_PREFIX}/accounts/{{user_id}}/clients", admin_clients)
+    app.router.add_post(f"{ADMIN_PREFIX}/accounts/{{user_id}}/clients", admin_add_client)
+    app.router.add_get(f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments/{{appointment_id}}/payments", admin_payments)
+    app.router.add_post(
+        f"{ADMIN_PREFIX}/accounts/{{user_id}}/appointments/{{appointment_id}}/payments", admin_add_payment
+    )
 
 
 def _authenticate(request: web.Request, state: SimulatorState) -> AcuityAccount | None:
@@ -123,6 +152,25 @@ async def _get_appointment(request: web.Request, state: SimulatorState) -> JsonR
     if found is None:
         return error_reply(404, "not_found", "The appointment was not found.")
     return JsonReply(200, found.to_json())
+
+
+async def _list_clients(request: web.Request, state: SimulatorState) -> JsonReply:
+    """`GET /clients[?search=...]`: the account's clients (no id), see _acuity_clients."""
+    account = _authenticate(request, state)
+    if account is None:
+        return _UNAUTHORIZED
+    return JsonReply(200, [c.to_json() for c in select_clients(state.acuity.clients(account.user_id), request.query)])
+
+
+async def _list_payments(request: web.Request, state: SimulatorState) -> JsonReply:
+    """`GET /appointments/{id}/payments`: the appointment's payment entries (refunds negative)."""
+    account = _authenticate(request, state)
+    if account is None:
+        return _UNAUTHORIZED
+    appointment_id = request.match_info["appointment_id"]
+    if not appointment_id.isdigit() or int(appointment_id) not in state.acuity.of(account.user_id):
+        return error_reply(404, "not_found", "The appointment was not found.")
+    return JsonReply(200, [p.to_json() for p in state.acuity.payments(account.user_id, int(appointment_id))])
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -204,3 +252,31 @@ async def _admin_reschedule(request: web.Request, state: SimulatorState) -> web.
     except QueryError as exc:
         return _json({"error": exc.message}, status=400)
     return _json(moved.to_json())
+
+
+async def _admin_payments(request: web.Request, state: SimulatorState) -> web.Response:
+    """The payment entries of any appointment of the account, deleted ones too."""
+    user_id, appointment_id = _user_id(request, state), _appointment_id(request)
+    try:
+        payments = state.acuity.payments(user_id, appointment_id)
+    except KeyError:
+        return _json({"error": "no such appointment"}, status=404)
+    return _json([p.to_json() for p in payments])
+
+
+async def _admin_add_payment(request: web.Request, state: SimulatorState) -> web.Response:
+    """`{"amount": "75.00"}` records a payment, `{"amount": "-75.00"}` a refund; answers the entry
+    and the appointment as the API renders them."""
+    user_id, appointment_id = _user_id(request, state), _appointment_id(request)
+    body = await _body(request)
+    try:
+        amount = Decimal(str(body.get("amount")))
+    except InvalidOperation:
+        amount = Decimal(0)
+    if not amount.is_finite() or not amount.quantize(CENT):
+        return _json({"error": 'amount must be a non-zero money string such as "75.00"'}, status=400)
+    try:
+        entry = state.acuity.add_payment(user_id, appointment_id, amount.quantize(CENT))
+    except KeyError:
+        return _json({"error": "no such appointment"}, status=404)
+    return _json({"payment": entry.to_json(), "appointment": state.acuity.of(user_id)[appointment_id].to_json()}, 201)

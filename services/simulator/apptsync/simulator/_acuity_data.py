@@ -9,8 +9,18 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from apptsync.simulator._acuity_clients import (
+    AcuityClient,
+    AcuityPayment,
+    Booker,
+    client_list,
+    payment_entry,
+    phone_as_typed,
+    total_paid,
+)
 from apptsync.simulator._clock import Clock, anchor_clock, not_after
 
 DEMO_USER_ID = 1001
@@ -250,6 +260,23 @@ def _seeded_appointment(
     )
 
 
+def seeded_payments(appointment: AcuityAppointment) -> tuple[AcuityPayment, ...]:
+    """The payments of an appointment whose payments never changed: one entry for its whole
+    `amountPaid`, made when it was booked; none when nothing was paid."""
+    amount = Decimal(appointment.amount_paid)
+    if not amount:
+        return ()
+    return (
+        payment_entry(
+            user_id=appointment.owner,
+            appointment_id=appointment.id,
+            position=0,
+            amount=amount,
+            created_at=appointment.created_at,
+        ),
+    )
+
+
 def parse_query_date(text: str, name: str) -> date:
     """A `minDate`/`maxDate` value (`YYYY-MM-DD`). Raises QueryError."""
     try:
@@ -301,6 +328,32 @@ def select_appointments(
     return selected[:max_records]
 
 
+def seeded_clients(*, seed: int, user_id: int, appointments: Iterable[AcuityAppointment]) -> list[AcuityClient]:
+    """The clients an account lists besides its bookers (see _acuity_clients): one in twenty
+    bookings' worth of people who never booked (at most 500), and one in fifty bookings' worth
+    (at most 200) who share nothing with their bookings but the phone (listed by a nickname, with no
+    email, the phone typed another way). Same arguments, same clients."""
+    rng = random.Random(f"apptsync-simulator:{seed}:acuity-clients:{user_id}")  # noqa: S311 -- seeded, reproducible test data, not a secret
+    booked = sorted(appointments, key=lambda a: a.id)
+    clients = []
+    for number in range(1, min(len(booked) // 20, 500) + 1):
+        email = f"prospect{number}.{user_id}@example.com"
+        if rng.random() < 0.3:
+            email = f"Prospect{number}.{user_id}@Example.COM"
+        phone = ""
+        if rng.random() < 0.7:
+            phone = phone_as_typed(f"+1 555 {rng.randint(100, 999)} {rng.randint(1000, 9999)}", rng.randint(0, 2))
+        clients.append(
+            AcuityClient(rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES), email, phone, "Walk-in, never booked online")
+        )
+    with_phone = [a for a in booked if a.phone and a.email]
+    for appointment in rng.sample(with_phone, min(len(booked) // 50, 200, len(with_phone))):
+        nickname = rng.choice(FIRST_NAMES)
+        phone = phone_as_typed(appointment.phone, appointment.id + 1)  # another way than the booking's
+        clients.append(AcuityClient(nickname, "", "", phone, "Called in"))
+    return clients
+
+
 class AcuityStore:
     """The simulated Acuity accounts and their appointments (mutable through the admin API).
 
@@ -326,6 +379,12 @@ class AcuityStore:
         self._anchor = anchor
         self._day_index: dict[int, tuple[list[date], list[AcuityAppointment]]] = {}
         self._rendered: dict[tuple[int, bool], bytes] = {}
+        # Clients listed by hand or seeded without a booking; the bookers are added by clients().
+        self._listed_clients: dict[int, list[AcuityClient]] = {}
+        self._clients: dict[int, list[AcuityClient]] = {}
+        # Payment entries of appointments whose payments changed after they were made (or installed);
+        # any other appointment has its seeded ones (see seeded_payments).
+        self._payments: dict[int, dict[int, tuple[AcuityPayment, ...]]] = {}
         for user_id in range(FIRST_USER_ID, FIRST_USER_ID + accounts):
             self.accounts[user_id] = account_for(user_id)
             seeded = seeded_appointments(
@@ -338,6 +397,30 @@ class AcuityStore:
             )
             self.appointments[user_id] = {a.id: a for a in seeded}
             self.removed[user_id] = {}
+            self._listed_clients[user_id] = seeded_clients(seed=seed, user_id=user_id, appointments=seeded)
+            self._payments[user_id] = {}
+
+    def install(
+        self,
+        account: AcuityAccount,
+        appointments: Iterable[AcuityAppointment],
+        *,
+        clients: Iterable[AcuityClient] = (),
+        payments: Mapping[int, tuple[AcuityPayment, ...]] | None = None,
+    ) -> None:
+        """Adds (or replaces) a whole account: its appointments, the clients it lists besides its
+        bookers, and the payment entries of the appointments that have some (each appointment's
+        `amountPaid` must be their sum)."""
+        user_id = account.user_id
+        self.accounts[user_id] = account
+        self.appointments[user_id] = {a.id: a for a in appointments}
+        self.removed[user_id] = {}
+        self._listed_clients[user_id] = list(clients)
+        self._payments[user_id] = dict(payments or {})
+        self._day_index.pop(user_id, None)
+        self._clients.pop(user_id, None)
+        for appointment_id in self.appointments[user_id]:
+            self._changed(user_id, appointment_id)
 
     def authenticate_basic(self, user_id: str, api_key: str) -> AcuityAccount | None:
         account = self.accounts.get(int(user_id)) if user_id.isdigit() else None
@@ -380,8 +463,69 @@ class AcuityStore:
             self._day_index[user_id] = index
         return index
 
+    def clients(self, user_id: int) -> list[AcuityClient]:
+        """The account's client list (see _acuity_clients.client_list): its listed clients, then
+        everyone who booked (deleted bookings too: deleting an appointment keeps its client), first
+        booking first. Raises KeyError for an unknown account."""
+        found = self._clients.get(user_id)
+        if found is None:
+            booked = [*self.of(user_id).values(), *self.removed[user_id].values()]
+            bookers = (
+                Booker(a.first_name, a.last_name, a.email, a.phone, a.id)
+                for a in sorted(booked, key=lambda a: (a.created_at, a.id))
+            )
+            found = client_list(self._listed_clients[user_id], bookers)
+            self._clients[user_id] = found
+        return found
+
+    def add_client(self, user_id: int, fields: Mapping[str, object]) -> AcuityClient:
+        """A client recorded by hand (`firstName`, `lastName`, `email`, `phone`, `notes`; all
+        optional). Raises KeyError for an unknown account."""
+        self.of(user_id)
+        client = AcuityClient(
+            first_name=_str_field(fields, "firstName", ""),
+            last_name=_str_field(fields, "lastName", ""),
+            email=_str_field(fields, "email", ""),
+            phone=_str_field(fields, "phone", ""),
+            notes=_str_field(fields, "notes", ""),
+        )
+        self._listed_clients[user_id].append(client)
+        self._clients.pop(user_id, None)
+        return client
+
+    def payments(self, user_id: int, appointment_id: int) -> tuple[AcuityPayment, ...]:
+        """The appointment's payment entries, oldest first (deleted appointments' too); they add up
+        to its `amountPaid`. Raises KeyError for an unknown account or appointment."""
+        stored = self._payments[user_id].get(appointment_id)
+        if stored is not None:
+            return stored
+        appointment = self.of(user_id).get(appointment_id) or self.removed[user_id][appointment_id]
+        return seeded_payments(appointment)
+
+    def add_payment(self, user_id: int, appointment_id: int, amount: Decimal) -> AcuityPayment:
+        """A payment (`amount` > 0) or refund (`amount` < 0) entry stamped at the clock; the
+        appointment's `amountPaid` becomes the new sum. Raises KeyError, ValueError (amount 0)."""
+        if amount == 0:
+            raise ValueError("a payment entry needs a non-zero amount")
+        book = self.of(user_id)
+        appointment = book[appointment_id]
+        history = self.payments(user_id, appointment_id)
+        entry = payment_entry(
+            user_id=user_id,
+            appointment_id=appointment_id,
+            position=len(history),
+            amount=amount,
+            created_at=self.clock(),
+        )
+        history = (*history, entry)
+        self._payments[user_id][appointment_id] = history
+        book[appointment_id] = replace(appointment, amount_paid=total_paid(history))
+        self._changed(user_id, appointment_id)
+        return entry
+
     def _changed(self, user_id: int, appointment_id: int) -> None:
         self._day_index.pop(user_id, None)
+        self._clients.pop(user_id, None)
         for include_forms in (False, True):
             self._rendered.pop((appointment_id, include_forms), None)
 
@@ -436,12 +580,12 @@ class AcuityStore:
         return updated
 
     def set_amount_paid(self, user_id: int, appointment_id: int, amount_paid: str) -> AcuityAppointment:
-        """A payment recorded (or refunded): `amountPaid` becomes `amount_paid`. Raises KeyError."""
-        book = self.of(user_id)
-        updated = replace(book[appointment_id], amount_paid=amount_paid)
-        book[appointment_id] = updated
-        self._changed(user_id, appointment_id)
-        return updated
+        """`amountPaid` becomes `amount_paid` through one more payment entry (a refund when it
+        drops; none when it stays). Raises KeyError."""
+        difference = Decimal(amount_paid) - Decimal(self.of(user_id)[appointment_id].amount_paid)
+        if difference:
+            self.add_payment(user_id, appointment_id, difference)
+        return self.of(user_id)[appointment_id]
 
     def delete(self, user_id: int, appointment_id: int) -> AcuityAppointment:
         """The appointment is deleted at the provider: no listing or GET returns it any more (it is

@@ -1,12 +1,18 @@
 """Admin routes of the mirror-fidelity harness: seeded mutations and the truth a mirror must hold.
 
 - `POST /_admin/mutations` `{"seed": int, "count": int, "near_term_days": 14, "providers": [...],
-  "accounts": {"acuity": 1001, "calendly": 1, "google": 1}}` (all but `seed` optional; accounts
-  default to each provider's first) applies `count` mutations drawn by `random.Random(seed)` at the
-  simulator's clock and answers `{"now": ..., "applied": [{provider, account, kind, key,
-  related_keys, near_term_before, near_term_after}, ...]}`.
+  "accounts": {"acuity": 1001, "calendly": 1, "google": 1}, "kinds": [...]}` (all but `seed`
+  optional; accounts default to each provider's first; `kinds` limits the kinds drawn, e.g.
+  `["new_client", "payment", "refund", "paid_invitee"]`, see _mutations.Kind) applies `count`
+  mutations drawn by `random.Random(seed)` at the simulator's clock and answers `{"now": ...,
+  "applied": [{provider, account, kind, key, related_keys, near_term_before, near_term_after}, ...]}`.
 - `GET /_admin/{provider}/truth/{account}[?currency=USD]`: a JSON array of TruthRecord objects
   (see _truth), one per record the account has or had; `currency` is the Acuity connection's.
+- `GET /_admin/{provider}/truth/{account}/contacts[?currency=USD]`: the account's contacts and
+  revenue (see _contacts_truth for the rules): `{"contacts_total", "paying_contacts",
+  "revenue_minor", "currency", "revenue_minor_by_currency", "contacts": [{"email", "phone", "name",
+  "revenue_minor", "revenue_minor_by_currency"}, ...]}`; `currency` is the Acuity connection's and,
+  for every provider, the currency `revenue_minor` and `paying_contacts` count in.
 
 aiohttp adapter; the model lives in _mutations and _truth."""
 
@@ -18,8 +24,9 @@ from datetime import datetime
 
 from aiohttp import web
 
+from apptsync.simulator._contacts_truth import ContactsSummary, acuity_contacts, calendly_contacts, google_contacts
 from apptsync.simulator._http_admin import json_body, json_response, not_found
-from apptsync.simulator._mutations import NEAR_TERM_DAYS, apply_mutations
+from apptsync.simulator._mutations import NEAR_TERM_DAYS, Kind, apply_mutations
 from apptsync.simulator._state import ACUITY, CALENDLY, GOOGLE, PROVIDERS, SimulatorState
 from apptsync.simulator._truth import TruthRecord, acuity_truth, calendly_truth, google_truth
 
@@ -42,6 +49,7 @@ def add_fidelity_routes(app: web.Application, state: SimulatorState, *, clock: C
             near_term_days = _int(body, "near_term_days", NEAR_TERM_DAYS)
             providers = body.get("providers", list(PROVIDERS))
             accounts = {**first_accounts(), **_accounts(body.get("accounts", {}))}
+            kinds = _kinds(body.get("kinds"))
         except (TypeError, ValueError) as exc:
             return json_response({"error": str(exc)}, status=400)
         if not isinstance(providers, list) or not providers or not set(providers) <= set(PROVIDERS):
@@ -58,9 +66,12 @@ def add_fidelity_routes(app: web.Application, state: SimulatorState, *, clock: C
                 near_term_days=near_term_days,
                 accounts=accounts,
                 providers=[str(p) for p in providers],
+                kinds=kinds,
             )
         except KeyError as exc:
             raise not_found(f"no account {exc}") from exc
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, status=400)
         return json_response({"now": now.isoformat(), "applied": [m.to_json() for m in applied]})
 
     async def truth(request: web.Request) -> web.Response:
@@ -82,8 +93,28 @@ def add_fidelity_routes(app: web.Application, state: SimulatorState, *, clock: C
             raise not_found(f"no {provider} account {text}") from exc
         return json_response([r.to_json() for r in records])
 
+    async def contacts(request: web.Request) -> web.Response:
+        provider, text = request.match_info["provider"], request.match_info["account"]
+        if not text.isdigit():
+            raise not_found(f"no account {text}")
+        number, currency = int(text), request.query.get("currency", "USD").upper()
+        summary: ContactsSummary
+        try:
+            if provider == ACUITY:
+                summary = acuity_contacts(state.acuity, number, currency=currency)
+            elif provider == CALENDLY:
+                summary = calendly_contacts(state.calendly, number, currency=currency)
+            elif provider == GOOGLE:
+                summary = google_contacts(state.google, number, currency=currency)
+            else:
+                raise not_found(f"no provider {provider}")
+        except KeyError as exc:
+            raise not_found(f"no {provider} account {text}") from exc
+        return json_response(summary.to_json())
+
     app.router.add_post("/_admin/mutations", mutations)
     app.router.add_get("/_admin/{provider}/truth/{account}", truth)
+    app.router.add_get("/_admin/{provider}/truth/{account}/contacts", contacts)
 
 
 def _int(body: dict[str, object], key: str, default: int | None) -> int:
@@ -97,3 +128,12 @@ def _accounts(value: object) -> dict[str, int]:
     if not isinstance(value, dict) or not all(isinstance(v, int) for v in value.values()):
         raise ValueError("accounts must map provider names to account numbers")
     return {str(k): int(v) for k, v in value.items()}
+
+
+def _kinds(value: object) -> set[Kind] | None:
+    if value is None:
+        return None
+    known = {kind.value for kind in Kind}
+    if not isinstance(value, list) or not value or not all(isinstance(k, str) and k in known for k in value):
+        raise ValueError(f"kinds must be a non-empty list of {sorted(known)}")
+    return {Kind(k) for k in value}

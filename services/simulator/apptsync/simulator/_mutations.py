@@ -6,19 +6,29 @@ some far ahead), a reschedule, a cancellation, a deletion (the record vanishes f
 Acuity's appointment and Calendly's invitee are gone from every answer; a Google event becomes
 `status: cancelled`, a stub of id and status in incremental sync and absent from a listing without
 `showDeleted`), a no-show (Acuity: canceled with `noShow`; Calendly: `no_show` on a past invitee), a
-payment change (Acuity `amountPaid`; Calendly invitee `payment`), Calendly's reschedule pair (the old
-invitee canceled with `rescheduled`/`new_invitee`, a new invitee on a new event with `old_invitee`),
-and for Google a new recurring series (instances `<series>_<YYYYMMDDTHHMMSSZ>`) and the deletion of
-one instance (a cancelled stub carrying `recurringEventId` and `originalStartTime`).
+payment change (Acuity: one more payment entry for the unpaid rest or half the price, `amountPaid`
+following; Calendly invitee `payment`), Calendly's reschedule pair (the old invitee canceled with
+`rescheduled`/`new_invitee`, a new invitee on a new event with `old_invitee`), and for Google a new
+recurring series (instances `<series>_<YYYYMMDDTHHMMSSZ>`) and the deletion of one instance (a
+cancelled stub carrying `recurringEventId` and `originalStartTime`).
+
+Contacts and money (issue #14): Acuity's `new_client` (a client recorded by hand on `GET /clients`:
+with an email, or 30% of the time only a phone that one of the account's bookings carries, typed
+another way, so that only the phone ties them), Acuity's `refund` (a negative payment entry: the
+whole paid amount, and then half of the time the booking is canceled too when it still lies ahead;
+or half of it on a kept booking), and Calendly's `paid_invitee` (a new one-on-one booking whose
+invitee paid, successfully, in USD).
 
 Every applied mutation is reported with the keys it touched as the product keys records (Acuity: the
-appointment id; Calendly: the invitee uuid; Google: `<calendarId>/<eventId>`) and whether the record
-started within the near-term horizon before and after the change."""
+appointment id; Calendly: the invitee uuid; Google: `<calendarId>/<eventId>`; a new client: its
+case-folded email, else its E.164 phone, as `GET /_admin/acuity/truth/{account}/contacts` lists it)
+and whether the record started within the near-term horizon before and after the change (a client
+never does)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -26,8 +36,10 @@ from enum import StrEnum
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
+from apptsync.simulator._acuity_clients import phone_as_typed
 from apptsync.simulator._acuity_data import CLIENT_TIMEZONES, FIRST_NAMES, LAST_NAMES, AcuityAppointment, AcuityStore
 from apptsync.simulator._calendly_data import PAYMENTS, CalendlyInvitee, CalendlyStore, calendly_time
+from apptsync.simulator._contact_identity import email_identity, phone_identity
 from apptsync.simulator._google_data import GoogleEvent, GoogleStore
 from apptsync.simulator._state import ACUITY, CALENDLY, GOOGLE, PROVIDERS, SimulatorState
 
@@ -48,13 +60,17 @@ class Kind(StrEnum):
     PAYMENT = "payment"
     NEW_SERIES = "new_series"  # Google only
     DELETE_INSTANCE = "delete_instance"  # Google only
+    NEW_CLIENT = "new_client"  # Acuity only
+    REFUND = "refund"  # Acuity only
+    PAID_INVITEE = "paid_invitee"  # Calendly only
 
 
 # Relative weights of the kinds per provider.
 WEIGHTS: Mapping[str, Mapping[Kind, int]] = {
-    ACUITY: {Kind.NEW: 30, Kind.RESCHEDULE: 20, Kind.CANCEL: 15, Kind.DELETE: 10, Kind.NO_SHOW: 10, Kind.PAYMENT: 15},
+    ACUITY: {Kind.NEW: 30, Kind.RESCHEDULE: 20, Kind.CANCEL: 15, Kind.DELETE: 10, Kind.NO_SHOW: 10, Kind.PAYMENT: 15,
+             Kind.NEW_CLIENT: 5, Kind.REFUND: 8},
     CALENDLY: {Kind.NEW: 30, Kind.RESCHEDULE: 20, Kind.CANCEL: 15, Kind.DELETE: 10, Kind.NO_SHOW: 10,
-               Kind.PAYMENT: 15},
+               Kind.PAYMENT: 15, Kind.PAID_INVITEE: 10},
     GOOGLE: {Kind.NEW: 25, Kind.NEW_SERIES: 10, Kind.RESCHEDULE: 20, Kind.CANCEL: 15, Kind.DELETE: 15,
              Kind.DELETE_INSTANCE: 15},
 }  # fmt: skip
@@ -122,16 +138,25 @@ def apply_mutations(
     near_term_days: int = NEAR_TERM_DAYS,
     accounts: Mapping[str, int],
     providers: Sequence[str] = PROVIDERS,
+    kinds: Collection[Kind] | None = None,
 ) -> list[AppliedMutation]:
     """Applies `count` mutations, each to a provider drawn from `providers` (its account from
-    `accounts`), and returns them in order. A kind without a candidate record (no past booking to
+    `accounts`), and returns them in order. `kinds` (default: all) limits the kinds drawn, and the
+    providers to those having one of them. A kind without a candidate record (no past booking to
     mark a no-show, ...) becomes a new booking, so exactly `count` are applied. Raises KeyError for an
-    unknown account or provider."""
+    unknown account or provider, ValueError when no provider has any of `kinds`."""
     horizon = Horizon(now=now, near_term_days=near_term_days)
+    drawn = {
+        provider: {kind: weight for kind, weight in WEIGHTS[provider].items() if kinds is None or kind in kinds}
+        for provider in providers
+    }
+    choices = [provider for provider in providers if drawn[provider]]
+    if not choices:
+        raise ValueError(f"none of {sorted(kinds or ())} happens on {list(providers)}")
     applied: list[AppliedMutation] = []
     for _ in range(count):
-        provider = rng.choice(list(providers))
-        weights = WEIGHTS[provider]
+        provider = rng.choice(choices)
+        weights = drawn[provider]
         kind = rng.choices(list(weights), weights=list(weights.values()))[0]
         account = accounts[provider]
         if provider == ACUITY:
@@ -185,13 +210,26 @@ def _acuity(store: AcuityStore, user_id: int, kind: Kind, rng: random.Random, ho
         target = rng.choice(past)
         store.cancel(user_id, target.id, no_show=True)
         return result(target.id, False, False)
-    priced = [a for a in book if a.price != "0.00"]
-    if kind == Kind.PAYMENT and priced:
-        target = rng.choice(priced)
-        half = str((Decimal(target.price) / 2).quantize(Decimal("0.01")))
-        options = [amount for amount in (target.price, "0.00", half) if amount != target.amount_paid]
-        store.set_amount_paid(user_id, target.id, rng.choice(options))
+    unpaid = [a for a in book if Decimal(a.amount_paid) < Decimal(a.price)]
+    if kind == Kind.PAYMENT and unpaid:
+        target = rng.choice(unpaid)
+        half = (Decimal(target.price) / 2).quantize(Decimal("0.01"))
+        options = [amount for amount in (Decimal(target.price), half) if amount > Decimal(target.amount_paid)]
+        store.set_amount_paid(user_id, target.id, str(rng.choice(options)))
         return result(target.id, near(target), near(target))
+    paid = [a for a in book if Decimal(a.amount_paid) > 0]
+    if kind == Kind.REFUND and paid:
+        target = rng.choice(paid)
+        whole = Decimal(target.amount_paid)
+        if rng.random() < 0.7:
+            store.add_payment(user_id, target.id, -whole)
+            if not target.canceled and target.instant > horizon.now and rng.random() < 0.5:
+                store.cancel(user_id, target.id)  # canceled and refunded: the booking adds nothing
+        else:
+            store.add_payment(user_id, target.id, -(whole / 2).quantize(Decimal("0.01")))
+        return result(target.id, near(target), near(target))
+    if kind == Kind.NEW_CLIENT:
+        return _acuity_client(store, user_id, rng)
     zone = rng.choice(CLIENT_TIMEZONES)
     starts_at = horizon.some_start(rng)
     number = rng.randint(1000, 9999)
@@ -207,6 +245,22 @@ def _acuity(store: AcuityStore, user_id: int, kind: Kind, rng: random.Random, ho
         "price": rng.choice(("45.00", "75.00", "12.50", "0.00")),
     })  # fmt: skip
     return result(added.id, False, horizon.near(added.instant), Kind.NEW)
+
+
+def _acuity_client(store: AcuityStore, user_id: int, rng: random.Random) -> AppliedMutation:
+    number = rng.randint(1000, 9999)
+    phones = sorted({a.phone for a in store.of(user_id).values() if a.phone})
+    if phones and rng.random() < 0.3:
+        phone = phone_as_typed(rng.choice(phones), rng.randint(0, 2))
+        client = store.add_client(user_id, {"firstName": rng.choice(FIRST_NAMES), "phone": phone, "notes": "Called in"})
+        return AppliedMutation(ACUITY, user_id, Kind.NEW_CLIENT, phone_identity(client.phone), False, False)
+    email = f"walkin{number}.{user_id}@example.com" if rng.random() < 0.7 else f"WalkIn{number}.{user_id}@Example.com"
+    phone = "" if rng.random() < 0.4 else f"+1 555 {rng.randint(100, 999)} {rng.randint(1000, 9999)}"
+    client = store.add_client(user_id, {
+        "firstName": rng.choice(FIRST_NAMES), "lastName": rng.choice(LAST_NAMES), "email": email,
+        "phone": phone_as_typed(phone, rng.randint(0, 2)) if phone else "",
+    })  # fmt: skip
+    return AppliedMutation(ACUITY, user_id, Kind.NEW_CLIENT, email_identity(client.email), False, False)
 
 
 # --------------------------------------------------------------------------- Calendly
@@ -259,6 +313,16 @@ def _calendly(store: CalendlyStore, number: int, kind: Kind, rng: random.Random,
             payment = (amount, currency, not payment[2])
         store.set_payment(number, target.uuid, payment, now=now)
         return result(target.uuid, near(target), near(target))
+    if kind == Kind.PAID_INVITEE:
+        starts_at = horizon.some_start(rng)
+        added = store.add(number, {
+            "start_time": calendly_time(starts_at), "duration_minutes": 60, "invitees": 1,
+            "name": "Initial Consultation \u2013 60 min", "first_name": rng.choice(FIRST_NAMES),
+            "timezone": rng.choice(CLIENT_TIMEZONES),
+        }, now=now)  # fmt: skip
+        amount = rng.choice((45.0, 75.0, 1234.56))
+        store.set_payment(number, added[0].uuid, (amount, "USD", True), now=now)
+        return result(added[0].uuid, False, horizon.near(starts_at))
     starts_at = horizon.some_start(rng)
     size = 1 if rng.random() < 0.8 else rng.randint(2, 3)
     added = store.add(number, {

@@ -68,6 +68,7 @@ def build_state(
         seeded_providers={name.strip() for name in settings.seeded_providers.split(",")},
         acuity_spread_days=settings.acuity_spread_days,
         clock=clock,
+        legacy_acuity_account=settings.legacy_acuity_account,
     )
 
 

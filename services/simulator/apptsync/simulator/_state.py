@@ -12,6 +12,7 @@ from apptsync.simulator._clock import Clock
 from apptsync.simulator._counters import RequestCounters
 from apptsync.simulator._faults import FaultKnobs, FaultState
 from apptsync.simulator._google_data import GoogleStore
+from apptsync.simulator._legacy_account import legacy_account
 from apptsync.simulator._rate_window import RateWindows
 
 ACUITY = "acuity"
@@ -47,24 +48,30 @@ class SimulatorState:
         seeded_providers: Collection[str] = PROVIDERS,
         acuity_spread_days: int = DATA_SPREAD_DAYS,
         clock: Clock | None = None,
+        legacy_acuity_account: bool = False,
     ) -> SimulatorState:
         """Every provider's accounts, each with `appointments_per_account` appointments (Acuity
         appointments, Calendly invitees, Google events); the accounts of providers not in
         `seeded_providers` start empty. Acuity's start within +-`acuity_spread_days` of `anchor`.
-        `clock` (default: noon UTC of `anchor`) is the stores' now: no record is stamped later."""
+        `clock` (default: noon UTC of `anchor`) is the stores' now: no record is stamped later.
+        `legacy_acuity_account` adds Acuity's legacy-shaped account (see _legacy_account)."""
 
         def count(provider: str) -> int:
             return appointments_per_account if provider in seeded_providers else 0
 
+        acuity = AcuityStore(
+            seed=seed,
+            accounts=accounts,
+            appointments_per_account=count(ACUITY),
+            anchor=anchor,
+            spread_days=acuity_spread_days,
+            clock=clock,
+        )
+        if legacy_acuity_account:
+            legacy = legacy_account(seed=seed, now=acuity.clock())
+            acuity.install(legacy.account, legacy.appointments, clients=legacy.clients, payments=legacy.payments)
         return cls(
-            acuity=AcuityStore(
-                seed=seed,
-                accounts=accounts,
-                appointments_per_account=count(ACUITY),
-                anchor=anchor,
-                spread_days=acuity_spread_days,
-                clock=clock,
-            ),
+            acuity=acuity,
             anchor=anchor,
             calendly=CalendlyStore(
                 seed=seed, accounts=accounts, invitees_per_account=count(CALENDLY), anchor=anchor, clock=clock
