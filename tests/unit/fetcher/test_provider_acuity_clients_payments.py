@@ -1,0 +1,91 @@
+"""Acuity's clients stream and payments: the payloads as Acuity documents them, and the session's
+requests (only appointments with a non-zero amountPaid ask for their payments)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from apptsync.fetcher.providers.acuity._clients_payments import acuity_clients, acuity_payments
+from apptsync.shared.appointments import CanonicalAppointment, Contact, Money, Payment
+from tests.unit.fetcher.test_provider_acuity_session import FakeAcuity, acuity_record, drain, make_http, session
+
+pytestmark = pytest.mark.unit
+
+# GET /appointments/{id}/payments as Acuity documents it: transactionID, created, processor, amount
+# (a decimal string in the account's currency).
+PAYMENTS: list[dict[str, object]] = [
+    {"transactionID": "ch_1Aa2Bb", "created": "2024-03-10T09:12:44-0600", "processor": "stripe", "amount": "300.00"},
+    {"transactionID": "re_1Cc3Dd", "created": "2024-03-12T16:00:00-0600", "processor": "stripe", "amount": "-75.00"},
+]
+# GET /clients: firstName, lastName, email, phone, notes, and no id.
+CLIENTS: list[object] = [
+    {"firstName": "Ann", "lastName": "Lee", "email": "Ann.Lee@Example.com", "phone": "(512) 555-0147", "notes": ""},
+    {"firstName": "Bo", "lastName": "", "email": "", "phone": "", "notes": "walk-in"},
+    {"firstName": "", "lastName": "", "email": "", "phone": "", "notes": "nobody"},
+    "not an object",
+]
+
+
+LISTED: list[dict[str, object]] = [c for c in CLIENTS[:2] if isinstance(c, dict)]
+
+
+def test_acuity_amount_strings_become_minor_units_and_a_refund_is_negative() -> None:
+    payments = acuity_payments(PAYMENTS, "USD")  # type: ignore[arg-type]
+
+    assert payments == (
+        Payment("ch_1Aa2Bb", Money(30000, "USD"), "stripe",
+                datetime(2024, 3, 10, 9, 12, 44, tzinfo=UTC) + timedelta(hours=6)),
+        Payment("re_1Cc3Dd", Money(-7500, "USD"), "stripe", datetime(2024, 3, 12, 22, tzinfo=UTC)),
+    )
+    assert sum(p.revenue_minor for p in payments) == 22500
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"payments": []}, [{"created": "2024-03-10T09:12:44-0600", "amount": "1.00"}],
+     [{"transactionID": "x", "amount": "a lot"}], ["x"]],
+)
+def test_an_unreadable_payments_answer_leaves_the_stored_payments(answer: object) -> None:
+    assert acuity_payments(answer, "USD") is None  # type: ignore[arg-type]
+
+
+def test_clients_keep_their_order_and_entries_naming_nobody_are_left_out() -> None:
+    assert acuity_clients(CLIENTS) == [  # type: ignore[arg-type]
+        Contact(name="Ann Lee", email="ann.lee@example.com", phone="(512) 555-0147"), Contact(name="Bo")]
+    assert acuity_clients({"clients": []}) == []  # not the documented list
+
+
+async def test_the_clients_stream_comes_first_in_pages_without_records_then_the_appointments() -> None:
+    records = [acuity_record(n, date(2024, 3, 10 + n)) for n in range(1, 4)]
+    records[0]["amountPaid"] = "225.00"
+    fake = FakeAcuity(records, clients=LISTED * 6, payments={"1": PAYMENTS})  # 12 clients, page size 10
+    http = make_http(fake)
+
+    pages = await drain(session(http))
+    await http.aclose()
+
+    assert [len(page.contacts) for page in pages[:2]] == [10, 2]
+    assert all(page.records_fetched == 0 and not page.appointments for page in pages[:2])
+    appointments = [a for page in pages[2:] for a in page.appointments if isinstance(a, CanonicalAppointment)]
+    paid = {a.external_id: a for a in appointments}
+    assert [p.amount.amount_minor for p in paid["1"].payments] == [30000, -7500] and paid["1"].payments_known
+    assert paid["2"].payments == () and paid["2"].payments_known  # amountPaid "0.00": nothing asked
+    asked = [r.url.path for r in fake.requests if r.url.path.endswith("/payments")]
+    assert asked == ["/api/v1/appointments/1/payments"]
+    assert [r.url.path for r in fake.requests].count("/api/v1/clients") == 1
+
+
+async def test_a_job_resumed_in_the_clients_stream_continues_after_the_clients_it_sent() -> None:
+    fake = FakeAcuity([], clients=LISTED * 6)
+    http = make_http(fake)
+    first = session(http)
+    await first.next_page()
+    cursor = first.cursor()
+
+    rest = await drain(session(http, cursor=cursor))
+    await http.aclose()
+
+    assert cursor == {"clients_offset": 10, "appointments": None}
+    assert [len(page.contacts) for page in rest] == [2]
