@@ -4,6 +4,7 @@ seeded mutations answer what they applied, stamped at the simulator's clock, and
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -48,3 +49,54 @@ async def test_mutations_are_seeded_stamped_at_the_clock_and_reach_the_truth() -
             assert (await client.post("/_admin/mutations", json=bad)).status_code == 400
         assert (await client.get("/_admin/acuity/truth/9999")).status_code == 404
         assert (await client.get("/_admin/nope/truth/1")).status_code == 404
+
+
+async def test_clients_payments_and_the_contacts_truth_of_the_legacy_account_over_http() -> None:
+    settings = SimulatorSettings(
+        listen_address="127.0.0.1:0", seed=3, appointments_per_tenant=40, accounts_per_provider=1,
+        anchor_date=date(2024, 6, 15),
+    )  # fmt: skip
+    auth = ("1100", "acuity-key-1100")
+    async with (
+        running_simulator(settings, clock=lambda: NOW) as simulator,
+        httpx.AsyncClient(base_url=simulator.base_url, timeout=30, trust_env=False) as client,
+    ):
+        api = "/acuity/api/v1"
+        clients: Any = (await client.get(f"{api}/clients", auth=auth)).json()
+        assert len(clients) == 650
+        assert all(set(c) == {"firstName", "lastName", "email", "phone", "notes"} for c in clients)
+        found: Any = (await client.get(f"{api}/clients", params={"search": clients[0]["phone"]}, auth=auth)).json()
+        assert clients[0] in found and len(found) < 650
+        assert (await client.get(f"{api}/clients")).status_code == 401
+
+        listed: Any = (await client.get(f"{api}/appointments", params={"max": "500"}, auth=auth)).json()
+        paid = next(a for a in listed if a["amountPaid"] != "0.00")
+        payments: Any = (await client.get(f"{api}/appointments/{paid['id']}/payments", auth=auth)).json()
+        assert payments and all(set(p) == {"transactionID", "created", "processor", "amount"} for p in payments)
+        assert all(isinstance(p["amount"], str) for p in payments)
+        assert sum(Decimal(p["amount"]) for p in payments) == Decimal(paid["amountPaid"])
+        assert (await client.get(f"{api}/appointments/1/payments", auth=auth)).status_code == 404
+
+        truth: Any = (await client.get("/_admin/acuity/truth/1100/contacts")).json()
+        assert (truth["contacts_total"], truth["paying_contacts"], truth["revenue_minor"]) == (650, 17, 585_600)
+        assert truth["currency"] == "USD" and len(truth["contacts"]) == 650
+        admin = f"/_admin/acuity/accounts/1100/appointments/{paid['id']}/payments"
+        refund = await client.post(admin, json={"amount": "-10.00"})
+        assert refund.status_code == 201 and refund.json()["payment"]["amount"] == "-10.00"
+        assert refund.json()["appointment"]["amountPaid"] == str(Decimal(paid["amountPaid"]) - 10)
+        after: Any = (await client.get("/_admin/acuity/truth/1100/contacts")).json()
+        assert after["revenue_minor"] == 585_600 - 1000
+        for bad in ({"amount": "x"}, {"amount": "0"}, {}):
+            assert (await client.post(admin, json=bad)).status_code == 400
+
+        answer: Any = (
+            await client.post("/_admin/mutations", json={"seed": 4, "count": 12, "kinds": ["refund", "paid_invitee"]})
+        ).json()
+        assert {m["kind"] for m in answer["applied"]} <= {"refund", "paid_invitee"}
+        assert (await client.post("/_admin/mutations", json={"seed": 4, "kinds": ["nope"]})).status_code == 400
+        impossible = {"seed": 4, "kinds": ["new_series"], "providers": ["acuity"]}
+        assert (await client.post("/_admin/mutations", json=impossible)).status_code == 400
+        calendly: Any = (await client.get("/_admin/calendly/truth/1/contacts")).json()
+        assert calendly["contacts_total"] > 0 and calendly["currency"] == "USD"
+        assert (await client.get("/_admin/acuity/truth/9999/contacts")).status_code == 404
+        assert (await client.get("/_admin/nope/truth/1/contacts")).status_code == 404

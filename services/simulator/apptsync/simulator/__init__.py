@@ -12,6 +12,13 @@ the demo account is `user_id=1001`, `api_key=demo-acuity-key` (Bearer `demo-acui
 - `POST /_admin/acuity/accounts/{user_id}/appointments` `{"datetime": "...+0200", ...}` (add),
   `POST .../appointments/{id}/cancel` `{"no_show": false}`, `POST .../appointments/{id}/reschedule`
   `{"datetime": "..."}`
+- Contacts and money (see _acuity_clients): `GET /acuity/api/v1/clients[?search=...]` (`[{firstName,
+  lastName, email, phone, notes}]`, no id), `GET /acuity/api/v1/appointments/{id}/payments`
+  (`[{transactionID, created, processor, amount}]`, amounts as strings, a refund a negative entry:
+  Acuity documents no refund shape); admin `GET|POST /_admin/acuity/accounts/{user_id}/clients`,
+  `GET|POST .../appointments/{id}/payments` `{"amount": "-10.00"}`. Account 1100 (`legacy_acuity_account`
+  setting, on by default) is shaped like the legacy tenant (see _legacy_account): 650 contacts,
+  2,000 appointments within 85 days of now, 99 ahead, 17 paying contacts, $5,856.00 of revenue.
 - `GET|PUT|DELETE /_admin/{provider}/faults` (see FaultKnobs; PUT merges fields)
 - `GET|DELETE /_admin/{provider}/counters` (requests, statuses, `max_requests_per_second`,
   `max_concurrent`); `{provider}` is `acuity`, `calendly` or `google`
@@ -49,9 +56,11 @@ instances of a recurring series (`recurringEventId`, `originalStartTime`, ids
 Mirror fidelity (see _mutations and _truth): `POST /_admin/mutations` `{"seed", "count",
 "near_term_days", "providers", "accounts"}` applies seeded new bookings, reschedules, cancellations,
 deletions, no-shows, payment changes (and Google series / instance deletions) at the simulator's
-clock and answers what it applied; `GET /_admin/{provider}/truth/{account}` answers, per record the
-account has or had, the fields a mirror must hold. No record is ever stamped later than the
-simulator's clock (real time when served).
+clock and answers what it applied (new Acuity clients, refunds and paid Calendly invitees too;
+`"kinds"` draws only some); `GET /_admin/{provider}/truth/{account}` answers, per record the
+account has or had, the fields a mirror must hold, and `GET .../truth/{account}/contacts` the
+account's contacts, paying contacts and revenue by the merge rules of _contacts_truth. No record is
+ever stamped later than the simulator's clock (real time when served).
 """
 
 from apptsync.simulator._acuity_data import (

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 DEFAULT_PHONE_REGION = "US"
@@ -19,6 +21,7 @@ def email_identity(email: str) -> str:
     return email.strip().casefold()
 
 
+@functools.lru_cache(maxsize=65_536)  # the same people's phones come back on every truth request
 def phone_identity(phone: str, *, region: str = DEFAULT_PHONE_REGION) -> str:
     """The E.164 form of `phone`, or "" when it is no possible phone number."""
     text = phone.strip()

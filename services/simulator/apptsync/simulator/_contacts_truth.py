@@ -103,7 +103,7 @@ class ContactsSummary:
 def summarize(sightings: Iterable[Sighting], *, currency: str) -> ContactsSummary:
     """Merges the sightings into contacts by the module's rules (order matters only for which
     email/phone/name a contact shows)."""
-    ordered = list(sightings)
+    ordered = [(sighting, sighting.identities()) for sighting in sightings]
     parent: dict[str, str] = {}
 
     def root(key: str) -> str:
@@ -112,8 +112,7 @@ def summarize(sightings: Iterable[Sighting], *, currency: str) -> ContactsSummar
             key = parent[key]
         return key
 
-    for sighting in ordered:
-        keys = sighting.identities()
+    for _, keys in ordered:
         for key in keys:
             parent.setdefault(key, key)
         for key in keys[1:]:
@@ -122,10 +121,9 @@ def summarize(sightings: Iterable[Sighting], *, currency: str) -> ContactsSummar
                 parent[max(a, b)] = min(a, b)
     contacts: dict[str, Contact] = {}
     totals: dict[str, int] = {}
-    for sighting in ordered:
+    for sighting, keys in ordered:
         for currency_code, amount in sighting.revenue_minor:
             totals[currency_code] = totals.get(currency_code, 0) + amount
-        keys = sighting.identities()
         if not keys:
             continue
         contact = contacts.setdefault(root(keys[0]), Contact())
