@@ -3,13 +3,24 @@ requests (only appointments with a non-zero amountPaid ask for their payments)."
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from apptsync.fetcher.providers import InMemoryConnectionStateStore, StoredPayments, open_session
 from apptsync.fetcher.providers.acuity._clients_payments import acuity_clients, acuity_payments
-from apptsync.shared.appointments import CanonicalAppointment, Contact, Money, Payment
-from tests.unit.fetcher.test_provider_acuity_session import FakeAcuity, acuity_record, drain, make_http, session
+from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, Money, Payment, Source
+from tests.unit.fetcher.test_provider_acuity_session import (
+    BASIC,
+    FETCHED_AT,
+    WINDOW,
+    FakeAcuity,
+    acuity_record,
+    drain,
+    make_http,
+    session,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -89,3 +100,37 @@ async def test_a_job_resumed_in_the_clients_stream_continues_after_the_clients_i
 
     assert cursor == {"clients_offset": 10, "appointments": None}
     assert [len(page.contacts) for page in rest] == [2]
+
+
+async def test_payments_the_mirror_holds_with_the_same_amount_paid_are_not_asked_again() -> None:
+    records = [acuity_record(n, date(2024, 3, 10 + n)) for n in range(1, 5)]
+    for record, paid in zip(records, ("225.00", "50.00", "80.00", "0.00"), strict=True):
+        record["amountPaid"] = paid
+    state = InMemoryConnectionStateStore()
+    state.stored_money = {
+        "1": StoredPayments(22500, 2),  # held as it is: no request, the list left unknown
+        "2": StoredPayments(8000, 1),  # amountPaid moved (a refund): asked again
+        "3": StoredPayments(8000, 0),  # held without entries (stored before payments were): asked
+    }
+    fake = FakeAcuity(records, payments={"1": PAYMENTS, "2": PAYMENTS[:1], "3": PAYMENTS[:1]})
+    http = make_http(fake)
+
+    pages = await drain(open_session(Source.ACUITY, http=http, connection=BASIC, window=WINDOW, page_size=10,
+                                     cursor=None, clock=lambda: FETCHED_AT, state=state))
+    await http.aclose()
+
+    asked = sorted(r.url.path for r in fake.requests if r.url.path.endswith("/payments"))
+    assert asked == ["/api/v1/appointments/2/payments", "/api/v1/appointments/3/payments"]
+    known = {a.external_id: a.payments_known for page in pages for a in page.appointments
+             if isinstance(a, CanonicalAppointment)}
+    assert known == {"1": False, "2": True, "3": True, "4": True}
+
+
+def test_payments_are_not_part_of_the_content_hash() -> None:
+    """Whether they were asked for varies between syncs of one record; its raw JSON shows every change."""
+    base = CanonicalAppointment(
+        external_id="1", starts_at=datetime(2024, 3, 10, tzinfo=UTC), ends_at=datetime(2024, 3, 10, 1, tzinfo=UTC),
+        timezone="UTC", status=AppointmentStatus.SCHEDULED, observed_at=datetime(2024, 3, 10, tzinfo=UTC),
+        raw_json='{"id": 1, "amountPaid": "225.00"}')
+    fetched = dataclasses.replace(base, payments=acuity_payments(PAYMENTS, "USD") or (), payments_known=True)  # type: ignore[arg-type]
+    assert fetched.content_hash == base.content_hash

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from apptsync.shared.appointments import Contact
 from apptsync.shared.errors import PoisonMessageError
 from apptsync.v1 import pages_pb2
 from apptsync.writer.accounting import (
+    StoredVersion,
     decode_page,
     drop_refused_records,
+    payment_refreshes,
     plan_batch,
     plan_contacts,
     refused_page_counts,
 )
 from apptsync.writer.intake import record_page_value
-from tests.unit.writer.page_builders import appointment, page
+from tests.unit.writer.page_builders import T0, appointment, page
 
 pytestmark = pytest.mark.unit
 
@@ -81,3 +85,23 @@ def test_a_refused_record_is_copied_alone_as_a_one_record_page() -> None:
     assert (single.records_fetched, single.skipped.invalid) == (1, 0)
     with pytest.raises(PoisonMessageError):
         record_page_value(value, "missing")
+
+
+def test_unchanged_rows_with_a_known_payment_list_refresh_their_payments_stale_ones_do_not() -> None:
+    stored_page = decode_page(page([appointment("a", payments=(("t1", 100),)), appointment("b")]).SerializeToString())
+    stored = {(stored_page.external_source, row.external_id): StoredVersion(row.content_hash, row.observed_at)
+              for row in stored_page.rows}
+    older = T0 - timedelta(hours=1)
+    again = decode_page(page([
+        appointment("a", payments=(("t1", 100),)),  # unchanged, payments known: refreshed
+        appointment("b"),  # unchanged, payments not asked for: nothing
+        appointment("c", payments=(("t3", 300),)),  # new: written with the row, not a refresh
+        appointment("d", payments=()),  # known empty: nothing to refresh
+    ]).SerializeToString())
+    stale = decode_page(page([appointment("a", version=9, observed_at=older, payments=(("t9", 900),))],
+                             page_no=2).SerializeToString())
+
+    plan = plan_batch([again, stale], stored)
+
+    assert [write.row.external_id for write in payment_refreshes(plan)] == ["a"]
+    assert payment_refreshes(plan)[0].page.page_no == 1

@@ -182,12 +182,9 @@ def content_hash(appointment: CanonicalAppointment) -> bytes:
         parts += ("rescheduled_to", a.rescheduled_to_external_id)
     if a.rescheduled_from_external_id:
         parts += ("rescheduled_from", a.rescheduled_from_external_id)
-    # Appended only when there are some, like the links above: a refund changes the hash (the row
-    # and its payments are written again); a record without payments hashes as before.
-    for payment in a.payments:
-        parts += ("payment", payment.transaction_id, _money_text(payment.amount), payment.processor,
-                  "" if payment.paid_at is None else payment.paid_at.astimezone(UTC).isoformat(),
-                  f"{int(payment.successful)}{int(payment.refunded)}")
+    # `payments` are not hashed: whether they were asked for varies between syncs of the same record
+    # (Acuity's are fetched only when amountPaid moved), and every change to them shows in the raw
+    # record anyway (Acuity's amountPaid is the sum of the entries; Calendly's payment is the invitee's).
     return _framed_sha256(parts)
 
 

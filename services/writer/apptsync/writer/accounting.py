@@ -635,6 +635,23 @@ def count_pages(
     ]
 
 
+def payment_refreshes(plan: BatchPlan) -> list[RowWrite]:
+    """Rows the batch leaves unchanged that carry a known, non-empty payment list (the last copy per
+    key): their payments are written too. The content hash does not cover payments (they are asked
+    for only when the amount paid moved), so a row first stored before its payments were (an earlier
+    version of apptsync, or a page that could not read them) gets them with the next sync that
+    reads them. Stale copies are not: a newer version is stored."""
+    stale = {(record.page, record.external_id) for record in plan.stale}
+    refreshes: dict[RowKey, RowWrite] = {}
+    for page in plan.pages:
+        for row in page.rows:
+            key = (page.external_source, row.external_id)
+            if (row.payments_known and row.payments and key not in plan.writes and key not in plan.cancels
+                    and (page.key, row.external_id) not in stale):
+                refreshes[key] = RowWrite(page, row)
+    return list(refreshes.values())
+
+
 def inserted_keys(plan: BatchPlan, written: Mapping[RowKey, bool]) -> dict[PageKey, list[str]]:
     """Per page, the external ids it inserted (the first writer of a key the upsert inserted)."""
     by_page: dict[PageKey, list[str]] = {}

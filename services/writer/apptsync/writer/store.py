@@ -41,6 +41,7 @@ from apptsync.writer.accounting import (
     job_totals,
     keys_by_source,
     outcome_by_key,
+    payment_refreshes,
     plan_batch,
     plan_contacts,
     recount_rewrite,
@@ -374,6 +375,9 @@ async def _write_pages_in_transaction(
                     raise _RowsRefusedError(str(exc)) from exc
                 raise
             refused = {}
+        refreshes = payment_refreshes(plan)
+        if refreshes:
+            await _write_payments(connection, tenant_id, refreshes, {write.key: False for write in refreshes})
         canceled = await _cancel(connection, tenant_id, plan)
         counts = count_pages(plan, written, canceled)
         inserted_by_page = inserted_keys(plan, written)

@@ -30,7 +30,12 @@ from apptsync.fetcher.providers._model import (
 )
 from apptsync.fetcher.providers._near_term import NEAR_TERM_LOOKBACK, near_term_window
 from apptsync.fetcher.providers._registry import SessionFactory, open_session, supported_sources
-from apptsync.fetcher.providers._state import ConnectionStateStore, CredentialRefresh, InMemoryConnectionStateStore
+from apptsync.fetcher.providers._state import (
+    ConnectionStateStore,
+    CredentialRefresh,
+    InMemoryConnectionStateStore,
+    StoredPayments,
+)
 
 __all__ = [
     "NEAR_TERM_LOOKBACK",
@@ -49,6 +54,7 @@ __all__ = [
     "RetryPolicy",
     "SessionFactory",
     "SharedBudget",
+    "StoredPayments",
     "UnauthorizedError",
     "backoff_seconds",
     "near_term_window",

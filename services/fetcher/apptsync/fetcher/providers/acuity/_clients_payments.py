@@ -6,8 +6,9 @@
 - `GET /appointments/{id}/payments` answers `[{transactionID, created, processor, amount}]`, the
   amount a decimal string in the connection's currency (`"300.00"` -> 30000 minor units). Acuity
   documents no refund shape; a refund is an entry with a negative amount, and `amountPaid` is the
-  sum of the entries. So the list is asked for only when `amountPaid` is not zero: an appointment
-  paid nothing, or refunded in full, adds nothing to revenue whatever its entries say.
+  sum of the entries. So the list is asked for only when `amountPaid` is not zero (an appointment
+  paid nothing, or refunded in full, adds nothing to revenue whatever its entries say) and differs
+  from what the mirror holds (a new entry changes the sum; an unchanged one needs no request).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 from apptsync.fetcher.providers._model import JsonValue
 from apptsync.fetcher.providers._money import money_from_amount
+from apptsync.fetcher.providers._state import StoredPayments
 from apptsync.fetcher.providers.acuity._normalizer import parse_acuity_datetime
 from apptsync.shared.appointments import CanonicalAppointment, Contact, Payment
 
@@ -43,9 +45,18 @@ def acuity_clients(records: JsonValue) -> list[Contact]:
     return [contact for contact in map(acuity_client, records) if contact is not None]
 
 
-def needs_payments(appointment: CanonicalAppointment) -> bool:
-    """Whether to ask Acuity for the appointment's payment entries: its `amountPaid` is not zero."""
+def pays(appointment: CanonicalAppointment) -> bool:
+    """Whether the appointment's `amountPaid` is not zero (absent counts as zero: nothing known)."""
     return appointment.amount_paid is not None and appointment.amount_paid.amount_minor != 0
+
+
+def needs_payments(appointment: CanonicalAppointment, stored: StoredPayments | None) -> bool:
+    """Whether to ask Acuity for the appointment's payment entries: it paid something, and the
+    mirror does not hold it (`stored` None), holds another amount paid, or holds no entries for it."""
+    if not pays(appointment):
+        return False
+    assert appointment.amount_paid is not None  # noqa: S101 -- narrows the type; pays() checked it
+    return stored is None or stored.entries == 0 or stored.amount_paid_minor != appointment.amount_paid.amount_minor
 
 
 def acuity_payments(records: JsonValue, currency: str) -> tuple[Payment, ...] | None:

@@ -16,6 +16,7 @@ from apptsync.fetcher.providers.acuity._clients_payments import (
     acuity_clients,
     acuity_payments,
     needs_payments,
+    pays,
     with_payments,
     without_payments,
 )
@@ -63,9 +64,10 @@ class AcuitySession:
     ones it sent (the cursor holds `clients_offset`). A job resumed in the appointment walk does not
     list them again (the next job does).
 
-    Payments: each appointment whose `amountPaid` is not zero gets its entries from
-    `GET /appointments/{id}/payments`, inside the shared rate budget (`payment_requests` counts
-    them); one that paid nothing has a known empty list (see acuity._clients_payments).
+    Payments: an appointment whose `amountPaid` is not zero and not what the mirror holds (with its
+    entries) gets its entries from `GET /appointments/{id}/payments`, inside the shared rate budget
+    (`payment_requests` counts them): an up-to-date tenant's sync asks for none. One that paid
+    nothing has a known empty list (see acuity._clients_payments).
 
     The near-term sweep: the near term is walked first and completely, so a stored row of the near
     term that the walk did not return has moved out of it (rescheduled to a later or earlier day) or
@@ -237,13 +239,19 @@ class AcuitySession:
                             skip_details=[], contacts=chunk)
 
     async def _with_payments(self, page: ProviderPage, headers: Mapping[str, str]) -> ProviderPage:
-        """`page` with each appointment's payment list: asked for when `amountPaid` is not zero."""
+        """`page` with the payment lists it needs (acuity._clients_payments.needs_payments): asked for
+        when `amountPaid` is not zero and the mirror does not hold that amount with its entries yet;
+        a known empty list when nothing was paid; left unknown (the stored entries stay) otherwise."""
+        paying = [a.external_id for a in page.appointments if isinstance(a, CanonicalAppointment) and pays(a)]
+        stored = await self._state.stored_payments(Source.ACUITY.value, paying) if self._state and paying else {}
         appointments: list[PageRecord] = []
         for record in page.appointments:
             if not isinstance(record, CanonicalAppointment):
                 appointments.append(record)
-            elif not needs_payments(record):
+            elif not pays(record):
                 appointments.append(without_payments(record))
+            elif not needs_payments(record, stored.get(record.external_id)):
+                appointments.append(record)
             else:
                 self.payment_requests += 1
                 response = await self._http.get_json(
