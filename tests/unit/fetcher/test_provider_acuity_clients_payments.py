@@ -88,6 +88,17 @@ async def test_the_clients_stream_comes_first_in_pages_without_records_then_the_
     assert [r.url.path for r in fake.requests].count("/api/v1/clients") == 1
 
 
+async def test_a_session_without_clients_lists_none() -> None:
+    fake = FakeAcuity([acuity_record(1, date(2024, 3, 11))], clients=LISTED)
+    http = make_http(fake)
+
+    pages = await drain(session(http, clients=False))
+    await http.aclose()
+
+    assert [len(page.contacts) for page in pages] == [0]
+    assert all(not r.url.path.endswith("/clients") for r in fake.requests)
+
+
 async def test_a_job_resumed_in_the_clients_stream_continues_after_the_clients_it_sent() -> None:
     fake = FakeAcuity([], clients=LISTED * 6)
     http = make_http(fake)

@@ -121,6 +121,7 @@ def session(
     connection: ConnectionConfig = BASIC,
     cursor: object = None,
     near_term: JobWindow | None = None,
+    clients: bool = True,
 ) -> ProviderSession:
     return open_session(
         Source.ACUITY,
@@ -131,6 +132,7 @@ def session(
         cursor=cursor,  # type: ignore[arg-type]
         clock=lambda: FETCHED_AT,
         near_term=near_term,
+        clients=clients,
     )
 
 

@@ -180,6 +180,9 @@ async def _page_loop(
             near_term=near_term_window(
                 now=ctx.clock(), horizon=timedelta(days=ctx.settings.freshness_horizon_days), window=window
             ),
+            # The client list (people with or without an appointment in the window) changes slowly:
+            # the jobs that walk everything carry it, frequent early-stopping syncs do not.
+            clients=job.first_import or StopPolicy(job.options.stop_policy) is StopPolicy.NEVER,
         )
     near_term_pages = 0 if session is None else session.near_term_pages
     progress.resume(

@@ -57,12 +57,12 @@ _APPOINTMENTS_CURSOR = "appointments"
 class AcuitySession:
     """A ProviderSession over Acuity's `GET /appointments` (see AcuityPaginator for the paging).
 
-    The clients stream: a session opened without a cursor first lists `GET /clients` (one request:
-    Acuity pages it no further) and sends it as pages of `page_size` contacts and no records (they
-    neither stop a job nor break a streak), so clients without an appointment in the window are
-    imported too; a job resumed during the clients stream lists them again and continues after the
-    ones it sent (the cursor holds `clients_offset`). A job resumed in the appointment walk does not
-    list them again (the next job does).
+    The clients stream: a session opened with `clients` and without a cursor first lists
+    `GET /clients` (one request: Acuity pages it no further) and sends it as pages of `page_size`
+    contacts and no records (they neither stop a job nor break a streak), so clients without an
+    appointment in the window are imported too; a job resumed during the clients stream lists them
+    again and continues after the ones it sent (the cursor holds `clients_offset`). A job resumed in
+    the appointment walk does not list them again (the next full sync does).
 
     Payments: an appointment whose `amountPaid` is not zero and not what the mirror holds (with its
     entries) gets its entries from `GET /appointments/{id}/payments`, inside the shared rate budget
@@ -89,11 +89,12 @@ class AcuitySession:
         clock: Callable[[], datetime],
         near_term: JobWindow | None = None,
         state: ConnectionStateStore | None = None,
+        clients: bool = False,
     ) -> None:
         currency = connection.settings.get("currency", DEFAULT_CURRENCY).strip().upper()
         if not is_currency_code(currency):
             raise InvalidArgumentError("currency", f"not an ISO 4217 code: {currency!r}")
-        self._clients_offset: int | None = 0 if cursor is None else None
+        self._clients_offset: int | None = 0 if cursor is None and clients else None
         if isinstance(cursor, dict) and _CLIENTS_OFFSET in cursor:
             offset = cursor.get(_CLIENTS_OFFSET)
             if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
@@ -276,6 +277,7 @@ def open_acuity_session(
     clock: Callable[[], datetime],
     state: ConnectionStateStore | None = None,
     near_term: JobWindow | None = None,
+    clients: bool = False,
 ) -> AcuitySession:
     """Raises InvalidArgumentError (bad currency, cursor or page size). `near_term` is walked first
     (see AcuityPaginator); `state` tells the near-term sweep which rows are stored (see AcuitySession)."""
@@ -288,4 +290,5 @@ def open_acuity_session(
         clock=clock,
         near_term=near_term,
         state=state,
+        clients=clients,
     )
