@@ -26,6 +26,10 @@ ALTER TABLE contacts ADD CONSTRAINT contacts_tenant_match_key UNIQUE (tenant_id,
 -- Backfill: the identities the per-source keys name (email and client id; their phones were kept
 -- as digits, not E.164, and are read again with the next import of each contact). Contacts of one
 -- tenant with the same email are one person: merged into the lowest id.
+-- Row security is forced on these tables for their owner too (0004), and the migration runs as
+-- the owner: lifted for the backfill, which spans tenants, and forced again right after.
+ALTER TABLE contacts NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE appointments NO FORCE ROW LEVEL SECURITY;
 CREATE TEMPORARY TABLE contact_backfill ON COMMIT DROP AS
 SELECT c.tenant_id, c.contact_id,
        CASE WHEN c.email LIKE '%@%' THEN 'email' WHEN c.provider_client_id <> '' THEN 'client' END AS kind,
@@ -45,6 +49,8 @@ SELECT DISTINCT b.tenant_id, b.kind, b.value, w.winner
 FROM contact_backfill AS b JOIN contact_backfill_winner AS w USING (tenant_id, contact_id)
 WHERE b.kind IS NOT NULL
 ON CONFLICT DO NOTHING;
+ALTER TABLE contacts FORCE ROW LEVEL SECURITY;
+ALTER TABLE appointments FORCE ROW LEVEL SECURITY;
 
 -- Payments and refunds of appointments, one row per provider transaction. They belong to their
 -- appointment (tenant, source, appointment external id), so merging two contacts needs no update
