@@ -8,6 +8,7 @@ from apptsync.writer.contacts import (
     ContactRef,
     Observation,
     StoredContact,
+    first_identity,
     identities,
     match_key,
     normalize_email,
@@ -129,3 +130,14 @@ def test_an_observation_without_identities_has_no_contact() -> None:
 
 def test_match_keys_name_the_first_identity() -> None:
     assert match_key(("phone", "+14155550123")) == "person:phone:+14155550123"
+
+
+@pytest.mark.parametrize(
+    "observation",
+    [Observation("acuity", "Ada", "ADA@example.org", "+14155550123", "7"),
+     Observation("acuity", "Ada", "", "4155550123"), Observation("acuity", "Ada", provider_client_id="7"),
+     Observation("acuity", "Ada"), Observation("acuity")],
+)
+def test_the_first_identity_is_the_first_of_all_of_them(observation: Observation) -> None:
+    found = identities(observation)
+    assert first_identity(observation) == (found[0] if found else None)

@@ -37,7 +37,7 @@ from apptsync.shared.appointments import AppointmentStatus, Source
 from apptsync.shared.errors import PermanentError, PoisonMessageError
 from apptsync.shared.pages import STATUS_FROM_PROTO, from_timestamp
 from apptsync.v1 import pages_pb2
-from apptsync.writer.contacts import DEFAULT_PHONE_REGION, Identity, Observation, identities
+from apptsync.writer.contacts import DEFAULT_PHONE_REGION, Identity, Observation, first_identity, identities
 
 CONTENT_HASH_BYTES = 32  # SHA-256, see apptsync.shared.appointments.content_hash
 _SOURCES = frozenset(source.value for source in Source)
@@ -92,8 +92,6 @@ class AppointmentRow:
     stub: bool = False
     rescheduled_to_external_id: str = ""
     rescheduled_from_external_id: str = ""
-    # The contact's identities in matching priority (apptsync.writer.contacts.identities).
-    identities: tuple[Identity, ...] = ()
     # Written as the appointment's complete payment list when payments_known (pages.proto).
     payments: tuple[PaymentRow, ...] = ()
     payments_known: bool = False
@@ -104,10 +102,10 @@ class AppointmentRow:
         return self.contact_key is None
 
 
-def contact_key(found: Sequence[Identity]) -> str | None:
-    """The key an appointment's contact is known by in a batch: its first identity as `kind:value`
-    (the prefix keeps an email from matching a client id spelled the same); None when it has none."""
-    return f"{found[0][0]}:{found[0][1]}" if found else None
+def contact_key(found: Identity | None) -> str | None:
+    """The key an appointment's contact is known by: its first identity as `kind:value` (the prefix
+    keeps an email from matching a client id spelled the same); None when it has none."""
+    return None if found is None else f"{found[0]}:{found[1]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +327,7 @@ def _row(message: pages_pb2.Appointment, index: int, source: str, region: str = 
     price_minor, price_currency = _money(message, "price")
     paid_minor, paid_currency = _money(message, "amount_paid")
     contact = message.contact
-    found = () if message.stub else identities(
+    found = None if message.stub else first_identity(
         Observation(source=source, name=contact.name, email=contact.email, phone=contact.phone,
                     provider_client_id=contact.provider_client_id),
         region,
@@ -359,7 +357,6 @@ def _row(message: pages_pb2.Appointment, index: int, source: str, region: str = 
         stub=message.stub,
         rescheduled_to_external_id=message.rescheduled_to_external_id,
         rescheduled_from_external_id=message.rescheduled_from_external_id,
-        identities=found,
         payments=tuple(_payment(payment, where) for payment in message.payments),
         payments_known=message.payments_known,
     )
@@ -830,24 +827,28 @@ def plan_contacts(pages: Sequence[DecodedPage], writes: Iterable[RowWrite]) -> C
     """The ContactPlan of a batch: `pages` (for their listed clients) and the rows it writes."""
     by_page: dict[PageKey, list[RowWrite]] = {}
     for write in writes:
-        if write.row.identities:  # no contact (stubs never have one)
+        if write.row.contact_key is not None:  # no contact (stubs never have one)
             by_page.setdefault(write.page.key, []).append(write)
     observations: list[tuple[Observation, tuple[Identity, ...]]] = []
     write_index: dict[RowKey, int] = {}
     for page in pages:
         observations.extend(found for found in page.contacts if found[1])
         for write in by_page.pop(page.key, ()):
-            row = write.row
             write_index[write.key] = len(observations)
-            observations.append((Observation(page.external_source, row.contact_name, row.contact_email,
-                                             row.contact_phone, row.provider_client_id), row.identities))
+            observations.append(_observed(write))
     for leftover in by_page.values():  # writes of pages not in `pages` (callers pass the batch's pages)
         for write in leftover:
-            row = write.row
             write_index[write.key] = len(observations)
-            observations.append((Observation(write.page.external_source, row.contact_name, row.contact_email,
-                                             row.contact_phone, row.provider_client_id), row.identities))
+            observations.append(_observed(write))
     return ContactPlan(tuple(observations), write_index)
+
+
+def _observed(write: RowWrite) -> tuple[Observation, tuple[Identity, ...]]:
+    """The written row's person with all its identities (parsed here, for written rows only)."""
+    row, page = write.row, write.page
+    observation = Observation(page.external_source, row.contact_name, row.contact_email, row.contact_phone,
+                              row.provider_client_id)
+    return observation, identities(observation, page.default_phone_region)
 
 
 RecordKey = tuple[PageKey, str]  # (page, external id)

@@ -81,6 +81,17 @@ class Observation:
     listed_client: bool = False
 
 
+def first_identity(observation: Observation, default_region: str = DEFAULT_PHONE_REGION) -> Identity | None:
+    """The observation's highest-priority identity (`identities(...)[0]`), or None, without parsing
+    the phone when there is an email (`phonenumbers` costs ~20 us a number: this runs for every row
+    of every page, the full list only for the rows a batch writes)."""
+    email = normalize_email(observation.email)
+    if email is not None:
+        return ("email", email)
+    found = identities(observation, default_region)
+    return found[0] if found else None
+
+
 def identities(observation: Observation, default_region: str = DEFAULT_PHONE_REGION) -> tuple[Identity, ...]:
     """The observation's identities in matching priority (see the module docstring); empty: it
     matches no contact (an appointment is then stored with a null contact, invariant 8)."""
