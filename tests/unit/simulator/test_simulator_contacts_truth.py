@@ -62,6 +62,7 @@ def test_email_case_and_phone_formats_are_one_person() -> None:
     assert summary.contacts_total == 1
     (contact,) = summary.contacts
     assert (contact.email, contact.phone, contact.name) == ("ann@example.com", "+15550102345", "Ann Lee")
+    assert (contact.emails, contact.phones) == ({"ann@example.com"}, {"+15550102345"})
     assert (summary.paying_contacts, summary.revenue_minor) == (1, 7500)
 
 
@@ -83,6 +84,7 @@ def test_a_person_seen_by_email_in_one_record_and_by_phone_in_another_is_one_con
     )
     assert (summary.contacts_total, summary.paying_contacts) == (1, 1)
     assert summary.contacts[0].name == "Bo"  # the first name seen
+    assert (summary.contacts[0].emails, summary.contacts[0].phones) == ({"bob@mail.example"}, {"+15550102345"})
 
 
 def test_the_name_counts_only_without_email_and_phone() -> None:
@@ -126,8 +128,8 @@ def test_the_summary_renders_the_documented_keys() -> None:
         "currency": "USD",
         "revenue_minor_by_currency": {"USD": 30000},
         "contacts": [
-            {"email": "ann@example.com", "phone": "", "name": "Ann", "revenue_minor": 30000,
-             "revenue_minor_by_currency": {"USD": 30000}},
+            {"email": "ann@example.com", "phone": "", "name": "Ann", "emails": ["ann@example.com"], "phones": [],
+             "revenue_minor": 30000, "revenue_minor_by_currency": {"USD": 30000}},
         ],
     }  # fmt: skip
 
@@ -182,7 +184,7 @@ def test_a_new_client_adds_a_contact_or_joins_a_booker_by_phone() -> None:
     applied = mutate(s, 21, 40, kinds={Kind.NEW_CLIENT})
     assert {m.kind for m in applied} == {Kind.NEW_CLIENT} and {m.provider for m in applied} == {ACUITY}
     contacts = acuity_contacts(s.acuity, 1001).contacts
-    identities = {c.email for c in contacts} | {c.phone for c in contacts}
+    identities = {key for c in contacts for key in c.emails | c.phones}
     assert all(m.key in identities for m in applied)
     by_phone = [m for m in applied if m.key.startswith("+")]
     assert by_phone  # a client tied to a booking only by its phone

@@ -472,7 +472,7 @@ class AcuityStore:
             booked = [*self.of(user_id).values(), *self.removed[user_id].values()]
             bookers = (
                 Booker(a.first_name, a.last_name, a.email, a.phone, a.id)
-                for a in sorted(booked, key=lambda a: (a.created_at, a.id))
+                for a in sorted(booked, key=lambda a: (a.created_at.timestamp(), a.id))  # aware compares are slow
             )
             found = client_list(self._listed_clients[user_id], bookers)
             self._clients[user_id] = found

@@ -11,7 +11,7 @@ Rules (the product must reach the same figures on its own):
   identity are one contact, transitively (a client listed with a phone and a booking with that phone
   and an email are one person; so is every later booking with that email). A sighting with no
   identity at all is nobody's. The contact shows the first email, phone and name seen, clients first
-  in list order, then records in key order.
+  in list order, then records in key order, and every email and phone it was seen with.
 - **Revenue.** Acuity: every payment entry of the appointment (`GET /appointments/{id}/payments`),
   refunds being negative entries, so a canceled booking refunded in full adds nothing and a kept
   payment counts whatever the booking's status; Calendly: the invitee's `payment.amount` when
@@ -59,6 +59,8 @@ class Contact:
     email: str = ""
     phone: str = ""
     name: str = ""
+    emails: set[str] = field(default_factory=set)
+    phones: set[str] = field(default_factory=set)
     revenue_minor_by_currency: dict[str, int] = field(default_factory=dict)
 
     def to_json(self, currency: str) -> dict[str, object]:
@@ -66,6 +68,8 @@ class Contact:
             "email": self.email,
             "phone": self.phone,
             "name": self.name,
+            "emails": sorted(self.emails),
+            "phones": sorted(self.phones),
             "revenue_minor": self.revenue_minor_by_currency.get(currency, 0),
             "revenue_minor_by_currency": dict(sorted(self.revenue_minor_by_currency.items())),
         }
@@ -127,8 +131,12 @@ def summarize(sightings: Iterable[Sighting], *, currency: str) -> ContactsSummar
         if not keys:
             continue
         contact = contacts.setdefault(root(keys[0]), Contact())
-        contact.email = contact.email or email_identity(sighting.email)
-        contact.phone = contact.phone or phone_identity(sighting.phone)
+        email, phone = email_identity(sighting.email), phone_identity(sighting.phone)
+        contact.email, contact.phone = contact.email or email, contact.phone or phone
+        if email:
+            contact.emails.add(email)
+        if phone:
+            contact.phones.add(phone)
         contact.name = contact.name or " ".join(f"{sighting.first_name} {sighting.last_name}".split())
         for currency_code, amount in sighting.revenue_minor:
             by_currency = contact.revenue_minor_by_currency

@@ -11,7 +11,7 @@
 - `GET /_admin/{provider}/truth/{account}/contacts[?currency=USD]`: the account's contacts and
   revenue (see _contacts_truth for the rules): `{"contacts_total", "paying_contacts",
   "revenue_minor", "currency", "revenue_minor_by_currency", "contacts": [{"email", "phone", "name",
-  "revenue_minor", "revenue_minor_by_currency"}, ...]}`; `currency` is the Acuity connection's and,
+  "emails", "phones", "revenue_minor", "revenue_minor_by_currency"}, ...]}`; `currency` is the Acuity connection's and,
   for every provider, the currency `revenue_minor` and `paying_contacts` count in.
 
 aiohttp adapter; the model lives in _mutations and _truth."""

@@ -21,7 +21,8 @@ invitee paid, successfully, in USD).
 
 Every applied mutation is reported with the keys it touched as the product keys records (Acuity: the
 appointment id; Calendly: the invitee uuid; Google: `<calendarId>/<eventId>`; a new client: its
-case-folded email, else its E.164 phone, as `GET /_admin/acuity/truth/{account}/contacts` lists it)
+case-folded email, else its E.164 phone, one of its contact's `emails`/`phones` in
+`GET /_admin/acuity/truth/{account}/contacts`)
 and whether the record started within the near-term horizon before and after the change (a client
 never does)."""
 
