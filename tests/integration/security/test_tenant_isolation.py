@@ -29,8 +29,8 @@ from tests.unit.writer.page_builders import OTHER_TENANT, TENANT, page
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-TENANT_TABLES = {"appointments", "connections", "contacts", "import_job_dead_letters", "import_job_pages",
-                 "import_jobs"}
+TENANT_TABLES = {"appointments", "connections", "contacts", "contact_identities", "import_job_dead_letters",
+                 "import_job_pages", "import_jobs", "payments"}
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ async def databases(database_url: str, service_database_url: str) -> AsyncIterat
                 external_source="acuity", base_url="http://127.0.0.1:1", credentials={"api_key": "secret"},
                 settings={}, now=NOW,
             )
-            appointments = [padded(f"{tenant[:4]}-{i}") for i in range(3)]
+            appointments = [padded(f"{tenant[:4]}-{i}", payments=[(f"{tenant[:4]}-t{i}", 100)]) for i in range(3)]
             decoded = decode_page(page(appointments, job_id=jobs[tenant], tenant_id=tenant).SerializeToString())
             await write_pages(service, [decoded])  # the writer, bound by the policies like any service
         yield Databases(owner, service, jobs)
@@ -105,6 +105,7 @@ async def test_without_a_tenant_every_table_is_empty_and_refuses_writes(database
     for table in sorted(TENANT_TABLES):
         assert await service.fetchval(f"SELECT count(*) FROM {table}") == 0, table
     assert await service.fetchval("SELECT count(*) FROM contact_revenue") == 0
+    assert await service.fetchval("SELECT count(*) FROM contact_revenue_by_currency") == 0
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
         await service.execute(
             """INSERT INTO contacts (tenant_id, external_source, match_key, name, email, phone, provider_client_id)
@@ -124,6 +125,7 @@ async def test_one_tenant_can_neither_read_nor_write_another_tenants_rows(databa
             assert {row["t"] for row in tenants} <= {TENANT}, table
         assert await service.fetchval("SELECT count(*) FROM appointments WHERE tenant_id = $1", other) == 0
         assert await service.fetchval("SELECT count(*) FROM contact_revenue WHERE tenant_id = $1", other) == 0
+        assert await service.fetchval("SELECT count(*) FROM payments") == 3  # its own, written by the writer
         assert await service.execute("UPDATE appointments SET title = 'x' WHERE tenant_id = $1", other) == "UPDATE 0"
         assert await service.execute("DELETE FROM connections WHERE tenant_id = $1", other) == "DELETE 0"
     async with tenant_transaction(service, TENANT):

@@ -58,12 +58,24 @@ def acuity_record(number: int, day: date, *, hour: int = 10) -> dict[str, object
 
 
 class FakeAcuity:
-    """GET /appointments with Acuity's semantics: local-day filter, DESC, silent truncation at max."""
+    """GET /appointments with Acuity's semantics: local-day filter, DESC, silent truncation at max;
+    GET /clients (the whole list, no id) and GET /appointments/{id}/payments."""
 
-    def __init__(self, records: list[dict[str, object]], *, ignore_min_date: bool = False) -> None:
+    def __init__(
+        self, records: list[dict[str, object]], *, ignore_min_date: bool = False,
+        clients: list[dict[str, object]] | None = None, payments: dict[str, list[dict[str, object]]] | None = None,
+    ) -> None:
         self.records = records
         self.ignore_min_date = ignore_min_date
+        self.clients = clients or []
+        self.payments = payments or {}
         self.requests: list[httpx.Request] = []
+
+    @property
+    def listing_requests(self) -> list[httpx.Request]:
+        """The requests of the appointment walk (not /clients or payments)."""
+        return [r for r in self.requests if r.url.path.endswith("/appointments") or
+                r.url.path.rsplit("/", 2)[-2] == "appointments"]
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -72,6 +84,10 @@ class FakeAcuity:
             "Bearer tok-secret",
         ):
             return httpx.Response(401, json={"status_code": 401, "error": "unauthorized", "message": "Unauthorized"})
+        if request.url.path.endswith("/clients"):
+            return httpx.Response(200, json=self.clients)
+        if request.url.path.endswith("/payments"):
+            return httpx.Response(200, json=self.payments.get(request.url.path.rsplit("/", 2)[-2], []))
         if request.url.path.rsplit("/", 2)[-2] == "appointments":  # GET /appointments/{id}
             by_id = {str(record["id"]): record for record in self.records}
             found = by_id.get(request.url.path.rsplit("/", 1)[-1])
@@ -105,6 +121,7 @@ def session(
     connection: ConnectionConfig = BASIC,
     cursor: object = None,
     near_term: JobWindow | None = None,
+    clients: bool = True,
 ) -> ProviderSession:
     return open_session(
         Source.ACUITY,
@@ -115,6 +132,7 @@ def session(
         cursor=cursor,  # type: ignore[arg-type]
         clock=lambda: FETCHED_AT,
         near_term=near_term,
+        clients=clients,
     )
 
 
@@ -153,7 +171,8 @@ async def test_requests_carry_the_documented_parameters_and_basic_auth() -> None
     http = make_http(fake)
     await drain(session(http))
     await http.aclose()
-    first = fake.requests[0]
+    assert fake.requests[0].url.path == "/api/v1/clients"  # the clients stream comes first
+    first = fake.listing_requests[0]
     assert first.url.path == "/api/v1/appointments"
     assert dict(first.url.params) == {
         "minDate": "2024-03-24",
@@ -192,7 +211,7 @@ async def test_the_public_api_is_the_default_base_url() -> None:
     http = make_http(fake)
     await drain(session(http, connection=ConnectionConfig(base_url="", credentials=BASIC.credentials)))
     await http.aclose()
-    assert str(fake.requests[0].url).startswith("https://acuityscheduling.com/api/v1/appointments?")
+    assert str(fake.listing_requests[0].url).startswith("https://acuityscheduling.com/api/v1/appointments?")
 
 
 async def test_a_response_that_is_not_a_list_is_rejected() -> None:
@@ -275,7 +294,9 @@ async def test_the_near_term_sweep_finds_a_stored_booking_that_moved_out_of_the_
 
     try:
         pages = await drain(opened())
-        resumed_pages = await drain(opened(cursor=json.loads(json.dumps(opened().cursor()))))
+        started = opened()
+        await started.next_page()  # the walk's first page: a session resumed after it did not see it
+        resumed_pages = await drain(opened(cursor=json.loads(json.dumps(started.cursor()))))
     finally:
         await http.aclose()
 

@@ -22,7 +22,7 @@ from apptsync.fetcher.providers.calendly import (
     event_uuid,
     normalize_calendly_invitee,
 )
-from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Money, SkippedRecord
+from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Money, Payment, SkippedRecord
 
 pytestmark = pytest.mark.unit
 
@@ -197,6 +197,37 @@ def test_a_booking_never_rescheduled_has_no_links_and_a_link_is_content() -> Non
 def test_payments_are_money_in_minor_units(payment: object, price: Money | None, paid: Money | None) -> None:
     appointment = normalized(invitee=variant(INVITEE, payment=payment))
     assert (appointment.price, appointment.amount_paid) == (price, paid)
+
+
+def test_the_documented_payment_float_becomes_minor_units_without_binary_rounding() -> None:
+    appointment = normalized()  # the documented invitee: "amount": 1234.56, "successful": true
+
+    assert appointment.payments_known
+    assert appointment.payments == (Payment("ch_AAAAAAAAAAAAAAAAAAAAAAAA", Money(123456, "USD"), "stripe"),)
+    assert appointment.payments[0].revenue_minor == 123456
+    # Binary float arithmetic would lose a cent on amounts like 1.15 (1.15 * 100 == 114.99999999999999):
+    # the amount is read through its decimal text instead.
+    cheap = normalized(invitee=variant(INVITEE, payment={**INVITEE["payment"], "amount": 1.15}))
+    assert int(1.15 * 100) == 114 and cheap.payments[0].amount == Money(115, "USD")
+
+
+@pytest.mark.parametrize(
+    ("payment", "expected"),
+    [
+        (None, ()),  # nothing paid: a known empty list
+        ({"external_id": "ch_1", "provider": "stripe", "amount": 45, "currency": "EUR", "successful": False},
+         (Payment("ch_1", Money(4500, "EUR"), "stripe", successful=False),)),  # attempted: counts nothing
+        ({"provider": "paypal", "amount": 19.99, "currency": "USD", "successful": True},
+         (Payment("invitee/AAAAAAAAAAAAAAAA", Money(1999, "USD"), "paypal"),)),  # keyed by the invitee
+        ({"amount": "lots", "currency": "USD", "successful": True}, None),  # unreadable: stored ones stay
+    ],
+)
+def test_the_invitee_payment_is_its_payment_list(payment: object, expected: tuple[Payment, ...] | None) -> None:
+    invitee = variant(INVITEE, payment=payment, uri=INVITEE["uri"].rsplit("/", 1)[0] + "/AAAAAAAAAAAAAAAA")
+    appointment = normalized(invitee=invitee)
+
+    assert appointment.payments_known == (expected is not None)
+    assert appointment.payments == (expected or ())
 
 
 def test_name_falls_back_to_first_and_last_name() -> None:

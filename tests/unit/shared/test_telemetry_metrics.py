@@ -8,6 +8,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from apptsync.shared.counts import STREAM_COUNTERS
 from apptsync.shared.telemetry.http_metrics import MeteredTransport
 from apptsync.shared.telemetry.metrics import RECORD_OUTCOMES, Metrics
 from apptsync.v1 import pages_pb2
@@ -79,7 +80,8 @@ def test_in_flight_pages_are_summed_over_running_jobs() -> None:
 
 def test_record_outcomes_cover_every_count_of_a_page_result() -> None:
     """Every per-record outcome a PageResult carries is a metric label, and nothing else is."""
-    not_outcomes = {"job_id", "page_no", "records_fetched", "contacts_unmatched", "redelivered", "skipped"}
+    not_outcomes = {"job_id", "page_no", "records_fetched", "contacts_unmatched", "redelivered", "skipped",
+                    *STREAM_COUNTERS}
     fields = {f.name for f in pages_pb2.PageResult.DESCRIPTOR.fields} - not_outcomes
     skips = {f"skipped_{f.name}" for f in pages_pb2.SkipCounts.DESCRIPTOR.fields}
     assert set(RECORD_OUTCOMES) == fields | skips

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, Money
+from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, Money, Payment
 from apptsync.shared.pages import build_page
 from apptsync.v1 import pages_pb2
 
@@ -20,8 +20,11 @@ def appointment(
     version: int = 0,
     observed_at: datetime = T0,
     contact: Contact | None = None,
+    payments: Sequence[tuple[str, int]] | None = None,
+    source_currency: str = "USD",
 ) -> CanonicalAppointment:
-    """An appointment whose content (and hash) changes with `version`."""
+    """An appointment whose content (and hash) changes with `version`; `payments` (transaction id,
+    signed amount in minor units): its known payment list (None: not asked for)."""
     return CanonicalAppointment(
         external_id=external_id,
         starts_at=T0 + timedelta(days=1),
@@ -33,6 +36,9 @@ def appointment(
         title=f"Session v{version}",
         contact=contact if contact is not None else Contact(name="Ada", email=f"{external_id}@example.org"),
         price=Money(4500, "EUR"),
+        payments=tuple(Payment(transaction_id, Money(amount, source_currency), "stripe")
+                       for transaction_id, amount in payments or ()),
+        payments_known=payments is not None,
     )
 
 
@@ -45,6 +51,7 @@ def page(
     external_source: str = "acuity",
     skipped_out_of_window: int = 0,
     skipped_invalid: int = 0,
+    contacts: Sequence[Contact] = (),
 ) -> pages_pb2.AppointmentPage:
     return build_page(
         job_id=job_id,
@@ -57,6 +64,7 @@ def page(
         appointments=appointments,
         skipped_out_of_window=skipped_out_of_window,
         skipped_invalid=skipped_invalid,
+        contacts=contacts,
     )
 
 

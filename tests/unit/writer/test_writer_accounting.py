@@ -90,9 +90,9 @@ def test_malformed_ids_and_broken_page_accounting_are_poison() -> None:
             decode_page(message.SerializeToString())
 
 
-def test_contacts_unmatched_counts_rows_without_email_phone_or_client_id() -> None:
+def test_contacts_unmatched_counts_rows_without_email_phone_client_id_or_name() -> None:
     page = decoded([
-        appointment("a", contact=Contact(name="only a name")),
+        appointment("a", contact=Contact(name=" ", email="not-an-email")),
         appointment("b", contact=Contact(phone="+4930123")),
         appointment("c", contact=Contact(provider_client_id="cl-9")),
         appointment("d", contact=Contact()),

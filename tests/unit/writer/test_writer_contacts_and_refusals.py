@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from apptsync.shared.appointments import Contact
 from apptsync.shared.errors import PoisonMessageError
 from apptsync.v1 import pages_pb2
 from apptsync.writer.accounting import (
-    contact_match_key,
+    StoredVersion,
     decode_page,
     drop_refused_records,
+    payment_refreshes,
     plan_batch,
     plan_contacts,
     refused_page_counts,
 )
 from apptsync.writer.intake import record_page_value
-from tests.unit.writer.page_builders import appointment, page
+from tests.unit.writer.page_builders import T0, appointment, page
 
 pytestmark = pytest.mark.unit
 
@@ -26,30 +29,36 @@ pytestmark = pytest.mark.unit
     [
         (" Ada@Example.ORG ", "+49 30 123456", "c1", "email:ada@example.org"),
         ("not-an-email", "+49 (30) 123-456", "c1", "phone:+4930123456"),
-        ("", "030 123456", "", "phone:030123456"),
-        ("", "12", " c-7 ", "client:c-7"),  # too few digits to identify anyone
+        ("", "(415) 555-0123", "", "phone:+14155550123"),  # the page's default region (US)
+        ("", "12", " c-7 ", "client:acuity:c-7"),  # too few digits to identify anyone
         ("", "", "", None),
         ("   ", " - ", "  ", None),
     ],
 )
-def test_the_match_key_is_email_then_phone_then_client_id(
+def test_the_contact_key_is_email_then_phone_then_client_id(
     email: str, phone: str, client_id: str, expected: str | None
 ) -> None:
-    assert contact_match_key(email, phone, client_id) == expected
+    decoded = decode_page(page([appointment(
+        "a", contact=Contact(email=email, phone=phone, provider_client_id=client_id))]).SerializeToString())
+
+    assert decoded.rows[0].contact_key == expected
 
 
-def test_unmatched_rows_are_counted_and_contacts_are_planned_once_per_key() -> None:
+def test_unmatched_rows_are_counted_and_the_batch_lists_its_people_in_order() -> None:
     decoded = decode_page(page([
         appointment("a", contact=Contact(name="Ada", email="ada@example.org", phone="+4930123456")),
         appointment("b", contact=Contact(name="", email="ADA@example.org")),
-        appointment("c", contact=Contact(name="Nobody")),
+        appointment("c", contact=Contact(name=" ", phone="12")),  # nothing to match by
     ]).SerializeToString())
+    plan = plan_batch([decoded], {})
 
-    contacts = plan_contacts(plan_batch([decoded], {}).writes.values())
+    contacts = plan_contacts([decoded], plan.writes.values())
 
     assert decoded.contacts_unmatched == 1
-    assert [(c.match_key, c.name, c.email, c.phone) for c in contacts] == [
-        ("email:ada@example.org", "Ada", "ADA@example.org", "+4930123456")]
+    assert [found for _, found in contacts.observations] == [
+        (("email", "ada@example.org"), ("phone", "+4930123456")), (("email", "ada@example.org"),)]
+    assert contacts.write_index == {("acuity", "a"): 0, ("acuity", "b"): 1}
+    assert contacts.all_identities == [("email", "ada@example.org"), ("phone", "+4930123456")]
 
 
 def test_dropped_records_become_dead_letters_and_the_identity_holds() -> None:
@@ -76,3 +85,23 @@ def test_a_refused_record_is_copied_alone_as_a_one_record_page() -> None:
     assert (single.records_fetched, single.skipped.invalid) == (1, 0)
     with pytest.raises(PoisonMessageError):
         record_page_value(value, "missing")
+
+
+def test_unchanged_rows_with_a_known_payment_list_refresh_their_payments_stale_ones_do_not() -> None:
+    stored_page = decode_page(page([appointment("a", payments=(("t1", 100),)), appointment("b")]).SerializeToString())
+    stored = {(stored_page.external_source, row.external_id): StoredVersion(row.content_hash, row.observed_at)
+              for row in stored_page.rows}
+    older = T0 - timedelta(hours=1)
+    again = decode_page(page([
+        appointment("a", payments=(("t1", 100),)),  # unchanged, payments known: refreshed
+        appointment("b"),  # unchanged, payments not asked for: nothing
+        appointment("c", payments=(("t3", 300),)),  # new: written with the row, not a refresh
+        appointment("d", payments=()),  # known empty: nothing to refresh
+    ]).SerializeToString())
+    stale = decode_page(page([appointment("a", version=9, observed_at=older, payments=(("t9", 900),))],
+                             page_no=2).SerializeToString())
+
+    plan = plan_batch([again, stale], stored)
+
+    assert [write.row.external_id for write in payment_refreshes(plan)] == ["a"]
+    assert payment_refreshes(plan)[0].page.page_no == 1

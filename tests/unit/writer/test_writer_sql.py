@@ -13,7 +13,6 @@ from apptsync.writer.accounting import (
     decode_page,
     job_totals,
     plan_batch,
-    plan_contacts,
 )
 from tests.unit.writer.page_builders import JOB, TENANT, appointment, page
 
@@ -43,9 +42,7 @@ def test_appointment_rows_follow_their_row_type_with_raw_json_as_text_and_known_
     decoded = decode_page(page([appointment("a"), appointment("b", version=3)]).SerializeToString())
     plan = plan_batch([decoded], {})
     writes = list(plan.writes.values())
-    known_contact = ("acuity", writes[0].row.contact_key or "")
-
-    rows = sql.appointment_rows(writes, {known_contact: 42})
+    rows = sql.appointment_rows(writes, {writes[0].key: 42})
 
     fields = row_type_fields("apptsync_appointment_row")
     assert {len(row) for row in rows} == {len(fields)}
@@ -55,22 +52,27 @@ def test_appointment_rows_follow_their_row_type_with_raw_json_as_text_and_known_
     assert columns["raw"] == ('{"id": "a", "version": 0}', '{"id": "b", "version": 3}')  # still text
     assert columns["last_job_id"] == (JOB, JOB)
     assert columns["contact_key"] == tuple(w.row.contact_key for w in writes)
-    assert columns["contact_id"] == (42, None)  # b's contact is not known: the insert looks it up
+    assert columns["contact_id"] == (42, None)  # b resolved to no contact: stored with a null contact
 
 
-def test_contact_arguments_follow_their_row_type() -> None:
-    decoded = decode_page(page([appointment("a")]).SerializeToString())
-    contacts = plan_contacts(plan_batch([decoded], {}).writes.values())
+def test_payment_arguments_follow_their_row_type_once_per_transaction() -> None:
+    decoded = decode_page(page([appointment("a", payments=(("t1", 30000), ("t2", -5000))),
+                                appointment("b"), appointment("c", payments=(("t1", 30000),))]).SerializeToString())
+    writes = list(plan_batch([decoded], {}).writes.values())
 
-    tenant, rows = sql.contact_arguments(TENANT, contacts)
+    arguments = sql.payment_arguments(TENANT, writes)
 
-    assert tenant == TENANT
-    fields = row_type_fields("apptsync_contact_row")
-    assert [dict(zip(fields, row, strict=True)) for row in rows] == [
-        {"external_source": "acuity", "match_key": contacts[0].match_key, "name": contacts[0].name,
-         "email": contacts[0].email, "phone": contacts[0].phone,
-         "provider_client_id": contacts[0].provider_client_id}]
-    assert len(sql.contact_arguments(TENANT, contacts)) == highest_parameter(sql.UPSERT_CONTACTS)
+    assert arguments is not None
+    (tenant, sources, appointment_ids, kept), (_, rows) = arguments
+    assert tenant == TENANT and sources == ["acuity", "acuity"] and appointment_ids == ["a", "c"]
+    assert kept == ["acuity:t1", "acuity:t2"]  # t1 twice in the batch: written once, the last copy
+    fields = row_type_fields("apptsync_payment_row")
+    columns = [dict(zip(fields, row, strict=True)) for row in rows]
+    assert [(c["appointment_external_id"], c["transaction_id"], c["amount_minor"]) for c in columns] == [
+        ("c", "t1", 30000), ("a", "t2", -5000)]
+    assert highest_parameter(sql.DELETE_ABSENT_PAYMENTS) == len(arguments[0])
+    assert highest_parameter(sql.UPSERT_PAYMENTS) == len(arguments[1])
+    assert sql.payment_arguments(TENANT, [w for w in writes if w.row.external_id == "b"]) is None
 
 
 def test_upsert_only_touches_rows_whose_content_changed_and_is_not_older() -> None:
@@ -94,20 +96,6 @@ def test_the_insert_of_rows_not_stored_is_the_same_statement_without_conflict_ha
     assert highest_parameter(plain) == 2
 
 
-def test_contacts_already_stored_as_the_merge_would_leave_them_never_reach_the_upsert() -> None:
-    statement = " ".join(sql.UPSERT_CONTACTS.split())
-
-    assert ("WHERE s.tenant_id = $1::uuid AND s.external_source = r.external_source "
-            "AND s.match_key = r.match_key LIMIT 1 ) AS s ON true") in statement
-    assert ("s.match_key IS NULL OR (s.name, s.email, s.phone, s.provider_client_id) "
-            "IS DISTINCT FROM ( COALESCE(NULLIF(r.name, ''), s.name),") in statement
-    assert "FROM m WHERE m.needs_write ON CONFLICT" in statement
-    assert statement.index("LEFT JOIN LATERAL") < statement.index("ON CONFLICT")
-    # Every contact id it knows goes back to the appointments: the probe's and the upsert's.
-    assert "SELECT m.external_source, m.match_key, m.contact_id FROM m WHERE m.contact_id IS NOT NULL" in statement
-    assert "RETURNING c.external_source, c.match_key, c.contact_id" in statement
-
-
 def test_stored_versions_are_fetched_by_index_lookup_scoped_to_the_tenant() -> None:
     statement = " ".join(sql.SELECT_STORED_VERSIONS.split())
 
@@ -120,7 +108,10 @@ def test_stored_versions_are_fetched_by_index_lookup_scoped_to_the_tenant() -> N
 
 
 def test_every_statement_is_scoped_by_the_tenant_in_its_first_parameter() -> None:
-    for statement in (sql.CLAIM_PAGES, sql.SELECT_PAGE_COUNTS, sql.SELECT_STORED_VERSIONS, sql.UPSERT_CONTACTS,
+    for statement in (sql.CLAIM_PAGES, sql.SELECT_PAGE_COUNTS, sql.SELECT_STORED_VERSIONS,
+                      sql.SELECT_CONTACTS_BY_IDENTITY, sql.INSERT_CONTACTS, sql.MERGE_IDENTITIES,
+                      sql.MERGE_APPOINTMENTS, sql.DELETE_MERGED_CONTACTS, sql.INSERT_IDENTITIES, sql.UPDATE_CONTACTS,
+                      sql.DELETE_ABSENT_PAYMENTS, sql.UPSERT_PAYMENTS,
                       sql.INSERT_NEW_APPOINTMENTS, sql.UPSERT_APPOINTMENTS, sql.RECORD_PAGE_COUNTS,
                       sql.ADD_JOB_COUNTERS, sql.CANCEL_APPOINTMENTS):
         assert "$1::uuid" in statement
@@ -136,16 +127,17 @@ def test_page_and_job_count_arguments_line_up_with_their_statements() -> None:
 
     assert len(page_arguments) == highest_parameter(sql.RECORD_PAGE_COUNTS)
     assert page_arguments[2] == [1, 2]
-    assert page_arguments[-3:] == (['["a", "b"]', '["a", "b"]'], ['["a"]', '["a"]'], [b"digest", b"digest"])
+    assert page_arguments[-5:-2] == (['["a", "b"]', '["a", "b"]'], ['["a"]', '["a"]'], [b"digest", b"digest"])
     assert len(job_arguments) == highest_parameter(sql.ADD_JOB_COUNTERS)
     assert job_arguments[1:5] == ([JOB], [2], [8], [2])
 
 
 def test_page_counts_round_trip_through_a_stored_row() -> None:
     counts = PageCounts(job_id=JOB, page_no=3, records_fetched=6, inserted=1, updated=1, unchanged=1,
-                        skipped=SkipCounts(1, 1, 0, 1), contacts_unmatched=1)
+                        skipped=SkipCounts(1, 1, 0, 1), contacts_unmatched=1, contacts_fetched=4, payments_fetched=2)
     row = {"job_id": JOB, "page_no": 3, "records_fetched": 6, "inserted": 1, "updated": 1, "unchanged": 1,
            "skipped_out_of_window": 1, "skipped_invalid": 1, "skipped_dead_letter": 0,
-           "skipped_duplicate_in_page": 1, "contacts_unmatched": 1, "stale": 0, "skipped_unknown_deletion": 0}
+           "skipped_duplicate_in_page": 1, "contacts_unmatched": 1, "stale": 0, "skipped_unknown_deletion": 0,
+           "contacts_fetched": 4, "payments_fetched": 2}
 
     assert sql.page_counts_from_record(row) == counts

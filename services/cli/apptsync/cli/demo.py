@@ -1,5 +1,10 @@
 """`apptsync demo`: the embedded stack, two real imports, and a check of the database against the source.
 
+The tenant is shaped like the one the legacy import served (the simulator's Acuity account 1100: 650
+clients, 2,000 appointments, 99 of them ahead, 17 paying contacts, $5,856.00): besides the
+appointments, the demo checks the contacts, paying contacts and revenue the mirror holds against the
+simulator's truth (`/_admin/acuity/truth/1100/contacts`), and measures the payment requests.
+
 Everything runs through the real code paths: the simulator serves an Acuity-shaped API over HTTP, the
 fetcher pages it with httpx and produces to the Tansu broker, the writer upserts into PostgreSQL, and
 the demo talks to the gateway over gRPC only, like any client. The demo's state directory is wiped
@@ -32,12 +37,56 @@ from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 DEMO_TENANT_ID = "5e1d7c3a-9f2b-4c61-8a47-0d3e2b1c9a10"
 DEMO_CONNECTION_ID = "demo-acuity"
-# The simulator's demo account (see apptsync.simulator).
-DEMO_ACUITY_USER_ID = "1001"
-DEMO_ACUITY_API_KEY = "demo-acuity-key"
+# The simulator's legacy-shaped account (see apptsync.simulator._legacy_account).
+DEMO_ACUITY_USER_ID = "1100"
+DEMO_ACUITY_API_KEY = "acuity-key-1100"
+DEMO_CURRENCY = "USD"
 DEMO_APPOINTMENTS = 2000
 DEMO_WINDOW_DAYS = 90
 _TERMINAL = {imports_pb2.JOB_STATE_SUCCEEDED, imports_pb2.JOB_STATE_FAILED, imports_pb2.JOB_STATE_CANCELED}
+
+
+@dataclass(frozen=True)
+class ContactFigures:
+    """What the legacy summary showed, as the mirror holds it and as the simulator states it."""
+
+    contacts_total: int
+    contacts_expected: int
+    paying_contacts: int
+    paying_contacts_expected: int
+    revenue_minor: int
+    revenue_expected_minor: int
+    currency: str
+    # The request cost of payments: one request per appointment whose amountPaid is not zero.
+    appointments_in_window: int
+    payment_requests: int
+    provider_requests_first_import: int
+
+    @property
+    def exact(self) -> bool:
+        return (self.contacts_total, self.paying_contacts, self.revenue_minor) == (
+            self.contacts_expected, self.paying_contacts_expected, self.revenue_expected_minor)
+
+    def payment_requests_per_1000_appointments(self) -> float:
+        return 1000 * self.payment_requests / max(self.appointments_in_window, 1)
+
+    def to_json(self) -> dict[str, object]:
+        per_1000 = self.payment_requests_per_1000_appointments()
+        return {
+            "contacts_total": self.contacts_total,
+            "contacts_expected": self.contacts_expected,
+            "paying_contacts": self.paying_contacts,
+            "paying_contacts_expected": self.paying_contacts_expected,
+            "revenue_minor": self.revenue_minor,
+            "revenue_expected_minor": self.revenue_expected_minor,
+            "currency": self.currency,
+            "appointments_in_window": self.appointments_in_window,
+            "payment_requests": self.payment_requests,
+            "payment_requests_per_1000_appointments": round(per_1000, 1),
+            # Acuity's budget is 10 requests/s per source IP (the fetcher spends 10 per 1.1 s).
+            "payment_seconds_per_1000_appointments_at_budget": round(per_1000 * 1.1 / 10, 1),
+            "provider_requests_first_import": self.provider_requests_first_import,
+        }
 
 
 @dataclass(frozen=True)
@@ -89,18 +138,26 @@ async def run_demo(
                     source=imports_pb2.SOURCE_ACUITY,
                     base_url=f"{addresses.simulator_url}/acuity/api/v1",
                     credentials={"user_id": DEMO_ACUITY_USER_ID, "api_key": DEMO_ACUITY_API_KEY},
+                    settings={"currency": DEMO_CURRENCY},
                 ),
                 timeout=10,
             )
             window = imports_pb2.TimeWindow(start=timestamp(window_start), end=timestamp(window_end))
+            await _provider_requests(addresses.simulator_url, reset=True)
             first = await _import(stub, console, window, "first import (empty database)")
+            first_requests = await _provider_requests(addresses.simulator_url)
             second = await _import(stub, console, window, "same import again (nothing new: stops early)")
         verification = await _verify(addresses.database_url, addresses.simulator_url, window_start, window_end)
+        figures = await _contact_figures(
+            addresses.database_url, addresses.simulator_url, window_start, window_end, first_requests
+        )
 
     _print_jobs(console, first, second)
     ok = _print_checks(console, first, second, verification)
+    ok = _print_contact_checks(console, figures) and ok
     if as_json:
-        print(json.dumps({"first_job": message_dict(first), "second_job": message_dict(second)}, indent=2))
+        print(json.dumps({"first_job": message_dict(first), "second_job": message_dict(second),
+                          "contacts": figures.to_json()}, indent=2))
     return 0 if ok else 1
 
 
@@ -170,6 +227,86 @@ async def _verify(database_url: str, simulator_url: str, start: datetime, end: d
     )
 
 
+async def _provider_requests(simulator_url: str, *, reset: bool = False) -> int:
+    """Requests the simulated Acuity served since the last reset (`reset`: start counting afresh)."""
+    async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as client:
+        response = await (client.delete if reset else client.get)("/_admin/acuity/counters")
+        response.raise_for_status()
+        return int(response.json()["requests"])
+
+
+# What the mirror holds for the tenant: its contacts, those whose revenue is above zero, and the
+# revenue of every stored appointment (payments minus refunds, invariant 13), in the demo currency.
+_CONTACT_FIGURES = """
+SELECT (SELECT count(*) FROM contacts) AS contacts_total,
+       (SELECT count(*) FROM contact_revenue
+        WHERE COALESCE((revenue_minor_by_currency ->> $1)::bigint, 0) > 0) AS paying_contacts,
+       (SELECT COALESCE(sum(p.amount_minor) FILTER (WHERE p.successful AND NOT p.refunded), 0)::bigint
+        FROM payments AS p
+        JOIN appointments AS a ON a.tenant_id = p.tenant_id AND a.external_source = p.external_source
+         AND a.external_id = p.appointment_external_id
+        WHERE p.currency = $1 AND a.deleted_at IS NULL) AS revenue_minor
+"""
+
+
+async def _contact_figures(
+    database_url: str, simulator_url: str, start: datetime, end: datetime, first_requests: int
+) -> ContactFigures:
+    """The contacts, paying contacts and revenue stored for the demo tenant beside the simulator's truth."""
+    async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as client:
+        truth = await client.get(f"/_admin/acuity/truth/{DEMO_ACUITY_USER_ID}/contacts",
+                                 params={"currency": DEMO_CURRENCY})
+        truth.raise_for_status()
+        expected = truth.json()
+        listed = await client.get(f"/_admin/acuity/accounts/{DEMO_ACUITY_USER_ID}/appointments")
+        listed.raise_for_status()
+    in_window = [r for r in listed.json() if start <= datetime.strptime(r["datetime"], "%Y-%m-%dT%H:%M:%S%z") < end]
+    connection = await asyncpg.connect(database_url)
+    try:
+        async with tenant_transaction(connection, DEMO_TENANT_ID):
+            stored = await connection.fetchrow(_CONTACT_FIGURES, DEMO_CURRENCY)
+    finally:
+        await connection.close()
+    assert stored is not None  # noqa: S101 -- an aggregate query always returns its row
+    return ContactFigures(
+        contacts_total=stored["contacts_total"],
+        contacts_expected=int(expected["contacts_total"]),
+        paying_contacts=stored["paying_contacts"],
+        paying_contacts_expected=int(expected["paying_contacts"]),
+        revenue_minor=stored["revenue_minor"],
+        revenue_expected_minor=int(expected["revenue_minor"]),
+        currency=DEMO_CURRENCY,
+        appointments_in_window=len(in_window),
+        payment_requests=sum(1 for r in in_window if str(r.get("amountPaid", "0")) not in ("0", "0.00", "")),
+        provider_requests_first_import=first_requests,
+    )
+
+
+def _print_contact_checks(console: Console, figures: ContactFigures) -> bool:
+    f = figures
+    checks = [
+        (f"contacts ({f.contacts_total}) = the simulator's people ({f.contacts_expected})",
+         f.contacts_total == f.contacts_expected),
+        (f"paying contacts ({f.paying_contacts}) = the simulator's ({f.paying_contacts_expected})",
+         f.paying_contacts == f.paying_contacts_expected),
+        (f"revenue ({f.revenue_minor / 100:,.2f} {f.currency}) = the simulator's "
+         f"({f.revenue_expected_minor / 100:,.2f} {f.currency}): payments minus refunds",
+         f.revenue_minor == f.revenue_expected_minor),
+    ]
+    for text, passed in checks:
+        console.print(("[green]✓[/] " if passed else "[red]✗[/] ") + text)
+    console.print(
+        f"  payments cost {f.payment_requests} requests for {f.appointments_in_window} appointments "
+        f"({f.payment_requests_per_1000_appointments():.1f} per 1,000 appointments, "
+        f"{f.payment_requests_per_1000_appointments() * 1.1 / 10:.1f} s of Acuity's 10 requests/s budget); "
+        f"the first import made {f.provider_requests_first_import} requests in all"
+    )
+    ok = all(passed for _, passed in checks)
+    if not ok:
+        print("demo contact checks failed", file=sys.stderr)
+    return ok
+
+
 def _print_jobs(console: Console, *jobs: imports_pb2.Job) -> None:
     table = Table(title="import jobs", title_justify="left")
     table.add_column("")
@@ -179,6 +316,8 @@ def _print_jobs(console: Console, *jobs: imports_pb2.Job) -> None:
         ("state", [imports_pb2.JobState.Name(j.state).removeprefix("JOB_STATE_") for j in jobs]),
         ("pages fetched / written", [f"{j.counts.pages_fetched} / {j.counts.pages_written}" for j in jobs]),
         ("records fetched", [str(j.counts.records_fetched) for j in jobs]),
+        ("clients fetched", [str(j.counts.contacts_fetched) for j in jobs]),
+        ("payments fetched", [str(j.counts.payments_fetched) for j in jobs]),
         ("inserted", [str(j.counts.inserted) for j in jobs]),
         ("updated", [str(j.counts.updated) for j in jobs]),
         ("unchanged", [str(j.counts.unchanged) for j in jobs]),

@@ -30,13 +30,13 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from apptsync.fetcher.providers import CredentialRefresh, JobWindow, JsonValue
+from apptsync.fetcher.providers import CredentialRefresh, JobWindow, JsonValue, StoredPayments
 from apptsync.fetcher.refresh_protocol import RefreshMarker, RefreshStep, next_refresh_step
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db.pool import (
@@ -57,6 +57,23 @@ DEFAULT_REFRESH_POLL_SECONDS = 0.25
 # Storing a spent token's successor is worth more patience than an ordinary write.
 DEFAULT_STORE_ATTEMPTS = 6
 DEFAULT_STORE_BACKOFF_SECONDS = 0.5
+
+# The stored amount paid and payment entries of the given appointments of this connection: one probe
+# of the appointments' unique index per key (the tenant and source hidden from the planner, as in the
+# writer's SELECT_STORED_VERSIONS) and one of the payments' per found row.
+_STORED_PAYMENTS = """
+SELECT k.external_id, a.amount_paid_minor,
+    (SELECT count(*) FROM payments AS p
+     WHERE p.tenant_id = (SELECT $1::uuid) AND p.external_source = (SELECT $2::text)
+       AND p.appointment_external_id = k.external_id)::integer AS entries
+FROM unnest($3::text[]) AS k(external_id)
+CROSS JOIN LATERAL (
+    SELECT s.amount_paid_minor FROM appointments AS s
+    WHERE s.tenant_id = (SELECT $1::uuid) AND s.external_source = (SELECT $2::text)
+      AND s.external_id = k.external_id AND s.connection_id = $4
+    LIMIT 1
+) AS a
+"""
 
 
 class PostgresConnectionStateStore:
@@ -129,6 +146,16 @@ class PostgresConnectionStateStore:
         except DATABASE_ERRORS as exc:
             raise translate_database_error(exc) from exc
         return {row["external_id"] for row in rows}
+
+    async def stored_payments(self, source: str, external_ids: Sequence[str]) -> dict[str, StoredPayments]:
+        if not external_ids:
+            return {}
+        try:
+            async with self._pool.acquire() as conn, tenant_transaction(conn, self._tenant_id):
+                rows = await conn.fetch(_STORED_PAYMENTS, self._tenant, source, list(external_ids), self._connection_id)
+        except DATABASE_ERRORS as exc:
+            raise translate_database_error(exc) from exc
+        return {row["external_id"]: StoredPayments(row["amount_paid_minor"], row["entries"]) for row in rows}
 
     async def save(self, key: str, value: JsonValue | None) -> None:
         try:

@@ -40,7 +40,7 @@ from apptsync.fetcher.providers import (
 )
 from apptsync.fetcher.reconciliation import TARGETED_KIND, reconciles
 from apptsync.fetcher.results import ResultRouter
-from apptsync.shared.appointments import Source
+from apptsync.shared.appointments import CanonicalAppointment, Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
@@ -154,9 +154,12 @@ async def _page_loop(
             conn, keyring=ctx.keyring, tenant_id=job.tenant_id, connection_id=job.connection_id
         )
     session: ProviderSession | None = None
+    phone_region = ""
     if loaded is not None:
         record, secrets = loaded
         register_secrets(*secrets.values())  # redacted by value from every log line of this process
+        # The region a phone without a country code is read in (the writer's default when unset).
+        phone_region = record.settings.get("phone_region", "").strip().upper()
         window = JobWindow(job.window_start, job.window_end)
         config = ConnectionConfig(
             base_url=record.base_url,
@@ -200,6 +203,9 @@ async def _page_loop(
                 near_term=near_term_window(
                     now=ctx.clock(), horizon=timedelta(days=ctx.settings.freshness_horizon_days), window=window
                 ),
+                # The client list (people with or without an appointment in the window) changes slowly:
+                # the jobs that walk everything carry it, frequent early-stopping syncs do not.
+                clients=job.first_import or StopPolicy(job.options.stop_policy) is StopPolicy.NEVER,
             )
     near_term_pages = 0 if session is None else session.near_term_pages
     progress.resume(
@@ -260,6 +266,8 @@ async def _page_loop(
                     appointments=page.appointments,
                     skipped_out_of_window=page.skipped_out_of_window,
                     skipped_invalid=page.skipped_invalid,
+                    contacts=page.contacts,
+                    default_phone_region=phone_region,
                 )
                 async with kafka_errors():
                     await ctx.producer.send_and_wait(
@@ -418,6 +426,8 @@ def page_sent(source: str, page_no: int, page: ProviderPage, span: trace.Span) -
         "appointments": len(page.appointments),
         "skipped_out_of_window": page.skipped_out_of_window,
         "skipped_invalid": page.skipped_invalid,
+        "contacts": len(page.contacts),
+        "payments": sum(len(a.payments) for a in page.appointments if isinstance(a, CanonicalAppointment)),
     }
     for name, value in counts.items():
         span.set_attribute(f"apptsync.{name}", value)

@@ -55,6 +55,27 @@ class Money:
 
 
 @dataclass(frozen=True, slots=True)
+class Payment:
+    """One payment or refund the provider recorded for an appointment (docs/design.md invariant 13).
+
+    `amount` is positive for money received and negative for a refund entry; `successful` False means
+    attempted but not collected; `refunded` means the money was returned in full. Only a successful,
+    not refunded entry counts toward revenue (`Payment.revenue_minor`)."""
+
+    transaction_id: str
+    amount: Money
+    processor: str = ""
+    paid_at: datetime | None = None
+    successful: bool = True
+    refunded: bool = False
+
+    @property
+    def revenue_minor(self) -> int:
+        """What this entry adds to revenue: its amount, or 0 when not collected or refunded."""
+        return self.amount.amount_minor if self.successful and not self.refunded else 0
+
+
+@dataclass(frozen=True, slots=True)
 class CanonicalAppointment:
     """One appointment as apptsync stores it.
 
@@ -80,6 +101,10 @@ class CanonicalAppointment:
     external_url: str = ""
     rescheduled_to_external_id: str = ""
     rescheduled_from_external_id: str = ""
+    # The complete list of the appointment's payments when `payments_known`; otherwise they were not
+    # asked for and the stored ones stay (see pages.proto Appointment.payments_known).
+    payments: tuple[Payment, ...] = ()
+    payments_known: bool = False
 
     def __post_init__(self) -> None:
         if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None or self.observed_at.tzinfo is None:
@@ -157,6 +182,9 @@ def content_hash(appointment: CanonicalAppointment) -> bytes:
         parts += ("rescheduled_to", a.rescheduled_to_external_id)
     if a.rescheduled_from_external_id:
         parts += ("rescheduled_from", a.rescheduled_from_external_id)
+    # `payments` are not hashed: whether they were asked for varies between syncs of the same record
+    # (Acuity's are fetched only when amountPaid moved), and every change to them shows in the raw
+    # record anyway (Acuity's amountPaid is the sum of the entries; Calendly's payment is the invitee's).
     return _framed_sha256(parts)
 
 

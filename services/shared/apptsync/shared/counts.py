@@ -6,7 +6,8 @@ counter means this module, the proto and a migration.
 
 Every fetched record ends in exactly one of `RECORD_OUTCOMES`:
 `sum(RECORD_OUTCOMES) == records_fetched`. `deleted` (rows a complete walk no longer found) and
-`contacts_unmatched` (a property of stored rows) are not outcomes of fetched records.
+`contacts_unmatched` (a property of stored rows) are not outcomes of fetched records, nor are the
+other streams of a job (`STREAM_COUNTERS`: clients and payments).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ JOB_COUNTERS = (
     *RECORD_OUTCOMES,
     "contacts_unmatched",
     "deleted",
+    "contacts_fetched",
+    "payments_fetched",
 )
+# The streams beside the appointment records (not outcomes of fetched records either): client
+# records of the clients stream and payments carried by appointments. Counted per page by the writer.
+STREAM_COUNTERS = ("contacts_fetched", "payments_fetched")
 
 
 class _HasCounters(Protocol):

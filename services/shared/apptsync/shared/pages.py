@@ -9,8 +9,10 @@ from typing import Any
 from apptsync.shared.appointments import (
     AppointmentStatus,
     CancellationStub,
+    Contact,
     Money,
     PageRecord,
+    Payment,
     content_hash,
     stub_content_hash,
 )
@@ -64,6 +66,22 @@ def _appointment_fields(record: PageRecord) -> dict[str, Any]:
         fields["rescheduled_to_external_id"] = a.rescheduled_to_external_id
     if a.rescheduled_from_external_id:
         fields["rescheduled_from_external_id"] = a.rescheduled_from_external_id
+    if a.payments_known:
+        fields["payments_known"] = True
+        fields["payments"] = [_payment_fields(payment) for payment in a.payments]
+    return fields
+
+
+def _payment_fields(payment: Payment) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "transaction_id": payment.transaction_id,
+        "amount": _money_fields(payment.amount),
+        "processor": payment.processor,
+        "successful": payment.successful,
+        "refunded": payment.refunded,
+    }
+    if payment.paid_at is not None:
+        fields["paid_at"] = timestamp_fields(payment.paid_at)
     return fields
 
 
@@ -94,10 +112,12 @@ def build_page(
     appointments: Iterable[PageRecord],
     skipped_out_of_window: int,
     skipped_invalid: int,
+    contacts: Iterable[Contact] = (),
+    default_phone_region: str = "",
 ) -> pages_pb2.AppointmentPage:
     """The AppointmentPage for one provider page, its records (appointments and cancellation stubs)
-    in the given order. Guarantees records_fetched equals the records plus the skips decided here,
-    or raises ValueError."""
+    in the given order, and the clients (`contacts`, the clients stream) it carries. Guarantees
+    records_fetched equals the records plus the skips decided here, or raises ValueError."""
     page = pages_pb2.AppointmentPage(
         job_id=job_id,
         tenant_id=tenant_id,
@@ -107,7 +127,12 @@ def build_page(
         fetched_at=timestamp(fetched_at),
         records_fetched=records_fetched,
         skipped=pages_pb2.SkipCounts(out_of_window=skipped_out_of_window, invalid=skipped_invalid),
+        default_phone_region=default_phone_region,
     )
+    add_contact = page.contacts.add
+    for contact in contacts:
+        add_contact(name=contact.name, email=contact.email, phone=contact.phone,
+                    provider_client_id=contact.provider_client_id)
     # Each appointment is built in place in the page (a list of messages would be copied in).
     add = page.appointments.add
     for appointment in appointments:

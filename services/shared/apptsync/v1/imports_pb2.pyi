@@ -355,6 +355,8 @@ class JobCounts(_message.Message):
     STALE_FIELD_NUMBER: _builtins.int
     SKIPPED_UNKNOWN_DELETION_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
+    CONTACTS_FETCHED_FIELD_NUMBER: _builtins.int
+    PAYMENTS_FETCHED_FIELD_NUMBER: _builtins.int
     pages_fetched: _builtins.int
     pages_written: _builtins.int
     records_fetched: _builtins.int
@@ -375,6 +377,12 @@ class JobCounts(_message.Message):
     provider's listing did not find: marked deleted (deleted_at) when the job succeeded. Not part of
     records_fetched: inserted + updated + unchanged + stale + skipped_* == records_fetched.
     """
+    contacts_fetched: _builtins.int
+    """The clients stream: client records fetched (each resolved to a tenant contact, see README
+    "Contacts"). Not part of records_fetched.
+    """
+    payments_fetched: _builtins.int
+    """Payments (and refunds) the job's appointments carried. Not part of records_fetched."""
     def __init__(
         self,
         *,
@@ -392,10 +400,12 @@ class JobCounts(_message.Message):
         stale: _builtins.int = ...,
         skipped_unknown_deletion: _builtins.int = ...,
         deleted: _builtins.int = ...,
+        contacts_fetched: _builtins.int = ...,
+        payments_fetched: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts_unmatched", b"contacts_unmatched", "deleted", b"deleted", "inserted", b"inserted", "pages_fetched", b"pages_fetched", "pages_written", b"pages_written", "records_fetched", b"records_fetched", "skipped_dead_letter", b"skipped_dead_letter", "skipped_duplicate_in_page", b"skipped_duplicate_in_page", "skipped_invalid", b"skipped_invalid", "skipped_out_of_window", b"skipped_out_of_window", "skipped_unknown_deletion", b"skipped_unknown_deletion", "stale", b"stale", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts_fetched", b"contacts_fetched", "contacts_unmatched", b"contacts_unmatched", "deleted", b"deleted", "inserted", b"inserted", "pages_fetched", b"pages_fetched", "pages_written", b"pages_written", "payments_fetched", b"payments_fetched", "records_fetched", b"records_fetched", "skipped_dead_letter", b"skipped_dead_letter", "skipped_duplicate_in_page", b"skipped_duplicate_in_page", "skipped_invalid", b"skipped_invalid", "skipped_out_of_window", b"skipped_out_of_window", "skipped_unknown_deletion", b"skipped_unknown_deletion", "stale", b"stale", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -100,6 +100,54 @@ class Money(_message.Message):
 Global___Money: _TypeAlias = Money  # noqa: Y015
 
 @_typing.final
+class Payment(_message.Message):
+    """One payment (or refund) the provider recorded for an appointment (docs/design.md invariant 13).
+    Acuity: `GET /appointments/{id}/payments`, one per entry; Calendly: the invitee's `payment`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PROCESSOR_FIELD_NUMBER: _builtins.int
+    PAID_AT_FIELD_NUMBER: _builtins.int
+    SUCCESSFUL_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """The provider's transaction id: the payment's identity within (tenant, source)."""
+    processor: _builtins.str
+    """The payment processor as the provider names it (e.g. "stripe", "square")."""
+    successful: _builtins.bool
+    """False: attempted but not collected (Calendly `successful: false`); counts for nothing."""
+    refunded: _builtins.bool
+    """The money was returned in full (the payment counts for nothing)."""
+    @_builtins.property
+    def amount(self) -> Global___Money:
+        """Positive for money received; a refund entry is negative."""
+
+    @_builtins.property
+    def paid_at(self) -> _timestamp_pb2.Timestamp:
+        """When the provider recorded it; absent when it does not say."""
+
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        amount: Global___Money | None = ...,
+        processor: _builtins.str = ...,
+        paid_at: _timestamp_pb2.Timestamp | None = ...,
+        successful: _builtins.bool = ...,
+        refunded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "paid_at", b"paid_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "paid_at", b"paid_at", "processor", b"processor", "refunded", b"refunded", "successful", b"successful", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Payment: _TypeAlias = Payment  # noqa: Y015
+
+@_typing.final
 class Appointment(_message.Message):
     """One appointment in the canonical shape, whatever provider it came from."""
 
@@ -123,6 +171,8 @@ class Appointment(_message.Message):
     STUB_FIELD_NUMBER: _builtins.int
     RESCHEDULED_TO_EXTERNAL_ID_FIELD_NUMBER: _builtins.int
     RESCHEDULED_FROM_EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    PAYMENTS_FIELD_NUMBER: _builtins.int
+    PAYMENTS_KNOWN_FIELD_NUMBER: _builtins.int
     external_id: _builtins.str
     timezone: _builtins.str
     """IANA time zone name as the provider gave it."""
@@ -148,6 +198,10 @@ class Appointment(_message.Message):
     """
     rescheduled_from_external_id: _builtins.str
     """...and the external id of the booking this one replaced, on the new booking. Empty: none known."""
+    payments_known: _builtins.bool
+    """True: `payments` is the complete list the provider has now (the writer replaces the stored set);
+    false: payments were not asked for (the stored ones are left as they are).
+    """
     @_builtins.property
     def starts_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -163,6 +217,10 @@ class Appointment(_message.Message):
         """When this version of the record was observed: the provider's own updated-at where it has one,
         otherwise the fetch time. A stored row is never replaced by an older observation.
         """
+
+    @_builtins.property
+    def payments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Payment]:
+        """The appointment's payments, when payments_known (see Payment)."""
 
     def __init__(
         self,
@@ -185,10 +243,12 @@ class Appointment(_message.Message):
         stub: _builtins.bool = ...,
         rescheduled_to_external_id: _builtins.str = ...,
         rescheduled_from_external_id: _builtins.str = ...,
+        payments: _abc.Iterable[Global___Payment] | None = ...,
+        payments_known: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount_paid", b"amount_paid", "contact", b"contact", "ends_at", b"ends_at", "observed_at", b"observed_at", "price", b"price", "starts_at", b"starts_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_paid", b"amount_paid", "appointment_type", b"appointment_type", "calendar", b"calendar", "contact", b"contact", "content_hash", b"content_hash", "ends_at", b"ends_at", "external_id", b"external_id", "external_url", b"external_url", "observed_at", b"observed_at", "price", b"price", "raw_json", b"raw_json", "rescheduled_from_external_id", b"rescheduled_from_external_id", "rescheduled_to_external_id", b"rescheduled_to_external_id", "starts_at", b"starts_at", "status", b"status", "stub", b"stub", "timezone", b"timezone", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_paid", b"amount_paid", "appointment_type", b"appointment_type", "calendar", b"calendar", "contact", b"contact", "content_hash", b"content_hash", "ends_at", b"ends_at", "external_id", b"external_id", "external_url", b"external_url", "observed_at", b"observed_at", "payments", b"payments", "payments_known", b"payments_known", "price", b"price", "raw_json", b"raw_json", "rescheduled_from_external_id", b"rescheduled_from_external_id", "rescheduled_to_external_id", b"rescheduled_to_external_id", "starts_at", b"starts_at", "status", b"status", "stub", b"stub", "timezone", b"timezone", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,6 +303,8 @@ class AppointmentPage(_message.Message):
     RECORDS_FETCHED_FIELD_NUMBER: _builtins.int
     APPOINTMENTS_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    DEFAULT_PHONE_REGION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     tenant_id: _builtins.str
     external_source: _builtins.str
@@ -251,6 +313,10 @@ class AppointmentPage(_message.Message):
     """1-based, dense within a job."""
     records_fetched: _builtins.int
     """Number of records the provider returned for this page, before any skip."""
+    default_phone_region: _builtins.str
+    """ISO 3166 region a phone number without a country code is read in (the connection's setting
+    `phone_region`); empty: apptsync.writer.contacts.DEFAULT_PHONE_REGION.
+    """
     @_builtins.property
     def fetched_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -258,6 +324,13 @@ class AppointmentPage(_message.Message):
     @_builtins.property
     def skipped(self) -> Global___SkipCounts:
         """Skips decided by the fetcher (out of window, invalid)."""
+
+    @_builtins.property
+    def contacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Contact]:
+        """The clients stream (e.g. Acuity `GET /clients`): people the provider knows, with or without an
+        appointment in the window. Not part of records_fetched (which counts appointments); counted as
+        contacts_fetched. A page may carry only contacts (records_fetched 0).
+        """
 
     def __init__(
         self,
@@ -271,10 +344,12 @@ class AppointmentPage(_message.Message):
         records_fetched: _builtins.int = ...,
         appointments: _abc.Iterable[Global___Appointment] | None = ...,
         skipped: Global___SkipCounts | None = ...,
+        contacts: _abc.Iterable[Global___Contact] | None = ...,
+        default_phone_region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fetched_at", b"fetched_at", "skipped", b"skipped"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointments", b"appointments", "connection_id", b"connection_id", "external_source", b"external_source", "fetched_at", b"fetched_at", "job_id", b"job_id", "page_no", b"page_no", "records_fetched", b"records_fetched", "skipped", b"skipped", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointments", b"appointments", "connection_id", b"connection_id", "contacts", b"contacts", "default_phone_region", b"default_phone_region", "external_source", b"external_source", "fetched_at", b"fetched_at", "job_id", b"job_id", "page_no", b"page_no", "records_fetched", b"records_fetched", "skipped", b"skipped", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,6 +369,8 @@ class PageResult(_message.Message):
     CONTACTS_UNMATCHED_FIELD_NUMBER: _builtins.int
     REDELIVERED_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
+    CONTACTS_FETCHED_FIELD_NUMBER: _builtins.int
+    PAYMENTS_FETCHED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     page_no: _builtins.int
     records_fetched: _builtins.int
@@ -309,6 +386,11 @@ class PageResult(_message.Message):
     newer wins, so they were not written. Not counted as unchanged: the stored row differs.
     inserted + updated + unchanged + stale + skipped (all kinds) == records_fetched.
     """
+    contacts_fetched: _builtins.int
+    """Per-stream counts beside the appointment records (not part of the identity above): client
+    records the page carried, and payments its appointments carried.
+    """
+    payments_fetched: _builtins.int
     @_builtins.property
     def skipped(self) -> Global___SkipCounts: ...
     def __init__(
@@ -324,10 +406,12 @@ class PageResult(_message.Message):
         contacts_unmatched: _builtins.int = ...,
         redelivered: _builtins.bool = ...,
         stale: _builtins.int = ...,
+        contacts_fetched: _builtins.int = ...,
+        payments_fetched: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["skipped", b"skipped"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts_unmatched", b"contacts_unmatched", "inserted", b"inserted", "job_id", b"job_id", "page_no", b"page_no", "records_fetched", b"records_fetched", "redelivered", b"redelivered", "skipped", b"skipped", "stale", b"stale", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts_fetched", b"contacts_fetched", "contacts_unmatched", b"contacts_unmatched", "inserted", b"inserted", "job_id", b"job_id", "page_no", b"page_no", "payments_fetched", b"payments_fetched", "records_fetched", b"records_fetched", "redelivered", b"redelivered", "skipped", b"skipped", "stale", b"stale", "unchanged", b"unchanged", "updated", b"updated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

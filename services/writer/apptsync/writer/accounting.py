@@ -13,9 +13,11 @@ Nothing here does I/O. The store (`apptsync.writer.store`) runs the statements t
    `inserted + updated + unchanged + stale + skipped == records_fetched`. A page that comes again
    with the same content (`content_digest`) replays its stored counts; with other content it is
    written again and `recount_rewrite` credits the keys its earlier version inserted.
-4. `plan_contacts` collapses the written rows' contacts to one per match key (`contact_match_key`:
-   normalized email, else phone, else provider client id); `drop_refused_records` takes records
-   PostgreSQL refused out of their pages, counted as dead letters, so the rest of the page lands.
+4. `plan_contacts` lists, in batch order, the people the batch saw (the clients stream's records and
+   the written rows' contacts) with their identities (`apptsync.writer.contacts`: case-folded email,
+   E.164 phone, provider client id) for the store to resolve to one contact per person;
+   `drop_refused_records` takes records PostgreSQL refused out of their pages, counted as dead
+   letters, so the rest of the page lands.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -43,9 +44,23 @@ from apptsync.shared.messages.page_results import (
 from apptsync.shared.pages import STATUS_FROM_PROTO
 from apptsync.shared.timestamps import from_timestamp
 from apptsync.v1 import pages_pb2
+from apptsync.writer.contacts import DEFAULT_PHONE_REGION, Identity, Observation, first_identity, identities
 
 CONTENT_HASH_BYTES = 32  # SHA-256, see apptsync.shared.appointments.content_hash
 _SOURCES = frozenset(source.value for source in Source)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentRow:
+    """One payment of an appointment as the `payments` columns store it (see pages.proto Payment)."""
+
+    transaction_id: str
+    amount_minor: int
+    currency: str
+    processor: str
+    paid_at: datetime | None
+    successful: bool
+    refunded: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +88,15 @@ class AppointmentRow:
     raw_json: str
     content_hash: bytes
     observed_at: datetime
-    # See contact_match_key; None: the appointment is stored with a null contact.
+    # The first of `identities` as "kind:value"; None: the appointment is stored with a null contact.
     contact_key: str | None = None
     # A cancellation notice without times: cancels the stored row of its key, never inserted.
     stub: bool = False
     rescheduled_to_external_id: str = ""
     rescheduled_from_external_id: str = ""
+    # Written as the appointment's complete payment list when payments_known (pages.proto).
+    payments: tuple[PaymentRow, ...] = ()
+    payments_known: bool = False
 
     @property
     def contact_unmatched(self) -> bool:
@@ -86,26 +104,10 @@ class AppointmentRow:
         return self.contact_key is None
 
 
-_NOT_PHONE_DIGIT = re.compile(r"[^0-9]")
-# Fewer digits than this is an extension or junk, not a number that identifies a person.
-MIN_PHONE_DIGITS = 5
-
-
-def contact_match_key(email: str, phone: str, provider_client_id: str) -> str | None:
-    """The key a contact is matched by within (tenant, source): the normalized email (trimmed, lower
-    case), else the phone (its digits, with a leading `+` kept), else the provider's client id
-    (trimmed); None when there is none of the three. The prefix keeps an email from matching a
-    client id that happens to be spelled the same."""
-    normalized_email = email.strip().lower()
-    if "@" in normalized_email:
-        return "email:" + normalized_email
-    digits = _NOT_PHONE_DIGIT.sub("", phone)
-    if len(digits) >= MIN_PHONE_DIGITS:
-        return "phone:" + ("+" if phone.strip().startswith("+") else "") + digits
-    client_id = provider_client_id.strip()
-    if client_id:
-        return "client:" + client_id
-    return None
+def contact_key(found: Identity | None) -> str | None:
+    """The key an appointment's contact is known by: its first identity as `kind:value` (the prefix
+    keeps an email from matching a client id spelled the same); None when it has none."""
+    return None if found is None else f"{found[0]}:{found[1]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +132,21 @@ class DecodedPage:
     records_fetched: int
     rows: tuple[AppointmentRow, ...]
     skipped: SkipCounts
+    # The clients stream: listed clients with their identities (in page order).
+    contacts: tuple[tuple[Observation, tuple[Identity, ...]], ...] = ()
+    default_phone_region: str = DEFAULT_PHONE_REGION
 
     @property
     def key(self) -> PageKey:
         return PageKey(self.job_id, self.page_no)
+
+    @property
+    def contacts_fetched(self) -> int:
+        return len(self.contacts)
+
+    @property
+    def payments_fetched(self) -> int:
+        return sum(len(row.payments) for row in self.rows)
 
     @property
     def contacts_unmatched(self) -> int:
@@ -155,6 +168,10 @@ class DecodedPage:
             digest.update(row.external_id.encode())
             digest.update(b"\x00")
             digest.update(row.content_hash)
+        # Only when there are some: a page without clients digests as before the clients stream.
+        for observation, _ in self.contacts:
+            digest.update(repr(("contact", observation.name, observation.email, observation.phone,
+                                observation.provider_client_id)).encode())
         return digest.digest()
 
 
@@ -206,7 +223,23 @@ def _money(
     return money.amount_minor, money.currency
 
 
-def _row(message: pages_pb2.Appointment, index: int) -> AppointmentRow:
+def _payment(message: pages_pb2.Payment, where: str) -> PaymentRow:
+    if not message.transaction_id:
+        raise PoisonMessageError(f"{where} has a payment without a transaction id")
+    if not message.HasField("amount"):
+        raise PoisonMessageError(f"{where} has payment {message.transaction_id!r} without an amount")
+    return PaymentRow(
+        transaction_id=message.transaction_id,
+        amount_minor=message.amount.amount_minor,
+        currency=message.amount.currency,
+        processor=message.processor,
+        paid_at=from_timestamp(message.paid_at) if message.HasField("paid_at") else None,
+        successful=message.successful,
+        refunded=message.refunded,
+    )
+
+
+def _row(message: pages_pb2.Appointment, index: int, source: str, region: str = DEFAULT_PHONE_REGION) -> AppointmentRow:
     where = f"appointment {index} ({message.external_id!r})"
     if not message.external_id:
         raise PoisonMessageError(f"appointment {index} has no external_id")
@@ -224,6 +257,11 @@ def _row(message: pages_pb2.Appointment, index: int) -> AppointmentRow:
     price_minor, price_currency = _money(message, "price")
     paid_minor, paid_currency = _money(message, "amount_paid")
     contact = message.contact
+    found = None if message.stub else first_identity(
+        Observation(source=source, name=contact.name, email=contact.email, phone=contact.phone,
+                    provider_client_id=contact.provider_client_id),
+        region,
+    )
     return AppointmentRow(
         external_id=message.external_id,
         starts_at=from_timestamp(message.starts_at) if message.HasField("starts_at") else None,
@@ -245,11 +283,12 @@ def _row(message: pages_pb2.Appointment, index: int) -> AppointmentRow:
         raw_json=message.raw_json,
         content_hash=message.content_hash,
         observed_at=from_timestamp(message.observed_at),
-        contact_key=None if message.stub else contact_match_key(contact.email, contact.phone,
-                                                                 contact.provider_client_id),
+        contact_key=contact_key(found),
         stub=message.stub,
         rescheduled_to_external_id=message.rescheduled_to_external_id,
         rescheduled_from_external_id=message.rescheduled_from_external_id,
+        payments=tuple(_payment(payment, where) for payment in message.payments),
+        payments_known=message.payments_known,
     )
 
 
@@ -296,7 +335,16 @@ def decode_page(value: bytes | None) -> DecodedPage:
             f"page accounting: {len(page.appointments)} appointments + {incoming_skips.total} skipped "
             f"!= {page.records_fetched} records fetched"
         )
-    rows, duplicates = collapse_duplicates([_row(a, i) for i, a in enumerate(page.appointments)])
+    region = page.default_phone_region or DEFAULT_PHONE_REGION
+    rows, duplicates = collapse_duplicates(
+        [_row(a, i, page.external_source, region) for i, a in enumerate(page.appointments)]
+    )
+    listed = []
+    for contact in page.contacts:
+        observation = Observation(source=page.external_source, name=contact.name, email=contact.email,
+                                  phone=contact.phone, provider_client_id=contact.provider_client_id,
+                                  listed_client=True)
+        listed.append((observation, identities(observation, region)))
     return DecodedPage(
         job_id=job_id,
         tenant_id=tenant_id,
@@ -306,6 +354,8 @@ def decode_page(value: bytes | None) -> DecodedPage:
         records_fetched=page.records_fetched,
         rows=rows,
         skipped=dataclasses.replace(incoming_skips, duplicate_in_page=incoming_skips.duplicate_in_page + duplicates),
+        contacts=tuple(listed),
+        default_phone_region=region,
     )
 
 
@@ -505,9 +555,28 @@ def count_pages(
                 if plan.unknown_stubs_by_page[i] else page.skipped
             ),
             contacts_unmatched=page.contacts_unmatched,
+            contacts_fetched=page.contacts_fetched,
+            payments_fetched=page.payments_fetched,
         )
         for i, page in enumerate(plan.pages)
     ]
+
+
+def payment_refreshes(plan: BatchPlan) -> list[RowWrite]:
+    """Rows the batch leaves unchanged that carry a known, non-empty payment list (the last copy per
+    key): their payments are written too. The content hash does not cover payments (they are asked
+    for only when the amount paid moved), so a row first stored before its payments were (an earlier
+    version of apptsync, or a page that could not read them) gets them with the next sync that
+    reads them. Stale copies are not: a newer version is stored."""
+    stale = {(record.page, record.external_id) for record in plan.stale}
+    refreshes: dict[RowKey, RowWrite] = {}
+    for page in plan.pages:
+        for row in page.rows:
+            key = (page.external_source, row.external_id)
+            if (row.payments_known and row.payments and key not in plan.writes and key not in plan.cancels
+                    and (page.key, row.external_id) not in stale):
+                refreshes[key] = RowWrite(page, row)
+    return list(refreshes.values())
 
 
 def inserted_keys(plan: BatchPlan, written: Mapping[RowKey, bool]) -> dict[PageKey, list[str]]:
@@ -594,6 +663,8 @@ class JobTotals:
     stale: int
     skipped: SkipCounts
     contacts_unmatched: int
+    contacts_fetched: int = 0
+    payments_fetched: int = 0
 
 
 def job_totals(counts: Sequence[PageCounts], replaced: Mapping[PageKey, PageCounts] | None = None) -> list[JobTotals]:
@@ -604,11 +675,12 @@ def job_totals(counts: Sequence[PageCounts], replaced: Mapping[PageKey, PageCoun
     for page in counts:
         sign_page = 0 if PageKey(page.job_id, page.page_no) in replaced else 1
         vector = [sign_page, page.records_fetched, page.inserted, page.updated, page.unchanged, page.stale,
-                  *page.skipped.as_tuple(), page.contacts_unmatched]
+                  *page.skipped.as_tuple(), page.contacts_unmatched, page.contacts_fetched, page.payments_fetched]
         earlier = replaced.get(PageKey(page.job_id, page.page_no))
         if earlier is not None:
             before = [0, earlier.records_fetched, earlier.inserted, earlier.updated, earlier.unchanged, earlier.stale,
-                      *earlier.skipped.as_tuple(), earlier.contacts_unmatched]
+                      *earlier.skipped.as_tuple(), earlier.contacts_unmatched, earlier.contacts_fetched,
+                      earlier.payments_fetched]
             vector = [a - b for a, b in zip(vector, before, strict=True)]
         total = grouped.setdefault(page.job_id, [0] * len(vector))
         for i, value in enumerate(vector):
@@ -617,6 +689,7 @@ def job_totals(counts: Sequence[PageCounts], replaced: Mapping[PageKey, PageCoun
         JobTotals(
             job_id=job_id, pages_written=t[0], records_fetched=t[1], inserted=t[2], updated=t[3],
             unchanged=t[4], stale=t[5], skipped=SkipCounts(*t[6:11]), contacts_unmatched=t[11],
+            contacts_fetched=t[12], payments_fetched=t[13],
         )
         for job_id, t in grouped.items()
     ]
@@ -666,40 +739,46 @@ def assemble_outcomes(
 
 
 @dataclass(frozen=True, slots=True)
-class ContactWrite:
-    """One contact to upsert: matched by `(tenant, external_source, match_key)`."""
+class ContactPlan:
+    """The people a batch saw, in batch order, for `apptsync.writer.contacts.resolve`: each page's
+    listed clients, then the contacts of the rows the batch writes from that page. `write_index`
+    maps a written row's key to its observation (rows without identities have none)."""
 
-    external_source: str
-    match_key: str
-    name: str
-    email: str
-    phone: str
-    provider_client_id: str
+    observations: tuple[tuple[Observation, tuple[Identity, ...]], ...]
+    write_index: Mapping[RowKey, int]
+
+    @property
+    def all_identities(self) -> list[Identity]:
+        """Every distinct identity of the batch (the stored lookup's keys), in first-seen order."""
+        return list(dict.fromkeys(identity for _, found in self.observations for identity in found))
 
 
-def plan_contacts(writes: Iterable[RowWrite]) -> list[ContactWrite]:
-    """The contacts of the rows a batch writes, one per (source, match key) (PostgreSQL refuses to
-    update a row twice in one statement). Per field, the last non-empty value in batch order wins, as
-    UPSERT_CONTACTS does against the stored contact. Rows without a match key have no contact
-    (stored with a null contact_id)."""
-    contacts: dict[tuple[str, str], ContactWrite] = {}
+def plan_contacts(pages: Sequence[DecodedPage], writes: Iterable[RowWrite]) -> ContactPlan:
+    """The ContactPlan of a batch: `pages` (for their listed clients) and the rows it writes."""
+    by_page: dict[PageKey, list[RowWrite]] = {}
     for write in writes:
-        row = write.row
-        match_key = row.contact_key
-        if match_key is None:  # no contact (stubs never have one)
-            continue
-        source = write.page.external_source
-        key = (source, match_key)
-        known = contacts.get(key)
-        if known is None:
-            contacts[key] = ContactWrite(source, match_key, row.contact_name, row.contact_email, row.contact_phone,
-                                         row.provider_client_id)
-        else:
-            contacts[key] = ContactWrite(
-                source, match_key, row.contact_name or known.name, row.contact_email or known.email,
-                row.contact_phone or known.phone, row.provider_client_id or known.provider_client_id,
-            )
-    return list(contacts.values())
+        if write.row.contact_key is not None:  # no contact (stubs never have one)
+            by_page.setdefault(write.page.key, []).append(write)
+    observations: list[tuple[Observation, tuple[Identity, ...]]] = []
+    write_index: dict[RowKey, int] = {}
+    for page in pages:
+        observations.extend(found for found in page.contacts if found[1])
+        for write in by_page.pop(page.key, ()):
+            write_index[write.key] = len(observations)
+            observations.append(_observed(write))
+    for leftover in by_page.values():  # writes of pages not in `pages` (callers pass the batch's pages)
+        for write in leftover:
+            write_index[write.key] = len(observations)
+            observations.append(_observed(write))
+    return ContactPlan(tuple(observations), write_index)
+
+
+def _observed(write: RowWrite) -> tuple[Observation, tuple[Identity, ...]]:
+    """The written row's person with all its identities (parsed here, for written rows only)."""
+    row, page = write.row, write.page
+    observation = Observation(page.external_source, row.contact_name, row.contact_email, row.contact_phone,
+                              row.provider_client_id)
+    return observation, identities(observation, page.default_phone_region)
 
 
 RecordKey = tuple[PageKey, str]  # (page, external id)

@@ -13,12 +13,13 @@ from typing import Any
 
 from apptsync.shared.messages.page_results import PageCounts, SkipCounts
 from apptsync.writer.accounting import (
-    ContactWrite,
     JobTotals,
     PageKey,
     RefusedRecord,
+    RowKey,
     RowWrite,
 )
+from apptsync.writer.contacts import ContactRef, Identity, Resolution
 
 # Transaction-local settings: the tenant for row-level security, and a plan made for each execution's
 # own arguments: a generic plan cached while `appointments` was small kept scanning the tenant's
@@ -41,7 +42,8 @@ RETURNING p.job_id::text AS job_id, p.page_no
 """
 
 PAGE_COUNT_COLUMNS = """records_fetched, inserted, updated, unchanged, stale, skipped_out_of_window, skipped_invalid,
-    skipped_dead_letter, skipped_duplicate_in_page, skipped_unknown_deletion, contacts_unmatched"""
+    skipped_dead_letter, skipped_duplicate_in_page, skipped_unknown_deletion, contacts_unmatched, contacts_fetched,
+    payments_fetched"""
 
 # The stored results of redelivered pages, with what tells a redelivery of the same content (same
 # digest: replay) from a page fetched again with other content (written again).
@@ -81,54 +83,112 @@ CROSS JOIN LATERAL (
 ) AS s
 """
 
-# The contacts of the rows a batch writes (plan_contacts: one per key), before the appointments that
-# link to them. A provider sending an empty field does not erase what another booking told us; an
-# unchanged contact is not updated. Contacts stored with exactly what the merge would give are left
-# out before the upsert: ON CONFLICT DO UPDATE ... WHERE locks, and writes WAL for, every conflicting
-# row even when its WHERE is false, and on a first load most of a batch's contacts were stored by an
-# earlier batch (measured, 756 contacts of which 689 stored: WAL per batch 67 KB -> 28-32 KB, the
-# statement 15.6 ms -> 10.5-12.3 ms). One probe of the unique index per contact: LIMIT keeps the
-# planner from the hash join over all the tenant's contacts that it chose for NOT EXISTS.
-# Returns the contact id of every key it knows (the probe's, or the upsert's RETURNING), so the
-# appointments carry their contact_id instead of probing contacts once more per row (measured ~7 us
-# per row of a first load). A key missing from the result (a concurrent insert of the same contact,
-# left as it was) is resolved by the appointment insert itself (_INSERT_ROWS).
-UPSERT_CONTACTS = """
-WITH m AS MATERIALIZED (
-    SELECT r.external_source, r.match_key, r.name, r.email, r.phone, r.provider_client_id,
-        s.contact_id,
-        s.match_key IS NULL
-        OR (s.name, s.email, s.phone, s.provider_client_id) IS DISTINCT FROM (
-           COALESCE(NULLIF(r.name, ''), s.name), COALESCE(NULLIF(r.email, ''), s.email),
-           COALESCE(NULLIF(r.phone, ''), s.phone), COALESCE(NULLIF(r.provider_client_id, ''), s.provider_client_id))
-        AS needs_write
-    FROM unnest($2::apptsync_contact_row[]) AS r
-    LEFT JOIN LATERAL (
-        SELECT s.contact_id, s.match_key, s.name, s.email, s.phone, s.provider_client_id
-        FROM contacts AS s
-        WHERE s.tenant_id = $1::uuid AND s.external_source = r.external_source AND s.match_key = r.match_key
+# Contact resolution (apptsync.writer.contacts) runs under this lock, per tenant, to the end of the
+# transaction: two writers of one tenant would otherwise each create a contact for the same new
+# person (an identity that does not exist yet cannot be row-locked), or merge crosswise. Ordered row
+# locks cannot cover rows that do not exist yet; retrying on the identities' unique violation would
+# make the result depend on timing. Writers of other tenants never wait. A savepoint rollback
+# (refused-record isolation) keeps the lock, which is what the retry needs.
+LOCK_TENANT_CONTACTS = "SELECT pg_advisory_xact_lock(hashtextextended('apptsync.contacts:' || $1::text, 0))"
+
+# The stored contacts owning any of the batch's identities ($2 kinds, $3 values), each with every
+# identity it owns (one row per identity) and its columns. Probes of the primary keys per identity and
+# contact, the tenant hidden from the planner as in SELECT_STORED_VERSIONS (below): with its value
+# visible, a tenant the statistics had not seen yet was estimated at ~0 rows and the contacts were
+# found by scanning the tenant's range of contacts_tenant_match_key (measured by
+# tests/integration/writer/test_writer_lookup_plans.py: 40 buffers per key at 800 contacts, 130 at
+# 6,400; hidden: a flat 10 at either size, three primary-key probes).
+SELECT_CONTACTS_BY_IDENTITY = """
+WITH hit AS MATERIALIZED (
+    SELECT DISTINCT i.contact_id
+    FROM unnest($2::text[], $3::text[]) AS k(kind, value)
+    CROSS JOIN LATERAL (
+        SELECT s.contact_id FROM contact_identities AS s
+        WHERE s.tenant_id = (SELECT $1::uuid) AND s.kind = k.kind AND s.value = k.value
         LIMIT 1
-    ) AS s ON true
-), w AS (
-    INSERT INTO contacts AS c (tenant_id, external_source, match_key, name, email, phone, provider_client_id)
-    SELECT $1::uuid, m.external_source, m.match_key, m.name, m.email, m.phone, m.provider_client_id
-    FROM m
-    WHERE m.needs_write
-    ON CONFLICT (tenant_id, external_source, match_key) DO UPDATE SET
-        name = COALESCE(NULLIF(EXCLUDED.name, ''), c.name),
-        email = COALESCE(NULLIF(EXCLUDED.email, ''), c.email),
-        phone = COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone),
-        provider_client_id = COALESCE(NULLIF(EXCLUDED.provider_client_id, ''), c.provider_client_id),
-        updated_at = now()
-    WHERE (c.name, c.email, c.phone, c.provider_client_id) IS DISTINCT FROM (
-        COALESCE(NULLIF(EXCLUDED.name, ''), c.name), COALESCE(NULLIF(EXCLUDED.email, ''), c.email),
-        COALESCE(NULLIF(EXCLUDED.phone, ''), c.phone),
-        COALESCE(NULLIF(EXCLUDED.provider_client_id, ''), c.provider_client_id))
-    RETURNING c.external_source, c.match_key, c.contact_id
+    ) AS i
 )
-SELECT m.external_source, m.match_key, m.contact_id FROM m WHERE m.contact_id IS NOT NULL
-UNION ALL
-SELECT w.external_source, w.match_key, w.contact_id FROM w
+SELECT c.contact_id, c.name, c.email, c.phone, i.kind, i.value
+FROM hit
+CROSS JOIN LATERAL (
+    SELECT c.contact_id, c.name, c.email, c.phone FROM contacts AS c
+    WHERE c.contact_id = hit.contact_id AND c.tenant_id = (SELECT $1::uuid)
+    LIMIT 1
+) AS c
+LEFT JOIN LATERAL (
+    SELECT s.kind, s.value FROM contact_identities AS s
+    WHERE s.tenant_id = (SELECT $1::uuid) AND s.contact_id = hit.contact_id
+) AS i ON true
+ORDER BY c.contact_id
+"""
+
+# New contacts; match_key ('person:<kind>:<value>' of the identity it was created with) is unique
+# in the tenant and tells the caller which id each got.
+INSERT_CONTACTS = """
+INSERT INTO contacts AS c (tenant_id, external_source, match_key, name, email, phone, provider_client_id)
+SELECT $1::uuid, n.external_source, n.match_key, n.name, n.email, n.phone, ''
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+    AS n(external_source, match_key, name, email, phone)
+RETURNING c.match_key, c.contact_id
+"""
+
+# A merge (README "Contacts"): the loser's identities and appointments go to the winner (its
+# payments follow its appointments), then the loser is deleted. Three statements, in this order, so
+# the delete trigger (unlink_deleted_contacts) finds no appointment left to unlink.
+MERGE_IDENTITIES = """
+UPDATE contact_identities AS i SET contact_id = m.winner
+FROM unnest($2::bigint[], $3::bigint[]) AS m(loser, winner)
+WHERE i.tenant_id = $1::uuid AND i.contact_id = m.loser
+"""
+MERGE_APPOINTMENTS = """
+UPDATE appointments AS a SET contact_id = m.winner
+FROM unnest($2::bigint[], $3::bigint[]) AS m(loser, winner)
+WHERE a.tenant_id = $1::uuid AND a.contact_id = m.loser
+"""
+DELETE_MERGED_CONTACTS = """
+DELETE FROM contacts AS c
+WHERE c.tenant_id = $1::uuid AND c.contact_id = ANY($2::bigint[])
+"""
+
+INSERT_IDENTITIES = """
+INSERT INTO contact_identities (tenant_id, kind, value, contact_id)
+SELECT $1::uuid, n.kind, n.value, n.contact_id
+FROM unnest($2::text[], $3::text[], $4::bigint[]) AS n(kind, value, contact_id)
+ON CONFLICT DO NOTHING
+"""
+
+UPDATE_CONTACTS = """
+UPDATE contacts AS c SET name = u.name, email = u.email, phone = u.phone, updated_at = now()
+FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[]) AS u(contact_id, name, email, phone)
+WHERE c.tenant_id = $1::uuid AND c.contact_id = u.contact_id
+  AND (c.name, c.email, c.phone) IS DISTINCT FROM (u.name, u.email, u.phone)
+"""
+
+# The payments of written appointments whose list is known (Appointment.payments_known): the
+# appointments' stored payments not in the list are gone at the provider ($2 sources, $3 appointment
+# ids, $4 '<source>:<transaction id>' of those kept)...
+DELETE_ABSENT_PAYMENTS = """
+DELETE FROM payments AS p
+USING unnest($2::text[], $3::text[]) AS k(external_source, appointment_external_id)
+WHERE p.tenant_id = $1::uuid AND p.external_source = k.external_source
+  AND p.appointment_external_id = k.appointment_external_id
+  AND (p.external_source || ':' || p.transaction_id) <> ALL($4::text[])
+"""
+# ...and the listed ones are upserted by transaction id (an unchanged payment is not rewritten).
+UPSERT_PAYMENTS = """
+INSERT INTO payments AS p (tenant_id, external_source, transaction_id, appointment_external_id, amount_minor,
+    currency, processor, paid_at, successful, refunded, last_job_id)
+SELECT $1::uuid, r.external_source, r.transaction_id, r.appointment_external_id, r.amount_minor, r.currency,
+    r.processor, r.paid_at, r.successful, r.refunded, r.last_job_id
+FROM unnest($2::apptsync_payment_row[]) AS r
+ON CONFLICT (tenant_id, external_source, transaction_id) DO UPDATE SET
+    appointment_external_id = EXCLUDED.appointment_external_id, amount_minor = EXCLUDED.amount_minor,
+    currency = EXCLUDED.currency, processor = EXCLUDED.processor, paid_at = EXCLUDED.paid_at,
+    successful = EXCLUDED.successful, refunded = EXCLUDED.refunded, last_job_id = EXCLUDED.last_job_id,
+    updated_at = now()
+WHERE (p.appointment_external_id, p.amount_minor, p.currency, p.processor, p.paid_at, p.successful, p.refunded)
+    IS DISTINCT FROM (EXCLUDED.appointment_external_id, EXCLUDED.amount_minor, EXCLUDED.currency,
+                      EXCLUDED.processor, EXCLUDED.paid_at, EXCLUDED.successful, EXCLUDED.refunded)
 """
 
 # Only new and changed rows reach the appointment statements below (SELECT_STORED_VERSIONS and
@@ -171,9 +231,8 @@ RETURNING a.external_source, a.external_id, (a.xmax = 0) AS inserted
 # appointments of tenant $1. Against one array per column (`unnest($2::text[], ...)`, 24 of them) the
 # writer's client CPU per row of a first load fell from ~50 us to ~31 us (A/B on one server; asyncpg
 # checks each array element against collections.abc, not the fields of a composite element), together
-# with the plain insert and the contact ids below. contact_id comes from UPSERT_CONTACTS; a row whose
-# contact key it did not return probes contacts itself (its statement snapshot sees a contact that a
-# concurrent transaction committed after UPSERT_CONTACTS looked).
+# with the plain insert. contact_id comes from the contact resolution that ran before in the same
+# transaction, under the tenant's contacts lock (null: no identity, invariant 8).
 _INSERT_ROWS = """
 INSERT INTO appointments AS a (
     tenant_id, external_source, external_id, connection_id, starts_at, ends_at, timezone, status,
@@ -184,13 +243,7 @@ SELECT $1::uuid, r.external_source, r.external_id, r.connection_id, r.starts_at,
     r.status, r.title, r.appointment_type, r.calendar, r.contact_name, r.contact_email, r.contact_phone,
     r.provider_client_id, r.price_minor, r.price_currency, r.amount_paid_minor, r.amount_paid_currency,
     r.external_url, r.raw::jsonb, r.content_hash, r.observed_at, r.last_job_id,
-    r.rescheduled_to_external_id, r.rescheduled_from_external_id,
-    CASE WHEN r.contact_id IS NOT NULL THEN r.contact_id
-         WHEN r.contact_key IS NOT NULL THEN (
-             SELECT ct.contact_id FROM contacts AS ct
-             WHERE ct.tenant_id = $1::uuid AND ct.external_source = r.external_source
-               AND ct.match_key = r.contact_key)
-    END
+    r.rescheduled_to_external_id, r.rescheduled_from_external_id, r.contact_id
 FROM unnest($2::apptsync_appointment_row[]) AS r
 """
 
@@ -247,15 +300,16 @@ UPDATE import_job_pages AS p SET
     skipped_invalid = c.skipped_invalid, skipped_dead_letter = c.skipped_dead_letter,
     skipped_duplicate_in_page = c.skipped_duplicate_in_page,
     skipped_unknown_deletion = c.skipped_unknown_deletion, contacts_unmatched = c.contacts_unmatched,
+    contacts_fetched = c.contacts_fetched, payments_fetched = c.payments_fetched,
     external_ids = ARRAY(SELECT jsonb_array_elements_text(c.external_ids::jsonb)),
     inserted_ids = ARRAY(SELECT jsonb_array_elements_text(c.inserted_ids::jsonb)),
     content_digest = c.content_digest, written_at = now()
 FROM unnest($2::uuid[], $3::integer[], $4::integer[], $5::integer[], $6::integer[], $7::integer[],
             $8::integer[], $9::integer[], $10::integer[], $11::integer[], $12::integer[], $13::integer[],
-            $14::integer[], $15::text[], $16::text[], $17::bytea[])
+            $14::integer[], $15::text[], $16::text[], $17::bytea[], $18::integer[], $19::integer[])
     AS c(job_id, page_no, records_fetched, inserted, updated, unchanged, stale, skipped_out_of_window,
          skipped_invalid, skipped_dead_letter, skipped_duplicate_in_page, skipped_unknown_deletion,
-         contacts_unmatched, external_ids, inserted_ids, content_digest)
+         contacts_unmatched, external_ids, inserted_ids, content_digest, contacts_fetched, payments_fetched)
 WHERE p.job_id = c.job_id AND p.page_no = c.page_no AND p.tenant_id = $1::uuid
 """
 
@@ -267,10 +321,10 @@ ADD_JOB_COUNTERS = """
 WITH c AS (
     SELECT * FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
                          $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
-                         $14::bigint[])
+                         $14::bigint[], $15::bigint[], $16::bigint[])
         AS c(job_id, pages_written, records_fetched, inserted, updated, unchanged, stale, skipped_out_of_window,
              skipped_invalid, skipped_dead_letter, skipped_duplicate_in_page, skipped_unknown_deletion,
-             contacts_unmatched)
+             contacts_unmatched, contacts_fetched, payments_fetched)
 ), added AS (
     UPDATE import_jobs AS j SET
         pages_written = j.pages_written + c.pages_written,
@@ -285,6 +339,8 @@ WITH c AS (
         skipped_duplicate_in_page = j.skipped_duplicate_in_page + c.skipped_duplicate_in_page,
         skipped_unknown_deletion = j.skipped_unknown_deletion + c.skipped_unknown_deletion,
         contacts_unmatched = j.contacts_unmatched + c.contacts_unmatched,
+        contacts_fetched = j.contacts_fetched + c.contacts_fetched,
+        payments_fetched = j.payments_fetched + c.payments_fetched,
         updated_at = now()
     FROM c
     WHERE j.job_id = c.job_id AND j.tenant_id = $1::uuid AND j.state IN ('QUEUED', 'RUNNING')
@@ -301,10 +357,10 @@ def page_key_arguments(keys: Sequence[PageKey]) -> tuple[list[str], list[int]]:
     return [key.job_id for key in keys], [key.page_no for key in keys]
 
 
-def appointment_rows(writes: Sequence[RowWrite], contact_ids: Mapping[tuple[str, str], int]) -> list[tuple[Any, ...]]:
+def appointment_rows(writes: Sequence[RowWrite], contact_ids: Mapping[RowKey, int]) -> list[tuple[Any, ...]]:
     """The `apptsync_appointment_row` values of `writes` (INSERT_NEW_APPOINTMENTS / UPSERT_APPOINTMENTS'
-    `$2`), fields in the type's order, raw JSON as text; `contact_ids` maps (external_source, contact
-    key) to a stored contact (a key it lacks is looked up by the statement)."""
+    `$2`), fields in the type's order, raw JSON as text; `contact_ids` maps a write's key to its
+    resolved contact (absent: a null contact)."""
     rows = []
     for write in writes:
         page, row = write.page, write.row
@@ -315,8 +371,7 @@ def appointment_rows(writes: Sequence[RowWrite], contact_ids: Mapping[tuple[str,
             row.title, row.appointment_type, row.calendar, row.contact_name, row.contact_email,
             row.contact_phone, row.provider_client_id, row.price_minor, row.price_currency,
             row.amount_paid_minor, row.amount_paid_currency, row.external_url, row.raw_json, row.content_hash,
-            row.observed_at, page.job_id, contact_key,
-            None if contact_key is None else contact_ids.get((source, contact_key)),
+            row.observed_at, page.job_id, contact_key, contact_ids.get(write.key),
             row.rescheduled_to_external_id, row.rescheduled_from_external_id,
         ))
     return rows
@@ -334,13 +389,65 @@ def cancel_arguments(tenant_id: str, cancels: Sequence[RowWrite]) -> tuple[Any, 
     )
 
 
-def contact_arguments(tenant_id: str, contacts: Sequence[ContactWrite]) -> tuple[Any, ...]:
-    """The UPSERT_CONTACTS arguments for `contacts` (one per key, see plan_contacts): the tenant and
-    one array of `apptsync_contact_row` values."""
-    return (
+def identity_arguments(tenant_id: str, found: Sequence[Identity]) -> tuple[Any, ...]:
+    """The SELECT_CONTACTS_BY_IDENTITY arguments: the tenant, the identities' kinds and values."""
+    return tenant_id, [kind for kind, _ in found], [value for _, value in found]
+
+
+def contact_id_of(ref: ContactRef, created: Mapping[tuple[str, int], int]) -> int:
+    """The stored id of a resolution's contact reference (`created`: INSERT_CONTACTS' new ids)."""
+    return ref if isinstance(ref, int) else created[ref]
+
+
+def new_contact_arguments(tenant_id: str, resolution: Resolution) -> tuple[Any, ...]:
+    """The INSERT_CONTACTS arguments for the resolution's new contacts (in their order)."""
+    values = list(resolution.new_contacts.values())
+    return (tenant_id, *([value[i] for value in values] for i in range(5)))
+
+
+def merge_arguments(tenant_id: str, resolution: Resolution) -> tuple[Any, ...]:
+    """MERGE_IDENTITIES / MERGE_APPOINTMENTS arguments: the tenant, the losers, their winners."""
+    losers = sorted(resolution.merges)
+    return tenant_id, losers, [resolution.merges[loser] for loser in losers]
+
+
+def contact_update_arguments(tenant_id: str, resolution: Resolution) -> tuple[Any, ...]:
+    """UPDATE_CONTACTS arguments for the stored contacts whose columns change."""
+    ids = sorted(resolution.updates)
+    return (tenant_id, ids, *([resolution.updates[i][column] for i in ids] for column in range(3)))
+
+
+def new_identity_arguments(
+    tenant_id: str, resolution: Resolution, created: Mapping[tuple[str, int], int]
+) -> tuple[Any, ...]:
+    """INSERT_IDENTITIES arguments for the identities the resolution adds."""
+    found = list(resolution.identities.items())
+    return (tenant_id, [kind for (kind, _), _ in found], [value for (_, value), _ in found],
+            [contact_id_of(ref, created) for _, ref in found])
+
+
+def payment_arguments(tenant_id: str, writes: Sequence[RowWrite]) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """(DELETE_ABSENT_PAYMENTS, UPSERT_PAYMENTS) arguments for the written rows whose payment list is
+    known; None when there are none. A transaction id repeated in the batch is written once (the
+    last copy): one statement cannot update a row twice."""
+    known = [write for write in writes if write.row.payments_known]
+    if not known:
+        return None
+    rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for write in known:
+        source = write.page.external_source
+        for payment in write.row.payments:
+            rows[(source, payment.transaction_id)] = (
+                source, write.row.external_id, payment.transaction_id, payment.amount_minor, payment.currency,
+                payment.processor, payment.paid_at, payment.successful, payment.refunded, write.page.job_id,
+            )
+    delete = (
         tenant_id,
-        [(c.external_source, c.match_key, c.name, c.email, c.phone, c.provider_client_id) for c in contacts],
+        [write.page.external_source for write in known],
+        [write.row.external_id for write in known],
+        [f"{source}:{transaction_id}" for source, transaction_id in rows],
     )
+    return delete, (tenant_id, list(rows.values()))
 
 
 def dead_letter_arguments(
@@ -387,6 +494,8 @@ def record_page_counts_arguments(tenant_id: str, entries: Sequence[LedgerEntry])
         [json.dumps(list(entry.external_ids)) for entry in entries],
         [json.dumps(list(entry.inserted_ids)) for entry in entries],
         [entry.content_digest for entry in entries],
+        [c.contacts_fetched for c in counts],
+        [c.payments_fetched for c in counts],
     )
 
 
@@ -403,6 +512,8 @@ def job_counter_arguments(tenant_id: str, totals: Sequence[JobTotals]) -> tuple[
         [t.stale for t in totals],
         *([t.skipped.as_tuple()[i] for t in totals] for i in range(5)),
         [t.contacts_unmatched for t in totals],
+        [t.contacts_fetched for t in totals],
+        [t.payments_fetched for t in totals],
     )
 
 
@@ -424,5 +535,7 @@ def page_counts_from_record(record: Any) -> PageCounts:
             unknown_deletion=record["skipped_unknown_deletion"],
         ),
         contacts_unmatched=record["contacts_unmatched"],
+        contacts_fetched=record["contacts_fetched"],
+        payments_fetched=record["payments_fetched"],
     )
 

@@ -41,11 +41,13 @@ from apptsync.writer.accounting import (
     job_totals,
     keys_by_source,
     outcome_by_key,
+    payment_refreshes,
     plan_batch,
     plan_contacts,
     recount_rewrite,
     refused_page_counts,
 )
+from apptsync.writer.contacts import resolve, stored_contacts
 
 # A plain connection or one borrowed from a pool.
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -125,7 +127,7 @@ async def record_refused_page(connection: Connection, page: DecodedPage) -> Page
 
     A page recorded before replays its stored counts. Raises PoisonMessageError when even that cannot
     be recorded (e.g. its job does not exist), StorageUnavailableError or PermanentError."""
-    refused = dataclasses.replace(page, rows=(), skipped=refused_page_counts(page).skipped)
+    refused = dataclasses.replace(page, rows=(), contacts=(), skipped=refused_page_counts(page).skipped)
     return (await write_pages(connection, [refused]))[0]
 
 
@@ -151,21 +153,74 @@ async def _cancel(connection: Connection, tenant_id: str, plan: BatchPlan) -> se
     return {(record["external_source"], record["external_id"]) for record in records}
 
 
+async def _resolve_contacts(
+    connection: Connection, tenant_id: str, pages: Sequence[DecodedPage], writes: Sequence[RowWrite]
+) -> dict[RowKey, int]:
+    """Resolves the batch's people (listed clients and the written rows' contacts) to one contact per
+    person (apptsync.writer.contacts, under the tenant's contacts lock) and writes the new contacts,
+    merges, identities and column updates; the contact id of each written row that has one."""
+    plan = plan_contacts(pages, writes)
+    if not plan.observations:
+        return {}
+    await connection.execute(sql.LOCK_TENANT_CONTACTS, tenant_id)
+    columns: dict[int, tuple[str, str, str]] = {}
+    owned: list[tuple[int, str, str]] = []
+    for record in await connection.fetch(
+        sql.SELECT_CONTACTS_BY_IDENTITY, *sql.identity_arguments(tenant_id, plan.all_identities)
+    ):
+        columns[record["contact_id"]] = (record["name"], record["email"], record["phone"])
+        if record["kind"] is not None:
+            owned.append((record["contact_id"], record["kind"], record["value"]))
+    resolution = resolve(plan.observations, stored_contacts(columns, owned))
+    created: dict[tuple[str, int], int] = {}
+    if resolution.new_contacts:
+        by_key = {
+            record["match_key"]: record["contact_id"]
+            for record in await connection.fetch(sql.INSERT_CONTACTS, *sql.new_contact_arguments(tenant_id, resolution))
+        }
+        created = {ref: by_key[values[1]] for ref, values in resolution.new_contacts.items()}
+    if resolution.merges:
+        arguments = sql.merge_arguments(tenant_id, resolution)
+        await connection.execute(sql.MERGE_IDENTITIES, *arguments)
+        await connection.execute(sql.MERGE_APPOINTMENTS, *arguments)
+        await connection.execute(sql.DELETE_MERGED_CONTACTS, tenant_id, arguments[1])
+    if resolution.updates:
+        await connection.execute(sql.UPDATE_CONTACTS, *sql.contact_update_arguments(tenant_id, resolution))
+    if resolution.identities:
+        await connection.execute(sql.INSERT_IDENTITIES, *sql.new_identity_arguments(tenant_id, resolution, created))
+    contact_of = resolution.contact_of
+    return {
+        key: sql.contact_id_of(ref, created)
+        for key, index in plan.write_index.items()
+        if (ref := contact_of[index]) is not None
+    }
+
+
+async def _write_payments(
+    connection: Connection, tenant_id: str, writes: Sequence[RowWrite], written: Mapping[RowKey, bool]
+) -> None:
+    """Replaces the payments of the written rows whose payment list is known (pages.proto)."""
+    arguments = sql.payment_arguments(tenant_id, [write for write in writes if write.key in written])
+    if arguments is None:
+        return
+    delete, upsert = arguments
+    await connection.execute(sql.DELETE_ABSENT_PAYMENTS, *delete)
+    if upsert[1]:
+        await connection.execute(sql.UPSERT_PAYMENTS, *upsert)
+
+
 async def _upsert(
-    connection: Connection, tenant_id: str, writes: Sequence[RowWrite], *, plain_insert: bool = False
+    connection: Connection, tenant_id: str, writes: Sequence[RowWrite], *, plain_insert: bool = False,
+    pages: Sequence[DecodedPage] = (),
 ) -> dict[RowKey, bool]:
-    """Upserts the contacts of `writes`, then `writes` linked to them; which keys were written and
-    whether as inserts (True) or updates (False). `plain_insert`: no key of `writes` was stored when
-    the batch looked them up, so they are inserted without ON CONFLICT; raises _ConcurrentInsertError
-    when one was inserted since."""
+    """Resolves the contacts of `pages` (their listed clients) and of `writes`, then upserts `writes`
+    linked to them, then their payments; which keys were written and whether as inserts (True) or
+    updates (False). `plain_insert`: no key of `writes` was stored when the batch looked them up, so
+    they are inserted without ON CONFLICT; raises _ConcurrentInsertError when one was inserted since."""
     written: dict[RowKey, bool] = {}
+    contact_ids = await _resolve_contacts(connection, tenant_id, pages, writes)
     if not writes:
         return written
-    contacts = plan_contacts(writes)
-    contact_ids: dict[tuple[str, str], int] = {}
-    if contacts:
-        for record in await connection.fetch(sql.UPSERT_CONTACTS, *sql.contact_arguments(tenant_id, contacts)):
-            contact_ids[(record["external_source"], record["match_key"])] = record["contact_id"]
     rows = sql.appointment_rows(writes, contact_ids)
     if plain_insert:
         try:
@@ -174,9 +229,11 @@ async def _upsert(
             raise _ConcurrentInsertError(str(exc)) from exc
         if status != f"INSERT 0 {len(writes)}":
             raise PermanentError(f"inserting {len(writes)} new appointments reported {status!r}")
-        return {write.key: True for write in writes}
-    for record in await connection.fetch(sql.UPSERT_APPOINTMENTS, tenant_id, rows):
-        written[(record["external_source"], record["external_id"])] = record["inserted"]
+        written = {write.key: True for write in writes}
+    else:
+        for record in await connection.fetch(sql.UPSERT_APPOINTMENTS, tenant_id, rows):
+            written[(record["external_source"], record["external_id"])] = record["inserted"]
+    await _write_payments(connection, tenant_id, writes, written)
     return written
 
 
@@ -224,7 +281,7 @@ async def _upsert_isolating_refused(
         savepoint = connection.transaction()
         await savepoint.start()
         try:
-            written = await _upsert(connection, tenant_id, writes)
+            written = await _upsert(connection, tenant_id, writes, pages=pages)
         except asyncpg.PostgresError as exc:
             await savepoint.rollback()
             if not _is_data_error(exc):
@@ -311,13 +368,16 @@ async def _write_pages_in_transaction(
             try:
                 written = await _upsert(
                     connection, tenant_id, writes,
-                    plain_insert=plain_inserts and stored.keys().isdisjoint(plan.writes),
+                    plain_insert=plain_inserts and stored.keys().isdisjoint(plan.writes), pages=to_write,
                 )
             except asyncpg.PostgresError as exc:
                 if _is_data_error(exc):
                     raise _RowsRefusedError(str(exc)) from exc
                 raise
             refused = {}
+        refreshes = payment_refreshes(plan)
+        if refreshes:
+            await _write_payments(connection, tenant_id, refreshes, {write.key: False for write in refreshes})
         canceled = await _cancel(connection, tenant_id, plan)
         counts = count_pages(plan, written, canceled)
         inserted_by_page = inserted_keys(plan, written)

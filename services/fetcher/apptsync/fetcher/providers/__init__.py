@@ -36,7 +36,12 @@ from apptsync.fetcher.providers._registry import (
     open_targeted_session,
     supported_sources,
 )
-from apptsync.fetcher.providers._state import ConnectionStateStore, CredentialRefresh, InMemoryConnectionStateStore
+from apptsync.fetcher.providers._state import (
+    ConnectionStateStore,
+    CredentialRefresh,
+    InMemoryConnectionStateStore,
+    StoredPayments,
+)
 
 __all__ = [
     "NEAR_TERM_LOOKBACK",
@@ -56,6 +61,7 @@ __all__ = [
     "RetryPolicy",
     "SessionFactory",
     "SharedBudget",
+    "StoredPayments",
     "UnauthorizedError",
     "backoff_seconds",
     "near_term_window",

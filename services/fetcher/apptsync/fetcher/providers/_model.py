@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeAlias, Union
 
-from apptsync.shared.appointments import PageRecord, SkippedRecord
+from apptsync.shared.appointments import Contact, PageRecord, SkippedRecord
 
 # What `json.loads` produces (and `json.dumps` accepts): provider payloads and resume cursors.
 JsonValue: TypeAlias = Union[bool, int, float, str, list["JsonValue"], dict[str, "JsonValue"], None]  # noqa: UP007
@@ -70,6 +70,9 @@ class ProviderPage:
     skipped_invalid: int
     skip_details: list[SkippedRecord]
     near_term: bool = False
+    # The clients stream (e.g. Acuity `GET /clients`): people the provider lists, not appointments,
+    # so not part of records_fetched. A page of the clients stream has no appointments.
+    contacts: Sequence[Contact] = ()
 
 
 class ProviderSession(Protocol):

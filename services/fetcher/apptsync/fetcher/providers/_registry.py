@@ -30,6 +30,7 @@ class SessionFactory(Protocol):
         clock: Callable[[], datetime],
         state: ConnectionStateStore | None = None,
         near_term: JobWindow | None = None,
+        clients: bool = False,
     ) -> ProviderSession: ...
 
 
@@ -55,6 +56,7 @@ def open_session(
     clock: Callable[[], datetime],
     state: ConnectionStateStore | None = None,
     near_term: JobWindow | None = None,
+    clients: bool = False,
 ) -> ProviderSession:
     """A session paging `connection`'s appointments inside `window`, `page_size` records per request,
     resuming after `cursor` (None: from the start). No I/O happens until `next_page()`.
@@ -66,6 +68,10 @@ def open_session(
     start time (Acuity, Calendly), its pages marked `near_term`; None walks as before. It shapes a new
     walk only: a session resumed from a cursor keeps the order that cursor holds. Google Calendar's
     incremental sync sees every change anyway and ignores it.
+
+    `clients`: a new walk first sends the provider's client list as the clients stream (pages of
+    contacts and no records) where the provider has one (Acuity's `GET /clients`); the fetcher asks
+    for it in jobs that walk everything (first imports and full syncs), not in frequent syncs.
 
     Raises InvalidArgumentError for an unsupported source, a page size below 1, an unreadable cursor
     or bad connection settings."""
@@ -80,6 +86,7 @@ def open_session(
         cursor=cursor,
         clock=clock,
         state=state,
+        clients=clients,
         near_term=near_term,
     )
 

@@ -8,7 +8,8 @@ Providers stay free of I/O apart from ProviderHttp: the fetcher hands each sessi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -16,6 +17,15 @@ from apptsync.fetcher.providers._model import JobWindow, JsonValue
 
 # Given the credentials that were refused, returns fresh ones (spends the refresh token).
 CredentialRefresh = Callable[[Mapping[str, str]], Awaitable[Mapping[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPayments:
+    """What the mirror holds about one appointment's money: decides whether its payments are asked
+    for again (see acuity._clients_payments.needs_payments)."""
+
+    amount_paid_minor: int | None
+    entries: int
 
 
 class ConnectionStateStore(Protocol):
@@ -32,6 +42,12 @@ class ConnectionStateStore(Protocol):
     async def stored_external_ids(self, window: JobWindow) -> set[str]:
         """The external ids of this connection's stored rows (not marked deleted) that start inside
         `window`. Raises StorageUnavailableError."""
+        ...
+
+    async def stored_payments(self, source: str, external_ids: Sequence[str]) -> dict[str, StoredPayments]:
+        """For those of `external_ids` stored for this connection: the stored amount paid (minor
+        units, None when unknown) and how many payment entries are stored for it. Raises
+        StorageUnavailableError."""
         ...
 
     async def refresh_credentials(self, *, rejected: Mapping[str, str], refresh: CredentialRefresh) -> dict[str, str]:
@@ -55,6 +71,8 @@ class InMemoryConnectionStateStore:
         self.credentials: dict[str, str] = dict(credentials or {})
         # external id -> start of the rows "stored" for this connection (see stored_external_ids)
         self.stored_starts: dict[str, datetime] = {}
+        # external id -> its stored amount paid and payment entries (see stored_payments)
+        self.stored_money: dict[str, StoredPayments] = {}
         self.refreshes = 0
         self._lock = asyncio.Lock()
 
@@ -69,6 +87,10 @@ class InMemoryConnectionStateStore:
 
     async def stored_external_ids(self, window: JobWindow) -> set[str]:
         return {external_id for external_id, starts_at in self.stored_starts.items() if window.contains(starts_at)}
+
+    async def stored_payments(self, source: str, external_ids: Sequence[str]) -> dict[str, StoredPayments]:
+        return {external_id: self.stored_money[external_id] for external_id in external_ids
+                if external_id in self.stored_money}
 
     async def refresh_credentials(self, *, rejected: Mapping[str, str], refresh: CredentialRefresh) -> dict[str, str]:
         async with self._lock:

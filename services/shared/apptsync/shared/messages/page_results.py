@@ -59,10 +59,13 @@ class PageCounts:
     skipped: SkipCounts
     contacts_unmatched: int
     stale: int = 0
+    # The other streams of the page (apptsync.shared.counts.STREAM_COUNTERS), outside the identity.
+    contacts_fetched: int = 0
+    payments_fetched: int = 0
 
     def __post_init__(self) -> None:
         counts = (self.inserted, self.updated, self.unchanged, self.stale, *self.skipped.as_tuple(),
-                  self.contacts_unmatched)
+                  self.contacts_unmatched, self.contacts_fetched, self.payments_fetched)
         if min(counts) < 0:
             raise AccountingError(f"page {self.job_id}/{self.page_no}: negative count in {counts}")
         accounted = self.inserted + self.updated + self.unchanged + self.stale + self.skipped.total
@@ -104,6 +107,8 @@ def encode_page_result(result: PageResult) -> bytes:
         contacts_unmatched=counts.contacts_unmatched,
         redelivered=result.redelivered,
         stale=counts.stale,
+        contacts_fetched=counts.contacts_fetched,
+        payments_fetched=counts.payments_fetched,
     ).SerializeToString()
 
 
@@ -127,6 +132,8 @@ def decode_page_result(value: bytes) -> PageResult:
             skipped=SkipCounts(**{name: getattr(skipped, name) for name in _SKIP_FIELDS}),
             contacts_unmatched=message.contacts_unmatched,
             stale=message.stale,
+            contacts_fetched=message.contacts_fetched,
+            payments_fetched=message.payments_fetched,
         )
     except AccountingError as exc:
         raise PoisonMessageError(f"PageResult {message.job_id}/{message.page_no}: {exc}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -11,9 +12,17 @@ from apptsync.fetcher.providers._http import ProviderHttp, RateBudget
 from apptsync.fetcher.providers._model import ConnectionConfig, JobWindow, JsonValue, ProviderPage
 from apptsync.fetcher.providers._money import is_currency_code
 from apptsync.fetcher.providers._state import ConnectionStateStore
+from apptsync.fetcher.providers.acuity._clients_payments import (
+    acuity_clients,
+    acuity_payments,
+    needs_payments,
+    pays,
+    with_payments,
+    without_payments,
+)
 from apptsync.fetcher.providers.acuity._normalizer import acuity_page, acuity_start
 from apptsync.fetcher.providers.acuity._paginator import AcuityPaginator, WindowVerdict
-from apptsync.shared.appointments import Source
+from apptsync.shared.appointments import CanonicalAppointment, Contact, PageRecord, Source
 from apptsync.shared.errors import InvalidArgumentError, ProviderRejectedError
 from apptsync.shared.provider_access import PUBLIC_API_URLS, auth_headers
 
@@ -39,8 +48,26 @@ def acuity_auth_headers(credentials: Mapping[str, str]) -> dict[str, str]:
 NEAR_TERM_LOOKUPS_PER_JOB = 50
 
 
+# The cursor of a session still sending the clients stream: the clients sent so far and the
+# appointment walk's own cursor (not started yet).
+_CLIENTS_OFFSET = "clients_offset"
+_APPOINTMENTS_CURSOR = "appointments"
+
+
 class AcuitySession:
     """A ProviderSession over Acuity's `GET /appointments` (see AcuityPaginator for the paging).
+
+    The clients stream: a session opened with `clients` and without a cursor first lists
+    `GET /clients` (one request: Acuity pages it no further) and sends it as pages of `page_size`
+    contacts and no records (they neither stop a job nor break a streak), so clients without an
+    appointment in the window are imported too; a job resumed during the clients stream lists them
+    again and continues after the ones it sent (the cursor holds `clients_offset`). A job resumed in
+    the appointment walk does not list them again (the next full sync does).
+
+    Payments: an appointment whose `amountPaid` is not zero and not what the mirror holds (with its
+    entries) gets its entries from `GET /appointments/{id}/payments`, inside the shared rate budget
+    (`payment_requests` counts them): an up-to-date tenant's sync asks for none. One that paid
+    nothing has a known empty list (see acuity._clients_payments).
 
     The near-term sweep: the near term is walked first and completely, so a stored row of the near
     term that the walk did not return has moved out of it (rescheduled to a later or earlier day) or
@@ -62,10 +89,21 @@ class AcuitySession:
         clock: Callable[[], datetime],
         near_term: JobWindow | None = None,
         state: ConnectionStateStore | None = None,
+        clients: bool = False,
     ) -> None:
         currency = connection.settings.get("currency", DEFAULT_CURRENCY).strip().upper()
         if not is_currency_code(currency):
             raise InvalidArgumentError("currency", f"not an ISO 4217 code: {currency!r}")
+        self._clients_offset: int | None = 0 if cursor is None and clients else None
+        if isinstance(cursor, dict) and _CLIENTS_OFFSET in cursor:
+            offset = cursor.get(_CLIENTS_OFFSET)
+            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+                raise InvalidArgumentError("cursor", f"`{_CLIENTS_OFFSET}` is not a count: {offset!r}")
+            self._clients_offset, cursor = offset, cursor.get(_APPOINTMENTS_CURSOR)
+        self._page_size = page_size
+        self._clients: list[Contact] | None = None
+        self.payment_requests = 0
+        walk_started = cursor is not None
         self._paginator = AcuityPaginator(window=window, page_size=page_size, cursor=cursor, near_term=near_term)
         self._http = http
         self._credentials = connection.credentials
@@ -77,7 +115,7 @@ class AcuitySession:
         self._base_url = (connection.base_url or ACUITY_PUBLIC_API).rstrip("/")
         self._state = state
         # The sweep needs the whole near-term walk of this session (see the class docstring).
-        self._sweep_window = near_term if state is not None and cursor is None else None
+        self._sweep_window = near_term if state is not None and not walk_started else None
         self._near_term_seen: set[str] = set()
         self.near_term_lookups = 0
 
@@ -86,6 +124,8 @@ class AcuitySession:
         return self._retries
 
     def cursor(self) -> JsonValue:
+        if self._clients_offset is not None:
+            return {_CLIENTS_OFFSET: self._clients_offset, _APPOINTMENTS_CURSOR: None}
         return self._paginator.cursor()
 
     @property
@@ -95,6 +135,10 @@ class AcuitySession:
     async def next_page(self) -> ProviderPage | None:
         """See ProviderSession.next_page. Windows that come back empty are walked past, not returned."""
         headers = acuity_auth_headers(self._credentials)
+        if self._clients_offset is not None:
+            clients = await self._clients_page(headers)
+            if clients is not None:
+                return clients
         while True:
             request = self._paginator.next_request()
             if self._sweep_window is not None and (request is None or not request.near_term):
@@ -132,6 +176,7 @@ class AcuitySession:
                     currency=self._currency,
                     starts=starts,
                 )
+            page = await self._with_payments(page, headers)
             if request.near_term:
                 self._near_term_seen.update(record.external_id for record in page.appointments)
             return page
@@ -166,10 +211,60 @@ class AcuitySession:
         # still counts a record outside the window as skipped out of window).
         lookup = self._paginator.whole_window_request(len(records))
         with _tracer.start_as_current_span("normalize", attributes={"apptsync.records": len(records)}):
-            return acuity_page(
+            page = acuity_page(
                 records, request=lookup, window=self._window, observed_at=self._clock(), currency=self._currency,
                 starts=starts,
             )
+        return await self._with_payments(page, headers)
+
+    async def _clients_page(self, headers: Mapping[str, str]) -> ProviderPage | None:
+        """The next page of the clients stream; None (and the stream ends) after the last one."""
+        assert self._clients_offset is not None  # noqa: S101 -- narrows the type; the caller checked
+        if self._clients is None:
+            response = await self._http.get_json(
+                source=Source.ACUITY, budget=ACUITY_RATE_BUDGET, url=f"{self._base_url}/clients", params={},
+                headers=headers,
+            )
+            self._retries += response.retries
+            if not isinstance(response.body, list):
+                raise ProviderRejectedError(
+                    f"acuity /clients answered a JSON {type(response.body).__name__}, not a list", status_code=200
+                )
+            self._clients = acuity_clients(response.body)
+        chunk = self._clients[self._clients_offset:self._clients_offset + self._page_size]
+        if not chunk:
+            self._clients_offset = None
+            return None
+        self._clients_offset += len(chunk)
+        return ProviderPage(records_fetched=0, appointments=[], skipped_out_of_window=0, skipped_invalid=0,
+                            skip_details=[], contacts=chunk)
+
+    async def _with_payments(self, page: ProviderPage, headers: Mapping[str, str]) -> ProviderPage:
+        """`page` with the payment lists it needs (acuity._clients_payments.needs_payments): asked for
+        when `amountPaid` is not zero and the mirror does not hold that amount with its entries yet;
+        a known empty list when nothing was paid; left unknown (the stored entries stay) otherwise."""
+        paying = [a.external_id for a in page.appointments if isinstance(a, CanonicalAppointment) and pays(a)]
+        stored = await self._state.stored_payments(Source.ACUITY.value, paying) if self._state and paying else {}
+        appointments: list[PageRecord] = []
+        for record in page.appointments:
+            if not isinstance(record, CanonicalAppointment):
+                appointments.append(record)
+            elif not pays(record):
+                appointments.append(without_payments(record))
+            elif not needs_payments(record, stored.get(record.external_id)):
+                appointments.append(record)
+            else:
+                self.payment_requests += 1
+                response = await self._http.get_json(
+                    source=Source.ACUITY,
+                    budget=ACUITY_RATE_BUDGET,
+                    url=f"{self._base_url}/appointments/{record.external_id}/payments",
+                    params={},
+                    headers=headers,
+                )
+                self._retries += response.retries
+                appointments.append(with_payments(record, acuity_payments(response.body, self._currency)))
+        return dataclasses.replace(page, appointments=appointments)
 
 
 def open_acuity_session(
@@ -182,6 +277,7 @@ def open_acuity_session(
     clock: Callable[[], datetime],
     state: ConnectionStateStore | None = None,
     near_term: JobWindow | None = None,
+    clients: bool = False,
 ) -> AcuitySession:
     """Raises InvalidArgumentError (bad currency, cursor or page size). `near_term` is walked first
     (see AcuityPaginator); `state` tells the near-term sweep which rows are stored (see AcuitySession)."""
@@ -194,4 +290,5 @@ def open_acuity_session(
         clock=clock,
         near_term=near_term,
         state=state,
+        clients=clients,
     )

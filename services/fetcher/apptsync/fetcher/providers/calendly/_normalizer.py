@@ -25,7 +25,14 @@ from apptsync.fetcher.providers._json_fields import (
 )
 from apptsync.fetcher.providers._model import JobWindow, JsonValue, ProviderPage
 from apptsync.fetcher.providers._money import is_currency_code, money_from_amount
-from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, Money, SkippedRecord
+from apptsync.shared.appointments import (
+    AppointmentStatus,
+    CanonicalAppointment,
+    Contact,
+    Money,
+    Payment,
+    SkippedRecord,
+)
 
 OUT_OF_WINDOW = "out_of_window"
 _INVALID = "invalid: "
@@ -72,6 +79,29 @@ def _status(event: JsonValue, invitee: JsonValue) -> AppointmentStatus:
     if object_field(invitee, "no_show"):
         return AppointmentStatus.NO_SHOW
     return AppointmentStatus.SCHEDULED
+
+
+def calendly_payments(invitee: JsonValue, external_id: str) -> tuple[Payment, ...] | None:
+    """The invitee's `payment {external_id, provider, amount, currency, successful}` as its payment
+    list (`amount` a JSON number in major units: 1234.56 -> 123456, read through its decimal text, never
+    binary float arithmetic); () for `payment: null` (nothing paid); None when the payment is there but
+    unreadable (the stored one stays). Calendly shows no refund: an unsuccessful payment counts for
+    nothing. A payment without its own id is keyed by the invitee (`invitee/<id>`): one per invitee."""
+    if not isinstance(invitee, dict) or invitee.get("payment") is None:
+        return ()
+    payment = object_field(invitee, "payment")
+    currency = text_field(payment, "currency").upper()
+    if not payment or not is_currency_code(currency):
+        return None
+    amount = money_from_amount(payment.get("amount"), currency)
+    if amount is None:
+        return None
+    return (Payment(
+        transaction_id=text_field(payment, "external_id") or f"invitee/{external_id}",
+        amount=amount,
+        processor=text_field(payment, "provider"),
+        successful=payment.get("successful") is True,
+    ),)
 
 
 def _payment(invitee: JsonValue) -> tuple[Money | None, Money | None]:
@@ -139,6 +169,7 @@ def normalize_calendly_invitee(
         part for part in (text_field(invitee, "first_name"), text_field(invitee, "last_name")) if part
     )
     price, amount_paid = _payment(invitee)
+    payments = calendly_payments(invitee, external_id)
     title = text_field(event, "name")
     return CanonicalAppointment(
         external_id=external_id,
@@ -162,6 +193,8 @@ def normalize_calendly_invitee(
         external_url=invitee_uri,
         rescheduled_to_external_id=invitee_external_id(text_field(invitee, "new_invitee")),
         rescheduled_from_external_id=invitee_external_id(text_field(invitee, "old_invitee")),
+        payments=payments or (),
+        payments_known=payments is not None,
     )
 
 

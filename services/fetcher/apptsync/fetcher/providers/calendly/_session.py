@@ -167,6 +167,7 @@ def open_calendly_session(
     clock: Callable[[], datetime],
     state: ConnectionStateStore | None = None,
     near_term: JobWindow | None = None,
+    clients: bool = False,  # no client list at this provider: attendees come with the events
 ) -> CalendlySession:
     """Raises InvalidArgumentError (no organization/user setting, bad cursor or page size). Without a
     `state` store, refreshed tokens live only as long as the session. `near_term` is listed first

@@ -168,6 +168,7 @@ def open_google_calendar_session(
     clock: Callable[[], datetime],
     state: ConnectionStateStore | None = None,
     near_term: JobWindow | None = None,
+    clients: bool = False,  # no client list at this provider: attendees come with the events
 ) -> GoogleCalendarSession:
     """Raises InvalidArgumentError (bad cursor or page size). Without a `state` store, sync tokens and
     refreshed tokens live only as long as the session (every import is then a full sync).
