@@ -21,6 +21,7 @@ import aiohttp
 import httpx
 from aiolimiter import AsyncLimiter
 from httpx_aiohttp import AiohttpTransport
+from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_if_exception
 
 from apptsync.fetcher.providers._json_fields import loads_json
@@ -276,7 +277,9 @@ class ProviderTransport(httpx.AsyncBaseTransport):
     own silent retry of a request on a dropped keep-alive connection is off."""
 
     def __init__(self) -> None:
-        self._inner = AiohttpTransport(trust_env=False, client=self._session)
+        # The httpx instrumentation patches httpx's own transports only: this one is wrapped with its
+        # transport wrapper, so every provider request keeps its client span (method, URL, status).
+        self._inner = AsyncOpenTelemetryTransport(AiohttpTransport(trust_env=False, client=self._session))
 
     @staticmethod
     def _session() -> aiohttp.ClientSession:
