@@ -416,7 +416,10 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--appointments", type=int, default=20_000, help="records per simulated account")
     parser.add_argument("--providers", type=lambda text: text.split(","), default=["calendly", "acuity"])
     parser.add_argument("--changed-fraction", type=float, default=0.05)
-    parser.add_argument("--dlt-python", type=Path, default=REPOSITORY / ".venv-peers" / "bin" / "python")
+    # Absolute: dlt runs with its pipelines directory as the working directory (`make bench-peers` passes
+    # a relative path).
+    parser.add_argument("--dlt-python", type=lambda text: Path(text).absolute(),
+                        default=REPOSITORY / ".venv-peers" / "bin" / "python")  # fmt: skip
     parser.add_argument("--timeout-seconds", type=float, default=1800.0, help="per run of either side")
     return parser.parse_args(argv)
 

@@ -30,6 +30,7 @@ from apptsync.fetcher.providers.calendly import (
     CalendlySession,
     calendly_scope,
 )
+from apptsync.fetcher.providers.calendly._session import first_error
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import (
     InvalidArgumentError,
@@ -242,6 +243,31 @@ async def test_pages_carry_every_invitee_of_their_events_paged_the_same_way() ->
     invitee_requests = [r for r in fake.requests if r.url.path == "/scheduled_events/EV2/invitees"]
     assert [r.url.params.get("page_token") for r in invitee_requests] == [None, "t2", "t4"]
     assert all(r.url.params["count"] == "100" for r in invitee_requests)
+
+
+@pytest.mark.parametrize(("status", "error"), [(400, ProviderRejectedError), (503, ProviderUnavailableError)])
+async def test_a_failed_invitee_listing_fails_the_page_with_the_error_tree(status: int, error: type[Exception]) -> None:
+    """Not an exception group: the runner fails the job on the error tree's classes alone."""
+    fake = three_events()
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/scheduled_events/EV2/invitees":
+            return httpx.Response(status, json={"title": "Invalid Argument", "message": "The event is unknown."})
+        return fake(request)
+
+    http = make_http(failing)
+    try:
+        with pytest.raises(error) as raised:
+            await session(http).next_page()
+    finally:
+        await http.aclose()
+    assert "/scheduled_events/EV2/invitees" in str(raised.value)
+
+
+def test_the_first_error_of_nested_groups_is_the_one_raised() -> None:
+    inner = ProviderRejectedError("calendly answered 404", status_code=404)
+    grouped = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [inner, ValueError("later")])])
+    assert first_error(grouped) is inner
 
 
 async def test_a_resumed_session_continues_after_its_cursor() -> None:

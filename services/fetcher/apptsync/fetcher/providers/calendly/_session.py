@@ -44,6 +44,14 @@ def collection_and_next_token(body: JsonValue, *, path: str) -> tuple[list[JsonV
     return collection, token if isinstance(token, str) and token else None
 
 
+def first_error(grouped: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first failure inside `grouped`, however deeply nested. asyncio.TaskGroup wraps its tasks'
+    failures in an exception group; next_page's callers expect the error tree (a ProviderRejectedError,
+    not a group holding one), and the first failure is the one that cancelled the rest."""
+    first = grouped.exceptions[0]
+    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 class CalendlySession:
     """A ProviderSession over `GET /scheduled_events` and each in-window event's invitees."""
 
@@ -121,8 +129,11 @@ class CalendlySession:
             async with slots:
                 return FetchedEvent(event, await self._invitees(event_uuid(event)))
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(fetch(event)) for event in events]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(fetch(event)) for event in events]
+        except BaseExceptionGroup as grouped:
+            raise first_error(grouped) from None
         return [task.result() for task in tasks]
 
     async def _invitees(self, uuid: str) -> list[JsonValue]:
