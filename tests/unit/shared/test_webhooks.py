@@ -27,6 +27,7 @@ from apptsync.shared.webhooks import (
     merge_targets,
     new_path_token,
     notification_url,
+    notifications_verifiable,
     token_digest,
     verify_acuity,
     verify_calendly,
@@ -271,3 +272,13 @@ def test_merge_targets_is_an_ordered_set_with_a_cap() -> None:
     assert merge_targets(["1", "2"], ["2", "3"]) == ["1", "2", "3"]
     assert merge_targets([], ["7"] * 100) == ["7"]
     assert merge_targets(["1", "2"], ["3"], limit=2) == ["1", "2"]
+
+
+def test_acuity_notifications_are_verifiable_only_with_an_api_key() -> None:
+    """Acuity signs with the account's API key: an OAuth-only connection cannot be verified, so it is
+    polled instead of subscribed to notifications that would all be refused."""
+    assert notifications_verifiable(Source.ACUITY, {"user_id": "1001", "api_key": "k"})
+    assert not notifications_verifiable(Source.ACUITY, {"access_token": "t"})
+    assert not notifications_verifiable(Source.ACUITY, {"user_id": "1001", "api_key": "  "})
+    assert notifications_verifiable(Source.CALENDLY, {"access_token": "t"})
+    assert notifications_verifiable(Source.GOOGLE_CALENDAR, {"access_token": "t"})

@@ -46,6 +46,7 @@ from apptsync.shared.webhooks import (
     CALENDLY_SUBSCRIBED_EVENTS,
     new_path_token,
     notification_url,
+    notifications_verifiable,
     token_digest,
 )
 
@@ -209,9 +210,16 @@ class SubscriptionManager:
         settings: Mapping[str, str],
     ) -> webhooks_db.Subscription | None:
         """Replaces the connection's subscription by a new one (new token and secrets); None when no
-        public base URL is configured (polling only). A provider failure is stored (state FAILED),
-        not raised: the connection is stored and polled either way."""
+        public base URL is configured or its notifications could not be verified (an OAuth-only Acuity
+        connection has no API key to check signatures with): polling only, and any subscription it had
+        is removed. A provider failure is stored (state FAILED), not raised: the connection is stored
+        and polled either way."""
         if not self.enabled:
+            return None
+        if not notifications_verifiable(source, credentials):
+            await self.unsubscribe(tenant_id=tenant_id, connection_id=connection_id, source=source,
+                                   base_url=base_url, credentials=credentials)  # fmt: skip
+            _log.info("connection %s is polled only: its notifications could not be verified", connection_id)
             return None
         await self.unsubscribe(tenant_id=tenant_id, connection_id=connection_id, source=source,
                                base_url=base_url, credentials=credentials)  # fmt: skip

@@ -110,6 +110,15 @@ def body_too_large(content_length: int | None, limit_bytes: int = MAX_NOTIFICATI
 # ---------------------------------------------------------------- signatures
 
 
+def notifications_verifiable(source: Source, credentials: Mapping[str, str]) -> bool:
+    """Whether notifications for a connection with these credentials could be verified. Acuity signs
+    with the account's API key, which an OAuth-only connection does not have: such a connection is not
+    subscribed (polling only) rather than subscribed to notifications every one of which is refused."""
+    if source is Source.ACUITY:
+        return bool(credentials.get("api_key", "").strip())
+    return True
+
+
 def acuity_signature(body: bytes, api_key: str) -> str:
     """`X-Acuity-Signature`: base64 of HMAC-SHA256 over the raw body with the account's API key."""
     return base64.b64encode(hmac.new(api_key.encode("utf-8"), body, hashlib.sha256).digest()).decode("ascii")
