@@ -168,13 +168,18 @@ async def update_subscription(
     return None if row is None else _subscription(row)
 
 
-async def get_subscription(connection: DbConnection, *, tenant_id: str, connection_id: str) -> Subscription | None:
+async def _subscription_row(connection: DbConnection, tenant_id: str, connection_id: str) -> asyncpg.Record | None:
     async with tenant_transaction(connection, tenant_id):
-        row = await connection.fetchrow(
+        row: asyncpg.Record | None = await connection.fetchrow(
             "SELECT * FROM webhook_subscriptions WHERE tenant_id = $1 AND connection_id = $2",
             uuid.UUID(tenant_id),
             connection_id,
         )
+    return row
+
+
+async def get_subscription(connection: DbConnection, *, tenant_id: str, connection_id: str) -> Subscription | None:
+    row = await _subscription_row(connection, tenant_id, connection_id)
     return None if row is None else _subscription(row)
 
 
@@ -184,12 +189,7 @@ async def load_subscription_secrets(
     """The subscription and its decrypted secrets; None when it does not exist.
 
     Raises CredentialDecryptError when the stored ciphertext does not authenticate."""
-    async with tenant_transaction(connection, tenant_id):
-        row = await connection.fetchrow(
-            "SELECT * FROM webhook_subscriptions WHERE tenant_id = $1 AND connection_id = $2",
-            uuid.UUID(tenant_id),
-            connection_id,
-        )
+    row = await _subscription_row(connection, tenant_id, connection_id)
     if row is None:
         return None
     stored = row["secret_ciphertext"]
