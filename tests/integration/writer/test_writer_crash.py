@@ -155,8 +155,11 @@ async def produce(kafka: KafkaSettings, job_id: str, messages: Sequence[bytes]) 
         await producer.stop()
 
 
-async def results_in_topic(kafka: KafkaSettings, want: int) -> list[pages_pb2.PageResult]:
-    """Every PageResult in the topic (waits, bounded, until at least `want` arrived)."""
+async def results_in_topic(kafka: KafkaSettings, want: set[int]) -> list[pages_pb2.PageResult]:
+    """Every PageResult in the topic (waits, bounded, until every page in `want` has one).
+
+    Counted by page number, not by message: replays of early pages arrive beside the late pages'
+    first results, so a count of messages can be reached while a late page's result is in flight."""
     consumer = AIOKafkaConsumer(kafka.page_results_topic, bootstrap_servers=kafka.bootstrap_servers,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
@@ -171,7 +174,7 @@ async def results_in_topic(kafka: KafkaSettings, want: int) -> list[pages_pb2.Pa
                 result.ParseFromString(record.value)
                 results.append(result)
             quiet_polls = 0 if batch else quiet_polls + 1
-            if (len(results) >= want and quiet_polls >= 3) or time.monotonic() > deadline:
+            if ({r.page_no for r in results} >= want and quiet_polls >= 3) or time.monotonic() > deadline:
                 break
     finally:
         await consumer.stop()
@@ -262,7 +265,7 @@ async def _crash_run(run: int, owner: asyncpg.Connection, service_url: str, brok
             if await recorded_pages(owner, job_id) == PAGES_PER_RUN or time.monotonic() > deadline:
                 break
             await asyncio.sleep(POLL_SECONDS)
-        results = await results_in_topic(kafka, PAGES_PER_RUN)
+        results = await results_in_topic(kafka, set(truth.per_page))
         await wait_until_serving(health_address)  # SIGTERM before the handlers exist would just kill it
     finally:
         if process.returncode is None:
