@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
+import httpx
 import pytest
 
 from apptsync.fetcher.providers import InMemoryConnectionStateStore, StoredPayments, open_session
 from apptsync.fetcher.providers.acuity._clients_payments import acuity_clients, acuity_payments
 from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, Money, Payment, Source
+from apptsync.shared.errors import ProviderRejectedError
 from tests.unit.fetcher.test_provider_acuity_session import (
     BASIC,
     FETCHED_AT,
@@ -145,3 +147,40 @@ def test_payments_are_not_part_of_the_content_hash() -> None:
         raw_json='{"id": 1, "amountPaid": "225.00"}')
     fetched = dataclasses.replace(base, payments=acuity_payments(PAYMENTS, "USD") or (), payments_known=True)  # type: ignore[arg-type]
     assert fetched.content_hash == base.content_hash
+
+
+async def test_a_page_asks_for_its_payments_together_and_one_failure_fails_the_page_with_the_error_tree() -> None:
+    records = [acuity_record(n, date(2024, 3, 10 + n)) for n in range(1, 7)]
+    for record in records:
+        record["amountPaid"] = "300.00"
+    fake = FakeAcuity(records, payments={str(n): PAYMENTS[:1] for n in range(1, 7)})
+
+    def payments_of_4_fail(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/4/payments"):
+            return httpx.Response(404, json={"status_code": 404, "error": "not_found", "message": "Not found"})
+        return fake(request)
+
+    http = make_http(payments_of_4_fail)
+    with pytest.raises(ProviderRejectedError, match="404"):
+        await drain(session(http, clients=False))
+    await http.aclose()
+    asked = [r.url.path for r in fake.requests if r.url.path.endswith("/payments")]
+    assert "/api/v1/appointments/1/payments" in asked  # the others were asked beside it, not after it
+
+
+async def test_every_paying_appointment_of_a_page_gets_its_own_payments_in_the_page_order() -> None:
+    records = [acuity_record(n, date(2024, 3, 10 + n)) for n in range(1, 7)]
+    for n, record in enumerate(records, start=1):
+        record["amountPaid"] = "0.00" if n % 3 == 0 else f"{n}00.00"
+    fake = FakeAcuity(records, payments={
+        str(n): [{"transactionID": f"ch_{n}", "created": "2024-03-10T09:12:44-0600", "processor": "stripe",
+                  "amount": f"{n}00.00"}] for n in range(1, 7)})
+    http = make_http(fake)
+
+    pages = await drain(session(http, clients=False))
+    await http.aclose()
+
+    appointments = [a for page in pages for a in page.appointments if isinstance(a, CanonicalAppointment)]
+    assert {a.external_id: [p.transaction_id for p in a.payments] for a in appointments} == {
+        "1": ["ch_1"], "2": ["ch_2"], "3": [], "4": ["ch_4"], "5": ["ch_5"], "6": []}
+    assert all(a.payments_known for a in appointments)
