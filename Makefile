@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo dev audit test test-unit test-integration test-e2e test-fidelity fidelity lint protos containers image deploy-validate bench-resync bench-writer bench-freshness bench-change-relay bench bench-report bench-peers bench-fleet clean
+.PHONY: install demo dev audit test test-long test-unit test-integration test-e2e test-fidelity fidelity lint protos containers image deploy-validate bench-resync bench-writer bench-freshness bench-change-relay bench bench-report bench-peers bench-fleet clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ audit: install
 ## test: everything: lint, unit, integration (testcontainers) and end-to-end tests
 test: install containers lint
 	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+## test-long: the same suite with the bounded fault and kill tests at their full size (more seeds and
+##            longer walks than CI runs; see tests/scale.py)
+test-long: install containers lint
+	$(BIN)/pytest -p no:cacheprovider --long $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/pytest -p no:cacheprovider -m unit $(PYTEST_ARGS)

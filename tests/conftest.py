@@ -31,6 +31,7 @@ from tests.containers.fixtures import (  # noqa: E402
     require_engine,
     sweep_leftover_containers,
 )
+from tests.scale import run_full_size  # noqa: E402
 
 _engine_checked: set[str] = set()
 _swept = False
@@ -140,6 +141,19 @@ def broker_factory() -> Iterator[Callable[[], BrokerContainer]]:
             return server
 
         yield make
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="run the bounded fault and kill tests at their full size (tests/scale.py; `make test-long`)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    run_full_size(bool(config.getoption("--long")))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

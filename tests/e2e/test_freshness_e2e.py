@@ -36,6 +36,7 @@ from tests.e2e.system import (
     system_env,
     wait_for_job,
 )
+from tests.hooked_services import hooked_command
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +46,7 @@ ACCOUNT_SIZE = 2_000
 MAX_ACUITY_REQUESTS = 6
 MAX_CALENDLY_REQUESTS = 200
 FAR_FUTURE = timedelta(days=170)
+PROVIDER_REQUESTS_PER_SECOND = 200.0
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,16 @@ async def fresh_system(
     database_url: str, service_database_url: str, broker: BrokerContainer, tmp_path: Path
 ) -> AsyncIterator[RunningSystem]:
     """The services with the fetcher's default freshness horizon (14 days) and accounts of 2,000
-    bookings; Calendly's per-user rate limit is lifted so the full imports do not wait minutes."""
+    bookings; the providers' rate limits are lifted (Calendly's in the simulator, the fetcher's own
+    budget through tests/hooked_services.py) so the full imports, with Acuity's payment requests, do
+    not wait minutes. What is measured here is the number of requests, not their pace."""
     services = service_set(
         database_url=database_url,
         service_database_url=service_database_url,
         bootstrap_servers=broker.bootstrap_servers,
         tmp_path=tmp_path,
         env=system_env(tmp_path, APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT=str(ACCOUNT_SIZE)),
+        command=hooked_command(provider_requests_per_second=PROVIDER_REQUESTS_PER_SECOND),
     )
     faults = {"calendly": {"rate_limit_requests": 1_000_000}}
     async with running(services, database_url=database_url, token=TENANT_TOKEN, simulator_faults=faults) as system:
