@@ -46,15 +46,14 @@ from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db.pool import acquired
 from apptsync.shared.errors import ApptsyncError, PermanentError, RetriableError
-from apptsync.shared.job_messages import job_to_proto
 from apptsync.shared.kafka import kafka_errors
+from apptsync.shared.messages.appointment_pages import build_page, pages_topic
+from apptsync.shared.messages.job_events import encode_job_finished, job_events_topic
 from apptsync.shared.messages.page_results import PageResult
-from apptsync.shared.pages import build_page
 from apptsync.shared.settings import FetcherSettings, KafkaSettings
 from apptsync.shared.telemetry.logs import bound_log_fields, log_event, register_secrets
 from apptsync.shared.telemetry.metrics import METRICS
 from apptsync.shared.telemetry.propagation import context_from_traceparent, mark_error, use_span_safely
-from apptsync.v1 import imports_pb2
 
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
@@ -271,7 +270,7 @@ async def _page_loop(
                 )
                 async with kafka_errors():
                     await ctx.producer.send_and_wait(
-                        ctx.kafka.pages_topic, message.SerializeToString(), key=job.job_id.encode()
+                        pages_topic(ctx.kafka), message.SerializeToString(), key=job.job_id.encode()
                     )
                 page_no = progress.next_page_no
                 progress.page_sent(near_term=page.near_term)
@@ -350,10 +349,9 @@ async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProg
             # fetcher at commit, not only this process (whose freed slot claims again anyway).
             await conn.execute("SELECT pg_notify($1, $2)", jobs_db.JOBS_QUEUED_CHANNEL, job.job_id)
     _job_finished(finished)
-    event = imports_pb2.JobFinished(job=job_to_proto(finished))
     async with kafka_errors():
         await ctx.events_producer.send_and_wait(
-            ctx.kafka.job_events_topic, event.SerializeToString(), key=job.job_id.encode()
+            job_events_topic(ctx.kafka), encode_job_finished(finished), key=job.job_id.encode()
         )
 
 
