@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -28,6 +28,7 @@ from apptsync.fetcher.connection_state import PostgresConnectionStateStore
 from apptsync.fetcher.progress import JobProgress, StopPolicy, WrittenPage
 from apptsync.fetcher.providers import (
     ConnectionConfig,
+    ConnectionStateStore,
     JobWindow,
     ProviderHttp,
     ProviderPage,
@@ -99,6 +100,18 @@ class OpenedJob:
     written: dict[int, WrittenPage]
 
 
+class _SessionArguments(TypedDict):
+    """What every provider session is opened with (`open_session`, `open_targeted_session`)."""
+
+    http: ProviderHttp
+    connection: ConnectionConfig
+    window: JobWindow
+    page_size: int
+    cursor: Any
+    clock: Clock
+    state: ConnectionStateStore
+
+
 async def open_job(job: jobs_db.JobRecord, access: ProviderAccess) -> OpenedJob:
     """Reads the job's written pages and its connection, and opens the provider session: a targeted
     job (queued by provider notifications) fetches only the named records, any other walks the window."""
@@ -128,29 +141,16 @@ async def open_job(job: jobs_db.JobRecord, access: ProviderAccess) -> OpenedJob:
         clock=access.clock,
         refresh_owner=lease_owner(job),
     )
+    common = _SessionArguments(
+        http=access.http, connection=config, window=window, page_size=job.options.page_size, cursor=job.cursor,
+        clock=access.clock, state=state,
+    )
     session: ProviderSession
     if job.kind == TARGETED_KIND:
-        session = open_targeted_session(
-            Source(job.external_source),
-            http=access.http,
-            connection=config,
-            window=window,
-            page_size=job.options.page_size,
-            targets=job.targets,
-            cursor=job.cursor,
-            clock=access.clock,
-            state=state,
-        )
+        session = open_targeted_session(Source(job.external_source), targets=job.targets, **common)
     else:
         session = open_session(
             Source(job.external_source),
-            http=access.http,
-            connection=config,
-            window=window,
-            page_size=job.options.page_size,
-            cursor=job.cursor,
-            clock=access.clock,
-            state=state,
             # Every job walks the coming days first (a resumed one keeps its cursor's order); only
             # an early-stopping job depends on it, the order never changes what a full walk covers.
             near_term=near_term_window(
@@ -159,6 +159,7 @@ async def open_job(job: jobs_db.JobRecord, access: ProviderAccess) -> OpenedJob:
             # The client list (people with or without an appointment in the window) changes slowly:
             # the jobs that walk everything carry it, frequent early-stopping syncs do not.
             clients=job.first_import or StopPolicy(job.options.stop_policy) is StopPolicy.NEVER,
+            **common,
         )
     return OpenedJob(session, phone_region, written_pages)
 

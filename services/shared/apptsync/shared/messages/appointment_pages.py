@@ -13,8 +13,6 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from google.protobuf.message import DecodeError
-
 from apptsync.shared.appointments import (
     AppointmentStatus,
     CancellationStub,
@@ -26,6 +24,7 @@ from apptsync.shared.appointments import (
     stub_content_hash,
 )
 from apptsync.shared.errors import PoisonMessageError
+from apptsync.shared.messages.wire import parse_message
 from apptsync.shared.settings import KafkaSettings
 from apptsync.shared.timestamps import timestamp, timestamp_fields
 from apptsync.v1 import pages_pb2
@@ -162,14 +161,7 @@ def parse_appointment_page(value: bytes | None) -> pages_pb2.AppointmentPage:
     """The AppointmentPage in a Kafka message value, as sent (its records are not checked here).
 
     Raises PoisonMessageError when there is no value or the bytes are not an AppointmentPage."""
-    if value is None:
-        raise PoisonMessageError("message has no value")
-    page = pages_pb2.AppointmentPage()
-    try:
-        page.ParseFromString(value)
-    except DecodeError as exc:
-        raise PoisonMessageError(f"not an AppointmentPage: {exc}") from exc
-    return page
+    return parse_message(pages_pb2.AppointmentPage(), value)
 
 
 def single_record_page(page_value: bytes | None, external_id: str) -> bytes:

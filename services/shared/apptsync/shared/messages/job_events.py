@@ -8,11 +8,9 @@ the tests do).
 
 from __future__ import annotations
 
-from google.protobuf.message import DecodeError
-
 from apptsync.shared.db.jobs import JobRecord
-from apptsync.shared.errors import PoisonMessageError
 from apptsync.shared.job_messages import job_to_proto
+from apptsync.shared.messages.wire import parse_message
 from apptsync.shared.settings import KafkaSettings
 from apptsync.v1 import imports_pb2
 
@@ -29,11 +27,4 @@ def encode_job_finished(job: JobRecord) -> bytes:
 def decode_job_finished(value: bytes | None) -> imports_pb2.JobFinished:
     """The JobFinished event in a Kafka message value. Raises PoisonMessageError when there is no
     value or it is not a JobFinished."""
-    if value is None:
-        raise PoisonMessageError("message has no value")
-    event = imports_pb2.JobFinished()
-    try:
-        event.ParseFromString(value)
-    except DecodeError as exc:
-        raise PoisonMessageError(f"not a JobFinished: {exc}") from exc
-    return event
+    return parse_message(imports_pb2.JobFinished(), value)
