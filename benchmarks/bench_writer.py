@@ -49,7 +49,7 @@ import asyncpg
 from apptsync.cli.devstack import EmbeddedPostgres, durability_settings, server_settings_for
 from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, Money
 from apptsync.shared.db.migrator import migrate
-from apptsync.shared.pages import build_page
+from apptsync.shared.messages.appointment_pages import build_page
 from apptsync.writer.accounting import DecodedPage, PageOutcome, decode_page
 from apptsync.writer.store import write_pages
 

@@ -51,8 +51,8 @@ from apptsync.fetcher.providers.acuity import AcuityPaginator, AcuityRequest, Wi
 from apptsync.fetcher.providers.acuity._session import DEFAULT_CURRENCY
 from apptsync.fetcher.runner import page_sent
 from apptsync.shared.appointments import Source
+from apptsync.shared.messages.appointment_pages import build_page
 from apptsync.shared.outbound import OutboundPolicy
-from apptsync.shared.pages import build_page
 from apptsync.shared.telemetry.http_metrics import MeteredTransport
 from apptsync.simulator._acuity_data import AcuityStore, select_appointments
 

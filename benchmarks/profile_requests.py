@@ -39,8 +39,8 @@ from apptsync.fetcher.providers import (
     open_session,
 )
 from apptsync.shared.appointments import Source
+from apptsync.shared.messages.appointment_pages import build_page
 from apptsync.shared.outbound import OutboundPolicy
-from apptsync.shared.pages import build_page
 from apptsync.shared.telemetry.http_metrics import MeteredTransport
 
 ANCHOR = date(2026, 1, 15)

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer
 
 from apptsync.shared.change_events import decode_change
 from apptsync.shared.counts import counts_add_up
+from apptsync.shared.messages.job_events import decode_job_finished
 from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import change_events_pb2, imports_pb2
 from tests.e2e.system import OTHER_TENANT_ID, TENANT_ID, TERMINAL, RunningSystem
@@ -89,8 +90,7 @@ async def job_finished_event(system: RunningSystem, job_id: str) -> imports_pb2.
         for _ in range(40):
             for records in (await consumer.getmany(timeout_ms=250)).values():
                 for record in records:
-                    event = imports_pb2.JobFinished()
-                    event.ParseFromString(record.value or b"")
+                    event = decode_job_finished(record.value or b"")
                     if event.job.job_id == job_id:
                         return event
     finally:

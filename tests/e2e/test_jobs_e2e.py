@@ -23,8 +23,9 @@ from grpc_status import rpc_status
 
 from apptsync.cli.devstack import ServiceProcess, ServiceSet, format_dev_keyring, pick_free_port
 from apptsync.cli.devstack.probes import GrpcHealthProbe
+from apptsync.shared.messages.appointment_pages import parse_appointment_page
 from apptsync.shared.timestamps import timestamp
-from apptsync.v1 import imports_pb2, pages_pb2
+from apptsync.v1 import imports_pb2
 from tests.containers.fixtures import BrokerContainer
 from tests.e2e.system import (
     TERMINAL,
@@ -171,8 +172,7 @@ async def count_page_messages(system: RunningSystem, job_id: str) -> dict[int, i
                 break
             for records in batch.values():
                 for record in records:
-                    page = pages_pb2.AppointmentPage()
-                    page.ParseFromString(record.value or b"")
+                    page = parse_appointment_page(record.value or b"")
                     if page.job_id == job_id:
                         counts[page.page_no] = counts.get(page.page_no, 0) + 1
     finally:

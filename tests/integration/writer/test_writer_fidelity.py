@@ -11,7 +11,7 @@ import pytest
 
 from apptsync.fetcher.providers import JsonValue
 from apptsync.fetcher.providers.google_calendar import google_page
-from apptsync.shared.pages import build_page
+from apptsync.shared.messages.appointment_pages import build_page
 from apptsync.writer.accounting import DecodedPage, decode_page
 from apptsync.writer.store import write_pages
 from tests.integration.writer.writer_database import job_counters, padded

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from apptsync.shared.appointments import CanonicalAppointment
 from apptsync.shared.db.migrator import migrate
 from apptsync.shared.kafka import header_text
+from apptsync.shared.messages.appointment_pages import parse_appointment_page
 from apptsync.shared.settings import DatabaseSettings, KafkaSettings, WriterSettings
 from apptsync.v1 import pages_pb2
 from apptsync.writer.service import run_writer
@@ -250,8 +251,7 @@ async def test_poison_messages_are_dead_lettered_and_the_writer_goes_on(
     assert refused.value == messages[1][1]
     assert "refused by PostgreSQL" in (header_text(refused.headers, "apptsync-error") or "")
     assert header_text(refused.headers, "apptsync-page-no") == "1"
-    single = pages_pb2.AppointmentPage()
-    single.ParseFromString(record.value)
+    single = parse_appointment_page(record.value)
     assert [a.external_id for a in single.appointments] == ["bad"]
     assert header_text(record.headers, "apptsync-page-no") == "2"
     assert "json" in (header_text(record.headers, "apptsync-error") or "")

@@ -20,7 +20,7 @@ from apptsync.fetcher.providers._json_fields import canonical_json, loads_json
 from apptsync.fetcher.providers._money import money_from_amount
 from apptsync.fetcher.providers.acuity import AcuityRequest, acuity_page, acuity_start
 from apptsync.shared.appointments import Money
-from apptsync.shared.pages import build_page
+from apptsync.shared.messages.appointment_pages import build_page
 
 pytestmark = pytest.mark.unit
 

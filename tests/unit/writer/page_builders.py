@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from apptsync.shared.appointments import AppointmentStatus, CanonicalAppointment, Contact, Money, Payment
-from apptsync.shared.pages import build_page
+from apptsync.shared.messages.appointment_pages import build_page
 from apptsync.v1 import pages_pb2
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

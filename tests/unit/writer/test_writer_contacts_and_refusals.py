@@ -8,7 +8,7 @@ import pytest
 
 from apptsync.shared.appointments import Contact
 from apptsync.shared.errors import PoisonMessageError
-from apptsync.v1 import pages_pb2
+from apptsync.shared.messages.appointment_pages import parse_appointment_page
 from apptsync.writer.accounting import (
     StoredVersion,
     decode_page,
@@ -78,8 +78,7 @@ def test_a_refused_record_is_copied_alone_as_a_one_record_page() -> None:
     value = page([appointment("a"), appointment("b", version=1), appointment("b", version=2)],
                  skipped_invalid=1).SerializeToString()
 
-    single = pages_pb2.AppointmentPage()
-    single.ParseFromString(record_page_value(value, "b"))
+    single = parse_appointment_page(record_page_value(value, "b"))
 
     assert [a.title for a in single.appointments] == ["Session v2"]  # the copy the writer tried to store
     assert (single.records_fetched, single.skipped.invalid) == (1, 0)

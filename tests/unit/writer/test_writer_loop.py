@@ -14,6 +14,7 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from apptsync.shared.errors import PermanentError, PoisonMessageError, StorageUnavailableError
+from apptsync.shared.messages.appointment_pages import parse_appointment_page
 from apptsync.shared.messages.page_results import PageCounts
 from apptsync.shared.settings import KafkaSettings, WriterSettings
 from apptsync.v1 import pages_pb2
@@ -231,8 +232,7 @@ async def test_a_refused_record_is_dead_lettered_alone_and_the_page_result_count
 
     topic, value, headers = producer.sent[0]
     assert topic == "apptsync.dead-letters"
-    single = pages_pb2.AppointmentPage()
-    single.ParseFromString(value or b"")
+    single = parse_appointment_page(value or b"")
     assert [a.external_id for a in single.appointments] == ["bad"]
     assert single.records_fetched == 1
     assert dict(headers or [])["apptsync-external-id"] == b"bad"

@@ -1,7 +1,9 @@
 """Runs one claimed job: provider pages -> Kafka, page results -> stop decision -> terminal state.
 
-The decisions live in `progress.JobProgress`; this module only moves data between the provider
-session, Kafka and PostgreSQL, in the order that keeps the invariants:
+The decisions live in `progress.JobProgress`; the steps of the page loop (open the job, fetch the
+next page, send it, advance the resume point, await the results) in `page_steps`, each given only
+the parts of the process's `FetcherContext` it needs. This module strings them together in the order
+that keeps the invariants:
   1. a page is handed to Kafka (acked) before its resume point is stored, so a crash re-fetches at
      most that page (the writer deduplicates it by (job_id, page_no));
   2. the job reaches a terminal state only after every sent page has its result, and its counts are
@@ -15,10 +17,10 @@ import contextlib
 import contextvars
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -26,35 +28,35 @@ from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 
 from apptsync.fetcher.cancellation import CancelSignals, CancelWatch
-from apptsync.fetcher.connection_state import PostgresConnectionStateStore
-from apptsync.fetcher.progress import JobProgress, Outcome, StopPolicy, WrittenPage
+from apptsync.fetcher.page_steps import (
+    Clock,
+    PageSender,
+    ProviderAccess,
+    ResultWait,
+    fetch_next_page,
+    lease_owner,
+    open_job,
+)
+from apptsync.fetcher.progress import JobProgress, Outcome, StopPolicy
 from apptsync.fetcher.providers import (
-    ConnectionConfig,
-    JobWindow,
     ProviderHttp,
     ProviderPage,
     ProviderSession,
-    near_term_window,
-    open_session,
-    open_targeted_session,
 )
 from apptsync.fetcher.reconciliation import TARGETED_KIND, reconciles
 from apptsync.fetcher.results import ResultRouter
 from apptsync.shared.appointments import CanonicalAppointment, Source
 from apptsync.shared.credentials import Keyring
-from apptsync.shared.db import connections as connections_db
 from apptsync.shared.db import jobs as jobs_db
 from apptsync.shared.db.pool import acquired
-from apptsync.shared.errors import ApptsyncError, PermanentError, RetriableError
-from apptsync.shared.job_messages import job_to_proto
+from apptsync.shared.errors import ApptsyncError
 from apptsync.shared.kafka import kafka_errors
+from apptsync.shared.messages.job_events import encode_job_finished, job_events_topic
 from apptsync.shared.messages.page_results import PageResult
-from apptsync.shared.pages import build_page
 from apptsync.shared.settings import FetcherSettings, KafkaSettings
-from apptsync.shared.telemetry.logs import bound_log_fields, log_event, register_secrets
+from apptsync.shared.telemetry.logs import bound_log_fields, log_event
 from apptsync.shared.telemetry.metrics import METRICS
-from apptsync.shared.telemetry.propagation import context_from_traceparent, mark_error, use_span_safely
-from apptsync.v1 import imports_pb2
+from apptsync.shared.telemetry.propagation import context_from_traceparent, use_span_safely
 
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
@@ -63,10 +65,6 @@ _log = logging.getLogger("apptsync.fetcher")
 _tracer = trace.get_tracer("apptsync.fetcher")
 # The source of the job the current task runs: labels the provider request metrics (see service.py).
 JOB_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("apptsync_job_source", default="unknown")
-Clock = Callable[[], datetime]
-# How often a job waiting for results also looks in import_job_pages (results it cannot get from
-# Kafka: pages sent by a fetcher that died before their results arrived).
-_RESULT_FALLBACK_SECONDS = 2.0
 
 
 @dataclass
@@ -88,11 +86,35 @@ class FetcherContext:
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     cancellations: CancelSignals = field(default_factory=CancelSignals)
 
+    def provider_access(self) -> ProviderAccess:
+        """What opening a job's provider session needs."""
+        return ProviderAccess(self.pool, self.keyring, self.http, self.clock, self.settings.freshness_horizon_days)
 
-def outcome_of(result: PageResult) -> WrittenPage:
-    counts = result.counts
-    return WrittenPage(counts.page_no, counts.records_fetched, counts.inserted, counts.updated,
-                       unreadable=result.unreadable)  # fmt: skip
+    def page_sender(self, job: jobs_db.JobRecord, phone_region: str) -> PageSender:
+        """What sending the job's pages and storing its resume point need."""
+        return PageSender(job, self.producer, self.kafka, self.pool, self.clock, phone_region,
+                          pages_fetched=job.counts["pages_fetched"])  # fmt: skip
+
+    def result_wait(self, job_id: str, inbox: asyncio.Queue[PageResult]) -> ResultWait:
+        """What awaiting the job's page results needs; the result timeout counts from now."""
+        return ResultWait(job_id, inbox, self.pool, self.settings.result_timeout_seconds,
+                          last_progress=asyncio.get_running_loop().time())  # fmt: skip
+
+    def job_row(self) -> JobRow:
+        """What keeping the job's row (lease, release, terminal state and its event) needs."""
+        return JobRow(self.pool, self.clock, self.settings.lease_seconds, self.events_producer, self.kafka)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """The parts that keep a running job's row: renew or release its lease, store its terminal state
+    and announce it on the job-events topic."""
+
+    pool: asyncpg.Pool
+    clock: Clock
+    lease_seconds: float
+    events_producer: AIOKafkaProducer
+    kafka: KafkaSettings
 
 
 async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
@@ -107,6 +129,7 @@ async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
         deadline_at=job.deadline_at,
     )
     inbox = ctx.results.subscribe(job.job_id)
+    row = ctx.job_row()
     # The job span continues the trace of the StartImport call that queued the job (its traceparent
     # is in the job row), whichever fetcher claims it and however late.
     job_span = _tracer.start_span(
@@ -130,9 +153,9 @@ async def run_job(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:
             ctx.cancellations.watch(job.job_id) as cancel_watch,
         ):
             async with asyncio.TaskGroup() as group:
-                renewal = group.create_task(_renew_lease(job.job_id, _lease_owner(job), ctx, cancel_watch))
+                renewal = group.create_task(_renew_lease(job.job_id, lease_owner(job), row, cancel_watch))
                 try:
-                    await _page_loop(job, ctx, progress, inbox, cancel_watch.requested)
+                    await _page_loop(job, ctx, progress, ctx.result_wait(job.job_id, inbox), cancel_watch.requested)
                 finally:
                     renewal.cancel()
     finally:
@@ -145,185 +168,71 @@ async def _page_loop(
     job: jobs_db.JobRecord,
     ctx: FetcherContext,
     progress: JobProgress,
-    inbox: asyncio.Queue[PageResult],
+    results: ResultWait,
     cancel_requested: asyncio.Event,
 ) -> None:
-    async with ctx.pool.acquire() as conn:
-        written = await jobs_db.page_results(conn, job.job_id)
-        loaded = await connections_db.load_connection_secrets(
-            conn, keyring=ctx.keyring, tenant_id=job.tenant_id, connection_id=job.connection_id
-        )
-    session: ProviderSession | None = None
-    phone_region = ""
-    if loaded is not None:
-        record, secrets = loaded
-        register_secrets(*secrets.values())  # redacted by value from every log line of this process
-        # The region a phone without a country code is read in (the writer's default when unset).
-        phone_region = record.settings.get("phone_region", "").strip().upper()
-        window = JobWindow(job.window_start, job.window_end)
-        config = ConnectionConfig(
-            base_url=record.base_url,
-            credentials=secrets,
-            settings=record.settings,
-            scope_key=f"{job.tenant_id}/{job.connection_id}",
-        )
-        state = PostgresConnectionStateStore(
-            pool=ctx.pool,
-            keyring=ctx.keyring,
-            tenant_id=job.tenant_id,
-            connection_id=job.connection_id,
-            clock=ctx.clock,
-            refresh_owner=_lease_owner(job),
-        )
-        if job.kind == TARGETED_KIND:
-            # Queued by provider notifications (the webhook receiver): only the named records.
-            session = open_targeted_session(
-                Source(job.external_source),
-                http=ctx.http,
-                connection=config,
-                window=window,
-                page_size=job.options.page_size,
-                targets=job.targets,
-                cursor=job.cursor,
-                clock=ctx.clock,
-                state=state,
-            )
-        else:
-            session = open_session(
-                Source(job.external_source),
-                http=ctx.http,
-                connection=config,
-                window=window,
-                page_size=job.options.page_size,
-                cursor=job.cursor,
-                clock=ctx.clock,
-                state=state,
-                # Every job walks the coming days first (a resumed one keeps its cursor's order); only
-                # an early-stopping job depends on it, the order never changes what a full walk covers.
-                near_term=near_term_window(
-                    now=ctx.clock(), horizon=timedelta(days=ctx.settings.freshness_horizon_days), window=window
-                ),
-                # The client list (people with or without an appointment in the window) changes slowly:
-                # the jobs that walk everything carry it, frequent early-stopping syncs do not.
-                clients=job.first_import or StopPolicy(job.options.stop_policy) is StopPolicy.NEVER,
-            )
-    near_term_pages = 0 if session is None else session.near_term_pages
+    """Pages the job until it is finished (every sent page has its result and a stop is decided),
+    then stores its terminal state; or, when the process drains, hands the job over."""
+    opened = await open_job(job, ctx.provider_access())
+    session = opened.session
     progress.resume(
-        job.next_page_no, {n: WrittenPage(n, *r) for n, r in written.items()}, near_term_pages=near_term_pages
+        job.next_page_no, opened.written, near_term_pages=0 if session is None else session.near_term_pages
     )
     if session is None:
         progress.fail(f"connection {job.connection_id!r} no longer exists")
-    pages_fetched = job.counts["pages_fetched"]
-    last_progress = asyncio.get_running_loop().time()
+    sender = ctx.page_sender(job, opened.phone_region)
+    results.progressed()
     log_event(
         _log, "job started", source=job.external_source, page_no=job.next_page_no, first_import=job.first_import
     )
-
     while not progress.finished:
         METRICS.pages_in_flight.set(job.job_id, progress.in_flight)
-        while not inbox.empty():
-            progress.result_received(outcome_of(inbox.get_nowait()))
-            last_progress = asyncio.get_running_loop().time()
-        progress.check_deadline(ctx.clock())
-        if cancel_requested.is_set():
-            progress.cancel()
+        results.take_ready(progress)
+        _note_stop_requests(progress, ctx.clock(), cancel_requested)
         if ctx.draining.is_set() and not progress.stopped:
-            await _release_after_drain(job, ctx, progress, inbox)
+            await _release_after_drain(job, ctx.job_row(), progress, results)
             return
         if session is not None and progress.may_send():
-            with _page_span(job, progress.next_page_no) as page_span:
-                retries_before = session.retries
-                try:
-                    page = await session.next_page()
-                except PermanentError as exc:
-                    mark_error(page_span, exc)
-                    progress.fail(str(exc))
-                    continue
-                except RetriableError as exc:
-                    mark_error(page_span, exc)
-                    progress.fail(f"provider unavailable after retries: {exc}")
-                    continue
-                finally:
-                    _count_retries(job.external_source, session.retries - retries_before, page_span)
-                if cancel_requested.is_set():
-                    # Asked to cancel while the page was being fetched: it is not sent (nor its
-                    # resume point stored), so a cancel stops the pages within one fetch.
-                    page_span.set_attribute("apptsync.discarded_by_cancel", True)
-                    progress.cancel()
-                    continue
-                if page is None:
-                    page_span.set_attribute("apptsync.provider_exhausted", True)
-                    progress.provider_exhausted()
-                    continue
-                message = build_page(
-                    job_id=job.job_id,
-                    tenant_id=job.tenant_id,
-                    external_source=job.external_source,
-                    connection_id=job.connection_id,
-                    page_no=progress.next_page_no,
-                    fetched_at=ctx.clock(),
-                    records_fetched=page.records_fetched,
-                    appointments=page.appointments,
-                    skipped_out_of_window=page.skipped_out_of_window,
-                    skipped_invalid=page.skipped_invalid,
-                    contacts=page.contacts,
-                    default_phone_region=phone_region,
-                )
-                async with kafka_errors():
-                    await ctx.producer.send_and_wait(
-                        ctx.kafka.pages_topic, message.SerializeToString(), key=job.job_id.encode()
-                    )
-                page_no = progress.next_page_no
-                progress.page_sent(near_term=page.near_term)
-                pages_fetched += 1
-                page_sent(job.external_source, page_no, page, page_span)
-                async with ctx.pool.acquire() as conn:
-                    await jobs_db.save_progress(
-                        conn,
-                        job_id=job.job_id,
-                        lease_owner=_lease_owner(job),
-                        cursor=session.cursor(),
-                        next_page_no=progress.next_page_no,
-                        pages_fetched=pages_fetched,
-                        now=ctx.clock(),
-                    )
-                last_progress = asyncio.get_running_loop().time()
-                continue
-        # Backpressure or a decided stop: wait for results of pages in flight.
-        if progress.in_flight == 0:
-            continue
-        try:
-            result = await asyncio.wait_for(inbox.get(), timeout=_RESULT_FALLBACK_SECONDS)
-            progress.result_received(outcome_of(result))
-            last_progress = asyncio.get_running_loop().time()
-        except TimeoutError:
-            if await _recover_results(job.job_id, ctx, progress):
-                last_progress = asyncio.get_running_loop().time()
-            elif asyncio.get_running_loop().time() - last_progress > ctx.settings.result_timeout_seconds:
-                missing = sorted(progress.outstanding_pages)
-                progress.fail(f"no result for pages {missing[:5]} within {ctx.settings.result_timeout_seconds:.0f} s")
-                async with ctx.pool.acquire() as conn:
-                    await _finish(job, ctx, progress, conn)
-                return
-
+            if await _page_step(job, session, sender, progress, cancel_requested):
+                results.progressed()
+        elif progress.in_flight and not await results.await_next(progress):
+            # Backpressure or a decided stop, and the writer went quiet on the pages in flight.
+            progress.fail(results.timed_out_error(progress))
+            break
     async with ctx.pool.acquire() as conn:
-        await _finish(job, ctx, progress, conn)
+        await _finish(job, ctx.job_row(), progress, conn)
 
 
-async def _recover_results(job_id: str, ctx: FetcherContext, progress: JobProgress) -> bool:
-    """Feeds results the writer stored but Kafka did not bring us; True if a page was settled by
-    them (only that counts as progress: the result timeout must still fire for pages that stay out)."""
-    outstanding = sorted(progress.outstanding_pages)
-    if not outstanding:
-        return False
-    async with ctx.pool.acquire() as conn:
-        stored = await jobs_db.page_results(conn, job_id, page_nos=outstanding)
-    for page_no, counts in stored.items():
-        progress.result_received(WrittenPage(page_no, *counts))
-    return progress.in_flight < len(outstanding)
+def _note_stop_requests(progress: JobProgress, now: datetime, cancel_requested: asyncio.Event) -> None:
+    """Tells `progress` of the stops asked from outside the page loop: the deadline, a cancellation."""
+    progress.check_deadline(now)
+    if cancel_requested.is_set():
+        progress.cancel()
 
 
-async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress, conn: DbConnection) -> None:
+async def _page_step(
+    job: jobs_db.JobRecord,
+    session: ProviderSession,
+    sender: PageSender,
+    progress: JobProgress,
+    cancel_requested: asyncio.Event,
+) -> bool:
+    """One page of the job: fetch the provider's next page, send it, then advance the resume point
+    (in that order: a crash in between re-fetches this page, which the writer deduplicates). True
+    when a page was sent; False when the fetch told `progress` why there is none."""
+    page_no = progress.next_page_no
+    with _page_span(job, page_no) as page_span:
+        page = await fetch_next_page(session, progress, cancel_requested, page_span, job.external_source)
+        if page is None:
+            return False
+        await sender.send(page, page_no)
+        progress.page_sent(near_term=page.near_term)
+        page_sent(job.external_source, page_no, page, page_span)
+        await sender.advance_resume_point(session.cursor(), progress.next_page_no)
+    return True
+
+
+async def _finish(job: jobs_db.JobRecord, row: JobRow, progress: JobProgress, conn: DbConnection) -> None:
     """Stores the terminal state (after marking the rows a complete walk did not see as deleted, in
     the same transaction), then announces it on the job-events topic.
 
@@ -333,43 +242,36 @@ async def _finish(job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProg
     async with conn.transaction():
         if reconciles(Source(job.external_source), progress, kind=job.kind):
             deleted = await jobs_db.reconcile_deletions(
-                conn, job_id=job.job_id, lease_owner=_lease_owner(job), now=ctx.clock()
+                conn, job_id=job.job_id, lease_owner=lease_owner(job), now=row.clock()
             )
             log_event(_log, "window reconciled", deleted=deleted)
         finished = await jobs_db.finish_job(
             conn,
             job_id=job.job_id,
-            lease_owner=_lease_owner(job),
+            lease_owner=lease_owner(job),
             state=outcome.value,
             stop_reason=progress.stop_reason,
             error=progress.error,
-            now=ctx.clock(),
+            now=row.clock(),
         )
         if job.kind == TARGETED_KIND:
             # The connection's next targeted job (queued meanwhile) waited for this one: wake every
             # fetcher at commit, not only this process (whose freed slot claims again anyway).
             await conn.execute("SELECT pg_notify($1, $2)", jobs_db.JOBS_QUEUED_CHANNEL, job.job_id)
     _job_finished(finished)
-    event = imports_pb2.JobFinished(job=job_to_proto(finished))
     async with kafka_errors():
-        await ctx.events_producer.send_and_wait(
-            ctx.kafka.job_events_topic, event.SerializeToString(), key=job.job_id.encode()
+        await row.events_producer.send_and_wait(
+            job_events_topic(row.kafka), encode_job_finished(finished), key=job.job_id.encode()
         )
 
 
 async def _release_after_drain(
-    job: jobs_db.JobRecord, ctx: FetcherContext, progress: JobProgress, inbox: asyncio.Queue[PageResult]
+    job: jobs_db.JobRecord, row: JobRow, progress: JobProgress, results: ResultWait
 ) -> None:
     """SIGTERM: no new page; give pages in flight a short while, then hand the job to another fetcher."""
-    loop = asyncio.get_running_loop()
-    give_up_at = loop.time() + 10.0
-    while progress.in_flight and loop.time() < give_up_at:
-        try:
-            progress.result_received(outcome_of(await asyncio.wait_for(inbox.get(), timeout=1.0)))
-        except TimeoutError:
-            await _recover_results(job.job_id, ctx, progress)
-    async with ctx.pool.acquire() as conn:
-        await jobs_db.release_lease(conn, job_id=job.job_id, lease_owner=_lease_owner(job), now=ctx.clock())
+    await results.drain(progress)
+    async with row.pool.acquire() as conn:
+        await jobs_db.release_lease(conn, job_id=job.job_id, lease_owner=lease_owner(job), now=row.clock())
     _log.info("job %s released for another fetcher at page %d", job.job_id, progress.next_page_no)
 
 
@@ -413,12 +315,6 @@ def _job_finished(finished: jobs_db.JobRecord) -> None:
     )
 
 
-def _count_retries(source: str, retries: int, span: trace.Span) -> None:
-    if retries > 0:
-        METRICS.provider_retries.labels(source).inc(retries)
-        span.set_attribute("apptsync.provider_retries", retries)
-
-
 def page_sent(source: str, page_no: int, page: ProviderPage, span: trace.Span) -> None:
     """Counts, span attributes and the page's log event (counts only: never record content)."""
     counts = {
@@ -436,31 +332,23 @@ def page_sent(source: str, page_no: int, page: ProviderPage, span: trace.Span) -
     log_event(_log, "page sent", page_no=page_no, **counts)
 
 
-def _lease_owner(job: jobs_db.JobRecord) -> str:
-    """The token of our claim: every lease-guarded write names it, so a run whose lease was taken over
-    (even by a later claim in this same process) can no longer change the job."""
-    if job.lease_owner is None:
-        raise ValueError(f"job {job.job_id} was not claimed")
-    return job.lease_owner
-
-
-async def _renew_lease(job_id: str, lease_owner: str, ctx: FetcherContext, watch: CancelWatch) -> None:
+async def _renew_lease(job_id: str, owner: str, row: JobRow, watch: CancelWatch) -> None:
     """Renews the lease every third of its length, or at once when `watch.recheck` is set (missed
     notifications); sets `watch.requested` when the row says cancellation was requested (the
     fallback of the cancel notification). Raises LeaseLostError if the lease was taken over."""
-    interval_seconds = ctx.settings.lease_seconds / 3
+    interval_seconds = row.lease_seconds / 3
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(watch.recheck.wait(), timeout=interval_seconds)
         watch.recheck.clear()
         try:
-            async with acquired(ctx.pool) as conn:
+            async with acquired(row.pool) as conn:
                 if await jobs_db.renew_lease(
                     conn,
                     job_id=job_id,
-                    lease_owner=lease_owner,
-                    lease_seconds=ctx.settings.lease_seconds,
-                    now=ctx.clock(),
+                    lease_owner=owner,
+                    lease_seconds=row.lease_seconds,
+                    now=row.clock(),
                 ):
                     watch.requested.set()
         except jobs_db.LeaseLostError:

@@ -1,7 +1,7 @@
 """The canonical appointment: one shape for every provider, and its content hash.
 
 Normalizers (in the fetcher) produce `CanonicalAppointment`s, and `CancellationStub`s for records the
-provider reports canceled or deleted without their times; `apptsync.shared.pages` turns both into
+provider reports canceled or deleted without their times; `apptsync.shared.messages.appointment_pages` turns both into
 the Kafka `AppointmentPage`; the writer stores them. Everything here is pure.
 """
 

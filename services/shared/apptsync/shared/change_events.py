@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from apptsync.shared.appointments import AppointmentStatus
-from apptsync.shared.pages import STATUS_TO_PROTO
+from apptsync.shared.messages.appointment_pages import STATUS_TO_PROTO
 from apptsync.shared.settings import KafkaSettings
 from apptsync.shared.timestamps import timestamp
 from apptsync.v1 import change_events_pb2

@@ -31,17 +31,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from google.protobuf.message import DecodeError
-
 from apptsync.shared.appointments import AppointmentStatus, Source
 from apptsync.shared.errors import PoisonMessageError
+from apptsync.shared.messages.appointment_pages import STATUS_FROM_PROTO, parse_appointment_page
 from apptsync.shared.messages.page_results import (
     PageCounts,
     PageResult,
     SkipCounts,
     encode_page_result,
 )
-from apptsync.shared.pages import STATUS_FROM_PROTO
 from apptsync.shared.timestamps import from_timestamp
 from apptsync.v1 import pages_pb2
 from apptsync.writer.contacts import DEFAULT_PHONE_REGION, Identity, Observation, first_identity, identities
@@ -307,13 +305,7 @@ def decode_page(value: bytes | None) -> DecodedPage:
     Raises PoisonMessageError when the bytes are not an AppointmentPage, an id is malformed, an
     appointment lacks a required field, or the page's own accounting does not add up (appointments
     plus the fetcher's skips must equal records_fetched)."""
-    if value is None:
-        raise PoisonMessageError("message has no value")
-    page = pages_pb2.AppointmentPage()
-    try:
-        page.ParseFromString(value)
-    except DecodeError as exc:
-        raise PoisonMessageError(f"not an AppointmentPage: {exc}") from exc
+    page = parse_appointment_page(value)
     job_id = _canonical_uuid(page.job_id, "job_id")
     tenant_id = _canonical_uuid(page.tenant_id, "tenant_id")
     if page.external_source not in _SOURCES:

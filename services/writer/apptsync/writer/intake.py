@@ -12,11 +12,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from apptsync.shared.errors import PoisonMessageError
 from apptsync.shared.kafka import Headers, text_headers
-from apptsync.v1 import pages_pb2
+from apptsync.shared.messages.appointment_pages import single_record_page
 from apptsync.writer.accounting import DecodedPage, decode_page
 
 ERROR_HEADER = "apptsync-error"
@@ -119,21 +117,7 @@ def record_page_value(page_value: bytes | None, external_id: str) -> bytes:
     last copy, the one the writer tried to store), for the dead-letter copy of a refused record.
 
     Raises PoisonMessageError when `page_value` is not a page holding that record."""
-    page = pages_pb2.AppointmentPage()
-    try:
-        page.ParseFromString(page_value or b"")
-    except DecodeError as exc:
-        raise PoisonMessageError(f"not an AppointmentPage: {exc}") from exc
-    copies = [a for a in page.appointments if a.external_id == external_id]
-    if not copies:
-        raise PoisonMessageError(f"page has no record {external_id!r}")
-    single = pages_pb2.AppointmentPage()
-    single.CopyFrom(page)
-    del single.appointments[:]
-    single.appointments.append(copies[-1])
-    single.records_fetched = 1
-    single.ClearField("skipped")
-    return single.SerializeToString()
+    return single_record_page(page_value, external_id)
 
 
 def job_id_from_key(key: bytes | None) -> str | None:

@@ -41,6 +41,7 @@ from apptsync.shared.errors import BrokerUnavailableError, PoisonMessageError, R
 from apptsync.shared.health import HealthEndpoint
 from apptsync.shared.kafka import commit_offsets, ensure_topics, kafka_errors
 from apptsync.shared.lifecycle import DEFAULT_RESOURCES, ServiceResources, cancel_and_wait
+from apptsync.shared.messages.appointment_pages import pages_topic
 from apptsync.shared.messages.page_results import page_results_topic
 from apptsync.shared.settings import DatabaseSettings, KafkaSettings, WriterSettings
 from apptsync.shared.telemetry.logs import log_event
@@ -454,7 +455,7 @@ async def run_writer(
         )
         consumer = resources.consumer(
             kafka,
-            kafka.pages_topic,
+            pages_topic(kafka),
             group_id=kafka.writer_group_id,
             client_id=CLIENT_ID,
             group_instance_id=kafka.writer_group_instance_id or None,

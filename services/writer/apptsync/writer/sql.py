@@ -1,7 +1,8 @@
 """The writer's SQL and the pure builders of its arguments (column arrays for set-based statements).
 
 Every statement takes the tenant as `$1` and filters or writes by it: the seam where row-level
-security (`app.tenant_id`, set by `store.tenant_transaction`) will take over.
+security (`app.tenant_id`, set by `SET_TRANSACTION_SCOPE` in
+`apptsync.shared.db.pool.tenant_transaction`) will take over.
 """
 
 from __future__ import annotations
@@ -539,3 +540,13 @@ def page_counts_from_record(record: Any) -> PageCounts:
         payments_fetched=record["payments_fetched"],
     )
 
+
+
+def page_key_from_record(record: Any) -> PageKey:
+    """The page of a CLAIM_PAGES or SELECT_DEAD_LETTERS row."""
+    return PageKey(record["job_id"], record["page_no"])
+
+
+def dead_letter_from_record(record: Any) -> tuple[PageKey, RefusedRecord]:
+    """A refused record of its page from a SELECT_DEAD_LETTERS row."""
+    return page_key_from_record(record), RefusedRecord(record["external_id"], record["error"])

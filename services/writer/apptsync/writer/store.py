@@ -1,26 +1,25 @@
 """PostgreSQL side of the writer: one transaction applies consecutive pages of one tenant.
 
-The decisions are made by `apptsync.writer.accounting` (pure); this module runs the statements of
-`apptsync.writer.sql` in order and translates asyncpg failures into the error tree.
+The decisions are made by `apptsync.writer.batch` and `apptsync.writer.accounting` (pure); this
+module runs the statements of `apptsync.writer.sql` in order, one write strategy per transaction
+(`batch.WRITE_STRATEGIES`), and translates asyncpg failures into the error tree.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from apptsync.shared.db.pool import DATABASE_ERRORS, is_transient_database_error
+from apptsync.shared.db.pool import DATABASE_ERRORS, is_transient_database_error, tenant_transaction
 from apptsync.shared.errors import (
     ApptsyncError,
     PermanentError,
     PoisonMessageError,
     StorageUnavailableError,
 )
-from apptsync.shared.messages.page_results import PageCounts
 from apptsync.writer import sql
 from apptsync.writer.accounting import (
     BatchPlan,
@@ -31,21 +30,30 @@ from apptsync.writer.accounting import (
     RefusedRecord,
     RowKey,
     RowWrite,
-    StaleRecord,
     StoredVersion,
-    assemble_outcomes,
-    count_pages,
     drop_refused_records,
-    first_deliveries,
-    inserted_keys,
-    job_totals,
     keys_by_source,
-    outcome_by_key,
     payment_refreshes,
     plan_batch,
     plan_contacts,
-    recount_rewrite,
     refused_page_counts,
+)
+from apptsync.writer.batch import (
+    WRITE_STRATEGIES,
+    Fallback,
+    FallbackReason,
+    LedgerRow,
+    Recorded,
+    RowsWritten,
+    Settlement,
+    WriteStrategy,
+    inserts_plainly,
+    next_strategy,
+    page_outcomes,
+    recorded_pages,
+    settle,
+    split_claimed,
+    unknown_jobs,
 )
 from apptsync.writer.contacts import resolve, stored_contacts
 
@@ -72,15 +80,6 @@ def translate_store_error(exc: BaseException) -> ApptsyncError:
     return PermanentError(message)
 
 
-@asynccontextmanager
-async def tenant_transaction(connection: Connection, tenant_id: str) -> AsyncIterator[None]:
-    """A transaction scoped to `tenant_id`: sets `app.tenant_id` for its duration (SET LOCAL), the
-    setting row-level security policies will read; plans every statement for its own arguments."""
-    async with connection.transaction():
-        await connection.execute(sql.SET_TRANSACTION_SCOPE, tenant_id)
-        yield
-
-
 async def write_pages(connection: Connection, pages: Sequence[DecodedPage]) -> list[PageOutcome]:
     """Applies consecutive `pages` of one tenant in one transaction; one outcome per page, in order.
 
@@ -97,28 +96,22 @@ async def write_pages(connection: Connection, pages: Sequence[DecodedPage]) -> l
     tenant_id = pages[0].tenant_id
     if any(page.tenant_id != tenant_id for page in pages):
         raise ValueError("write_pages takes pages of one tenant")
+    tried: int | None = 0
     try:
-        try:
-            try:
-                async with tenant_transaction(connection, tenant_id):
-                    return await _write_pages_in_transaction(
-                        connection, tenant_id, pages, isolate_refused=False, plain_inserts=True
-                    )
-            except _ConcurrentInsertError:
-                # Rare: another writer inserted some of the batch's new keys after our lookup; redo
-                # the batch with the upsert, which counts those rows as it finds them.
-                async with tenant_transaction(connection, tenant_id):
-                    return await _write_pages_in_transaction(
-                        connection, tenant_id, pages, isolate_refused=False, plain_inserts=False
-                    )
-        except _RowsRefusedError:
-            # Rare: redo the batch, this time pinning the refusal on records (savepoints, bisection).
-            async with tenant_transaction(connection, tenant_id):
-                return await _write_pages_in_transaction(
-                    connection, tenant_id, pages, isolate_refused=True, plain_inserts=False
-                )
+        # Each strategy writes the whole batch in a transaction of its own; one that falls back
+        # leaves nothing behind. Bounded: every fallback moves on to a later strategy.
+        while tried is not None:
+            async with tenant_transaction(connection, tenant_id, scope=sql.SET_TRANSACTION_SCOPE) as end:
+                attempt = await _write_batch(connection, tenant_id, pages, WRITE_STRATEGIES[tried])
+                if isinstance(attempt, Fallback):
+                    end.roll_back()
+            if not isinstance(attempt, Fallback):
+                return attempt
+            fallback = attempt
+            tried = next_strategy(WRITE_STRATEGIES, tried, fallback.reason)
     except DATABASE_ERRORS as exc:
         raise translate_store_error(exc) from exc
+    raise PermanentError(f"no write strategy copes with: {fallback.reason.value}: {fallback.detail}")
 
 
 async def record_refused_page(connection: Connection, page: DecodedPage) -> PageOutcome:
@@ -131,17 +124,119 @@ async def record_refused_page(connection: Connection, page: DecodedPage) -> Page
     return (await write_pages(connection, [refused]))[0]
 
 
-class _RowsRefusedError(Exception):
-    """The upsert of a batch's rows failed with a data or constraint error (internal signal)."""
+async def _write_batch(
+    connection: Connection, tenant_id: str, pages: Sequence[DecodedPage], strategy: WriteStrategy
+) -> list[PageOutcome] | Fallback:
+    """One attempt at the batch inside its transaction: claim, plan, write the rows with `strategy`,
+    settle; the outcomes, or the strategy's Fallback (then the caller rolls the transaction back)."""
+    claim = split_claimed(pages, await _claim(connection, tenant_id, pages))
+    earlier = await _recorded(connection, tenant_id, claim.recorded)
+    settlement: Settlement | None = None
+    to_write = claim.fresh + earlier.rewrites
+    if to_write:
+        stored = await _stored_versions(connection, tenant_id, to_write)
+        if strategy.isolate_refused:
+            rows: RowsWritten | Fallback = await _upsert_isolating_refused(connection, tenant_id, to_write, stored)
+        else:
+            rows = await _write_rows(connection, tenant_id, to_write, stored, strategy)
+        if isinstance(rows, Fallback):
+            return rows
+        settlement = await _settle(connection, tenant_id, to_write, rows, earlier)
+    return page_outcomes(pages, settlement, earlier, await _replayed_dead_letters(connection, tenant_id, earlier))
+
+
+async def _claim(connection: Connection, tenant_id: str, pages: Sequence[DecodedPage]) -> set[PageKey]:
+    """Claims the ledger rows of `pages` for this transaction; the keys no one recorded before."""
+    keys = list(dict.fromkeys(page.key for page in pages))
+    claimed = await connection.fetch(sql.CLAIM_PAGES, tenant_id, *sql.page_key_arguments(keys))
+    return {sql.page_key_from_record(record) for record in claimed}
+
+
+async def _recorded(connection: Connection, tenant_id: str, pages: Sequence[DecodedPage]) -> Recorded:
+    """What the ledger holds for `pages` (recorded before), see `batch.recorded_pages`."""
+    if not pages:
+        return recorded_pages(pages, ())
+    records = await connection.fetch(
+        sql.SELECT_PAGE_COUNTS, tenant_id, *sql.page_key_arguments([page.key for page in pages])
+    )
+    return recorded_pages(pages, [
+        LedgerRow(sql.page_counts_from_record(record), record["content_digest"], frozenset(record["inserted_ids"]))
+        for record in records
+    ])
+
+
+async def _stored_versions(
+    connection: Connection, tenant_id: str, pages: Sequence[DecodedPage]
+) -> dict[RowKey, StoredVersion]:
+    """The stored versions of the keys `pages` carry (absent: never stored)."""
+    stored: dict[RowKey, StoredVersion] = {}
+    for source, external_ids in keys_by_source(pages).items():
+        for record in await connection.fetch(sql.SELECT_STORED_VERSIONS, tenant_id, source, external_ids):
+            stored[(source, record["external_id"])] = StoredVersion(
+                record["content_hash"], record["observed_at"], record["status"], record["deleted"]
+            )
+    return stored
+
+
+async def _write_rows(
+    connection: Connection, tenant_id: str, pages: list[DecodedPage], stored: Mapping[RowKey, StoredVersion],
+    strategy: WriteStrategy,
+) -> RowsWritten | Fallback:
+    """Writes the rows of `pages` as planned against `stored`, with plain inserts where `strategy`
+    allows them; a Fallback when PostgreSQL refuses rows or another writer inserted a key since."""
+    plan = plan_batch(pages, stored)
+    writes = list(plan.writes.values())
+    try:
+        if inserts_plainly(strategy, plan, stored):
+            written = await _insert_new(connection, tenant_id, writes, pages)
+        else:
+            written = await _upsert(connection, tenant_id, writes, pages)
+    except asyncpg.PostgresError as exc:
+        if not _is_data_error(exc):
+            raise
+        return Fallback(FallbackReason.ROWS_REFUSED, str(exc))
+    if isinstance(written, Fallback):
+        return written
+    return RowsWritten(pages, plan, written, {})
+
+
+async def _settle(
+    connection: Connection, tenant_id: str, delivered: Sequence[DecodedPage], rows: RowsWritten, earlier: Recorded
+) -> Settlement:
+    """After the rows: payments of unchanged rows, cancellations, then the ledger entries, dead
+    letters and job counters of `batch.settle`. Raises PoisonMessageError for a job the tenant does
+    not have."""
+    refreshes = payment_refreshes(rows.plan)
+    if refreshes:
+        await _write_payments(connection, tenant_id, refreshes, {write.key: False for write in refreshes})
+    canceled = await _cancel(connection, tenant_id, rows.plan)
+    settlement = settle(delivered, rows, canceled, earlier)
+    await connection.execute(sql.RECORD_PAGE_COUNTS, *sql.record_page_counts_arguments(tenant_id, settlement.entries))
+    if settlement.dead_letters:
+        arguments = sql.dead_letter_arguments(tenant_id, settlement.dead_letters)
+        await connection.execute(sql.RECORD_DEAD_LETTERS, *arguments)
+    known_jobs = await connection.fetch(sql.ADD_JOB_COUNTERS, *sql.job_counter_arguments(tenant_id, settlement.totals))
+    missing_jobs = unknown_jobs(settlement.totals, [record["job_id"] for record in known_jobs])
+    if missing_jobs:
+        raise PoisonMessageError(f"job(s) {sorted(missing_jobs)} do not belong to tenant {tenant_id}")
+    return settlement
+
+
+async def _replayed_dead_letters(
+    connection: Connection, tenant_id: str, earlier: Recorded
+) -> list[tuple[PageKey, RefusedRecord]]:
+    """The records refused earlier of the replayed pages (looked up only when their counts have some)."""
+    if not any(counts.skipped.dead_letter for counts in earlier.replayed_counts.values()):
+        return []
+    replayed_keys = sql.page_key_arguments([page.key for page in earlier.replayed])
+    return [
+        sql.dead_letter_from_record(record)
+        for record in await connection.fetch(sql.SELECT_DEAD_LETTERS, tenant_id, *replayed_keys)
+    ]
 
 
 def _is_data_error(exc: BaseException) -> bool:
     return str(getattr(exc, "sqlstate", "") or "")[:2] in _PAGE_DATA_SQLSTATE_CLASSES
-
-
-class _ConcurrentInsertError(Exception):
-    """A plain insert of keys the batch's lookup did not find met a row another writer inserted since
-    (internal signal: redo the batch with the upsert)."""
 
 
 async def _cancel(connection: Connection, tenant_id: str, plan: BatchPlan) -> set[RowKey]:
@@ -209,30 +304,49 @@ async def _write_payments(
         await connection.execute(sql.UPSERT_PAYMENTS, *upsert)
 
 
-async def _upsert(
-    connection: Connection, tenant_id: str, writes: Sequence[RowWrite], *, plain_insert: bool = False,
-    pages: Sequence[DecodedPage] = (),
-) -> dict[RowKey, bool]:
-    """Resolves the contacts of `pages` (their listed clients) and of `writes`, then upserts `writes`
-    linked to them, then their payments; which keys were written and whether as inserts (True) or
-    updates (False). `plain_insert`: no key of `writes` was stored when the batch looked them up, so
-    they are inserted without ON CONFLICT; raises _ConcurrentInsertError when one was inserted since."""
-    written: dict[RowKey, bool] = {}
+async def _linked_rows(
+    connection: Connection, tenant_id: str, writes: Sequence[RowWrite], pages: Sequence[DecodedPage]
+) -> list[tuple[object, ...]] | None:
+    """Resolves the contacts of `pages` (their listed clients) and of `writes`; the appointment
+    rows of `writes` linked to them, None when there are no writes."""
     contact_ids = await _resolve_contacts(connection, tenant_id, pages, writes)
     if not writes:
-        return written
-    rows = sql.appointment_rows(writes, contact_ids)
-    if plain_insert:
-        try:
-            status = await connection.execute(sql.INSERT_NEW_APPOINTMENTS, tenant_id, rows)
-        except asyncpg.UniqueViolationError as exc:
-            raise _ConcurrentInsertError(str(exc)) from exc
-        if status != f"INSERT 0 {len(writes)}":
-            raise PermanentError(f"inserting {len(writes)} new appointments reported {status!r}")
-        written = {write.key: True for write in writes}
-    else:
-        for record in await connection.fetch(sql.UPSERT_APPOINTMENTS, tenant_id, rows):
-            written[(record["external_source"], record["external_id"])] = record["inserted"]
+        return None
+    return sql.appointment_rows(writes, contact_ids)
+
+
+async def _upsert(
+    connection: Connection, tenant_id: str, writes: Sequence[RowWrite], pages: Sequence[DecodedPage] = ()
+) -> dict[RowKey, bool]:
+    """Upserts `writes` (newer wins) with their contacts and payments (see `_linked_rows`); which
+    keys were written and whether as inserts (True) or updates (False)."""
+    rows = await _linked_rows(connection, tenant_id, writes, pages)
+    if rows is None:
+        return {}
+    written = {
+        (record["external_source"], record["external_id"]): record["inserted"]
+        for record in await connection.fetch(sql.UPSERT_APPOINTMENTS, tenant_id, rows)
+    }
+    await _write_payments(connection, tenant_id, writes, written)
+    return written
+
+
+async def _insert_new(
+    connection: Connection, tenant_id: str, writes: Sequence[RowWrite], pages: Sequence[DecodedPage]
+) -> dict[RowKey, bool] | Fallback:
+    """Inserts `writes`, none of whose keys the batch's lookup found, without ON CONFLICT, with
+    their contacts and payments; every key is an insert. A Fallback (CONCURRENT_INSERT) when
+    another writer inserted one of the keys since the lookup."""
+    rows = await _linked_rows(connection, tenant_id, writes, pages)
+    if rows is None:
+        return {}
+    try:
+        status = await connection.execute(sql.INSERT_NEW_APPOINTMENTS, tenant_id, rows)
+    except asyncpg.UniqueViolationError as exc:
+        return Fallback(FallbackReason.CONCURRENT_INSERT, str(exc))
+    if status != f"INSERT 0 {len(writes)}":
+        raise PermanentError(f"inserting {len(writes)} new appointments reported {status!r}")
+    written = {write.key: True for write in writes}
     await _write_payments(connection, tenant_id, writes, written)
     return written
 
@@ -270,9 +384,9 @@ async def _find_refused(
 
 async def _upsert_isolating_refused(
     connection: Connection, tenant_id: str, pages: list[DecodedPage], stored: Mapping[RowKey, StoredVersion]
-) -> tuple[list[DecodedPage], BatchPlan, dict[RowKey, bool], dict[RecordKey, str]]:
-    """Upserts the batch, taking refused records out of their pages until the rest lands. Returns the
-    pages as stored (refused records counted as dead letters), their plan, the written keys and the
+) -> RowsWritten:
+    """Upserts the batch, taking refused records out of their pages until the rest lands: the pages
+    as stored (refused records counted as dead letters), their plan, the written keys and the
     refused records. Raises PoisonMessageError when a refusal cannot be pinned on records."""
     refused: dict[RecordKey, str] = {}
     for _attempt in range(sum(len(page.rows) for page in pages) + 1):
@@ -281,7 +395,7 @@ async def _upsert_isolating_refused(
         savepoint = connection.transaction()
         await savepoint.start()
         try:
-            written = await _upsert(connection, tenant_id, writes, pages=pages)
+            written = await _upsert(connection, tenant_id, writes, pages)
         except asyncpg.PostgresError as exc:
             await savepoint.rollback()
             if not _is_data_error(exc):
@@ -293,137 +407,8 @@ async def _upsert_isolating_refused(
             pages = drop_refused_records(pages, found)
             continue
         await savepoint.commit()
-        return pages, plan, written, refused
+        return RowsWritten(pages, plan, written, refused)
     raise PoisonMessageError("refused records could not be isolated")  # unreachable: each round drops one
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Recorded:
-    """What the ledger holds for pages recorded before: their counts and inserted keys, and the
-    pages split into those delivered again with the same content (`replayed`: their stored result
-    is the answer) and those fetched again with other content (`rewrites`: written again)."""
-
-    counts: dict[PageKey, PageCounts]
-    inserted_ids: dict[PageKey, frozenset[str]]
-    rewrites: list[DecodedPage]
-    replayed: list[DecodedPage]
-
-
-async def _recorded(connection: Connection, tenant_id: str, pages: Sequence[DecodedPage]) -> _Recorded:
-    recorded = _Recorded({}, {}, [], [])
-    if not pages:
-        return recorded
-    digests: dict[PageKey, bytes | None] = {}
-    for record in await connection.fetch(
-        sql.SELECT_PAGE_COUNTS, tenant_id, *sql.page_key_arguments([page.key for page in pages])
-    ):
-        counts_of_page = sql.page_counts_from_record(record)
-        key = PageKey(counts_of_page.job_id, counts_of_page.page_no)
-        recorded.counts[key] = counts_of_page
-        digests[key] = record["content_digest"]
-        recorded.inserted_ids[key] = frozenset(record["inserted_ids"])
-    for page in pages:
-        digest = digests.get(page.key)
-        if digest is not None and digest != page.content_digest:
-            recorded.rewrites.append(page)
-        else:
-            recorded.replayed.append(page)
-    return recorded
-
-
-async def _write_pages_in_transaction(
-    connection: Connection, tenant_id: str, pages: Sequence[DecodedPage], *, isolate_refused: bool,
-    plain_inserts: bool,
-) -> list[PageOutcome]:
-    unique_pages = first_deliveries(pages)
-    claimed = await connection.fetch(
-        sql.CLAIM_PAGES, tenant_id, *sql.page_key_arguments([page.key for page in unique_pages])
-    )
-    claimed_keys = {PageKey(record["job_id"], record["page_no"]) for record in claimed}
-    fresh = [page for page in unique_pages if page.key in claimed_keys]
-    recorded = [page for page in unique_pages if page.key not in claimed_keys]
-
-    earlier = await _recorded(connection, tenant_id, recorded)
-    stored_counts, inserted_before = earlier.counts, earlier.inserted_ids
-    rewrites, replayed = earlier.rewrites, earlier.replayed
-
-    fresh_counts: dict[PageKey, PageCounts] = {}
-    refused_by_page: dict[PageKey, list[RefusedRecord]] = {}
-    stale: list[StaleRecord] = []
-    to_write = fresh + rewrites
-    if to_write:
-        # As delivered: refused records taken out below were still carried (and seen) by the page.
-        delivered = {page.key: (page.content_digest, page.external_ids) for page in to_write}
-        stored: dict[RowKey, StoredVersion] = {}
-        for source, external_ids in keys_by_source(to_write).items():
-            for record in await connection.fetch(sql.SELECT_STORED_VERSIONS, tenant_id, source, external_ids):
-                stored[(source, record["external_id"])] = StoredVersion(
-                    record["content_hash"], record["observed_at"], record["status"], record["deleted"]
-                )
-        if isolate_refused:
-            to_write, plan, written, refused = await _upsert_isolating_refused(connection, tenant_id, to_write, stored)
-        else:
-            plan = plan_batch(to_write, stored)
-            writes = list(plan.writes.values())
-            try:
-                written = await _upsert(
-                    connection, tenant_id, writes,
-                    plain_insert=plain_inserts and stored.keys().isdisjoint(plan.writes), pages=to_write,
-                )
-            except asyncpg.PostgresError as exc:
-                if _is_data_error(exc):
-                    raise _RowsRefusedError(str(exc)) from exc
-                raise
-            refused = {}
-        refreshes = payment_refreshes(plan)
-        if refreshes:
-            await _write_payments(connection, tenant_id, refreshes, {write.key: False for write in refreshes})
-        canceled = await _cancel(connection, tenant_id, plan)
-        counts = count_pages(plan, written, canceled)
-        inserted_by_page = inserted_keys(plan, written)
-        rewritten = {page.key for page in rewrites}
-        entries = []
-        for index, (page, page_counts) in enumerate(zip(plan.pages, counts, strict=True)):
-            inserted_ids: list[str] = inserted_by_page.get(page.key, [])
-            if page.key in rewritten:
-                page_counts, inserted_ids = recount_rewrite(
-                    page_counts, outcome_by_key(plan, index, written, canceled), inserted_before[page.key]
-                )
-            digest, external_ids = delivered[page.key]
-            entries.append(sql.LedgerEntry(page_counts, external_ids, inserted_ids, digest))
-        counts = [entry.counts for entry in entries]
-        await connection.execute(sql.RECORD_PAGE_COUNTS, *sql.record_page_counts_arguments(tenant_id, entries))
-        if refused:
-            records = [(key, RefusedRecord(external_id, error)) for (key, external_id), error in refused.items()]
-            await connection.execute(sql.RECORD_DEAD_LETTERS, *sql.dead_letter_arguments(tenant_id, records))
-            for key, refused_record in records:
-                refused_by_page.setdefault(key, []).append(refused_record)
-        totals = job_totals(counts, {key: stored_counts[key] for key in rewritten})
-        known_jobs = await connection.fetch(sql.ADD_JOB_COUNTERS, *sql.job_counter_arguments(tenant_id, totals))
-        missing_jobs = {t.job_id for t in totals} - {record["job_id"] for record in known_jobs}
-        if missing_jobs:
-            raise PoisonMessageError(f"job(s) {sorted(missing_jobs)} do not belong to tenant {tenant_id}")
-        fresh_counts = {PageKey(c.job_id, c.page_no): c for c in counts}
-        stale = plan.stale
-
-    replayed_counts = {page.key: stored_counts[page.key] for page in replayed if page.key in stored_counts}
-    if any(c.skipped.dead_letter for c in replayed_counts.values()):
-        replayed_keys = sql.page_key_arguments([page.key for page in replayed])
-        for record in await connection.fetch(sql.SELECT_DEAD_LETTERS, tenant_id, *replayed_keys):
-            refused_by_page.setdefault(PageKey(record["job_id"], record["page_no"]), []).append(
-                RefusedRecord(record["external_id"], record["error"])
-            )
-    outcomes = assemble_outcomes(pages, fresh_counts, replayed_counts, refused_by_page)
-    if stale:
-        stale_by_page: dict[PageKey, list[StaleRecord]] = {}
-        for stale_record in stale:
-            stale_by_page.setdefault(stale_record.page, []).append(stale_record)
-        outcomes = [
-            dataclasses.replace(outcome, stale=tuple(stale_by_page.get(outcome.key, ())))
-            if not outcome.redelivered else outcome
-            for outcome in outcomes
-        ]
-    return outcomes
 
 
 class PageStore:

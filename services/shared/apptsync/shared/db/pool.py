@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -130,12 +131,39 @@ async def connect(settings: DatabaseSettings, *, application_name: str = "apptsy
         raise translate_database_error(exc) from exc
 
 
+@dataclass(slots=True)
+class TransactionEnd:
+    """How a `tenant_transaction` ends when its block exits normally: committed, unless the block
+    called `roll_back` (it ran into a state it answers with a value, not an exception)."""
+
+    rolled_back: bool = False
+
+    def roll_back(self) -> None:
+        """Roll the transaction back at the end of the block instead of committing it."""
+        self.rolled_back = True
+
+
 @asynccontextmanager
-async def tenant_transaction(connection: DbConnection, tenant_id: str) -> AsyncIterator[None]:
+async def tenant_transaction(
+    connection: DbConnection, tenant_id: str, *, scope: str = SET_TENANT
+) -> AsyncIterator[TransactionEnd]:
     """A transaction (a savepoint inside one) in which row-level security sees `tenant_id` only.
 
     The setting is transaction-local (SET LOCAL), so a pooled connection never carries it into the
-    next transaction; without it every tenant table looks empty and refuses writes."""
-    async with connection.transaction():
-        await connection.execute(SET_TENANT, tenant_id)
-        yield
+    next transaction; without it every tenant table looks empty and refuses writes. `scope` is the
+    statement that makes the transaction-local settings, with the tenant as $1 (`SET_TENANT`, or one
+    that sets more, like the writer's). Commits when the block exits normally (unless it asked for
+    `TransactionEnd.roll_back`), rolls back when it raises."""
+    transaction = connection.transaction()
+    await transaction.start()
+    end = TransactionEnd()
+    try:
+        await connection.execute(scope, tenant_id)
+        yield end
+    except BaseException:
+        await transaction.rollback()
+        raise
+    if end.rolled_back:
+        await transaction.rollback()
+    else:
+        await transaction.commit()

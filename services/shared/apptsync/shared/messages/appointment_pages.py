@@ -1,4 +1,11 @@
-"""Translation between the canonical model and the Kafka page messages (pure functions)."""
+"""AppointmentPage: one provider page of canonical records, from the fetcher to the writer.
+
+Topic `KafkaSettings.pages_topic` (`pages_topic`), key: the job id. The fetcher encodes it
+(`build_page`, then the message's own serialization) from canonical appointments and cancellation
+stubs; the writer parses it (`parse_appointment_page`, then `apptsync.writer.accounting.decode_page`
+validates the records and reads the people in them) and copies one refused record into a page of
+its own for the dead-letter topic (`single_record_page`). Pure functions.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +23,16 @@ from apptsync.shared.appointments import (
     content_hash,
     stub_content_hash,
 )
+from apptsync.shared.errors import PoisonMessageError
+from apptsync.shared.messages.wire import parse_message
+from apptsync.shared.settings import KafkaSettings
 from apptsync.shared.timestamps import timestamp, timestamp_fields
 from apptsync.v1 import pages_pb2
+
+
+def pages_topic(kafka: KafkaSettings) -> str:
+    return kafka.pages_topic
+
 
 STATUS_TO_PROTO: dict[AppointmentStatus, pages_pb2.AppointmentStatus.ValueType] = {
     AppointmentStatus.SCHEDULED: pages_pb2.APPOINTMENT_STATUS_SCHEDULED,
@@ -140,3 +155,28 @@ def build_page(
     if len(page.appointments) + skipped_out_of_window + skipped_invalid != records_fetched:
         raise ValueError("page accounting: appointments + skips must equal records fetched")
     return page
+
+
+def parse_appointment_page(value: bytes | None) -> pages_pb2.AppointmentPage:
+    """The AppointmentPage in a Kafka message value, as sent (its records are not checked here).
+
+    Raises PoisonMessageError when there is no value or the bytes are not an AppointmentPage."""
+    return parse_message(pages_pb2.AppointmentPage(), value)
+
+
+def single_record_page(page_value: bytes | None, external_id: str) -> bytes:
+    """An AppointmentPage holding only the record `external_id` of the page in `page_value` (its
+    last copy), with the rest of the page's header: records_fetched 1, no skips.
+
+    Raises PoisonMessageError when `page_value` is not a page holding that record."""
+    page = parse_appointment_page(page_value or b"")
+    copies = [a for a in page.appointments if a.external_id == external_id]
+    if not copies:
+        raise PoisonMessageError(f"page has no record {external_id!r}")
+    single = pages_pb2.AppointmentPage()
+    single.CopyFrom(page)
+    del single.appointments[:]
+    single.appointments.append(copies[-1])
+    single.records_fetched = 1
+    single.ClearField("skipped")
+    return single.SerializeToString()

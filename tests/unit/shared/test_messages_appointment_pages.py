@@ -10,7 +10,14 @@ from datetime import UTC, datetime
 import pytest
 
 from apptsync.shared.appointments import AppointmentStatus, CancellationStub, CanonicalAppointment, PageRecord
-from apptsync.shared.pages import build_page
+from apptsync.shared.errors import PoisonMessageError
+from apptsync.shared.messages.appointment_pages import (
+    build_page,
+    pages_topic,
+    parse_appointment_page,
+    single_record_page,
+)
+from apptsync.shared.settings import KafkaSettings
 from apptsync.shared.timestamps import from_timestamp
 from apptsync.v1 import pages_pb2
 
@@ -82,3 +89,26 @@ def test_stubs_are_records_of_the_page_in_their_order() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="page accounting"):
         page_of([APPOINTMENT, STUB], records_fetched=1)
+
+
+def test_a_built_page_parses_back_and_a_single_record_copy_keeps_the_header() -> None:
+    sent = page_of([APPOINTMENT, STUB])
+
+    parsed = parse_appointment_page(sent.SerializeToString())
+    single = parse_appointment_page(single_record_page(sent.SerializeToString(), STUB.external_id))
+
+    assert parsed == sent
+    assert [a.external_id for a in single.appointments] == [STUB.external_id]
+    assert (single.job_id, single.page_no, single.records_fetched) == ("job-1", 1, 1)
+
+
+@pytest.mark.parametrize("value", [None, b"\xff\xff\xff"])
+def test_what_is_not_an_appointment_page_is_poison(value: bytes | None) -> None:
+    with pytest.raises(PoisonMessageError):
+        parse_appointment_page(value)
+
+
+def test_a_single_record_copy_of_a_record_the_page_lacks_is_poison() -> None:
+    with pytest.raises(PoisonMessageError):
+        single_record_page(page_of([APPOINTMENT]).SerializeToString(), "absent")
+    assert pages_topic(KafkaSettings(pages_topic="pages-x")) == "pages-x"
