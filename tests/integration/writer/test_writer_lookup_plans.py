@@ -1,4 +1,4 @@
-"""The writer's per-key probes read the same few buffers per key whatever the tenant's size.
+"""The writer's (and the fetcher's) per-key probes read the same few buffers per key whatever the tenant's size.
 
 Production's normal state: `appointments` holds other tenants' rows and has statistics, and a new
 tenant's first import grows faster than autovacuum re-analyzes (the statistics say the tenant has no
@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from apptsync.fetcher.connection_state import STORED_PAYMENTS
 from apptsync.writer import sql
 from apptsync.writer.accounting import decode_page
 from apptsync.writer.store import write_pages
@@ -113,6 +114,11 @@ async def probe_costs(
             connection, sql.CANCEL_APPOINTMENTS, *cancel_arguments(missing, job_id)),
         "cancel (stale), stored keys": await buffers_and_indexes(
             connection, sql.CANCEL_APPOINTMENTS, *cancel_arguments(stored, job_id)),
+        # The fetcher's question before asking Acuity for payments (apptsync.fetcher.connection_state).
+        "stored payments, missing keys": await buffers_and_indexes(
+            connection, STORED_PAYMENTS, NEW_TENANT, "acuity", missing, "conn-1"),
+        "stored payments, stored keys": await buffers_and_indexes(
+            connection, STORED_PAYMENTS, NEW_TENANT, "acuity", stored, "conn-1"),
         "contacts, stored contacts": await buffers_and_indexes(
             connection, sql.SELECT_CONTACTS_BY_IDENTITY, *contact_arguments(stored)),
     }
