@@ -22,7 +22,11 @@ from apptsync.shared.errors import PermanentError
 # serialized on the budget's row lock bounded a fetcher to ~140 requests/s (measured, 20,000
 # appointments with their payment requests). set_config(..., true) lasts to the end of the statement's
 # own transaction, which is the one that commits.
-_NO_FLUSH_WAIT = "set_config('synchronous_commit', 'off', true)"
+_ACQUIRE = (
+    "SELECT set_config('synchronous_commit', 'off', true), lease_id, wait_seconds FROM apptsync_budget_acquire("
+    "$1, $2, $3, $4::double precision, $5::integer, $6::double precision, $7::timestamptz)"
+)
+_RELEASE = "SELECT set_config('synchronous_commit', 'off', true), apptsync_budget_release($1::bigint)"
 
 if TYPE_CHECKING:
     from apptsync.shared.db import DbConnection
@@ -52,8 +56,7 @@ async def acquire(
     `spacing_seconds` after the previously reserved one and not before a pause ends. The lease expires
     `lease_seconds` after its slot. `now` None: the database's clock, the one every replica shares."""
     row = await connection.fetchrow(
-        f"SELECT {_NO_FLUSH_WAIT}, lease_id, wait_seconds FROM apptsync_budget_acquire($1, $2, $3, "
-        "$4::double precision, $5::integer, $6::double precision, $7::timestamptz)",
+        _ACQUIRE,
         provider,
         budget_key,
         holder,
@@ -70,7 +73,7 @@ async def acquire(
 
 async def release(connection: DbConnection, *, lease_id: int) -> None:
     """Ends a request's lease (idempotent: an expired or released lease is no error)."""
-    await connection.execute(f"SELECT {_NO_FLUSH_WAIT}, apptsync_budget_release($1::bigint)", lease_id)
+    await connection.execute(_RELEASE, lease_id)
 
 
 async def pause(
