@@ -32,6 +32,7 @@ a per-tenant lock in the store so each resolves against the other's committed re
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,9 @@ def normalize_email(email: str) -> str | None:
     return folded if at and local and domain and " " not in folded else None
 
 
+# A client's phone comes back with every appointment of theirs, and parsing costs ~20 us: a bounded
+# memo of the pure mapping (20,000 appointments of 5,000 clients: 11 % of the writer's CPU uncached).
+@functools.lru_cache(maxsize=65_536)
 def normalize_phone(phone: str, default_region: str = DEFAULT_PHONE_REGION) -> str | None:
     """The E.164 form of `phone` (`"(415) 555-0123"` in region US -> `"+14155550123"`); None when
     `phonenumbers` cannot parse it or it is not a possible number (too short or long for its
