@@ -168,9 +168,10 @@ class ProcessWatch:
 # --------------------------------------------------------------------------- the stack
 
 
-def stack_env(appointments: int, spread_days: int) -> dict[str, str]:
+def stack_env(appointments: int, spread_days: int, paid_share: float) -> dict[str, str]:
     return {
         "APPTSYNC_SIMULATOR_ACUITY_SPREAD_DAYS": str(spread_days),
+        "APPTSYNC_SIMULATOR_ACUITY_PAID_SHARE": str(paid_share),
         "APPTSYNC_SIMULATOR_APPOINTMENTS_PER_TENANT": str(appointments),
         "APPTSYNC_SIMULATOR_ACCOUNTS_PER_PROVIDER": "1",
         "APPTSYNC_SIMULATOR_SEEDED_PROVIDERS": "acuity",
@@ -386,7 +387,7 @@ class MainPhase:
 
 
 async def main_phase(args: argparse.Namespace, state_dir: Path) -> MainPhase:
-    env = stack_env(args.appointments, args.spread_days)
+    env = stack_env(args.appointments, args.spread_days, args.paid_share)
     async with DevStack(
         state_dir, gateway_port=None, extra_env=env,
         command=hooked_command(provider_requests_per_second=args.provider_requests_per_second),
@@ -432,7 +433,7 @@ async def main_phase(args: argparse.Namespace, state_dir: Path) -> MainPhase:
 
 
 async def large_phase(args: argparse.Namespace, state_dir: Path) -> ImportRun:
-    env = stack_env(args.large_appointments, args.large_spread_days)
+    env = stack_env(args.large_appointments, args.large_spread_days, args.paid_share)
     async with DevStack(
         state_dir, gateway_port=None, extra_env=env,
         command=hooked_command(provider_requests_per_second=args.provider_requests_per_second),
@@ -474,7 +475,8 @@ def report_lines(
         f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}",
         f"import: Acuity simulator -> fetcher -> Tansu -> writer -> PostgreSQL (embedded stack, 127.0.0.1), "
         f"pages of {args.page_size}, {args.max_in_flight} pages in flight, provider budget lifted to "
-        f"{args.provider_requests_per_second:g} requests/s",
+        f"{args.provider_requests_per_second:g} requests/s; {args.paid_share:.0%} of the appointments paid "
+        "(each asks Acuity for its payment list)",
         f"PostgreSQL as it reported itself: {', '.join(f'{name}={value}' for name, value in main.durability.items())}",
         "",
         f"{'approach':<34}{'rows':>11}{'seconds':>10}{'rows/s':>11}{'vs legacy':>11}{'vs COPY floor':>15}",
@@ -532,13 +534,16 @@ def report_lines(
     lines += [
         "",
         f"job {run.job.job_id}: {c.pages_fetched} pages, {c.records_fetched:,} records, "
-        f"{c.inserted:,} inserted; rows in PostgreSQL {run.rows_in_database:,}",
+        f"{c.inserted:,} inserted, {c.payments_fetched:,} payment entries; rows in PostgreSQL "
+        f"{run.rows_in_database:,}",
     ]
     figures: dict[str, Any] = {
         "appointments": run.appointments,
         "page_size": args.page_size,
         "max_in_flight_pages": args.max_in_flight,
         "provider_requests_per_second": args.provider_requests_per_second,
+        "acuity_paid_share": args.paid_share,
+        "payments_fetched": c.payments_fetched,
         **{f"postgres_{name}": value for name, value in main.durability.items()},
         "e2e_seconds": round(run.seconds, 4),
         "e2e_appointments_per_second": round(e2e, 1),
@@ -622,6 +627,11 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--resync-page-size", type=int, default=100, help="page size of the re-syncs (gateway default)")
     parser.add_argument("--provider-requests-per-second", type=float, default=1000.0)
+    parser.add_argument(
+        "--paid-share", type=float, default=0.05,
+        help="share of the appointments paid at booking, each one payment request (the legacy tenant's: ~0.05; "
+             "the simulator's default account: 0.6)",
+    )
     parser.add_argument("--legacy-rows", type=int, default=0, help="rows the legacy algorithm writes; 0: all")
     parser.add_argument("--timeout-seconds", type=float, default=600.0, help="per import (x10 for the large one)")
     parser.add_argument("--output", type=Path, default=Path("bench-results/e2e.txt"))

@@ -309,6 +309,13 @@ class SimulatorSettings(SettingsGroup):
     acuity_spread_days: int = Field(
         180, ge=0, le=3650, description="Seeded Acuity appointments start within +-N days of the anchor date."
     )
+    acuity_paid_share: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="Share of the seeded Acuity appointments (the legacy account aside) paid at booking; each "
+        "makes the fetcher ask for its payment list (the legacy tenant's share was ~0.05).",
+    )
     legacy_acuity_account: bool = Field(
         True,
         description="Also seed the legacy-shaped Acuity account 1100 (650 clients, 2,000 appointments within "

@@ -191,6 +191,11 @@ def account_for(user_id: int) -> AcuityAccount:
     return AcuityAccount(user_id=user_id, api_key=f"acuity-key-{user_id}", access_token=f"acuity-token-{user_id}")
 
 
+# Seeded appointments paid in full at booking: each makes the fetcher ask for its payment list. The
+# legacy tenant's bookings paid far less often (its account is seeded apart, _legacy_account).
+DEFAULT_PAID_SHARE = 0.6
+
+
 def seeded_appointments(
     *,
     seed: int,
@@ -199,21 +204,25 @@ def seeded_appointments(
     anchor: date,
     spread_days: int = DATA_SPREAD_DAYS,
     now: datetime | None = None,
+    paid_share: float = DEFAULT_PAID_SHARE,
 ) -> list[AcuityAppointment]:
     """`count` appointments of account `user_id`, starting within +-`spread_days` days of `anchor`;
-    none created after `now` (default: noon UTC of `anchor`).
+    none created after `now` (default: noon UTC of `anchor`); about `paid_share` of them paid in full
+    when booked (the rest paid nothing).
 
     Same arguments, same data: all randomness comes from a Random seeded with (seed, user_id)."""
     rng = random.Random(f"apptsync-simulator:{seed}:acuity:{user_id}")  # noqa: S311 -- seeded, reproducible test data, not a secret
     moment = now if now is not None else anchor_clock(anchor)()
     return [
-        _seeded_appointment(rng, user_id=user_id, number=n, anchor=anchor, spread_days=spread_days, now=moment)
+        _seeded_appointment(rng, user_id=user_id, number=n, anchor=anchor, spread_days=spread_days, now=moment,
+                            paid_share=paid_share)
         for n in range(1, count + 1)
     ]
 
 
 def _seeded_appointment(
-    rng: random.Random, *, user_id: int, number: int, anchor: date, spread_days: int, now: datetime
+    rng: random.Random, *, user_id: int, number: int, anchor: date, spread_days: int, now: datetime,
+    paid_share: float,
 ) -> AcuityAppointment:
     zone_name = rng.choice(CLIENT_TIMEZONES)
     day = anchor + timedelta(days=rng.randint(-spread_days, spread_days))
@@ -249,7 +258,7 @@ def _seeded_appointment(
         email=email,
         phone=phone,
         price=price,
-        amount_paid=price if rng.random() < 0.6 else "0.00",
+        amount_paid=price if rng.random() < paid_share else "0.00",
         canceled=canceled,
         no_show=canceled and rng.random() < 0.3,
         labels=labels,
@@ -370,6 +379,7 @@ class AcuityStore:
         anchor: date,
         spread_days: int = DATA_SPREAD_DAYS,
         clock: Clock | None = None,
+        paid_share: float = DEFAULT_PAID_SHARE,
     ) -> None:
         self.accounts: dict[int, AcuityAccount] = {}
         self.appointments: dict[int, dict[int, AcuityAppointment]] = {}
@@ -394,6 +404,7 @@ class AcuityStore:
                 anchor=anchor,
                 spread_days=spread_days,
                 now=self.clock(),
+                paid_share=paid_share,
             )
             self.appointments[user_id] = {a.id: a for a in seeded}
             self.removed[user_id] = {}

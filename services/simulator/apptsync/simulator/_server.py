@@ -72,6 +72,7 @@ def build_state(
         acuity_spread_days=settings.acuity_spread_days,
         clock=clock,
         legacy_acuity_account=settings.legacy_acuity_account,
+        acuity_paid_share=settings.acuity_paid_share,
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date
 
-from apptsync.simulator._acuity_data import DATA_SPREAD_DAYS, AcuityStore
+from apptsync.simulator._acuity_data import DATA_SPREAD_DAYS, DEFAULT_PAID_SHARE, AcuityStore
 from apptsync.simulator._calendly_data import CalendlyStore
 from apptsync.simulator._clock import Clock
 from apptsync.simulator._counters import RequestCounters
@@ -51,12 +51,14 @@ class SimulatorState:
         acuity_spread_days: int = DATA_SPREAD_DAYS,
         clock: Clock | None = None,
         legacy_acuity_account: bool = False,
+        acuity_paid_share: float = DEFAULT_PAID_SHARE,
     ) -> SimulatorState:
         """Every provider's accounts, each with `appointments_per_account` appointments (Acuity
         appointments, Calendly invitees, Google events); the accounts of providers not in
         `seeded_providers` start empty. Acuity's start within +-`acuity_spread_days` of `anchor`.
         `clock` (default: noon UTC of `anchor`) is the stores' now: no record is stamped later.
-        `legacy_acuity_account` adds Acuity's legacy-shaped account (see _legacy_account)."""
+        `legacy_acuity_account` adds Acuity's legacy-shaped account (see _legacy_account);
+        `acuity_paid_share` of the seeded Acuity appointments paid at booking."""
 
         def count(provider: str) -> int:
             return appointments_per_account if provider in seeded_providers else 0
@@ -68,6 +70,7 @@ class SimulatorState:
             anchor=anchor,
             spread_days=acuity_spread_days,
             clock=clock,
+            paid_share=acuity_paid_share,
         )
         if legacy_acuity_account:
             legacy = legacy_account(seed=seed, now=acuity.clock())
