@@ -210,3 +210,41 @@ async def test_a_sleep_outside_any_job_is_a_plain_sleep() -> None:
     sleeps.end_all()
     await asyncio.wait_for(task, timeout=5)
     assert slots.slot_releases == 0
+
+
+async def test_a_job_waiting_for_a_providers_answer_or_budget_lends_its_slot() -> None:
+    slots = JobSlots(working_slots=1, max_open_jobs=4)
+    answered = asyncio.Event()
+    slots.claimed("acuity")
+
+    async def job() -> None:
+        async with slots.running("acuity"), slots.waiting_for_provider():
+            await answered.wait()  # the per-IP budget's queue, then the request
+
+    task = asyncio.create_task(job())
+    await settle()
+    assert slots.may_claim()  # a small tenant's job can start meanwhile
+    answered.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert slots.slot_releases == 1
+
+
+async def test_a_long_sleep_nested_in_a_provider_wait_neither_lends_again_nor_takes_the_slot_back() -> None:
+    sleeps = FakeSleeps()
+    slots = JobSlots(working_slots=1, max_open_jobs=4, sleep_for=sleeps.sleep)
+    slots.claimed("calendly")
+    inside: list[bool] = []
+
+    async def job() -> None:
+        async with slots.running("calendly"), slots.waiting_for_provider():
+            await slots.sleep(60.0)  # the user's rate window, paused inside the request's wait
+            inside.append(slots.book.holds("calendly"))
+
+    task = asyncio.create_task(job())
+    await settle()
+    sleeps.end_all()
+    await asyncio.wait_for(task, timeout=5)
+
+    assert inside == [False]  # still lent until the outer wait ends
+    assert slots.slot_releases == 1
+    assert slots.book.open_jobs == 0

@@ -87,8 +87,8 @@ async def run_fetcher(
             holder=worker_id,
             http_timeout_seconds=settings.http_timeout_seconds,
         )
-        # Every sleep of a provider request (rate-window pause, Retry-After, backoff) passes the slots: a
-        # long one lends the job's working slot to another job meanwhile.
+        # A job waiting for a provider (its rate window and budgets, its answer, a Retry-After or backoff
+        # of a second or more) lends its working slot to another job meanwhile.
         slot_freed = asyncio.Event()
         slots = JobSlots(
             working_slots=settings.max_concurrent_jobs,
@@ -97,6 +97,7 @@ async def run_fetcher(
         )
         http = ProviderHttp(
             sleep=slots.sleep,
+            provider_wait=slots.waiting_for_provider,
             timeout_seconds=settings.http_timeout_seconds,
             outbound=outbound,
             transport=metered,

@@ -1,25 +1,28 @@
-"""The fetcher's job slots: jobs doing work hold one; a job waiting out a provider's rate window does not.
+"""The fetcher's job slots: jobs doing work hold one; a job waiting for a provider does not.
 
-A job spends most of a large Calendly import waiting for its user's rate window (500 requests per
-minute per user): with one slot per open job, four such jobs filled a fetcher and every small tenant
-queued behind them while neither the CPU nor any provider budget was busy. So two bounds, not one:
+A job spends most of a large import waiting for a provider: a Calendly job for its user's rate window
+(500 requests per minute per user), an Acuity job for the per-IP budget every tenant shares (10
+requests per 1.1 s), any job for the answers. With one slot per open job, four such jobs filled a
+fetcher and every small tenant queued behind them while neither the CPU nor any provider budget was
+busy. So two bounds, not one:
 
-- `working_slots` (APPTSYNC_FETCHER_MAX_CONCURRENT_JOBS): jobs doing work at once (requests,
-  normalizing, sending pages, waiting for the writer's results). It bounds CPU and the provider
-  budgets' queues, as before.
+- `working_slots` (APPTSYNC_FETCHER_MAX_CONCURRENT_JOBS): jobs doing work at once (normalizing,
+  building and sending pages, storing progress, waiting for the writer's results). It bounds CPU.
 - `max_open_jobs` (APPTSYNC_FETCHER_MAX_OPEN_JOBS): jobs claimed by this process at all, working or
   waiting. It bounds memory: a waiting job holds its session and at most one provider page under
-  construction (see the README's fleet section for the figures).
+  construction (see the README's "Many tenants").
 
-A job releases its slot when one of its tasks sleeps for at least `release_after_seconds` (a rate
-window's reset, a provider's Retry-After, a retry backoff); shorter sleeps keep it, or every small
-backoff would churn the queue. When the sleep ends the job asks for a slot again and jobs coming back
-from a wait go before new claims (first come, first served), so a large job still finishes; a new
-claim takes a slot only when nobody waits to resume. The lease is untouched: the job's renewal task
-goes on heartbeating while it waits. The claim order across tenants stays the claim function's.
+A job lends its slot for each wait for a provider (`waiting_for_provider`, entered by ProviderHttp
+around an attempt's rate-window pause, budgets, request and answer) and for each sleep of at least
+`release_after_seconds` (a Retry-After, a retry backoff; shorter sleeps keep it). After the wait it
+asks for a slot again; jobs coming back from a wait go before new claims (first come, first served),
+so a started job still finishes; a new claim takes a slot only when nobody waits to resume. The lease
+is untouched: the job's renewal task goes on heartbeating while it waits. The claim order across
+tenants stays the claim function's.
 
-`SlotBook` decides (pure, unit-tested); `JobSlots` is its asyncio adapter: the `sleep` handed to
-ProviderHttp, and the contextvar that says which job the sleeping task belongs to.
+`SlotBook` decides (pure, unit-tested); `JobSlots` is its asyncio adapter: the `sleep` and the
+`provider_wait` handed to ProviderHttp, and the contextvars that say which job the waiting task
+belongs to.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from dataclasses import dataclass, field
 # The claim (lease owner token) of the job the current task runs, set around each job's run; the
 # tasks a job starts (Calendly's invitee fetches) inherit it.
 _CURRENT_JOB: contextvars.ContextVar[str | None] = contextvars.ContextVar("apptsync_slot_job", default=None)
+# True inside a wait region of the current task: a wait nested in another (a rate-window pause inside
+# a provider request) neither lends again nor takes the slot back before the outer wait ends.
+_LENDING: contextvars.ContextVar[bool] = contextvars.ContextVar("apptsync_slot_lending", default=False)
 
 
 def releases_slot(sleep_seconds: float, *, release_after_seconds: float) -> bool:
@@ -193,14 +199,24 @@ class JobSlots:
     async def sleep(self, seconds: float) -> None:
         """Sleeps `seconds`; a long sleep of a job's task lends the job's slot out meanwhile and comes
         back only once the job holds a slot again."""
-        job_key = _CURRENT_JOB.get()
-        if job_key is None or job_key not in self._granted:
-            await self._sleep_for(seconds)
+        if releases_slot(seconds, release_after_seconds=self._release_after_seconds):
+            async with self.waiting_for_provider():
+                await self._sleep_for(seconds)
             return
-        if not releases_slot(seconds, release_after_seconds=self._release_after_seconds):
+        await self._sleep_for(seconds)
+        job_key = _CURRENT_JOB.get()
+        if job_key is not None and job_key in self._granted and not _LENDING.get():
             # A short sleep keeps the slot, but a task of a job that lent its slot out waits for it.
-            await self._sleep_for(seconds)
             await self._granted[job_key].wait()
+
+    @asynccontextmanager
+    async def waiting_for_provider(self) -> AsyncIterator[None]:
+        """Around a wait for a provider (its rate budget and answer, a long sleep): the current job
+        lends its slot for the wait and, after it, comes back only once it holds a slot again. Outside
+        a job, or nested in another wait of the same task, it changes nothing."""
+        job_key = _CURRENT_JOB.get()
+        if job_key is None or job_key not in self._granted or _LENDING.get():
+            yield
             return
         was_holding = self.book.holds(job_key)
         granted = self.book.sleep_started(job_key)
@@ -209,9 +225,11 @@ class JobSlots:
             self._granted[job_key].clear()
             self._wake(granted)
             self._on_slot_freed()
+        lending = _LENDING.set(True)
         try:
-            await self._sleep_for(seconds)
+            yield
         finally:
+            _LENDING.reset(lending)
             if self.book.sleep_ended(job_key):
                 self._granted[job_key].set()
         await self._granted[job_key].wait()
