@@ -220,8 +220,8 @@ class FetcherSettings(SettingsGroup):
     max_concurrent_jobs: int = Field(
         4,
         ge=1,
-        description="Jobs one fetcher process runs doing work at once; a job waiting out a provider's rate window "
-        "(or a Retry-After, or a retry backoff) of a second or more lends its slot to another job meanwhile.",
+        description="Jobs one fetcher process runs doing work at once; a job waiting for a provider (its rate window, "
+        "budgets or answer; a Retry-After or backoff of a second or more) lends its slot to another job meanwhile.",
     )
     max_open_jobs: int = Field(
         32,
