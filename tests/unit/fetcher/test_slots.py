@@ -248,3 +248,19 @@ async def test_a_long_sleep_nested_in_a_provider_wait_neither_lends_again_nor_ta
     assert inside == [False]  # still lent until the outer wait ends
     assert slots.slot_releases == 1
     assert slots.book.open_jobs == 0
+
+
+def test_a_shared_budget_provider_with_a_working_slots_worth_of_open_jobs_is_skipped_by_the_next_claim() -> None:
+    book = SlotBook(working_slots=2, max_open_jobs=32)
+    book.claimed("a1", "acuity")
+    book.sleep_started("a1")
+    assert book.saturated_sources(["acuity"]) == frozenset()
+    book.claimed("a2", "acuity")
+    book.sleep_started("a2")
+    book.claimed("c1", "calendly")
+    book.claimed("c2", "calendly")
+
+    assert book.saturated_sources(["acuity"]) == {"acuity"}  # waiting on the per-IP budget, both
+    assert book.saturated_sources([]) == frozenset()  # calendly's limits are per user: never capped
+    book.finished("a1")
+    assert book.saturated_sources(["acuity"]) == frozenset()

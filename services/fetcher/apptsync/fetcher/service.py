@@ -172,6 +172,8 @@ async def _claim_loop(
     running: set[asyncio.Task[None]] = set()
     # Each claim gets its own lease owner token, so two claims of one job in this process stay apart.
     claims = itertools.count(1)
+    # Providers whose requests share one budget (per egress IP): their open jobs are capped.
+    shared_budget_sources = [source.value for source in shared_sources(ctx.settings.shared_budget_providers)]
     while not stop.is_set():
         job = None
         # Cleared before claiming, not after: a notification that arrives while we query must wake
@@ -189,6 +191,7 @@ async def _claim_loop(
                             lease_seconds=ctx.settings.lease_seconds,
                             now=ctx.clock(),
                             max_running_per_tenant=ctx.settings.max_running_jobs_per_tenant,
+                            skip_sources=slots.book.saturated_sources(shared_budget_sources),
                         )
             except (StorageUnavailableError, StorageRefusedError) as exc:
                 # Retried whatever the database said (a restart drops connections mid-operation), or one
@@ -196,7 +199,7 @@ async def _claim_loop(
                 _log.warning("claiming failed (%s); retrying", exc)
         if job is not None:
             key = _slot_key(job)
-            slots.claimed(key)
+            slots.claimed(key, job.external_source)
             task = group.create_task(_in_slot(job, key, ctx, slots))
             running.add(task)
             task.add_done_callback(running.discard)

@@ -20,6 +20,10 @@ so a started job still finishes; a new claim takes a slot only when nobody waits
 is untouched: the job's renewal task goes on heartbeating while it waits. The claim order across
 tenants stays the claim function's.
 
+A provider whose requests all draw on one shared budget (Acuity: per egress IP) gains nothing from
+more open jobs than working slots: the claim skips it at that count (`saturated_sources`), or its
+long jobs would fill the open-job bound and the other tenants would wait behind them again.
+
 `SlotBook` decides (pure, unit-tested); `JobSlots` is its asyncio adapter: the `sleep` and the
 `provider_wait` handed to ProviderHttp, and the contextvars that say which job the waiting task
 belongs to.
@@ -30,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -51,6 +55,7 @@ def releases_slot(sleep_seconds: float, *, release_after_seconds: float) -> bool
 class _Job:
     holding: bool = True
     sleepers: int = 0
+    source: str = ""
 
 
 @dataclass
@@ -92,18 +97,29 @@ class SlotBook:
         holds fewer than `max_open_jobs` jobs."""
         return self.working < self.working_slots and not self._queue and len(self._jobs) < self.max_open_jobs
 
-    def claimed(self, job_key: str) -> bool:
-        """Records a claim (made after `may_claim`): True when the job holds a slot at once, False when a
-        job coming back from a wait took the free slot meanwhile (the claim's query is not atomic with
-        the book) and the new job queues behind it. Raises ValueError for a key already open."""
+    def claimed(self, job_key: str, source: str = "") -> bool:
+        """Records a claim (made after `may_claim`) of a job of `source`: True when the job holds a
+        slot at once, False when a job coming back from a wait took the free slot meanwhile (the claim's
+        query is not atomic with the book) and the new job queues behind it. Raises ValueError for a
+        key already open."""
         if job_key in self._jobs:
             raise ValueError(f"job {job_key} is already open")
         if not self._queue and self.working < self.working_slots:
-            self._jobs[job_key] = _Job()
+            self._jobs[job_key] = _Job(source=source)
             return True
-        self._jobs[job_key] = _Job(holding=False)
+        self._jobs[job_key] = _Job(holding=False, source=source)
         self._queue.append(job_key)
         return False
+
+    def saturated_sources(self, shared_budget_sources: Collection[str]) -> frozenset[str]:
+        """The sources of `shared_budget_sources` (providers whose requests all draw on one budget, such
+        as Acuity's per-IP limit) with as many open jobs as there are working slots: more jobs of them
+        would only split the same budget while holding open-job places other tenants need, so the next
+        claim skips them."""
+        open_by_source: dict[str, int] = {}
+        for job in self._jobs.values():
+            open_by_source[job.source] = open_by_source.get(job.source, 0) + 1
+        return frozenset(s for s in shared_budget_sources if open_by_source.get(s, 0) >= self.working_slots)
 
     def sleep_started(self, job_key: str) -> list[str]:
         """One task of the job starts a long sleep: the job gives up its slot (if it held one)."""
@@ -174,11 +190,11 @@ class JobSlots:
     def may_claim(self) -> bool:
         return self.book.may_claim()
 
-    def claimed(self, job_key: str) -> None:
+    def claimed(self, job_key: str, source: str = "") -> None:
         """Records a claim the moment it is made (before its task starts: the claim loop asks
         `may_claim` again right away)."""
         granted = asyncio.Event()
-        if self.book.claimed(job_key):
+        if self.book.claimed(job_key, source):
             granted.set()
         self._granted[job_key] = granted
 
