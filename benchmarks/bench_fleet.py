@@ -20,12 +20,12 @@ requests per provider and per 1,000 appointments, peak RSS per service, CPU seco
 and the bottleneck: `provider` when the time the providers' published limits need for the requests
 made (Acuity: requests x 1.1 s / 10; Calendly: the minutes beyond the first that the largest
 account's requests need at 500 per minute, its requests estimated by its share of the appointments:
-the simulator counts no user apart; a job waiting out its user's window holds one of the fetcher's
-job slots) is a
-larger share of the round than the CPU utilisation of the machine (all processes' CPU seconds over
-round time x cores), else `cpu`. The last line is one JSON object (the first round's figures as
-`tenants`, `round_seconds`, `tenant_done_p95_seconds`, `bottleneck`, the others prefixed by the
-round), also written to `bench-results/fleet.json` (or `fleet-<tenants>.json` with `--result-name`).
+the simulator counts no user apart; a job waiting out its user's window lends its working slot to
+another job, see apptsync.fetcher.slots) is a larger share of the round than the CPU utilisation of
+the machine (all processes' CPU seconds over round time x cores), else `cpu`. The last line is one
+JSON object (the first round's figures as `tenants`, `round_seconds`, `tenant_done_p95_seconds`,
+`bottleneck`, the others prefixed by the round; the fetcher's slot settings), also written to
+`bench-results/fleet.json` (or `fleet-<tenants>.json` with `--result-name`).
 Every job must end SUCCEEDED with its account's records inserted on the first round; otherwise the
 figures measure a broken pipeline and it exits 1.
 """
@@ -54,6 +54,7 @@ import grpc
 import httpx
 
 from apptsync.cli.devstack import DevStack, durability_settings
+from apptsync.shared.settings import FetcherSettings
 from apptsync.v1 import imports_pb2, imports_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -261,6 +262,7 @@ async def benchmark(args: argparse.Namespace) -> int:
     }
     state_dir = Path(tempfile.mkdtemp(prefix="apptsync-bench-fleet-"))
     cores = len(os.sched_getaffinity(0))
+    fetcher = FetcherSettings.from_environment(dict(os.environ))  # what the stack's fetcher inherits
     rounds: list[Round] = []
     try:
         async with (
@@ -295,6 +297,9 @@ async def benchmark(args: argparse.Namespace) -> int:
         "max_appointments": args.max_appointments,
         "fetchers": 1,
         "writers": 1,
+        # The slot model the fetcher ran with (None: a fetcher without open-job lending).
+        "fetcher_max_concurrent_jobs": fetcher.max_concurrent_jobs,
+        "fetcher_max_open_jobs": getattr(fetcher, "max_open_jobs", None),
         "cores": cores,
         **{f"postgres_{k}": v for k, v in durability.items()},
     }

@@ -128,6 +128,12 @@ FIGURES: Mapping[str, tuple[str, Sequence[Figure]]] = {
         (
             Figure("tenants", "tenants in one sync-all round"),
             Figure("appointments", "appointments over all tenants"),
+            Figure("fetcher_max_concurrent_jobs", "fetcher's working job slots (jobs doing work)"),
+            Figure(
+                "fetcher_max_open_jobs",
+                "fetcher's open jobs (working or waiting for a rate window)",
+                lambda value: "no lending (a waiting job keeps its slot)" if value is None else f"{value:,}",
+            ),
             Figure("jobs", "jobs the round started"),
             Figure("jobs_succeeded", "jobs SUCCEEDED within the round's time bound"),
             Figure("round_seconds", "round time (to the last job's end, or the bound)", _seconds),

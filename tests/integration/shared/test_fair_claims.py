@@ -4,6 +4,7 @@ does not hold every fetcher slot while other tenants wait, and the cap holds acr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -109,3 +110,23 @@ async def test_a_job_whose_lease_expired_frees_its_tenants_share(pool: asyncpg.P
     assert resumed is not None
     assert resumed.job_id == first.job_id
     assert await claim(pool, "b#2", now=later, cap=1) is None
+
+
+async def test_a_claim_skips_the_sources_it_is_told_to_and_takes_the_oldest_other(pool: asyncpg.Pool) -> None:
+    """A fetcher holding enough jobs of a shared-budget provider (Acuity) claims other providers'."""
+    acuity_tenant, google_tenant = str(uuid.uuid4()), str(uuid.uuid4())
+    await queue(pool, acuity_tenant, "acuity-1", NOW - timedelta(minutes=3))
+    async with pool.acquire() as conn:
+        google = dataclasses.replace(new_job(google_tenant, "google"), external_source="google_calendar")
+        await jobs_db.create_job(conn, google, now=NOW - timedelta(minutes=1))
+        skipping = await jobs_db.claim_job(
+            conn, lease_owner="f#1", lease_seconds=LEASE_SECONDS, now=NOW, skip_sources={"acuity"}
+        )
+        nothing_else = await jobs_db.claim_job(
+            conn, lease_owner="f#2", lease_seconds=LEASE_SECONDS, now=NOW, skip_sources={"acuity"}
+        )
+        oldest = await jobs_db.claim_job(conn, lease_owner="f#3", lease_seconds=LEASE_SECONDS, now=NOW)
+
+    assert skipping is not None and skipping.tenant_id == google_tenant
+    assert nothing_else is None  # the acuity job stays queued for a fetcher with room for it
+    assert oldest is not None and oldest.tenant_id == acuity_tenant

@@ -245,6 +245,34 @@ async def test_pages_carry_every_invitee_of_their_events_paged_the_same_way() ->
     assert all(r.url.params["count"] == "100" for r in invitee_requests)
 
 
+async def test_a_rerun_lists_every_events_invitees_because_an_invitee_changes_alone() -> None:
+    """Why an unchanged full re-run still costs one invitees request per event: Calendly documents no
+    event field that changes with its invitees' own changes (a no-show mark, a reconfirmation; an
+    invitee's cancellation in a group event shows only in `invitees_counter`), so no event proves
+    its invitees unchanged. Here the event stays byte for byte the same and the no-show still lands."""
+    fake = three_events()
+    http = make_http(fake)
+    try:
+        first = await drain(session(http))
+        events_before = copy.deepcopy(fake.events)
+        fake.invitees["EV1"][0] = {
+            **fake.invitees["EV1"][0],
+            "no_show": {"uri": "https://api.calendly.com/invitee_no_shows/NS1", "created_at": "2024-06-10T10:40:00Z"},
+            "updated_at": "2024-06-10T10:40:00.000000Z",
+        }
+        fake.requests.clear()
+        again = await drain(session(http))
+    finally:
+        await http.aclose()
+
+    assert fake.events == events_before
+    status = {a.external_id: a.status.value for p in again for a in p.appointments}
+    assert status["IN1x1"] == "no_show"
+    assert {a.external_id: a.status.value for p in first for a in p.appointments}["IN1x1"] == "scheduled"
+    invitee_paths = {r.url.path for r in fake.requests if r.url.path.endswith("/invitees")}
+    assert invitee_paths == {f"/scheduled_events/EV{n}/invitees" for n in (1, 2, 3)}
+
+
 @pytest.mark.parametrize(("status", "error"), [(400, ProviderRejectedError), (503, ProviderUnavailableError)])
 async def test_a_failed_invitee_listing_fails_the_page_with_the_error_tree(status: int, error: type[Exception]) -> None:
     """Not an exception group: the runner fails the job on the error tree's classes alone."""

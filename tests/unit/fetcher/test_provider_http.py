@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -296,3 +297,33 @@ async def test_the_policy_and_httpx_agree_on_an_upper_case_host_with_its_default
     assert [(r.url.scheme, r.url.host, r.url.port, r.url.path) for r in script.requests] == [
         ("https", "acuity.test", 443, "/api/v1")
     ]
+
+
+async def test_each_attempt_waits_for_the_provider_inside_provider_wait_and_parses_outside() -> None:
+    """The fetcher lends a job's working slot for exactly this region (apptsync.fetcher.slots)."""
+    events: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        events.append("request sent")
+        return ok([{"id": 1}]) if len(events) > 3 else httpx.Response(503)
+
+    @contextlib.asynccontextmanager
+    async def provider_wait() -> AsyncIterator[None]:
+        events.append("wait begins")
+        yield
+        events.append("wait ends")
+
+    http = ProviderHttp(
+        timeout_seconds=5.0,
+        outbound=OutboundPolicy.allowing(["https://acuity.test"]),
+        transport=httpx.MockTransport(answer),
+        retry=POLICY,
+        sleep=FakeSleep(),
+        clock=lambda: NOW,
+        rng=random.Random(7),
+        provider_wait=provider_wait,
+    )
+    response = await get(http)
+
+    assert response.body == [{"id": 1}] and response.retries == 1
+    assert events == ["wait begins", "request sent", "wait ends"] * 2

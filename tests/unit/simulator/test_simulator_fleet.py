@@ -42,6 +42,19 @@ def test_each_new_account_has_its_own_size_and_working_credentials() -> None:
     assert len(s.acuity.appointments[1001]) == 10  # the first accounts are untouched
 
 
+def test_a_new_acuity_account_lists_its_clients_as_the_seeded_ones_do() -> None:
+    """The fetcher asks every Acuity account for its clients: a fleet account answers like any other."""
+    s = state()
+    [made] = add_acuity_accounts(s, [400], seed=5, anchor=ANCHOR)
+    user_id = int(str(made["account"]))
+
+    clients = s.acuity.clients(user_id)
+
+    prospects = [c for c in clients if c.email.lower().startswith("prospect")]  # listed, never booked
+    assert len(prospects) == 400 // 20
+    assert len(clients) > len(prospects)  # the bookers follow
+
+
 def test_the_same_seed_makes_the_same_accounts() -> None:
     first, second = state(), state()
     add_acuity_accounts(first, [80], seed=9, anchor=ANCHOR)

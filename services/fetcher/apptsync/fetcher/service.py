@@ -1,4 +1,6 @@
-"""The fetcher process: claims jobs and runs up to `max_concurrent_jobs` of them in one task group.
+"""The fetcher process: claims jobs and runs them in one task group, `max_concurrent_jobs` doing work
+at once and up to `max_open_jobs` open (a job waiting out a provider's rate window lends its working
+slot to another; see apptsync.fetcher.slots).
 
 Woken by LISTEN/NOTIFY when the gateway queues a job, with a polling fallback (a notification can be
 missed while the listening connection reconnects, and expired leases produce no notification).
@@ -20,6 +22,7 @@ from apptsync.fetcher.providers import ProviderHttp, ProviderTransport, RateBudg
 from apptsync.fetcher.results import ResultRouter
 from apptsync.fetcher.runner import JOB_SOURCE, FetcherContext, run_job
 from apptsync.fetcher.shared_budget import PostgresSharedBudget, shared_sources
+from apptsync.fetcher.slots import JobSlots
 from apptsync.shared.appointments import Source
 from apptsync.shared.credentials import Keyring
 from apptsync.shared.db import jobs as jobs_db
@@ -84,7 +87,17 @@ async def run_fetcher(
             holder=worker_id,
             http_timeout_seconds=settings.http_timeout_seconds,
         )
+        # A job waiting for a provider (its rate window and budgets, its answer, a Retry-After or backoff
+        # of a second or more) lends its working slot to another job meanwhile.
+        slot_freed = asyncio.Event()
+        slots = JobSlots(
+            working_slots=settings.max_concurrent_jobs,
+            max_open_jobs=max(settings.max_open_jobs, settings.max_concurrent_jobs),
+            on_slot_freed=slot_freed.set,
+        )
         http = ProviderHttp(
+            sleep=slots.sleep,
+            provider_wait=slots.waiting_for_provider,
             timeout_seconds=settings.http_timeout_seconds,
             outbound=outbound,
             transport=metered,
@@ -127,7 +140,7 @@ async def run_fetcher(
             await health.set_serving(True)
         async with asyncio.TaskGroup() as group:
             routing = group.create_task(router.run())
-            running = await _claim_loop(ctx, group, wake, stop)
+            running = await _claim_loop(ctx, group, wake, stop, slots, slot_freed)
             # Stop intake (no claims since `stop`), then drain: each job finishes its pages in flight.
             if health is not None:
                 await health.set_serving(False)
@@ -146,20 +159,28 @@ def _hear_cancel(ctx: FetcherContext) -> Callable[[str], None]:
 
 
 async def _claim_loop(
-    ctx: FetcherContext, group: asyncio.TaskGroup, wake: asyncio.Event, stop: asyncio.Event
+    ctx: FetcherContext,
+    group: asyncio.TaskGroup,
+    wake: asyncio.Event,
+    stop: asyncio.Event,
+    slots: JobSlots,
+    slot_freed: asyncio.Event,
 ) -> set[asyncio.Task[None]]:
-    """Claims jobs while slots are free until `stop` is set; returns the jobs still running."""
+    """Claims jobs while `slots` allows (a working slot free, no waiting job queued for one, fewer than
+    `max_open_jobs` open) until `stop` is set; returns the jobs still running. `slot_freed` is set by
+    `slots` whenever a slot may have come free."""
     running: set[asyncio.Task[None]] = set()
     # Each claim gets its own lease owner token, so two claims of one job in this process stay apart.
     claims = itertools.count(1)
-    slot_freed = asyncio.Event()
+    # Providers whose requests share one budget (per egress IP): their open jobs are capped.
+    shared_budget_sources = [source.value for source in shared_sources(ctx.settings.shared_budget_providers)]
     while not stop.is_set():
         job = None
         # Cleared before claiming, not after: a notification that arrives while we query must wake
         # the wait below instead of being lost until the next poll.
         wake.clear()
         slot_freed.clear()
-        if len(running) < ctx.settings.max_concurrent_jobs:
+        if slots.may_claim():
             try:
                 # Idle polling: a trace per poll would bury the traces of imports.
                 with untraced():
@@ -170,16 +191,18 @@ async def _claim_loop(
                             lease_seconds=ctx.settings.lease_seconds,
                             now=ctx.clock(),
                             max_running_per_tenant=ctx.settings.max_running_jobs_per_tenant,
+                            skip_sources=slots.book.saturated_sources(shared_budget_sources),
                         )
             except (StorageUnavailableError, StorageRefusedError) as exc:
                 # Retried whatever the database said (a restart drops connections mid-operation), or one
                 # restart would end the process and leave its interrupted jobs with nobody to resume them.
                 _log.warning("claiming failed (%s); retrying", exc)
         if job is not None:
-            task = group.create_task(_guarded(job, ctx))
+            key = _slot_key(job)
+            slots.claimed(key, job.external_source)
+            task = group.create_task(_in_slot(job, key, ctx, slots))
             running.add(task)
             task.add_done_callback(running.discard)
-            task.add_done_callback(lambda _task: slot_freed.set())
             continue
         waiters = [asyncio.ensure_future(e.wait()) for e in (wake, stop, slot_freed)]
         try:
@@ -188,6 +211,17 @@ async def _claim_loop(
             for waiter in waiters:
                 waiter.cancel()
     return running
+
+
+def _slot_key(job: jobs_db.JobRecord) -> str:
+    # The claim's lease owner token: two claims of one job in this process stay apart.
+    return job.lease_owner or job.job_id
+
+
+async def _in_slot(job: jobs_db.JobRecord, key: str, ctx: FetcherContext, slots: JobSlots) -> None:
+    """Runs the claimed job holding a working slot (lent out while it waits; see JobSlots)."""
+    async with slots.running(key):
+        await _guarded(job, ctx)
 
 
 async def _guarded(job: jobs_db.JobRecord, ctx: FetcherContext) -> None:

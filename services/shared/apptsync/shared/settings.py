@@ -217,7 +217,18 @@ class FetcherSettings(SettingsGroup):
     model_config = SettingsConfigDict(env_prefix="APPTSYNC_FETCHER_", extra="ignore")
 
     worker_id: str = Field("", description="Lease owner name; empty means hostname-pid.")
-    max_concurrent_jobs: int = Field(4, ge=1, description="Jobs one fetcher process runs at once.")
+    max_concurrent_jobs: int = Field(
+        4,
+        ge=1,
+        description="Jobs one fetcher process runs doing work at once; a job waiting for a provider (its rate window, "
+        "budgets or answer; a Retry-After or backoff of a second or more) lends its slot to another job meanwhile.",
+    )
+    max_open_jobs: int = Field(
+        32,
+        ge=1,
+        description="Jobs one fetcher process holds claimed at once, doing work or waiting for a provider's rate "
+        "window (at least MAX_CONCURRENT_JOBS); bounds the memory of waiting jobs (one provider page each).",
+    )
     max_running_jobs_per_tenant: int = Field(
         4,
         ge=1,

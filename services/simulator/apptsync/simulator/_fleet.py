@@ -19,7 +19,7 @@ from datetime import date, datetime
 
 from aiohttp import web
 
-from apptsync.simulator._acuity_data import DATA_SPREAD_DAYS, seeded_appointments
+from apptsync.simulator._acuity_data import DATA_SPREAD_DAYS, seeded_appointments, seeded_clients
 from apptsync.simulator._acuity_data import account_for as acuity_account
 from apptsync.simulator._calendly_data import account_for as calendly_account
 from apptsync.simulator._google_data import account_for as google_account
@@ -58,12 +58,13 @@ def add_acuity_accounts(
     for size in sizes:
         user_id = max(store.accounts) + 1
         account = acuity_account(user_id)
-        store.accounts[user_id] = account
         appointments = seeded_appointments(
             seed=seed, user_id=user_id, count=size, anchor=anchor, spread_days=DATA_SPREAD_DAYS, now=store.clock()
         )
-        store.appointments[user_id] = {a.id: a for a in appointments}
-        store.removed[user_id] = {}
+        # Installed whole, clients included: the fetcher asks every Acuity account for its clients.
+        store.install(
+            account, appointments, clients=seeded_clients(seed=seed, user_id=user_id, appointments=appointments)
+        )
         made.append({"account": user_id, "user_id": str(user_id), "api_key": account.api_key, "appointments": size})
     return made
 

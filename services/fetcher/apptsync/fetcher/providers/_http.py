@@ -9,9 +9,11 @@ outbound policy (`apptsync.shared.outbound`) before it is sent, and redirects ar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -327,6 +329,8 @@ class ProviderHttp:
     `rate_budget_overrides` replaces a provider's budget (tests, or a provider plan with other limits).
     `shared_budget` makes the providers it covers draw, after this process's limiter and semaphore,
     from a budget shared with other fetcher processes; a 429 from such a provider pauses it for all.
+    `provider_wait` is entered around each attempt's wait for the provider (rate-window pause, budgets,
+    request and answer; not the parsing): the fetcher lends the job's working slot meanwhile.
     `outbound` decides which URLs may be requested: a refused one raises OutboundRefusedError before
     anything is sent (no retry, no rate slot taken), and no redirect is followed.
     """
@@ -343,8 +347,10 @@ class ProviderHttp:
         rng: random.Random | None = None,
         rate_budget_overrides: Mapping[Source, RateBudget] | None = None,
         shared_budget: SharedBudget | None = None,
+        provider_wait: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self._timeout_seconds = timeout_seconds
+        self._provider_wait = provider_wait
         self._outbound = outbound
         # follow_redirects=False is part of the outbound policy: a Location header is not checked by it.
         self._client = httpx.AsyncClient(
@@ -485,33 +491,11 @@ class ProviderHttp:
             raise OutboundRefusedError(f"the URL reads as {sent_origin} to the HTTP client, not {origin}")
 
     async def _attempt(self, state: _BudgetState, source: Source, request: _Request, scope: str) -> JsonValue:
-        if scope:
-            await self._wait_for_rate_limit_reset(source, scope)
-        # The semaphore first, then the limiter: a request holding a rate slot must not then queue
-        # for a connection, or the slots would bunch up into a burst.
+        # Waiting for the provider (its rate window, the budgets, its answer) is no work of ours: the
+        # fetcher lends the job's working slot to another job meanwhile (see apptsync.fetcher.slots).
+        async with self._provider_wait():
+            response = await self._send(state, source, request, scope)
         shared = self._shared if self._shared is not None and self._shared.covers(source) else None
-        async with state.connections:
-            await state.limiter.acquire()
-            # The local stages first: a process never asks the shared budget for more than its own
-            # concurrency, so it never holds slots it cannot use yet.
-            lease_id = None if shared is None else await shared.acquire(source, state.budget)
-            try:
-                async with asyncio.timeout(self._timeout_seconds):
-                    response = await self._client.request(
-                        request.method,
-                        request.url,
-                        params=request.params or None,
-                        data=request.form,
-                        headers=request.headers,
-                    )
-            except (httpx.TransportError, TimeoutError) as exc:
-                path = httpx.URL(request.url).path
-                raise _TransportError(
-                    f"{source.value} {path}: {type(exc).__name__} (timeout, reset or connection error)"
-                ) from exc
-            finally:
-                if shared is not None and lease_id is not None:
-                    await shared.release(lease_id)
         if shared is not None and response.status_code == 429:
             await shared.pause(source, shared_pause_seconds(response.headers, now=self._clock()))
         if scope:
@@ -530,6 +514,35 @@ class ProviderHttp:
                 status_code=response.status_code,
             ) from exc
         return parsed
+
+    async def _send(self, state: _BudgetState, source: Source, request: _Request, scope: str) -> httpx.Response:
+        if scope:
+            await self._wait_for_rate_limit_reset(source, scope)
+        # The semaphore first, then the limiter: a request holding a rate slot must not then queue
+        # for a connection, or the slots would bunch up into a burst.
+        shared = self._shared if self._shared is not None and self._shared.covers(source) else None
+        async with state.connections:
+            await state.limiter.acquire()
+            # The local stages first: a process never asks the shared budget for more than its own
+            # concurrency, so it never holds slots it cannot use yet.
+            lease_id = None if shared is None else await shared.acquire(source, state.budget)
+            try:
+                async with asyncio.timeout(self._timeout_seconds):
+                    return await self._client.request(
+                        request.method,
+                        request.url,
+                        params=request.params or None,
+                        data=request.form,
+                        headers=request.headers,
+                    )
+            except (httpx.TransportError, TimeoutError) as exc:
+                path = httpx.URL(request.url).path
+                raise _TransportError(
+                    f"{source.value} {path}: {type(exc).__name__} (timeout, reset or connection error)"
+                ) from exc
+            finally:
+                if shared is not None and lease_id is not None:
+                    await shared.release(lease_id)
 
     async def _wait_for_rate_limit_reset(self, source: Source, scope: str) -> None:
         key = (source, scope)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -337,21 +337,24 @@ async def claim_job(
     lease_seconds: float,
     now: datetime,
     max_running_per_tenant: int = 2**31 - 1,
+    skip_sources: Collection[str] = (),
 ) -> JobRecord | None:
     """Claims a queued job, or a running job whose lease expired (its fetcher died), fairly between
     tenants: the oldest claimable job of the tenant with the fewest live (leased) jobs, never one of a
-    tenant that already runs `max_running_per_tenant`. None when nothing is claimable.
+    tenant that already runs `max_running_per_tenant`, nor one of `skip_sources` (external sources
+    the caller holds enough jobs of; migration 0016). None when nothing is claimable.
 
     Guarantees at most one live owner per job: the row is locked with SKIP LOCKED while claimed, and
     the lease must be renewed before it expires (see renew_lease). Claims are serialized in PostgreSQL
     (migration 0010), so the cap holds across every fetcher, not only within one.
     """
     row = await connection.fetchrow(
-        "SELECT * FROM apptsync_claim_job($1, $2::timestamptz, $3::double precision, $4::integer)",
+        "SELECT * FROM apptsync_claim_job($1, $2::timestamptz, $3::double precision, $4::integer, $5::text[])",
         lease_owner,
         now,
         lease_seconds,
         max_running_per_tenant,
+        sorted(skip_sources),
     )
     return None if row is None else record_from_row(row)
 
