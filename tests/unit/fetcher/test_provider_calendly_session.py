@@ -30,7 +30,6 @@ from apptsync.fetcher.providers.calendly import (
     CalendlySession,
     calendly_scope,
 )
-from apptsync.fetcher.providers.calendly._session import first_error
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import (
     InvalidArgumentError,
@@ -290,12 +289,6 @@ async def test_a_failed_invitee_listing_fails_the_page_with_the_error_tree(statu
     finally:
         await http.aclose()
     assert "/scheduled_events/EV2/invitees" in str(raised.value)
-
-
-def test_the_first_error_of_nested_groups_is_the_one_raised() -> None:
-    inner = ProviderRejectedError("calendly answered 404", status_code=404)
-    grouped = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [inner, ValueError("later")])])
-    assert first_error(grouped) is inner
 
 
 async def test_a_resumed_session_continues_after_its_cursor() -> None:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from apptsync.fetcher.providers._fan_out import fan_out
+from apptsync.fetcher.providers._fan_out import fan_out, first_error
 from apptsync.shared.errors import ProviderRejectedError
 
 
@@ -67,3 +67,9 @@ async def test_at_once_below_one_is_refused() -> None:
 
     with pytest.raises(ValueError, match="at least 1"):
         await fan_out([1], call, at_once=0)
+
+
+def test_the_first_error_of_nested_groups_is_the_one_raised() -> None:
+    inner = ProviderRejectedError("calendly answered 404", status_code=404)
+    grouped = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [inner, ValueError("later")])])
+    assert first_error(grouped) is inner

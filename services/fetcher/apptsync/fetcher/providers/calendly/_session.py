@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
+from apptsync.fetcher.providers._fan_out import fan_out
 from apptsync.fetcher.providers._http import ProviderHttp, RateBudget
 from apptsync.fetcher.providers._model import ConnectionConfig, JobWindow, JsonValue, ProviderPage
 from apptsync.fetcher.providers._oauth import OAuthBearer
@@ -42,14 +42,6 @@ def collection_and_next_token(body: JsonValue, *, path: str) -> tuple[list[JsonV
     pagination = body.get("pagination") if isinstance(body, dict) else None
     token = pagination.get("next_page_token") if isinstance(pagination, dict) else None
     return collection, token if isinstance(token, str) and token else None
-
-
-def first_error(grouped: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first failure inside `grouped`, however deeply nested. asyncio.TaskGroup wraps its tasks'
-    failures in an exception group; next_page's callers expect the error tree (a ProviderRejectedError,
-    not a group holding one), and the first failure is the one that cancelled the rest."""
-    first = grouped.exceptions[0]
-    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class CalendlySession:
@@ -121,20 +113,12 @@ class CalendlySession:
     async def _with_invitees(self, events: list[JsonValue]) -> list[FetchedEvent]:
         """Each event with its invitees (None for an event skipped before they were fetched), fetched
         a few events at a time; the first failure fails the page."""
-        slots = asyncio.Semaphore(INVITEE_FETCH_CONCURRENCY)
-
         async def fetch(event: JsonValue) -> FetchedEvent:
             if event_skip(event, window=self._window) is not None:
                 return FetchedEvent(event, None)
-            async with slots:
-                return FetchedEvent(event, await self._invitees(event_uuid(event)))
+            return FetchedEvent(event, await self._invitees(event_uuid(event)))
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(fetch(event)) for event in events]
-        except BaseExceptionGroup as grouped:
-            raise first_error(grouped) from None
-        return [task.result() for task in tasks]
+        return await fan_out(events, fetch, at_once=INVITEE_FETCH_CONCURRENCY)
 
     async def _invitees(self, uuid: str) -> list[JsonValue]:
         url = f"{self._events_url}/{uuid}/invitees"
