@@ -14,7 +14,7 @@ session timeouts) come from `KafkaSettings`; nothing here reads the environment.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +33,7 @@ from aiokafka.errors import (
     UnknownMemberIdError,
     for_code,
 )
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 
 from apptsync.shared.errors import ApptsyncError, BrokerUnavailableError, PermanentError
@@ -145,6 +146,40 @@ async def kafka_errors() -> AsyncIterator[None]:
         yield
     except (KafkaError, ConsumerStoppedError, OSError) as exc:
         raise translate_kafka_error(exc) from exc
+
+
+# The producer's default partitioner (murmur2 of the key, as Kafka's Java client): send_keyed picks
+# the partition itself and must agree with every other producer of the topic.
+_PARTITIONER = DefaultPartitioner()
+
+
+async def send_keyed(producer: AIOKafkaProducer, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> None:
+    """Sends `(key, value)` messages in order and returns once the broker acknowledged every one.
+
+    They go out as one batch per partition (another when one fills), each message to the partition
+    the default partitioner gives its key, so a key keeps its partition and its order. Not `send` per
+    message: its per-call cost, most of it the span the Kafka instrumentation opens for every message,
+    was ~60 % of the change relay's CPU (py-spy), and the relay's messages belong to no trace.
+    Raises BrokerUnavailableError (retriable) or PermanentError."""
+    if not messages:
+        return
+    async with kafka_errors():
+        partitions = sorted(await producer.partitions_for(topic))
+        open_batches: dict[int, Any] = {}  # partition -> aiokafka BatchBuilder
+        acknowledgements: list[asyncio.Future[Any]] = []
+        for key, value in messages:
+            partition = _PARTITIONER(key, partitions, partitions)
+            batch = open_batches.get(partition)
+            if batch is not None and batch.append(key=key, value=value, timestamp=None) is not None:
+                continue
+            if batch is not None:  # full: send it, start the partition's next one
+                acknowledgements.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = open_batches[partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise PermanentError(f"a message of {len(value)} bytes does not fit in a batch of {topic}")
+        for partition, batch in open_batches.items():
+            acknowledgements.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*acknowledgements)
 
 
 async def commit_offsets(

@@ -30,7 +30,7 @@ from apptsync.shared.change_events import OutboxChange, classify_change, encode_
 from apptsync.shared.db.change_outbox import SHARDS, claim_changes, delete_changes, pending_changes
 from apptsync.shared.db.pool import DATABASE_ERRORS, translate_database_error
 from apptsync.shared.errors import RetriableError
-from apptsync.shared.kafka import kafka_errors
+from apptsync.shared.kafka import send_keyed
 from apptsync.shared.telemetry.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,4 @@ class ChangeRelay:
 
     async def _send(self, changes: Sequence[OutboxChange]) -> None:
         """Sends the changes in order and waits until the broker acknowledged every one."""
-        async with kafka_errors():
-            acknowledgements = []
-            for change in changes:
-                key, value = encode_change(change)
-                acknowledgements.append(await self._producer.send(self._topic, value=value, key=key))
-            await asyncio.gather(*acknowledgements)
+        await send_keyed(self._producer, self._topic, [encode_change(change) for change in changes])
