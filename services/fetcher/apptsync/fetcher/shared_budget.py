@@ -24,6 +24,10 @@ _log = logging.getLogger("apptsync.fetcher.shared_budget")
 
 # A lease outlives its request by this much: the request itself is bounded by the HTTP timeout.
 LEASE_MARGIN_SECONDS = 5.0
+# A request leaves within this share of one spacing after its slot, or takes a new slot: one that woke
+# late (its event loop busy elsewhere) would land closer than a spacing to the next holder's request,
+# and ten such gaps eat the budget's margin (10 per 1.1 s: 100 ms).
+LATE_WAKE_SPACINGS = 0.75
 
 
 def shared_sources(setting: str) -> frozenset[Source]:
@@ -53,6 +57,8 @@ class PostgresSharedBudget:
         self._sources = frozenset(sources)
         self._budget_key = budget_key
         self._holder = holder
+        # Slots given back because the wake-up came too late for them (see LATE_WAKE_SPACINGS).
+        self.late_wakes = 0
         self._lease_seconds = http_timeout_seconds + LEASE_MARGIN_SECONDS
         self._sleep = sleep
         self._monotonic = monotonic
@@ -83,9 +89,15 @@ class PostgresSharedBudget:
             except DATABASE_ERRORS as exc:
                 raise translate_database_error(exc) from exc
             if grant.lease_id is not None:
-                if grant.wait_seconds > 0:
-                    await self._sleep(grant.wait_seconds)
-                return grant.lease_id
+                if grant.wait_seconds <= 0:
+                    return grant.lease_id
+                due = self._monotonic() + grant.wait_seconds
+                await self._sleep(grant.wait_seconds)
+                if self._monotonic() - due <= spacing_seconds * LATE_WAKE_SPACINGS:
+                    return grant.lease_id
+                self.late_wakes += 1
+                await self.release(grant.lease_id)
+                continue
             if self._monotonic() + grant.wait_seconds > give_up_at:
                 break
             await self._sleep(grant.wait_seconds)
