@@ -194,3 +194,38 @@ def assert_counts_add_up(job: imports_pb2.Job) -> None:
     """Every fetched record is inserted, updated, unchanged or skipped for a counted reason."""
     c = job.counts
     assert counts_add_up(c), f"counts do not add up: {c}"
+
+
+# The simulator's demo Acuity account (user 1001) and the credential fields of its OAuth accounts.
+SIMULATED_ACUITY_CREDENTIALS = {"user_id": "1001", "api_key": "demo-acuity-key"}
+OAUTH_CREDENTIAL_FIELDS = ("access_token", "refresh_token", "client_id", "client_secret")
+
+
+async def put_simulated_acuity(system: RunningSystem, *, connection_id: str = "acuity") -> imports_pb2.Connection:
+    """The test tenant's connection to the simulator's demo Acuity account, as stored."""
+    stored: imports_pb2.Connection = await system.stub.PutConnection(
+        imports_pb2.PutConnectionRequest(
+            tenant_id=TENANT_ID, connection_id=connection_id, source=imports_pb2.SOURCE_ACUITY,
+            base_url=f"{system.services.addresses.simulator_url}/acuity/api/v1",
+            credentials=SIMULATED_ACUITY_CREDENTIALS,
+        ),
+        metadata=system.metadata, timeout=10,
+    )  # fmt: skip
+    return stored
+
+
+async def put_simulated_calendly(
+    system: RunningSystem, account: Mapping[str, str], *, connection_id: str = "calendly"
+) -> imports_pb2.Connection:
+    """The test tenant's connection to the simulated Calendly `account` (an entry of
+    `/_admin/calendly/accounts`), as stored."""
+    stored: imports_pb2.Connection = await system.stub.PutConnection(
+        imports_pb2.PutConnectionRequest(
+            tenant_id=TENANT_ID, connection_id=connection_id, source=imports_pb2.SOURCE_CALENDLY,
+            base_url=f"{system.services.addresses.simulator_url}/calendly",
+            credentials={field: account[field] for field in OAUTH_CREDENTIAL_FIELDS},
+            settings={"organization": account["organization"]},
+        ),
+        metadata=system.metadata, timeout=10,
+    )  # fmt: skip
+    return stored

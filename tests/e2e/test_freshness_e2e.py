@@ -31,6 +31,8 @@ from tests.e2e.system import (
     TERMINAL,
     RunningSystem,
     assert_counts_add_up,
+    put_simulated_acuity,
+    put_simulated_calendly,
     running,
     service_set,
     system_env,
@@ -143,17 +145,7 @@ def minute(moment: datetime) -> datetime:
 async def test_an_acuity_frequent_sync_carries_the_coming_days_changes(fresh_system: RunningSystem) -> None:
     system = fresh_system
     simulator_url = system.services.addresses.simulator_url
-    await system.stub.PutConnection(
-        imports_pb2.PutConnectionRequest(
-            tenant_id=TENANT_ID,
-            connection_id="acuity",
-            source=imports_pb2.SOURCE_ACUITY,
-            base_url=f"{simulator_url}/acuity/api/v1",
-            credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
-        ),
-        metadata=system.metadata,
-        timeout=10,
-    )
+    await put_simulated_acuity(system)
     async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
         admin = "/_admin/acuity/accounts/1001/appointments"
         now = datetime.now(UTC)
@@ -201,18 +193,7 @@ async def test_a_calendly_frequent_sync_carries_the_coming_days_changes(fresh_sy
     simulator_url = system.services.addresses.simulator_url
     async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
         account = next(a for a in (await simulator.get("/_admin/calendly/accounts")).json() if a["account"] == 1)
-        await system.stub.PutConnection(
-            imports_pb2.PutConnectionRequest(
-                tenant_id=TENANT_ID,
-                connection_id="calendly",
-                source=imports_pb2.SOURCE_CALENDLY,
-                base_url=f"{simulator_url}/calendly",
-                credentials={k: account[k] for k in ("access_token", "refresh_token", "client_id", "client_secret")},
-                settings={"organization": account["organization"]},
-            ),
-            metadata=system.metadata,
-            timeout=10,
-        )
+        await put_simulated_calendly(system, account)
         admin = "/_admin/calendly/accounts/1"
         now = datetime.now(UTC)
 

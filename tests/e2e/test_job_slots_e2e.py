@@ -23,6 +23,8 @@ from tests.e2e.system import (
     RunningSystem,
     assert_counts_add_up,
     get_job,
+    put_simulated_acuity,
+    put_simulated_calendly,
     running,
     service_set,
     system_env,
@@ -84,29 +86,8 @@ async def test_a_small_import_runs_while_a_calendly_import_waits_out_its_rate_wi
     simulator_url = system.services.addresses.simulator_url
     async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
         account = next(a for a in (await simulator.get("/_admin/calendly/accounts")).json() if a["account"] == 1)
-        await system.stub.PutConnection(
-            imports_pb2.PutConnectionRequest(
-                tenant_id=TENANT_ID,
-                connection_id="calendly",
-                source=imports_pb2.SOURCE_CALENDLY,
-                base_url=f"{simulator_url}/calendly",
-                credentials={k: account[k] for k in ("access_token", "refresh_token", "client_id", "client_secret")},
-                settings={"organization": account["organization"]},
-            ),
-            metadata=system.metadata,
-            timeout=10,
-        )
-        await system.stub.PutConnection(
-            imports_pb2.PutConnectionRequest(
-                tenant_id=TENANT_ID,
-                connection_id="acuity",
-                source=imports_pb2.SOURCE_ACUITY,
-                base_url=f"{simulator_url}/acuity/api/v1",
-                credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
-            ),
-            metadata=system.metadata,
-            timeout=10,
-        )
+        await put_simulated_calendly(system, account)
+        await put_simulated_acuity(system)
         await simulator.delete("/_admin/calendly/counters")
         large = await start(system, "calendly", imports_pb2.SOURCE_CALENDLY)
         # The Calendly job has spent its user's window (its next request waits for the reset).

@@ -29,6 +29,8 @@ from tests.e2e.system import (
     TENANT_ID,
     TENANT_TOKEN,
     RunningSystem,
+    put_simulated_acuity,
+    put_simulated_calendly,
     running,
     service_set,
     system_env,
@@ -95,13 +97,7 @@ def minute(moment: datetime) -> datetime:
 
 async def test_an_acuity_change_reaches_the_table_through_a_notification(system: RunningSystem) -> None:
     simulator_url = system.services.addresses.simulator_url
-    connection = await system.stub.PutConnection(
-        imports_pb2.PutConnectionRequest(
-            tenant_id=TENANT_ID, connection_id="acuity", source=imports_pb2.SOURCE_ACUITY,
-            base_url=f"{simulator_url}/acuity/api/v1", credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
-        ),
-        metadata=system.metadata, timeout=10,
-    )  # fmt: skip
+    connection = await put_simulated_acuity(system)
     assert connection.webhooks.state == imports_pb2.WebhookStatus.ACTIVE, connection.webhooks.last_error
     admin = "/_admin/acuity/accounts/1001/appointments"
     async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
@@ -191,15 +187,7 @@ async def test_a_calendly_booking_arrives_by_notification_and_delete_removes_the
     simulator_url = system.services.addresses.simulator_url
     async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
         account = next(a for a in (await simulator.get("/_admin/calendly/accounts")).json() if a["account"] == 1)
-        connection = await system.stub.PutConnection(
-            imports_pb2.PutConnectionRequest(
-                tenant_id=TENANT_ID, connection_id="calendly", source=imports_pb2.SOURCE_CALENDLY,
-                base_url=f"{simulator_url}/calendly",
-                credentials={k: account[k] for k in ("access_token", "refresh_token", "client_id", "client_secret")},
-                settings={"organization": account["organization"]},
-            ),
-            metadata=system.metadata, timeout=10,
-        )  # fmt: skip
+        connection = await put_simulated_calendly(system, account)
         assert connection.webhooks.state == imports_pb2.WebhookStatus.ACTIVE, connection.webhooks.last_error
         start = minute(datetime.now(UTC) + timedelta(days=3))
         booked = await simulator.post(
@@ -238,14 +226,7 @@ async def test_one_trace_runs_from_the_notification_to_the_written_row(
         )  # fmt: skip
         async with running(services, database_url=database_url, token=TENANT_TOKEN) as system:
             simulator_url = system.services.addresses.simulator_url
-            await system.stub.PutConnection(
-                imports_pb2.PutConnectionRequest(
-                    tenant_id=TENANT_ID, connection_id="acuity", source=imports_pb2.SOURCE_ACUITY,
-                    base_url=f"{simulator_url}/acuity/api/v1",
-                    credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
-                ),
-                metadata=system.metadata, timeout=10,
-            )  # fmt: skip
+            await put_simulated_acuity(system)
             async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
                 start = minute(datetime.now(UTC) + timedelta(days=2))
                 added = await simulator.post("/_admin/acuity/accounts/1001/appointments",
@@ -277,13 +258,7 @@ async def test_duplicated_reordered_and_forged_notifications_leave_the_right_row
     Acuity for the appointment as it is now); forged notifications are refused (401) and their change
     waits for the polling sync, which brings it."""
     simulator_url = system.services.addresses.simulator_url
-    await system.stub.PutConnection(
-        imports_pb2.PutConnectionRequest(
-            tenant_id=TENANT_ID, connection_id="acuity", source=imports_pb2.SOURCE_ACUITY,
-            base_url=f"{simulator_url}/acuity/api/v1", credentials={"user_id": "1001", "api_key": "demo-acuity-key"},
-        ),
-        metadata=system.metadata, timeout=10,
-    )  # fmt: skip
+    await put_simulated_acuity(system)
     admin = "/_admin/acuity/accounts/1001/appointments"
     now = datetime.now(UTC)
     async with httpx.AsyncClient(base_url=simulator_url, timeout=30) as simulator:
