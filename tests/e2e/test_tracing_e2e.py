@@ -254,15 +254,19 @@ async def test_one_import_is_one_trace_across_gateway_fetcher_kafka_and_writer(t
         assert f'apptsync_fetcher_pages_fetched_total{{source="acuity"}} {PAGES}.0' in fetcher_text
         assert 'apptsync_jobs_finished_total{source="acuity",state="SUCCEEDED"} 1.0' in fetcher_text
 
-    # Spans: wait for the last hops (the job span ends when the job does) to be exported.
+    # Spans: wait for the last hops (the job span ends when the job does) to be exported. Each process
+    # exports on its own schedule, so the writer's spans of a page are awaited too, not only the
+    # fetcher's (the fetcher's could all be in while the writer's last batch was not yet sent).
     def trace_spans() -> list[ReceivedSpan]:
         return [s for s in system.receiver.spans() if s.trace_id == job.trace_id]
 
     def complete() -> bool:
-        names = {(s.service, s.name) for s in trace_spans()}
-        return ("apptsync-fetcher", "import job") in names and sum(
-            1 for s in trace_spans() if s.service == "apptsync-fetcher" and s.kind == SPAN_KIND_CONSUMER
-        ) >= PAGES
+        spans = trace_spans()
+        names = {(s.service, s.name) for s in spans}
+        fetcher_consumed = sum(1 for s in spans if s.service == "apptsync-fetcher" and s.kind == SPAN_KIND_CONSUMER)
+        writer_processed = sum(1 for s in spans if s.service == "apptsync-writer"
+                               and s.name == f"{system.env['APPTSYNC_KAFKA_PAGES_TOPIC']} process")
+        return ("apptsync-fetcher", "import job") in names and min(fetcher_consumed, writer_processed) >= PAGES
 
     await wait_until(complete, timeout_seconds=30, what="the import's spans")
     spans = trace_spans()
