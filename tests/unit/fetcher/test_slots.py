@@ -264,3 +264,27 @@ def test_a_shared_budget_provider_with_a_working_slots_worth_of_open_jobs_is_ski
     assert book.saturated_sources([]) == frozenset()  # calendly's limits are per user: never capped
     book.finished("a1")
     assert book.saturated_sources(["acuity"]) == frozenset()
+
+
+async def test_only_a_jobs_end_tells_the_claim_loop_that_a_held_back_job_may_be_claimable() -> None:
+    sleeps = FakeSleeps()
+    freed: list[str] = []
+    slots = JobSlots(
+        working_slots=2, max_open_jobs=4, on_slot_freed=lambda: freed.append("slot"),
+        on_job_finished=lambda: freed.append("job"), sleep_for=sleeps.sleep,
+    )  # fmt: skip
+    may_finish = asyncio.Event()
+
+    async def job() -> None:
+        async with slots.running("a"):
+            await slots.sleep(60.0)
+            await may_finish.wait()
+
+    slots.claimed("a")
+    task = asyncio.create_task(job())
+    await settle()
+    assert freed == ["slot"]  # lent out: no job ended
+    sleeps.end_all()
+    may_finish.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert freed == ["slot", "job", "slot"]

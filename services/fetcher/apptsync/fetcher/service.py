@@ -89,11 +89,12 @@ async def run_fetcher(
         )
         # A job waiting for a provider (its rate window and budgets, its answer, a Retry-After or backoff
         # of a second or more) lends its working slot to another job meanwhile.
-        slot_freed = asyncio.Event()
+        slot_freed, job_finished = asyncio.Event(), asyncio.Event()
         slots = JobSlots(
             working_slots=settings.max_concurrent_jobs,
             max_open_jobs=max(settings.max_open_jobs, settings.max_concurrent_jobs),
             on_slot_freed=slot_freed.set,
+            on_job_finished=job_finished.set,
         )
         http = ProviderHttp(
             sleep=slots.sleep,
@@ -140,7 +141,7 @@ async def run_fetcher(
             await health.set_serving(True)
         async with asyncio.TaskGroup() as group:
             routing = group.create_task(router.run())
-            running = await _claim_loop(ctx, group, wake, stop, slots, slot_freed)
+            running = await _claim_loop(ctx, group, wake, stop, slots, slot_freed, job_finished)
             # Stop intake (no claims since `stop`), then drain: each job finishes its pages in flight.
             if health is not None:
                 await health.set_serving(False)
@@ -165,10 +166,16 @@ async def _claim_loop(
     stop: asyncio.Event,
     slots: JobSlots,
     slot_freed: asyncio.Event,
+    job_finished: asyncio.Event,
 ) -> set[asyncio.Task[None]]:
     """Claims jobs while `slots` allows (a working slot free, no waiting job queued for one, fewer than
-    `max_open_jobs` open) until `stop` is set; returns the jobs still running. `slot_freed` is set by
-    `slots` whenever a slot may have come free."""
+    `max_open_jobs` open) until `stop` is set; returns the jobs still running. `slots` sets `slot_freed`
+    whenever a slot may have come free and `job_finished` when a job ended.
+
+    After a claim that found nothing with a slot free, only a notification (`wake`), a job's end or the
+    poll interval lead to the next claim: a slot lent out while its job waits for a provider (every
+    Acuity request waits for the shared budget) cannot make a job claimable that the query just did not
+    find, and claiming on each of them cost one query per provider request."""
     running: set[asyncio.Task[None]] = set()
     # Each claim gets its own lease owner token, so two claims of one job in this process stay apart.
     claims = itertools.count(1)
@@ -180,7 +187,10 @@ async def _claim_loop(
         # the wait below instead of being lost until the next poll.
         wake.clear()
         slot_freed.clear()
-        if slots.may_claim():
+        job_finished.clear()
+        # True when no slot was free: then a slot lent out is worth a claim.
+        blocked = not slots.may_claim()
+        if not blocked:
             try:
                 # Idle polling: a trace per poll would bury the traces of imports.
                 with untraced():
@@ -204,7 +214,8 @@ async def _claim_loop(
             running.add(task)
             task.add_done_callback(running.discard)
             continue
-        waiters = [asyncio.ensure_future(e.wait()) for e in (wake, stop, slot_freed)]
+        wakers = (wake, stop, job_finished, slot_freed) if blocked else (wake, stop, job_finished)
+        waiters = [asyncio.ensure_future(e.wait()) for e in wakers]
         try:
             await asyncio.wait(waiters, timeout=ctx.settings.poll_interval_seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

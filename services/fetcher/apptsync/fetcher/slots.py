@@ -168,8 +168,10 @@ class JobSlots:
     and retry backoffs all pass through it); `claimed(job_key)` records a claim, `running(job_key)`
     runs it in its slot and marks the current task as the job's.
 
-    `on_slot_freed` is called whenever a slot may have become claimable (the claim loop's wake-up).
-    `sleep_for` is the real sleep (tests pass a fake)."""
+    `on_slot_freed` is called whenever a slot may have become claimable (a job lent its slot out or
+    ended); `on_job_finished` only when a job ended, which may also make a queued job claimable that
+    was held back before (its tenant's cap of running jobs, its source's saturation) while a lent slot
+    changes nothing for those. `sleep_for` is the real sleep (tests pass a fake)."""
 
     def __init__(
         self,
@@ -178,11 +180,13 @@ class JobSlots:
         max_open_jobs: int,
         release_after_seconds: float = 1.0,
         on_slot_freed: Callable[[], None] = lambda: None,
+        on_job_finished: Callable[[], None] = lambda: None,
         sleep_for: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.book = SlotBook(working_slots=working_slots, max_open_jobs=max_open_jobs)
         self._release_after_seconds = release_after_seconds
         self._on_slot_freed = on_slot_freed
+        self._on_job_finished = on_job_finished
         self._sleep_for = sleep_for
         self._granted: dict[str, asyncio.Event] = {}
         self.slot_releases = 0
@@ -210,6 +214,7 @@ class JobSlots:
             _CURRENT_JOB.reset(token)
             del self._granted[job_key]
             self._wake(self.book.finished(job_key))
+            self._on_job_finished()
             self._on_slot_freed()
 
     async def sleep(self, seconds: float) -> None:
