@@ -70,7 +70,8 @@ def test_a_person_seen_by_email_in_one_source_and_by_phone_in_another_is_one_con
     assert resolution.contact_of == [("new", 0)] * 3
     assert list(resolution.new_contacts) == [("new", 0)]
     assert resolution.new_contacts[("new", 0)] == (
-        "acuity", "person:email:ada@example.org", "Ada L.", "ADA@EXAMPLE.ORG", "+1 415 555 0123")  # latest wins
+        "acuity", "person:email:ada@example.org", "Ada L.", "ada@example.org", "+1 415 555 0123")  # latest wins,
+    # unless it only spells the value it replaces otherwise (the email's case here)
     assert set(resolution.identities) == {("email", "ada@example.org"), ("phone", "+14155550123")}
 
 
@@ -83,7 +84,7 @@ def test_an_observation_linking_two_stored_contacts_merges_them_into_the_lower_i
     assert resolution.merges == {7: 3}
     assert resolution.contact_of == [3]
     assert resolution.new_contacts == {} and resolution.identities == {}  # every identity was owned
-    assert resolution.updates == {3: ("Ada", "ada@example.org", "415 555 0123")}
+    assert resolution.updates == {3: ("Ada", "ada@example.org", "4155550123")}  # the phone only re-spelled
 
 
 def test_sharing_any_identity_makes_one_person_transitively() -> None:
@@ -141,3 +142,13 @@ def test_match_keys_name_the_first_identity() -> None:
 def test_the_first_identity_is_the_first_of_all_of_them(observation: Observation) -> None:
     found = identities(observation)
     assert first_identity(observation) == (found[0] if found else None)
+
+
+def test_a_re_spelled_value_keeps_the_stored_text_and_a_different_one_replaces_it() -> None:
+    ada = StoredContact(7, "Ada Lovelace", "ada@example.org", "(415) 555-0123",
+                        frozenset({("email", "ada@example.org"), ("phone", "+14155550123")}))
+    same_person_respelled = Observation("acuity", "ada  LOVELACE", " Ada@Example.org", "415.555.0123")
+    assert resolve(observed(same_person_respelled), [ada]).updates == {}
+
+    moved = Observation("acuity", "Ada King", "ada@example.org", "(415) 555-0199")
+    assert resolve(observed(moved), [ada]).updates == {7: ("Ada King", "ada@example.org", "(415) 555-0199")}

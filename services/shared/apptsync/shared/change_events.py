@@ -21,7 +21,7 @@ from typing import Any
 from apptsync.shared.appointments import AppointmentStatus
 from apptsync.shared.messages.appointment_pages import STATUS_TO_PROTO
 from apptsync.shared.settings import KafkaSettings
-from apptsync.shared.timestamps import timestamp
+from apptsync.shared.timestamps import timestamp, timestamp_fields
 from apptsync.v1 import change_events_pb2
 
 
@@ -158,8 +158,8 @@ def _money(state: Mapping[str, Any], prefix: str) -> dict[str, Any] | None:
 def _state_message(state: Mapping[str, Any]) -> change_events_pb2.AppointmentState:
     fields: dict[str, Any] = {
         "connection_id": state["connection_id"],
-        "starts_at": timestamp(_required_moment(state, "starts_at")),
-        "ends_at": timestamp(_required_moment(state, "ends_at")),
+        "starts_at": timestamp_fields(_required_moment(state, "starts_at")),
+        "ends_at": timestamp_fields(_required_moment(state, "ends_at")),
         "timezone": state["timezone"],
         "status": STATUS_TO_PROTO[AppointmentStatus(state["status"])],
         "title": state["title"],
@@ -173,7 +173,7 @@ def _state_message(state: Mapping[str, Any]) -> change_events_pb2.AppointmentSta
         "external_url": state["external_url"],
         "rescheduled_to_external_id": state.get("rescheduled_to_external_id") or "",
         "rescheduled_from_external_id": state.get("rescheduled_from_external_id") or "",
-        "observed_at": timestamp(_required_moment(state, "observed_at")),
+        "observed_at": timestamp_fields(_required_moment(state, "observed_at")),
     }
     for prefix, name in (("price", "price"), ("amount_paid", "amount_paid")):
         money = _money(state, prefix)
@@ -181,7 +181,7 @@ def _state_message(state: Mapping[str, Any]) -> change_events_pb2.AppointmentSta
             fields[name] = money
     deleted_at = _moment(state.get("deleted_at"))
     if deleted_at is not None:
-        fields["deleted_at"] = timestamp(deleted_at)
+        fields["deleted_at"] = timestamp_fields(deleted_at)
     return change_events_pb2.AppointmentState(**fields)
 
 

@@ -23,7 +23,8 @@ appointment is for. Its *identities* are, in matching priority:
   creation).
 - A merge moves the loser's identities to the winner; the store re-points its appointments (and so
   its payments, which belong to appointments) and deletes it.
-- The contact's name, email and phone columns take the latest non-empty value observed.
+- The contact's name, email and phone columns take the latest non-empty value observed that says
+  something else (a re-spelling: other case or spacing, a phone's punctuation, keeps the stored text).
 
 The result depends only on the stored identities and the observations' order, so a page applied
 again changes nothing (every identity is owned already), and two writers of one tenant serialize on
@@ -33,7 +34,7 @@ a per-tenant lock in the store so each resolves against the other's committed re
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import phonenumbers
@@ -163,6 +164,29 @@ class Resolution:
     updates: dict[int, tuple[str, str, str]] = field(default_factory=dict)
 
 
+def _name_form(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def _email_form(email: str) -> str:
+    return email.strip().casefold()
+
+
+def _phone_form(phone: str) -> str:
+    return "".join(character for character in phone if character.isdigit())
+
+
+def _latest(current: str, observed: str, form: Callable[[str], str]) -> str:
+    """The contact's value after `observed`: the observed text when it is not empty and says something
+    else than `current`; a mere re-spelling (case, spacing, a phone's punctuation, as a client list
+    and a booking form write one number differently) keeps the stored text, or every first import
+    rewrote most contacts it had just created from the client list (57,044 of 98,635 measured)."""
+    observed = observed.strip()
+    if not observed or (current and form(observed) == form(current)):
+        return current
+    return observed
+
+
 def match_key(identity: Identity) -> str:
     """The `contacts.match_key` of a contact created with `identity`: `person:<kind>:<value>`."""
     return f"person:{identity[0]}:{identity[1]}"
@@ -225,9 +249,9 @@ def resolve(
                 owner[identity] = current
                 person.identities.add(identity)
                 resolution.identities[identity] = current
-        person.name = observation.name.strip() or person.name
-        person.email = observation.email.strip() or person.email
-        person.phone = observation.phone.strip() or person.phone
+        person.name = _latest(person.name, observation.name, _name_form)
+        person.email = _latest(person.email, observation.email, _email_form)
+        person.phone = _latest(person.phone, observation.phone, _phone_form)
         resolution.contact_of.append(current)
 
     resolution.contact_of = [None if ref is None else root(ref) for ref in resolution.contact_of]

@@ -10,8 +10,9 @@ claim (at least once).
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from apptsync.shared.change_events import OutboxChange
 from apptsync.shared.db.pool import DATABASE_ERRORS, translate_database_error
@@ -32,7 +33,8 @@ PENDING_CHANGES = "SELECT apptsync_pending_changes()"
 
 
 def outbox_change(record: Any) -> OutboxChange:
-    """An OutboxChange from a CLAIM_CHANGES row (jsonb as text, parsed here)."""
+    """An OutboxChange from a CLAIM_CHANGES row (jsonb as text, parsed here; orjson because the
+    standard library's parser was 6 % of the writer's CPU in a 100,000-row first import)."""
     previous = record["previous"]
     return OutboxChange(
         change_id=record["change_id"],
@@ -40,8 +42,8 @@ def outbox_change(record: Any) -> OutboxChange:
         external_source=record["external_source"],
         external_id=record["external_id"],
         row_version=record["row_version"],
-        previous=None if previous is None else json.loads(previous),
-        state=json.loads(record["state"]),
+        previous=None if previous is None else orjson.loads(previous),
+        state=orjson.loads(record["state"]),
         raw_changed=record["raw_changed"],
     )
 
