@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
+import phonenumbers
 import pytest
 
 from apptsync.writer.contacts import (
     ContactRef,
     Observation,
     StoredContact,
+    _plain_nanp_number,
     first_identity,
     identities,
     match_key,
@@ -152,3 +156,29 @@ def test_a_re_spelled_value_keeps_the_stored_text_and_a_different_one_replaces_i
 
     moved = Observation("acuity", "Ada King", "ada@example.org", "(415) 555-0199")
     assert resolve(observed(moved), [ada]).updates == {7: ("Ada King", "ada@example.org", "(415) 555-0199")}
+
+
+def _phonenumbers_e164(text: str, region: str) -> str | None:
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def test_the_plain_north_american_shortcut_answers_what_phonenumbers_answers() -> None:
+    rng = random.Random(20261207)
+    formats = ("({}) {}-{}", "{}.{}.{}", "{} {} {}", "+1 {} {} {}", "1-{}-{}-{}", "+1({}){}{}", "{}{}{}", "1{}{}{}")
+    taken = 0
+    for _ in range(4_000):
+        if rng.random() < 0.5:
+            digits = "".join(rng.choice("0123456789") for _ in range(10))
+            text = rng.choice(formats).format(digits[:3], digits[3:6], digits[6:])
+        else:  # anything else built from the same characters: mostly left to phonenumbers
+            text = "".join(rng.choice("0123456789 ()-.+x") for _ in range(rng.randint(1, 16))).strip() or "0"
+        region = rng.choice(("US", "CA", "GB", "DE"))
+        assert normalize_phone(text, region) == _phonenumbers_e164(text, region), (text, region)
+        taken += _plain_nanp_number(text, region) is not None
+    assert taken > 500  # the shortcut did answer the plainly written North American numbers

@@ -53,6 +53,37 @@ def normalize_email(email: str) -> str | None:
     return folded if at and local and domain and " " not in folded else None
 
 
+# What a North American number may be written with besides its digits, when nothing else is there.
+_NANP_PUNCTUATION = frozenset(" ()-.")
+_NANP_REGIONS = frozenset({"US", "CA"})
+
+
+def _plain_nanp_number(text: str, region: str) -> str | None:
+    """The E.164 form `phonenumbers` gives a plainly written North American number ("(415) 555-0123",
+    "1 415 555 0123", "+1.415.555.0123"), found without it; None for anything else (parsed by
+    `phonenumbers`). Every phone of a first import is new to the memo below, and `phonenumbers` was
+    5 % of the writer's CPU there. Only ten digits after an optional country code 1, the first of them
+    2-9 (a 1 there would be read as a trunk prefix), and punctuation: such a number is always possible
+    (NANP numbers have ten digits), so the result is exactly `phonenumbers`'s (tested against it)."""
+    plus = text.startswith("+")
+    body = text[1:] if plus else text
+    if not plus and region not in _NANP_REGIONS:
+        return None
+    digits = []
+    for character in body:
+        if character.isdigit() and character.isascii():
+            digits.append(character)
+        elif character not in _NANP_PUNCTUATION:
+            return None
+    if len(digits) == 11 and digits[0] == "1":
+        digits = digits[1:]
+    elif plus or len(digits) != 10:
+        return None
+    if digits[0] in "01":
+        return None
+    return "+1" + "".join(digits)
+
+
 # A client's phone comes back with every appointment of theirs, and parsing costs ~20 us: a bounded
 # memo of the pure mapping (20,000 appointments of 5,000 clients: 11 % of the writer's CPU uncached).
 @functools.lru_cache(maxsize=65_536)
@@ -64,6 +95,9 @@ def normalize_phone(phone: str, default_region: str = DEFAULT_PHONE_REGION) -> s
     text = phone.strip()
     if not text:
         return None
+    fast = _plain_nanp_number(text, (default_region or DEFAULT_PHONE_REGION).upper())
+    if fast is not None:
+        return fast
     try:
         number = phonenumbers.parse(text, (default_region or DEFAULT_PHONE_REGION).upper())
     except phonenumbers.NumberParseException:
