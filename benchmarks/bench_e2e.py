@@ -71,7 +71,7 @@ from apptsync.v1 import imports_pb2, imports_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_writer import COPY_COLUMNS, LEGACY_INSERT, LEGACY_UPDATE, jsonb_binary, jsonb_text
 from benchmarks.results import write_result
-from tests.hooked_services import hooked_command
+from tests.hooked_services import LIFTED_REQUESTS_PER_SECOND, hooked_command
 
 TENANT_ID = str(uuid.UUID("5b0c4a2e-7d1f-4e3a-9c8b-6a5f4e3d2c1b"))
 CONNECTION_ID = "bench-e2e"
@@ -626,7 +626,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="pages without a result (gateway max 64; the writer buffers up to this many pages when it lags)",
     )
     parser.add_argument("--resync-page-size", type=int, default=100, help="page size of the re-syncs (gateway default)")
-    parser.add_argument("--provider-requests-per-second", type=float, default=1000.0)
+    parser.add_argument("--provider-requests-per-second", type=float, default=LIFTED_REQUESTS_PER_SECOND)
     parser.add_argument(
         "--paid-share", type=float, default=0.05,
         help="share of the appointments paid at booking, each one payment request (the legacy tenant's: ~0.05; "

@@ -63,7 +63,7 @@ from apptsync.v1 import imports_pb2, imports_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 from benchmarks.bench_e2e import cpu_seconds
 from benchmarks.results import write_result
-from tests.hooked_services import hooked_command
+from tests.hooked_services import LIFTED_REQUESTS_PER_SECOND, hooked_command
 
 REPOSITORY = Path(__file__).resolve().parent.parent.parent
 DLT_PIPELINE = Path(__file__).resolve().parent / "dlt_pipeline.py"
@@ -320,8 +320,9 @@ async def start(args: argparse.Namespace, state_dir: Path) -> tuple[list[Phase],
     window = (today - timedelta(days=SPREAD_DAYS + WINDOW_MARGIN_DAYS),
               today + timedelta(days=SPREAD_DAYS + WINDOW_MARGIN_DAYS))  # fmt: skip
     async with (
+        # Both sides: lifted limits (apptsync's budgets through the hook, the simulator's below).
         DevStack(state_dir / "stack", gateway_port=None, extra_env=env, ready_timeout_seconds=600,
-                 command=hooked_command(provider_requests_per_second=1000)) as stack,  # both sides: lifted limits
+                 command=hooked_command(provider_requests_per_second=LIFTED_REQUESTS_PER_SECOND)) as stack,
         httpx.AsyncClient(base_url=stack.addresses.simulator_url, timeout=600) as admin,
         grpc.aio.insecure_channel(stack.addresses.gateway_address) as channel,
     ):

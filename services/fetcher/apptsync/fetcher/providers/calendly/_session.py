@@ -29,7 +29,7 @@ CALENDLY_TOKEN_URL = "https://auth.calendly.com/oauth/token"  # noqa: S105 (a UR
 # ProviderHttp honours per connection; this process-wide budget only caps our own burst.
 CALENDLY_RATE_BUDGET = RateBudget(requests_per_period=1000, period_seconds=1.0, max_concurrent=20)
 # Invitee lists of one page fetched at once (one job stays well inside the process-wide budget).
-INVITEE_FETCH_CONCURRENCY = 4
+INVITEE_FETCH_CONCURRENCY = 16
 
 
 def collection_and_next_token(body: JsonValue, *, path: str) -> tuple[list[JsonValue], str | None]:
