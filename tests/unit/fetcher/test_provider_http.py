@@ -10,6 +10,10 @@ from email.utils import format_datetime
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from apptsync.fetcher.providers import (
     JsonResponse,
@@ -19,6 +23,7 @@ from apptsync.fetcher.providers import (
     backoff_seconds,
     retry_after_seconds,
 )
+from apptsync.fetcher.providers._http import _ClientSpans, vetted_prefix
 from apptsync.shared.appointments import Source
 from apptsync.shared.errors import (
     OutboundRefusedError,
@@ -327,3 +332,72 @@ async def test_each_attempt_waits_for_the_provider_inside_provider_wait_and_pars
 
     assert response.body == [{"id": 1}] and response.retries == 1
     assert events == ["wait begins", "request sent", "wait ends"] * 2
+
+
+def test_a_vetted_prefix_is_the_url_up_to_its_path_when_nothing_after_it_is_ambiguous() -> None:
+    assert vetted_prefix("https://api.calendly.com/scheduled_events/E1/invitees") == "https://api.calendly.com/"
+    assert vetted_prefix("http://127.0.0.1:8710/calendly/x?y=1") == "http://127.0.0.1:8710/"
+    assert vetted_prefix("https://api.calendly.com") is None  # no path: nothing to remember
+    assert vetted_prefix("https://api.calendly.com/a\\@evil.example/") is None
+    assert vetted_prefix("https://api.calendly.com/a b") is None
+    assert vetted_prefix("api.calendly.com/x") is None
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "https://acuity.test.evil.example/api/v1/appointments",
+        "https://acuity.test@evil.example/api/v1/appointments",
+        "https://acuity.test:444/api/v1/appointments",
+        "https://acuity.test/api/v1/\\\\evil.example/",
+    ],
+)
+async def test_an_allowed_prefix_seen_before_lets_no_other_origin_through(hostile: str) -> None:
+    script, sleep = Scripted(ok()), FakeSleep()
+    http = make_http(script, sleep)
+    try:
+        await http.get_json(source=Source.ACUITY, budget=GENEROUS, url=URL, params={}, headers=HEADERS)
+        with pytest.raises(OutboundRefusedError):
+            await http.get_json(source=Source.ACUITY, budget=GENEROUS, url=hostile, params={}, headers=HEADERS)
+    finally:
+        await http.aclose()
+    assert [str(r.url) for r in script.requests] == [URL]
+
+
+async def test_every_request_asks_for_json_names_itself_and_accepts_compression() -> None:
+    script, sleep = Scripted(ok()), FakeSleep()
+    await get(make_http(script, sleep))
+    (sent,) = script.requests
+    assert sent.headers["Accept"] == "application/json"
+    assert sent.headers["Accept-Encoding"] == "gzip, deflate"
+    assert sent.headers["User-Agent"].startswith("apptsync/")
+    assert sent.headers["Authorization"] == HEADERS["Authorization"]
+    assert str(sent.url) == f"{URL}?max=5"
+
+
+async def test_each_provider_call_is_one_client_span_without_query_or_error_text() -> None:
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    replies: list[Reply] = [httpx.Response(503), httpx.ConnectError("refused by 10.0.0.1")]
+
+    def answer(_request: httpx.Request) -> httpx.Response:
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    transport = _ClientSpans(httpx.MockTransport(answer), tracer=provider.get_tracer("test"))
+    request = httpx.Request("GET", "https://acuity.test/api/v1/clients?search=ada%40example.org")
+    assert (await transport.handle_async_request(request)).status_code == 503
+    with pytest.raises(httpx.ConnectError):
+        await transport.handle_async_request(request)
+    answered, failed = exported.get_finished_spans()
+    assert answered.name == "GET" and answered.kind == SpanKind.CLIENT
+    assert dict(answered.attributes or {}) == {
+        "http.request.method": "GET", "url.full": "https://acuity.test/api/v1/clients",
+        "server.address": "acuity.test", "server.port": 443, "http.response.status_code": 503, "error.type": "503",
+    }  # fmt: skip
+    assert answered.status.status_code == StatusCode.ERROR
+    assert (failed.attributes or {})["error.type"] == "ConnectError"
+    assert failed.events == () and "10.0.0.1" not in failed.to_json()
