@@ -96,19 +96,17 @@ async def test_three_replicas_together_keep_one_acuity_budget(service_dsn: str) 
         # each replica alone would keep 20 open, the three together 60.
         (await admin.put("/_admin/acuity/faults", json={"latency_ms": 3_000})).raise_for_status()
         pools = [await asyncpg.create_pool(service_dsn, min_size=1, max_size=4) for _ in range(REPLICAS)]
-        https = [
-            ProviderHttp(
-                outbound=OutboundPolicy.allowing(simulator.base_url),
-                timeout_seconds=30.0,
-                shared_budget=PostgresSharedBudget(
-                    pool,
-                    sources=[Source.ACUITY],
-                    budget_key="egress-a",
-                    holder=f"replica-{n}",
-                    http_timeout_seconds=30.0,
-                ),
+        budgets = [
+            PostgresSharedBudget(
+                pool, sources=[Source.ACUITY], budget_key="egress-a", holder=f"replica-{n}", http_timeout_seconds=30.0
             )
             for n, pool in enumerate(pools)
+        ]
+        https = [
+            ProviderHttp(
+                outbound=OutboundPolicy.allowing(simulator.base_url), timeout_seconds=30.0, shared_budget=budget
+            )
+            for budget in budgets
         ]
         days = [ANCHOR + timedelta(days=offset) for offset in range(-12, 12)]
         started = time.monotonic()
@@ -123,6 +121,8 @@ async def test_three_replicas_together_keep_one_acuity_budget(service_dsn: str) 
         finally:
             for http in https:
                 await http.aclose()
+            for budget in budgets:
+                await budget.close()
             for pool in pools:
                 await pool.close()
         elapsed_seconds = time.monotonic() - started
@@ -334,7 +334,8 @@ async def test_a_429_pauses_the_budget_for_every_replica(pool: asyncpg.Pool) -> 
 
 
 async def test_what_a_request_pays_for_the_shared_budget(pool: asyncpg.Pool) -> None:
-    """Acquire and release of an idle budget (no slot wait): the overhead every request pays."""
+    """Acquire and release of an idle budget (no slot wait), one request after the other: the overhead
+    every request pays (the release rides on the next acquire)."""
     shared = PostgresSharedBudget(
         pool, sources=[Source.ACUITY], budget_key="overhead", holder="bench", http_timeout_seconds=30.0
     )
@@ -345,6 +346,7 @@ async def test_what_a_request_pays_for_the_shared_budget(pool: asyncpg.Pool) -> 
         lease_id = await shared.acquire(Source.ACUITY, idle)
         await shared.release(lease_id)
         durations.append(time.perf_counter() - started)
+    await shared.close()
     mean_ms = statistics.mean(durations) * 1000
     p95_ms = statistics.quantiles(durations, n=20)[-1] * 1000
     print(f"\nshared budget overhead per request: mean {mean_ms:.2f} ms, p95 {p95_ms:.2f} ms (acquire + release)")
