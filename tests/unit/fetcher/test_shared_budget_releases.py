@@ -1,7 +1,8 @@
 """PostgresSharedBudget ends a finished request's lease without a statement of its own: the next acquire
 carries it; when none comes within RELEASE_FLUSH_DELAY_SECONDS, one flush ends every lease pending;
-close() ends what is left. A failed acquire keeps the leases it carried pending; a failed flush leaves
-them to expire. No I/O: provider_budgets is replaced by a recording fake, time by a virtual clock."""
+close() ends what is left; while a request waits for a lease (the budget is full) a release ends at
+once. A failed acquire keeps the leases it carried pending; a failed flush leaves them to expire. No
+I/O: provider_budgets is replaced by a recording fake, time by a virtual clock."""
 
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ class FakeStore:
         self.statements: list[tuple[str, list[int]]] = []
         self.next_lease = 1
         self.acquire_error: Exception | None = None
+        self.full = False  # every lease held: grants nothing, ask again after 0.1 s
         self.release_error: Exception | None = None
         self.release_gate: asyncio.Event | None = None
         self.released: list[int] = []  # by release_many statements that completed
@@ -80,6 +82,8 @@ class FakeStore:
         self.statements.append(("acquire", list(finished_leases)))
         if self.acquire_error is not None:
             raise self.acquire_error
+        if self.full:
+            return BudgetGrant(None, 0.1)
         lease, self.next_lease = self.next_lease, self.next_lease + 1
         return BudgetGrant(lease, 0.0)
 
@@ -189,6 +193,26 @@ async def test_close_waits_for_a_flush_in_its_statement_instead_of_cancelling_it
 
     assert store.statements == [("acquire", []), ("release_many", [1]), ("acquire", []), ("release_many", [2])]
     assert store.released == [1, 2]  # the flush's statement completed
+
+
+async def test_while_a_request_waits_for_a_lease_a_release_ends_at_once(
+    budget: PostgresSharedBudget, clock: VirtualClock, store: FakeStore
+) -> None:
+    """Carried by this process's next poll, the freed lease would go to its own waiting request every
+    time; ended at once, whichever replica asks first gets it."""
+    lease = await budget.acquire(Source.ACUITY, BUDGET)
+    store.full = True
+    waiting = asyncio.create_task(budget.acquire(Source.ACUITY, BUDGET))
+    await settle()
+    await budget.release(lease)
+    assert store.statements == [("acquire", []), ("acquire", []), ("release_many", [1])]
+
+    store.full = False
+    await clock.advance(0.1)
+    assert await waiting == 2
+    await budget.release(2)  # nobody waits any more: it rides again
+    await budget.acquire(Source.ACUITY, BUDGET)
+    assert store.statements[3:] == [("acquire", []), ("acquire", [2])]
 
 
 async def test_a_failed_acquire_keeps_the_leases_it_carried_for_the_next_statement(

@@ -4,8 +4,10 @@ Implements providers.SharedBudget over apptsync.shared.db.provider_budgets (the 
 in migration 0010). Per request: one statement reserves a slot and a concurrency lease and, in the same
 statement, ends the leases of the requests this process finished since its previous one (migration
 0017). A finished lease no acquire carries within RELEASE_FLUSH_DELAY_SECONDS is ended by a flush, one
-statement for all leases pending then. A 429 adds one statement that pauses the budget for every
-replica.
+statement for all leases pending then. While a request of this process waits for a lease (every lease
+of the budget is held), a release ends at once with a statement of its own, so that the freed lease
+goes to whichever replica asks first (see `release`). A 429 adds one statement that pauses the budget
+for every replica.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from apptsync.fetcher.providers import RateBudget
 from apptsync.shared.appointments import Source
 from apptsync.shared.db import provider_budgets
 from apptsync.shared.db.pool import DATABASE_ERRORS, translate_database_error
+from apptsync.shared.db.provider_budgets import BudgetGrant
 from apptsync.shared.errors import ProviderUnavailableError
 
 _log = logging.getLogger("apptsync.fetcher.shared_budget")
@@ -33,12 +36,13 @@ LEASE_MARGIN_SECONDS = 5.0
 LATE_WAKE_SPACINGS = 0.75
 # A finished request's lease is ended by this process's next acquire, in the same statement, or, when
 # no acquire comes within this delay, by a flush of its own. Until then the lease still counts against
-# the budget's concurrency for every replica: this is how much longer a request holds one. 50 ms is
-# short next to the requests that make the concurrency bound bind (Acuity: 20 leases, one slot every
-# 110 ms, so only requests lasting 2.2 s or more fill it; 50 ms more each is under 2.5 % of the bound),
-# and a process sending at the budget's pace acquires every 110 ms, so a good share of releases (all
-# those followed by an acquire within 50 ms) ride on an acquire. When the bound binds, a finished
-# request frees a local connection whose next request acquires at once: nearly every release rides.
+# the budget's concurrency for every replica: a request holds it up to this much longer. 50 ms is small
+# next to the requests that make the concurrency bound bind (Acuity: 20 leases, a slot every 110 ms, so
+# only requests lasting 2.2 s or more fill it; 50 ms more each is under 2.5 % of the bound). Where the
+# statements cost, at high request rates, the next acquire comes well within it: at 1,000 requests/s
+# (the benchmarks' lifted budget) 1.1 statements per request instead of 2. At Acuity's own pace, one
+# acquire per 110 ms, most releases still wait out the delay and take a flush (measured 1.9-2.0
+# statements per request; 1.4-1.5 with a 120 ms delay), which at 10 requests/s PostgreSQL does not feel.
 RELEASE_FLUSH_DELAY_SECONDS = 0.05
 
 
@@ -82,6 +86,8 @@ class PostgresSharedBudget:
         self._flush: asyncio.Task[None] | None = None
         self._flush_sleeping = False
         self._closed = False
+        # Requests of this process now waiting for a lease because the budget's leases are all held.
+        self._waiting_for_lease = 0
 
     def covers(self, source: Source) -> bool:
         return source in self._sources
@@ -94,48 +100,35 @@ class PostgresSharedBudget:
         give_up_at = self._monotonic() + self._lease_seconds
         # Bounded twice: by time (give_up_at) and by count (polls one spacing apart cannot exceed this).
         max_polls = int(self._lease_seconds / spacing_seconds) + 2
-        for _poll in range(max_polls):
-            # Every finished lease rides on this statement (whichever budget it was of).
-            finished, self._finished = self._finished, []
-            try:
-                async with self._pool.acquire() as conn:
-                    grant = await provider_budgets.acquire(
-                        conn,
-                        provider=source.value,
-                        budget_key=self._budget_key,
-                        holder=self._holder,
-                        spacing_seconds=spacing_seconds,
-                        max_concurrent=budget.max_concurrent,
-                        lease_seconds=self._lease_seconds,
-                        finished_leases=finished,
-                    )
-            except BaseException as exc:
-                # Whether the statement ended them is unknown (ending them again is harmless): they stay
-                # pending for the next statement or the flush, rather than holding their share until
-                # they expire.
-                self._keep_finished(finished)
-                if isinstance(exc, DATABASE_ERRORS):
-                    raise translate_database_error(exc) from exc
-                raise
-            if grant.lease_id is not None:
-                if grant.wait_seconds <= 0:
-                    return grant.lease_id
-                due = self._monotonic() + grant.wait_seconds
-                try:
-                    await self._sleep(grant.wait_seconds)
-                except BaseException:
-                    # Cancelled while waiting for the slot: the caller never gets the lease to release.
-                    self._keep_finished([grant.lease_id])
-                    raise
-                if self._monotonic() - due <= spacing_seconds * LATE_WAKE_SPACINGS:
-                    return grant.lease_id
-                self.late_wakes += 1
-                # Given back by the next poll's statement, which comes at once.
-                self._finished.append(grant.lease_id)
-                continue
-            if self._monotonic() + grant.wait_seconds > give_up_at:
-                break
-            await self._sleep(grant.wait_seconds)
+        waiting_for_lease = False
+        try:
+            for _poll in range(max_polls):
+                grant = await self._acquire_once(source, budget, spacing_seconds)
+                if grant.lease_id is not None:
+                    if grant.wait_seconds <= 0:
+                        return grant.lease_id
+                    due = self._monotonic() + grant.wait_seconds
+                    try:
+                        await self._sleep(grant.wait_seconds)
+                    except BaseException:
+                        # Cancelled while waiting for the slot: the caller never gets the lease to release.
+                        self._keep_finished([grant.lease_id])
+                        raise
+                    if self._monotonic() - due <= spacing_seconds * LATE_WAKE_SPACINGS:
+                        return grant.lease_id
+                    self.late_wakes += 1
+                    # Given back by the next poll's statement, which comes at once.
+                    self._finished.append(grant.lease_id)
+                    continue
+                if not waiting_for_lease:
+                    waiting_for_lease = True
+                    self._waiting_for_lease += 1
+                if self._monotonic() + grant.wait_seconds > give_up_at:
+                    break
+                await self._sleep(grant.wait_seconds)
+        finally:
+            if waiting_for_lease:
+                self._waiting_for_lease -= 1
         # A lease given back by the last poll rides on no statement of this call.
         self._keep_finished([])
         raise ProviderUnavailableError(
@@ -143,12 +136,45 @@ class PostgresSharedBudget:
             f"for {self._lease_seconds:.0f} s"
         )
 
+    async def _acquire_once(self, source: Source, budget: RateBudget, spacing_seconds: float) -> BudgetGrant:
+        """One statement: ends every pending finished lease (whichever budget it was of) and asks for a
+        lease and a slot."""
+        finished, self._finished = self._finished, []
+        try:
+            async with self._pool.acquire() as conn:
+                return await provider_budgets.acquire(
+                    conn,
+                    provider=source.value,
+                    budget_key=self._budget_key,
+                    holder=self._holder,
+                    spacing_seconds=spacing_seconds,
+                    max_concurrent=budget.max_concurrent,
+                    lease_seconds=self._lease_seconds,
+                    finished_leases=finished,
+                )
+        except BaseException as exc:
+            # Whether the statement ended them is unknown (ending them again is harmless): they stay
+            # pending for the next statement or the flush, rather than holding their share until they
+            # expire.
+            self._keep_finished(finished)
+            if isinstance(exc, DATABASE_ERRORS):
+                raise translate_database_error(exc) from exc
+            raise
+
     async def release(self, lease_id: int) -> None:
-        """Ends the lease of a finished request, without a statement of its own: the next acquire ends
-        it in its statement, or a flush RELEASE_FLUSH_DELAY_SECONDS later when none comes (after
-        `close()`, a statement at once). Never raises: a lease whose end fails expires."""
+        """Ends the lease of a finished request. Usually without a statement of its own: the next
+        acquire ends it in its statement, or a flush RELEASE_FLUSH_DELAY_SECONDS later when none comes.
+        At once, together with the other pending leases, while a request of this process waits for a
+        lease (the budget is full) and after `close()`. Never raises: a lease whose end fails expires."""
         self._finished.append(lease_id)
-        if self._closed:
+        if self._waiting_for_lease or self._closed:
+            # A full budget: carried by this process's next poll, the freed lease would go to this
+            # process's waiting request in the same statement, every time, so a replica holding the
+            # leases would keep them while the other replicas' requests wait (each up to the lease
+            # time, then failing). Measured: a replica that started asking second got 17 % of the
+            # grants instead of 36-66 %. Ended now, the lease goes to whichever replica asks first, as
+            # before. The statements of a full budget are mostly its polls (one per waiting request and
+            # spacing), so this one costs little.
             await self._release_finished()
         else:
             self._keep_finished([])
