@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 import httpx
@@ -30,6 +31,9 @@ from apptsync.shared.db.migrator import migrate
 from apptsync.shared.outbound import OutboundPolicy
 from apptsync.shared.settings import SimulatorSettings
 from apptsync.simulator import account_for, running_simulator
+
+if TYPE_CHECKING:
+    from apptsync.shared.db import DbConnection
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +56,14 @@ async def pool(service_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(service_dsn, min_size=1, max_size=4)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+async def owner(service_dsn: str, database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """The tables' owner, to read what the service role may only reach through the functions."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
 
 
 async def drain_day(http: ProviderHttp, base_url: str, user_id: int, day: date) -> list[ProviderPage]:
@@ -84,19 +96,17 @@ async def test_three_replicas_together_keep_one_acuity_budget(service_dsn: str) 
         # each replica alone would keep 20 open, the three together 60.
         (await admin.put("/_admin/acuity/faults", json={"latency_ms": 3_000})).raise_for_status()
         pools = [await asyncpg.create_pool(service_dsn, min_size=1, max_size=4) for _ in range(REPLICAS)]
-        https = [
-            ProviderHttp(
-                outbound=OutboundPolicy.allowing(simulator.base_url),
-                timeout_seconds=30.0,
-                shared_budget=PostgresSharedBudget(
-                    pool,
-                    sources=[Source.ACUITY],
-                    budget_key="egress-a",
-                    holder=f"replica-{n}",
-                    http_timeout_seconds=30.0,
-                ),
+        budgets = [
+            PostgresSharedBudget(
+                pool, sources=[Source.ACUITY], budget_key="egress-a", holder=f"replica-{n}", http_timeout_seconds=30.0
             )
             for n, pool in enumerate(pools)
+        ]
+        https = [
+            ProviderHttp(
+                outbound=OutboundPolicy.allowing(simulator.base_url), timeout_seconds=30.0, shared_budget=budget
+            )
+            for budget in budgets
         ]
         days = [ANCHOR + timedelta(days=offset) for offset in range(-12, 12)]
         started = time.monotonic()
@@ -111,6 +121,8 @@ async def test_three_replicas_together_keep_one_acuity_budget(service_dsn: str) 
         finally:
             for http in https:
                 await http.aclose()
+            for budget in budgets:
+                await budget.close()
             for pool in pools:
                 await pool.close()
         elapsed_seconds = time.monotonic() - started
@@ -159,6 +171,137 @@ async def test_slots_are_spaced_and_leases_bounded_expired_and_released(pool: as
     assert (await acquire(NOW + timedelta(seconds=11))).lease_id is not None
 
 
+async def test_finished_leases_end_before_the_count_so_a_full_budget_grants_in_one_call(
+    pool: asyncpg.Pool, owner: asyncpg.Connection
+) -> None:
+    """Migration 0017: the leases a caller hands to acquire end before the budget's leases are counted;
+    only those end, and handing them again (a retried statement) is no error."""
+
+    async def acquire(conn: DbConnection, holder: str, finished: list[int]) -> provider_budgets.BudgetGrant:
+        return await provider_budgets.acquire(
+            conn,
+            provider="acuity",
+            budget_key="full",
+            holder=holder,
+            spacing_seconds=0.5,
+            max_concurrent=2,
+            lease_seconds=10.0,
+            now=NOW,
+            finished_leases=finished,
+        )
+
+    async with pool.acquire() as conn:
+        mine, other = await acquire(conn, "me", []), await acquire(conn, "other-replica", [])
+        assert mine.lease_id is not None and other.lease_id is not None
+        assert (await acquire(conn, "me", [])).lease_id is None  # at max_concurrent
+        # My request is done: the next acquire carries its lease and gets a lease in the same call.
+        next_grant = await acquire(conn, "me", [mine.lease_id])
+        assert next_grant.lease_id is not None
+        assert next_grant.wait_seconds == pytest.approx(1.0)  # the third slot: +0, +0.5, +1.0
+        # Only the given lease ended (the other replica's still holds), and handing it again is no error.
+        assert (await acquire(conn, "me", [mine.lease_id, 999_999_999])).lease_id is None
+    held = await owner.fetch("SELECT holder FROM provider_budget_leases WHERE budget_key = 'full' ORDER BY lease_id")
+    assert [r["holder"] for r in held] == ["other-replica", "me"]
+
+
+async def test_an_expired_lease_another_statement_is_ending_does_not_block_the_acquire(
+    pool: asyncpg.Pool, owner: asyncpg.Connection
+) -> None:
+    """The expired leases are deleted with SKIP LOCKED: a statement holding the budget's row lock never
+    waits for a lease row another statement is deleting (that one may wait for the budget's row)."""
+
+    async def acquire(now: datetime) -> provider_budgets.BudgetGrant:
+        async with pool.acquire() as conn:
+            return await provider_budgets.acquire(
+                conn,
+                provider="acuity",
+                budget_key="skip",
+                holder="t",
+                spacing_seconds=0.5,
+                max_concurrent=1,
+                lease_seconds=10.0,
+                now=now,
+            )
+
+    expired = (await acquire(NOW)).lease_id
+    transaction = owner.transaction()
+    await transaction.start()
+    await owner.execute("DELETE FROM provider_budget_leases WHERE lease_id = $1", expired)
+    try:
+        async with asyncio.timeout(10):
+            # Not waited for: the lease is skipped and still counted until its deletion commits.
+            assert (await acquire(NOW + timedelta(seconds=11))).lease_id is None
+    finally:
+        await transaction.commit()
+    assert (await acquire(NOW + timedelta(seconds=11))).lease_id is not None
+
+
+async def test_release_many_is_idempotent_and_ends_only_the_given_leases(
+    pool: asyncpg.Pool, owner: asyncpg.Connection
+) -> None:
+    async with pool.acquire() as conn:
+        grants = [
+            await provider_budgets.acquire(
+                conn,
+                provider="acuity",
+                budget_key="many",
+                holder="t",
+                spacing_seconds=0.1,
+                max_concurrent=5,
+                lease_seconds=10.0,
+                now=NOW,
+            )
+            for _ in range(3)
+        ]
+        leases = [g.lease_id for g in grants if g.lease_id is not None]
+        assert len(leases) == 3
+        await provider_budgets.release_many(conn, lease_ids=leases[:2])
+        await provider_budgets.release_many(conn, lease_ids=[*leases[:2], 999_999_999])  # again, and unknown
+        await provider_budgets.release_many(conn, lease_ids=[])
+    left = await owner.fetch("SELECT lease_id FROM provider_budget_leases WHERE budget_key = 'many'")
+    assert [r["lease_id"] for r in left] == [leases[2]]
+
+
+async def test_the_previous_releases_seven_argument_acquire_still_works_and_creates_the_row(
+    pool: asyncpg.Pool, owner: asyncpg.Connection
+) -> None:
+    """A fetcher of the previous release calls the seven-argument acquire during a rolling upgrade; the
+    first request of a budget creates its row."""
+    assert await owner.fetchval("SELECT count(*) FROM provider_budgets WHERE budget_key = 'old'") == 0
+    async with pool.acquire() as conn:
+        rows = [
+            await conn.fetchrow(
+                "SELECT lease_id, wait_seconds FROM apptsync_budget_acquire("
+                "$1, $2, $3, $4::double precision, $5::integer, $6::double precision, $7::timestamptz)",
+                "acuity",
+                "old",
+                "previous-release",
+                0.5,
+                1,
+                10.0,
+                NOW,
+            )
+            for _ in range(2)
+        ]
+        budget = await owner.fetchrow("SELECT next_slot_at FROM provider_budgets WHERE budget_key = 'old'")
+        assert rows[0] is not None and rows[1] is not None
+        await conn.execute("SELECT apptsync_budget_release($1::bigint)", rows[0]["lease_id"])
+        after_release = await provider_budgets.acquire(
+            conn,
+            provider="acuity",
+            budget_key="old",
+            holder="this-release",
+            spacing_seconds=0.5,
+            max_concurrent=1,
+            lease_seconds=10.0,
+            now=NOW,
+        )
+    assert (rows[0]["lease_id"] is not None, rows[0]["wait_seconds"]) == (True, 0.0)
+    assert rows[1]["lease_id"] is None  # max_concurrent 1
+    assert budget is not None and budget["next_slot_at"] == NOW + timedelta(seconds=0.5)
+    assert after_release.lease_id is not None and after_release.wait_seconds == pytest.approx(0.5)
+
+
 async def test_a_429_pauses_the_budget_for_every_replica(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         until = await provider_budgets.pause(conn, provider="acuity", budget_key="k", pause_seconds=4.0, now=NOW)
@@ -191,7 +334,8 @@ async def test_a_429_pauses_the_budget_for_every_replica(pool: asyncpg.Pool) -> 
 
 
 async def test_what_a_request_pays_for_the_shared_budget(pool: asyncpg.Pool) -> None:
-    """Acquire and release of an idle budget (no slot wait): the overhead every request pays."""
+    """Acquire and release of an idle budget (no slot wait), one request after the other: the overhead
+    every request pays (the release rides on the next acquire)."""
     shared = PostgresSharedBudget(
         pool, sources=[Source.ACUITY], budget_key="overhead", holder="bench", http_timeout_seconds=30.0
     )
@@ -202,8 +346,54 @@ async def test_what_a_request_pays_for_the_shared_budget(pool: asyncpg.Pool) -> 
         lease_id = await shared.acquire(Source.ACUITY, idle)
         await shared.release(lease_id)
         durations.append(time.perf_counter() - started)
+    await shared.close()
     mean_ms = statistics.mean(durations) * 1000
     p95_ms = statistics.quantiles(durations, n=20)[-1] * 1000
     print(f"\nshared budget overhead per request: mean {mean_ms:.2f} ms, p95 {p95_ms:.2f} ms (acquire + release)")
     # Against Acuity's 110 ms between requests the overhead must stay a small fraction.
     assert mean_ms < 25.0
+
+
+async def test_a_replica_that_starts_late_gets_its_share_of_a_full_budget(service_dsn: str) -> None:
+    """Replica A fills the budget's leases, then B starts asking too: a lease A frees while A has requests
+    waiting for one goes to whichever replica asks first, not to A's waiting requests by riding on their
+    polls (then A kept 83 % of the grants). Mixing shares like this is statistical: half is expected, a
+    quarter is the bound."""
+    budget = RateBudget(requests_per_period=50, period_seconds=1.0, max_concurrent=4)  # 20 ms spacing
+    hold_seconds = 0.3
+    pools = [await asyncpg.create_pool(service_dsn, min_size=1, max_size=4) for _ in range(2)]
+    shared = [
+        PostgresSharedBudget(
+            pool, sources=[Source.ACUITY], budget_key="late", holder=name, http_timeout_seconds=30.0
+        )
+        for name, pool in zip("AB", pools, strict=True)
+    ]
+    grants: list[tuple[str, float]] = []
+    started = time.monotonic()
+    stop_at = started + 4.0
+
+    async def worker(name: str, replica: PostgresSharedBudget) -> None:
+        while time.monotonic() < stop_at:
+            lease_id = await replica.acquire(Source.ACUITY, budget)
+            grants.append((name, time.monotonic() - started))
+            await asyncio.sleep(hold_seconds)
+            await replica.release(lease_id)
+
+    async def late(name: str, replica: PostgresSharedBudget, delay_seconds: float) -> None:
+        await asyncio.sleep(delay_seconds)
+        await worker(name, replica)
+
+    try:
+        async with asyncio.timeout(60):
+            await asyncio.gather(
+                *(worker("A", shared[0]) for _ in range(8)), *(late("B", shared[1], 1.0) for _ in range(8))
+            )
+    finally:
+        for replica in shared:
+            await replica.close()
+        for pool in pools:
+            await pool.close()
+    after_b_started = [name for name, at in grants if at >= 1.5]
+    share_b = after_b_started.count("B") / len(after_b_started)
+    print(f"\nB's share of the grants once it asks: {share_b:.0%} of {len(after_b_started)}")
+    assert share_b >= 0.25

@@ -1,10 +1,11 @@
 """PostgresSharedBudget: a request whose wake-up came too late for its slot takes a new slot (else it
-would land closer than one spacing to the next holder's request); one on time keeps its slot."""
+would land closer than one spacing to the next holder's request), giving the old one back in the same
+statement; one on time keeps its slot."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -41,17 +42,20 @@ class Clock:
 
 
 def budget_with(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> tuple[PostgresSharedBudget, list[int]]:
+    """The budget, and the leases ended so far: those acquire statements carried, then those released
+    by statements of their own (there must be none: a given-back slot rides on the next acquire)."""
     leases = iter(range(1, 100))
     released: list[int] = []
 
-    async def acquire(_conn: Any, **_kwargs: Any) -> BudgetGrant:
+    async def acquire(_conn: Any, *, finished_leases: Sequence[int] = (), **_kwargs: Any) -> BudgetGrant:
+        released.extend(finished_leases)
         return BudgetGrant(next(leases), 0.3)
 
-    async def release(_conn: Any, *, lease_id: int) -> None:
-        released.append(lease_id)
+    async def release_many(_conn: Any, *, lease_ids: Sequence[int]) -> None:
+        raise AssertionError(f"a statement of its own for {lease_ids}")
 
     monkeypatch.setattr(provider_budgets, "acquire", acquire)
-    monkeypatch.setattr(provider_budgets, "release", release)
+    monkeypatch.setattr(provider_budgets, "release_many", release_many)
     budget = PostgresSharedBudget(FakePool(), sources=[Source.ACUITY], budget_key="ip-1", holder="w",  # type: ignore[arg-type]
                                   http_timeout_seconds=10, sleep=clock.sleep, monotonic=clock.monotonic)
     return budget, released

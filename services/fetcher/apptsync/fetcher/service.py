@@ -87,6 +87,10 @@ async def run_fetcher(
             holder=worker_id,
             http_timeout_seconds=settings.http_timeout_seconds,
         )
+        # Ends the leases of the last finished requests, which wait to ride on a next acquire: after the
+        # jobs have drained (the stack unwinds after the task group) and before the pool closes (entered
+        # earlier, so closed later).
+        stack.push_async_callback(shared_budget.close)
         # A job waiting for a provider (its rate window and budgets, its answer, a Retry-After or backoff
         # of a second or more) lends its working slot to another job meanwhile.
         slot_freed, job_finished = asyncio.Event(), asyncio.Event()

@@ -88,7 +88,8 @@ class SharedBudget(Protocol):
         ...
 
     async def release(self, lease_id: int) -> None:
-        """Ends the lease once the response is in (never raises: an unreleased lease expires)."""
+        """Ends the lease once the response is in, possibly a moment later with another statement (never
+        raises: an unreleased lease expires)."""
         ...
 
     async def pause(self, source: Source, pause_seconds: float) -> None:
