@@ -401,3 +401,16 @@ async def test_each_provider_call_is_one_client_span_without_query_or_error_text
     assert answered.status.status_code == StatusCode.ERROR
     assert (failed.attributes or {})["error.type"] == "ConnectError"
     assert failed.events == () and "10.0.0.1" not in failed.to_json()
+
+
+async def test_a_sessions_own_accept_header_replaces_the_default_whatever_its_case() -> None:
+    script, sleep = Scripted(ok()), FakeSleep()
+    http = make_http(script, sleep)
+    try:
+        await http.get_json(
+            source=Source.ACUITY, budget=GENEROUS, url=URL, params={}, headers={"accept": "application/x-ndjson"}
+        )
+    finally:
+        await http.aclose()
+    (sent,) = script.requests
+    assert sent.headers.get_list("Accept") == ["application/x-ndjson"]

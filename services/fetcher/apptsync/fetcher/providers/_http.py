@@ -620,14 +620,12 @@ class ProviderHttp:
 
     async def _exchange(self, request: _Request) -> httpx.Response:
         """Sends `request` through the transport and reads the whole answer."""
+        headers = httpx.Headers(DEFAULT_REQUEST_HEADERS)
+        headers.update(request.headers)  # case-insensitively: a session's own Accept replaces ours
         sent = httpx.Request(
-            request.method,
-            request.url,
-            params=request.params or None,
-            data=request.form,
-            headers={**DEFAULT_REQUEST_HEADERS, **request.headers},
+            request.method, request.url, params=request.params or None, data=request.form, headers=headers,
             extensions=self._timeouts,
-        )
+        )  # fmt: skip
         response = await self._transport.handle_async_request(sent)
         response.request = sent  # what httpx's client does: not every transport sets it
         try:
