@@ -74,8 +74,8 @@ def test_a_person_seen_by_email_in_one_source_and_by_phone_in_another_is_one_con
     assert resolution.contact_of == [("new", 0)] * 3
     assert list(resolution.new_contacts) == [("new", 0)]
     assert resolution.new_contacts[("new", 0)] == (
-        "acuity", "person:email:ada@example.org", "Ada L.", "ada@example.org", "+1 415 555 0123")  # latest wins,
-    # unless it only spells the value it replaces otherwise (the email's case here)
+        "acuity", "person:email:ada@example.org", "Ada L.", "ada@example.org", "(415) 555-0123")  # latest wins,
+    # unless it only spells the value it replaces otherwise (the email's case, the phone's country code)
     assert set(resolution.identities) == {("email", "ada@example.org"), ("phone", "+14155550123")}
 
 
@@ -151,7 +151,7 @@ def test_the_first_identity_is_the_first_of_all_of_them(observation: Observation
 def test_a_re_spelled_value_keeps_the_stored_text_and_a_different_one_replaces_it() -> None:
     ada = StoredContact(7, "Ada Lovelace", "ada@example.org", "(415) 555-0123",
                         frozenset({("email", "ada@example.org"), ("phone", "+14155550123")}))
-    same_person_respelled = Observation("acuity", "ada  LOVELACE", " Ada@Example.org", "415.555.0123")
+    same_person_respelled = Observation("acuity", "ada  LOVELACE", " Ada@Example.org", "+1 415.555.0123")
     assert resolve(observed(same_person_respelled), [ada]).updates == {}
 
     moved = Observation("acuity", "Ada King", "ada@example.org", "(415) 555-0199")

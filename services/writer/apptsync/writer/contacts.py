@@ -207,7 +207,11 @@ def _email_form(email: str) -> str:
 
 
 def _phone_form(phone: str) -> str:
-    return "".join(character for character in phone if character.isdigit())
+    # The last ten digits: a country code or trunk prefix written or left out ("+1 555 010 2345",
+    # "(555) 010-2345", "020 7946 0958" / "+44 20 7946 0958") is a re-spelling. Only the displayed
+    # text depends on it (identities are E.164): two numbers that differ only before their last ten
+    # digits would keep the older text, nothing else.
+    return "".join(character for character in phone if character.isdigit())[-10:]
 
 
 def _latest(current: str, observed: str, form: Callable[[str], str]) -> str:
