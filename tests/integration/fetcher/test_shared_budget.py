@@ -354,11 +354,13 @@ async def test_what_a_request_pays_for_the_shared_budget(pool: asyncpg.Pool) -> 
     assert mean_ms < 25.0
 
 
-async def test_a_replica_that_starts_late_gets_its_share_of_a_full_budget(service_dsn: str) -> None:
-    """Replica A fills the budget's leases, then B starts asking too: a lease A frees while A has requests
-    waiting for one goes to whichever replica asks first, not to A's waiting requests by riding on their
-    polls (then A kept 83 % of the grants). Mixing shares like this is statistical: half is expected, a
-    quarter is the bound."""
+async def test_a_replica_that_starts_late_is_not_starved_by_a_full_budget(service_dsn: str) -> None:
+    """Replica A fills the budget's leases, then B starts asking too: B must get grants while A keeps
+    asking. How the grants split is up to whose poll comes first (polling is not first-come-first-
+    served): a clean run gave B 36-66 %, a loaded CI machine 17 %, the same as before releases could
+    ride on acquires. The rule that keeps A's finished leases from going only to A's own waiting polls
+    is tested without timing in tests/unit/fetcher/test_shared_budget_releases.py
+    (test_while_a_request_waits_for_a_lease_a_release_ends_at_once); here only starvation fails."""
     budget = RateBudget(requests_per_period=50, period_seconds=1.0, max_concurrent=4)  # 20 ms spacing
     hold_seconds = 0.3
     pools = [await asyncpg.create_pool(service_dsn, min_size=1, max_size=4) for _ in range(2)]
@@ -396,4 +398,4 @@ async def test_a_replica_that_starts_late_gets_its_share_of_a_full_budget(servic
     after_b_started = [name for name, at in grants if at >= 1.5]
     share_b = after_b_started.count("B") / len(after_b_started)
     print(f"\nB's share of the grants once it asks: {share_b:.0%} of {len(after_b_started)}")
-    assert share_b >= 0.25
+    assert after_b_started.count("B") >= 3, f"B got {after_b_started.count('B')} of {len(after_b_started)} grants"
