@@ -52,7 +52,8 @@ PROVIDER_HOSTS: Final[Mapping[Source, frozenset[str]]] = MappingProxyType(
 )
 _DEFAULT_PORTS: Final[Mapping[str, int]] = MappingProxyType({"https": 443, "http": 80})
 # Printable ASCII without space and backslash: what is left has one reading for every URL parser.
-_URL_CHARACTERS = re.compile(r"^[!-\[\]-~]+$")
+UNAMBIGUOUS_URL_CHARACTER = r"[!-\[\]-~]"
+_URL_CHARACTERS = re.compile(rf"^{UNAMBIGUOUS_URL_CHARACTER}+$")
 # A host name in lower case (urlsplit lowers it): letters, digits, dots and hyphens only; no
 # percent-encoding, no trailing dot (`api.calendly.com.` is not `api.calendly.com` to a comparison).
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"

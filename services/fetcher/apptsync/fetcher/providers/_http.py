@@ -37,7 +37,7 @@ from apptsync.shared.errors import (
     ProviderRejectedError,
     ProviderUnavailableError,
 )
-from apptsync.shared.outbound import Origin, OutboundPolicy
+from apptsync.shared.outbound import UNAMBIGUOUS_URL_CHARACTER, Origin, OutboundPolicy
 
 # A reset header above this is an epoch timestamp, below it a number of seconds.
 _EPOCH_THRESHOLD_SECONDS = 1_000_000_000.0
@@ -355,7 +355,8 @@ class ProviderTransport(httpx.AsyncBaseTransport):
 # and the deployment's allowed origins, a handful; the bound only keeps a pathological stream of
 # distinct hosts from growing the set.
 MAX_VETTED_PREFIXES = 256
-_UNAMBIGUOUS_URL_TAIL = re.compile(r"[!-\[\]-~]*")
+# The outbound policy's own reading of "unambiguous" (see apptsync.shared.outbound).
+_UNAMBIGUOUS_URL_TAIL = re.compile(rf"{UNAMBIGUOUS_URL_CHARACTER}*")
 
 
 def vetted_prefix(url: str) -> str | None:
